@@ -1,0 +1,140 @@
+"""On-disk cache and crash-safe file writing.
+
+Why: every artifact (demo zoo, plans, merged groups, evaluation results, exports) must either be
+complete under its final name or absent, so a killed process never leaves something that looks valid.
+Writes go to a temporary name in the same folder and are renamed into place (atomic on POSIX).
+Cache entries are keyed by content hashes of everything that determines them, and each JSON entry
+carries a checksum of its payload so a corrupt entry is detected and rebuilt, never trusted.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any, Callable
+
+from flexmerge_core.errors import CacheError
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+def cache_root() -> Path:
+    """The cache folder: $FLEXMERGE_CACHE if set, else <repo>/cache."""
+    return Path(os.environ.get("FLEXMERGE_CACHE", REPO_ROOT / "cache"))
+
+
+def content_hash(*parts: Any) -> str:
+    """A stable hex digest of JSON-serialisable parts (dict keys sorted)."""
+    text = json.dumps(parts, sort_keys=True, default=str, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()[:32]
+
+
+def file_digest(path: Path, chunk: int = 1 << 20) -> str:
+    """SHA-256 of a file's bytes, read in chunks (files may be GBs)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _ensure_dir(folder: Path) -> None:
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise CacheError(f"cannot create folder {folder}: {exc.strerror}") from exc
+
+
+def atomic_write(path: Path, write: Callable[[Path], None]) -> Path:
+    """Call write(tmp_path) on a temp file beside `path`, fsync it, then rename it to `path`."""
+    path = Path(path)
+    _ensure_dir(path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    tmp_path = Path(tmp)
+    try:
+        write(tmp_path)
+        with open(tmp_path, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp_path, path)
+    except OSError as exc:
+        tmp_path.unlink(missing_ok=True)
+        raise CacheError(f"cannot write {path}: {exc.strerror or exc}") from exc
+    except BaseException:
+        tmp_path.unlink(missing_ok=True)
+        raise
+    return path
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> Path:
+    return atomic_write(path, lambda tmp: tmp.write_bytes(data))
+
+
+def atomic_write_json(path: Path, payload: Any) -> Path:
+    """Write JSON with an embedded checksum of the payload (checked by read_checked_json)."""
+    body = json.dumps(payload, sort_keys=True)
+    wrapped = {"sha256": hashlib.sha256(body.encode()).hexdigest(), "payload": payload}
+    return atomic_write_bytes(path, json.dumps(wrapped, sort_keys=True).encode())
+
+
+def read_checked_json(path: Path) -> Any | None:
+    """The payload written by atomic_write_json, or None when missing, corrupt or tampered with."""
+    try:
+        wrapped = json.loads(Path(path).read_text())
+        payload = wrapped["payload"]
+        body = json.dumps(payload, sort_keys=True)
+        if hashlib.sha256(body.encode()).hexdigest() != wrapped["sha256"]:
+            return None
+        return payload
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def atomic_directory(final: Path, build: Callable[[Path], None]) -> Path:
+    """Build a whole folder under a temporary name beside `final`, then rename it into place.
+
+    An existing `final` is replaced. A killed build leaves only a hidden temp folder, never `final`.
+    """
+    final = Path(final)
+    _ensure_dir(final.parent)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent))
+    try:
+        build(tmp)
+        if final.exists():
+            old = final.with_name(f".{final.name}.old-{os.getpid()}")
+            os.replace(final, old)
+            os.replace(tmp, final)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return final
+
+
+class JsonCache:
+    """A folder of checksummed JSON entries: get_or_compute(key, compute) -> payload."""
+
+    def __init__(self, folder: Path):
+        self.folder = Path(folder)
+
+    def path(self, key: str) -> Path:
+        return self.folder / f"{key}.json"
+
+    def get(self, key: str) -> Any | None:
+        return read_checked_json(self.path(key))
+
+    def put(self, key: str, payload: Any) -> None:
+        atomic_write_json(self.path(key), payload)
+
+    def get_or_compute(self, key: str, compute: Callable[[], Any]) -> Any:
+        found = self.get(key)
+        if found is not None:
+            return found
+        value = compute()
+        self.put(key, value)
+        return value

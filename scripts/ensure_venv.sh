@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# Creates or reuses .venv at the repository root and (re)installs requirements.txt only when it
+# changed since the last successful install (its hash is stored inside .venv). Sourced by the
+# README's two commands so that a fresh machine needs nothing else.
+set -euo pipefail
+repo_root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+venv="$repo_root/.venv"
+stamp="$venv/.requirements.sha256"
+want="$(sha256sum "$repo_root/requirements.txt" | cut -d' ' -f1)"
+
+if [ ! -x "$venv/bin/python" ]; then
+  echo "[setup] creating virtual environment $venv" >&2
+  python3 -m venv "$venv"
+fi
+if [ "$(cat "$stamp" 2>/dev/null || true)" != "$want" ]; then
+  echo "[setup] installing requirements.txt into .venv (first time: several GB, a few minutes)" >&2
+  "$venv/bin/python" -m pip install --quiet --upgrade pip >&2
+  "$venv/bin/python" -m pip install --quiet -r "$repo_root/requirements.txt" >&2
+  echo "$want" > "$stamp"
+fi
+
+# Fonts for the demo zoo's rendered tasks (Debian's DejaVu). Installed when missing and possible;
+# the demo builder falls back visibly to PIL's built-in font otherwise.
+if [ ! -d /usr/share/fonts/truetype/dejavu ] && command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
+  echo "[setup] installing fonts-dejavu-core (apt)" >&2
+  (apt-get install -y -qq fonts-dejavu-core >/dev/null 2>&1 || \
+   (apt-get update -qq >/dev/null 2>&1 && apt-get install -y -qq fonts-dejavu-core >/dev/null 2>&1)) || \
+   echo "[setup] could not install fonts-dejavu-core; the demo zoo will use fallback fonts" >&2
+fi

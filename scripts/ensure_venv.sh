@@ -21,9 +21,9 @@ fi
 
 # Fonts for the demo zoo's rendered tasks (Debian's DejaVu). Installed when missing and possible;
 # the demo builder falls back visibly to PIL's built-in font otherwise.
-if [ ! -d /usr/share/fonts/truetype/dejavu ] && command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
-  echo "[setup] installing fonts-dejavu-core (apt)" >&2
-  (apt-get install -y -qq fonts-dejavu-core >/dev/null 2>&1 || \
-   (apt-get update -qq >/dev/null 2>&1 && apt-get install -y -qq fonts-dejavu-core >/dev/null 2>&1)) || \
-   echo "[setup] could not install fonts-dejavu-core; the demo zoo will use fallback fonts" >&2
+if [ ! -f /usr/share/fonts/truetype/dejavu/DejaVuSerifCondensed.ttf ] && command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
+  echo "[setup] installing fonts-dejavu-core fonts-dejavu-extra (apt)" >&2
+  (apt-get install -y -qq fonts-dejavu-core fonts-dejavu-extra >/dev/null 2>&1 || \
+   (apt-get update -qq >/dev/null 2>&1 && apt-get install -y -qq fonts-dejavu-core fonts-dejavu-extra >/dev/null 2>&1)) || \
+   echo "[setup] could not install fonts-dejavu-core fonts-dejavu-extra; the demo zoo will use fallback fonts" >&2
 fi

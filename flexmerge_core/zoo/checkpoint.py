@@ -1,0 +1,91 @@
+"""Lazy, safe readers for one checkpoint file (safetensors or torch state dict).
+
+Why: a zoo may hold dozens of multi-GB models, so opening one must only read headers, and a
+tensor is read on demand, one at a time, from a memory map. Torch files are loaded with
+`weights_only=True` (never runs pickled code) and `mmap=True` (tensors stay on disk until touched).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+
+from flexmerge_core.errors import ZooError
+
+SAFETENSORS_SUFFIXES = (".safetensors",)
+TORCH_SUFFIXES = (".pt", ".pth", ".bin")
+
+# safetensors header dtype codes -> torch dtypes
+_SAFETENSORS_DTYPES = {
+    "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
+    "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
+    "BOOL": torch.bool, "F8_E4M3": torch.float8_e4m3fn, "F8_E5M2": torch.float8_e5m2,
+}
+
+
+class CheckpointFile:
+    """Names, shapes and dtypes of a checkpoint's tensors (from its header), and per-tensor reads.
+
+    `role` ("pretrained", "task 'digits'", "head of task 'digits'") goes into every error message.
+    `reads` counts tensors read so far (tests use it to prove laziness).
+    """
+
+    def __init__(self, path: Path, role: str):
+        self.path = Path(path)
+        self.role = role
+        self.reads = 0
+        suffix = self.path.suffix.lower()
+        if suffix in SAFETENSORS_SUFFIXES:
+            self._open_safetensors()
+        elif suffix in TORCH_SUFFIXES:
+            self._open_torch()
+        else:
+            raise ZooError(f"{self.path}: unsupported checkpoint format '{suffix}' for {role} "
+                           f"(use .safetensors, .pt, .pth or .bin)")
+
+    def _open_safetensors(self) -> None:
+        try:
+            self._handle = safe_open(str(self.path), framework="pt", device="cpu")
+            self.shapes, self.dtypes = {}, {}
+            for name in self._handle.keys():
+                view = self._handle.get_slice(name)
+                self.shapes[name] = tuple(view.get_shape())
+                self.dtypes[name] = _SAFETENSORS_DTYPES[view.get_dtype()]
+        except Exception as exc:  # OSError, a bad header (SafetensorError), an unknown dtype (KeyError)
+            raise ZooError(f"{self.path}: cannot read safetensors file of {self.role}: {exc}") from exc
+        self._state = None
+
+    def _open_torch(self) -> None:
+        try:
+            state = torch.load(self.path, map_location="cpu", weights_only=True, mmap=True)
+        except Exception as exc:  # UnpicklingError for unsafe content, RuntimeError for legacy format
+            first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise ZooError(f"{self.path}: refused to load torch checkpoint of {self.role} "
+                           f"(only weights-only state dicts saved by torch.save are accepted): "
+                           f"{first_line}") from exc
+        if not isinstance(state, dict) or not all(
+                isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items()):
+            raise ZooError(f"{self.path}: the torch checkpoint of {self.role} is not a flat state dict "
+                           f"of named tensors")
+        self._state = state
+        self._handle = None
+        self.shapes = {name: tuple(t.shape) for name, t in state.items()}
+        self.dtypes = {name: t.dtype for name, t in state.items()}
+
+    @property
+    def names(self) -> list[str]:
+        return list(self.shapes)
+
+    def read(self, name: str) -> torch.Tensor:
+        """One tensor, checked for NaN/Inf (floating dtypes)."""
+        if name not in self.shapes:
+            raise ZooError(f"{self.path}: tensor '{name}' missing from {self.role}")
+        if self._state is not None:
+            tensor = self._state[name]
+        else:
+            tensor = self._handle.get_tensor(name)
+        self.reads += 1
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            raise ZooError(f"{self.path}: non-finite values (NaN/Inf) in tensor '{name}' of {self.role}")
+        return tensor

@@ -1,0 +1,310 @@
+"""Opening a zoo folder: validation at open time, lazy per-tensor access afterwards.
+
+Why this shape: every consumer (similarity, merge, evaluation) streams one block of parameters at
+a time, so the Zoo hands out single tensors read from memory maps and never a whole model. Everything
+that can be checked from file headers (keys, shapes, dtypes, head/data layout) is checked when the zoo
+is opened; values (NaN/Inf) are checked when a tensor is read, because that needs the data.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import replace
+from pathlib import Path
+
+import torch
+
+from flexmerge_core.cache import content_hash
+from flexmerge_core.errors import InvalidArgumentError, ZooError
+from flexmerge_core.zoo.architectures import construct, state_layout
+from flexmerge_core.zoo.checkpoint import CheckpointFile
+from flexmerge_core.zoo.manifest import MANIFEST_NAME, Manifest, TaskEntry, read_manifest
+
+
+class _Files:
+    """Opened checkpoint files of one zoo folder, shared by a zoo and its subsets."""
+
+    def __init__(self, root: Path):
+        self.root = root
+        self._open: dict[str, CheckpointFile] = {}
+
+    def get(self, relative: str, role: str) -> CheckpointFile:
+        if relative not in self._open:
+            path = self.root / relative
+            if not path.is_file():
+                raise ZooError(f"{path}: file of {role} not found")
+            self._open[relative] = CheckpointFile(path, role)
+        return self._open[relative]
+
+    @property
+    def tensors_read(self) -> int:
+        return sum(f.reads for f in self._open.values())
+
+
+def _task_role(task: TaskEntry) -> str:
+    return f"task '{task.name}'"
+
+
+def _check_same_layout(reference: CheckpointFile, other: CheckpointFile, ref_label: str) -> None:
+    """`other` must have exactly the keys, shapes and dtypes of `reference`."""
+    missing = [n for n in reference.names if n not in other.shapes]
+    if missing:
+        raise ZooError(f"{other.path}: {other.role} lacks tensor '{missing[0]}' of {ref_label}"
+                       + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""))
+    extra = [n for n in other.names if n not in reference.shapes]
+    if extra:
+        raise ZooError(f"{other.path}: {other.role} has tensor '{extra[0]}' not in {ref_label}"
+                       + (f" (and {len(extra) - 1} more)" if len(extra) > 1 else ""))
+    for name in reference.names:
+        if other.shapes[name] != reference.shapes[name]:
+            raise ZooError(f"{other.path}: tensor '{name}' of {other.role} has shape "
+                           f"{list(other.shapes[name])}, {ref_label} has {list(reference.shapes[name])}")
+        if other.dtypes[name] != reference.dtypes[name]:
+            raise ZooError(f"{other.path}: tensor '{name}' of {other.role} has dtype "
+                           f"{other.dtypes[name]}, {ref_label} has {reference.dtypes[name]}")
+
+
+def _check_architecture(manifest: Manifest, pretrained: CheckpointFile) -> list[str]:
+    """The pretrained checkpoint must match the declared architecture; returns state_dict order."""
+    layout = state_layout(manifest.architecture_kind, manifest.architecture_config)
+    label = f"architecture '{manifest.architecture_kind}'"
+    for name, (shape, _dtype) in layout.items():
+        if name not in pretrained.shapes:
+            raise ZooError(f"{pretrained.path}: pretrained checkpoint lacks tensor '{name}' of {label}")
+        if pretrained.shapes[name] != shape:
+            raise ZooError(f"{pretrained.path}: tensor '{name}' of the pretrained checkpoint has shape "
+                           f"{list(pretrained.shapes[name])}, {label} expects {list(shape)}")
+    extra = [n for n in pretrained.names if n not in layout]
+    if extra:
+        raise ZooError(f"{pretrained.path}: pretrained checkpoint has tensor '{extra[0]}' "
+                       f"unknown to {label}")
+    return list(layout)
+
+
+def _merged_names(manifest: Manifest, ordered: list[str]) -> list[str]:
+    patterns = [re.compile(p) for p in manifest.unmerged]
+    for pattern in patterns:
+        if not any(pattern.search(n) for n in ordered):
+            raise ZooError(f"zoo.json: unmerged pattern '{pattern.pattern}' matches no parameter")
+    merged = [n for n in ordered if not any(p.search(n) for p in patterns)]
+    if not merged:
+        raise ZooError("zoo.json: the 'unmerged' patterns exclude every parameter")
+    return merged
+
+
+def _check_head(files: _Files, task: TaskEntry, feature_dim: int | None) -> None:
+    head = files.get(task.head, f"head of task '{task.name}'")
+    if set(head.names) != {"weight", "bias"}:
+        raise ZooError(f"{head.path}: head of task '{task.name}' must hold exactly 'weight' and 'bias', "
+                       f"found {', '.join(sorted(head.names))}")
+    weight, bias = head.shapes["weight"], head.shapes["bias"]
+    if len(weight) != 2 or bias != (weight[0],):
+        raise ZooError(f"{head.path}: head of task '{task.name}' needs weight [C, D] and bias [C], "
+                       f"found {list(weight)} and {list(bias)}")
+    if task.classes is not None and weight[0] != len(task.classes):
+        raise ZooError(f"{head.path}: head of task '{task.name}' has {weight[0]} outputs but the "
+                       f"manifest lists {len(task.classes)} classes")
+    if feature_dim is not None and weight[1] != feature_dim:
+        raise ZooError(f"{head.path}: head of task '{task.name}' takes {weight[1]} features, "
+                       f"the encoder outputs {feature_dim}")
+
+
+def _check_data(files: _Files, task: TaskEntry) -> None:
+    data = files.get(task.data, f"data of task '{task.name}'")
+    if set(data.names) != {"images", "labels"}:
+        raise ZooError(f"{data.path}: data of task '{task.name}' must hold exactly 'images' and 'labels', "
+                       f"found {', '.join(sorted(data.names))}")
+    images, labels = data.shapes["images"], data.shapes["labels"]
+    if len(images) != 4 or len(labels) != 1 or images[0] != labels[0]:
+        raise ZooError(f"{data.path}: data of task '{task.name}' needs images [N, C, H, W] and labels [N], "
+                       f"found {list(images)} and {list(labels)}")
+    if not data.dtypes["images"].is_floating_point or data.dtypes["labels"] != torch.int64:
+        raise ZooError(f"{data.path}: data of task '{task.name}' needs float images and int64 labels, "
+                       f"found {data.dtypes['images']} and {data.dtypes['labels']}")
+
+
+def _feature_dim(shapes: dict[str, tuple[int, ...]]) -> int | None:
+    """Encoder output width of an open_clip ViT: the projection's columns (None when unknown)."""
+    proj = shapes.get("proj")
+    return proj[1] if proj is not None and len(proj) == 2 else None
+
+
+class Zoo:
+    """A validated zoo: a pretrained model, M fine-tuned task models, optional heads and held-out data.
+
+    Task id = index in `task_names`. Tensors are read lazily, one at a time. Parameters matched by the
+    manifest's `unmerged` patterns are validated like the others but left out of `param_names`; like
+    heads, each task keeps its own value of them (`task_tensor`).
+    """
+
+    def __init__(self, root: Path, manifest: Manifest, files: _Files, state_order: list[str]):
+        self.root = root
+        self.manifest = manifest
+        self._files = files
+        self._state_order = state_order
+        pretrained = self._pretrained_file
+        self.param_names: list[str] = _merged_names(manifest, state_order)
+        self.unmerged_names: list[str] = [n for n in state_order if n not in set(self.param_names)]
+        self.param_shapes = {n: pretrained.shapes[n] for n in state_order}
+        self.param_dtypes = {n: pretrained.dtypes[n] for n in state_order}
+        self.fingerprint = self._fingerprint()
+
+    # -- identity -----------------------------------------------------------------------------
+    @property
+    def name(self) -> str:
+        return self.manifest.name
+
+    @property
+    def task_names(self) -> list[str]:
+        return [t.name for t in self.manifest.tasks]
+
+    @property
+    def head_input(self) -> str:
+        return self.manifest.head_input
+
+    @property
+    def recipe(self) -> dict:
+        return self.manifest.recipe
+
+    @property
+    def classes(self) -> list[list[str] | None]:
+        return [None if t.classes is None else list(t.classes) for t in self.manifest.tasks]
+
+    @property
+    def finetuned_accuracy(self) -> dict[str, float] | None:
+        known = {t.name: t.finetuned_accuracy for t in self.manifest.tasks if t.finetuned_accuracy is not None}
+        return known or None
+
+    def _referenced_files(self) -> list[str]:
+        files = [self.manifest.pretrained]
+        for t in self.manifest.tasks:
+            files += [f for f in (t.checkpoint, t.head, t.data) if f is not None]
+        return files
+
+    def _fingerprint(self) -> str:
+        """Hash of the manifest and each referenced file's (size, mtime_ns).
+
+        Why not content digests: opening a zoo must stay O(1) in model size; hashing GBs of
+        checkpoints would cost tens of seconds per open. Any rewrite of a file changes its mtime
+        (the demo builder replaces whole folders), so a stale cache is never hit; the price is a
+        spurious miss after copying a zoo elsewhere.
+        """
+        stats = []
+        for rel in self._referenced_files():
+            st = (self.root / rel).stat()
+            stats.append([rel, st.st_size, st.st_mtime_ns])
+        return content_hash(self.manifest.to_json(), stats)
+
+    # -- tensors --------------------------------------------------------------------------------
+    @property
+    def _pretrained_file(self) -> CheckpointFile:
+        return self._files.get(self.manifest.pretrained, "pretrained")
+
+    def _task_file(self, task_id: int) -> CheckpointFile:
+        task = self._task(task_id)
+        return self._files.get(task.checkpoint, _task_role(task))
+
+    def _task(self, task_id: int) -> TaskEntry:
+        if isinstance(task_id, bool) or not isinstance(task_id, int) or not 0 <= task_id < len(self.manifest.tasks):
+            raise InvalidArgumentError(f"task id {task_id!r} out of range (zoo has {len(self.manifest.tasks)} tasks)")
+        return self.manifest.tasks[task_id]
+
+    def _check_param(self, name: str) -> None:
+        if name not in self.param_shapes:
+            raise InvalidArgumentError(f"unknown parameter '{name}' in zoo '{self.name}'")
+
+    def pretrained_tensor(self, name: str) -> torch.Tensor:
+        self._check_param(name)
+        return self._pretrained_file.read(name)
+
+    def task_tensor(self, task_id: int, name: str) -> torch.Tensor:
+        self._check_param(name)
+        return self._task_file(task_id).read(name)
+
+    def task_vectors(self, names, tasks=None) -> dict[str, torch.Tensor]:
+        """{name: float32 [m, *shape]} of fine-tuned minus pretrained, for task ids `tasks` (default all)."""
+        task_ids = list(range(len(self.manifest.tasks))) if tasks is None else list(tasks)
+        for task_id in task_ids:
+            self._task(task_id)
+        out = {}
+        for name in names:
+            if name not in self.param_names:
+                raise InvalidArgumentError(f"'{name}' is not a merged parameter of zoo '{self.name}'")
+            base = self.pretrained_tensor(name).to(torch.float32)
+            stacked = torch.empty((len(task_ids), *base.shape), dtype=torch.float32)
+            for row, task_id in enumerate(task_ids):
+                torch.sub(self.task_tensor(task_id, name).to(torch.float32), base, out=stacked[row])
+            out[name] = stacked
+        return out
+
+    def head(self, task_id: int) -> dict[str, torch.Tensor] | None:
+        task = self._task(task_id)
+        if task.head is None:
+            return None
+        f = self._files.get(task.head, f"head of task '{task.name}'")
+        return {"weight": f.read("weight"), "bias": f.read("bias")}
+
+    def heldout(self, task_id: int) -> tuple[torch.Tensor, torch.Tensor] | None:
+        task = self._task(task_id)
+        if task.data is None:
+            return None
+        f = self._files.get(task.data, f"data of task '{task.name}'")
+        return f.read("images"), f.read("labels")
+
+    @property
+    def tensors_read(self) -> int:
+        """How many tensors were read from disk so far (all files of this folder)."""
+        return self._files.tensors_read
+
+    # -- models and subsets --------------------------------------------------------------------
+    def build_encoder(self) -> torch.nn.Module:
+        """The architecture with the pretrained weights loaded, in eval mode, on CPU."""
+        module = construct(self.manifest.architecture_kind, self.manifest.architecture_config)
+        state = {name: self._pretrained_file.read(name) for name in self._state_order}
+        module.load_state_dict(state, strict=True)
+        return module.eval()
+
+    def subset(self, task_names) -> "Zoo":
+        """The same files with only `task_names` (kept in this zoo's order; ids are re-numbered)."""
+        wanted = list(task_names)
+        unknown = [n for n in wanted if n not in self.task_names]
+        if unknown:
+            raise InvalidArgumentError(f"unknown task '{unknown[0]}' (zoo '{self.name}' has "
+                                       f"{', '.join(self.task_names)})")
+        if len(set(wanted)) != len(wanted) or not wanted:
+            raise InvalidArgumentError("a task subset needs at least one task, each named once")
+        tasks = tuple(t for t in self.manifest.tasks if t.name in set(wanted))
+        return Zoo(self.root, replace(self.manifest, tasks=tasks), self._files, self._state_order)
+
+    def __repr__(self) -> str:
+        return f"Zoo({self.name!r}, tasks={self.task_names}, root={str(self.root)!r})"
+
+
+def _validate_files(root: Path, manifest: Manifest, files: _Files) -> list[str]:
+    """Header-level checks of every referenced file; returns the state_dict order."""
+    pretrained = files.get(manifest.pretrained, "pretrained")
+    order = _check_architecture(manifest, pretrained)
+    feature_dim = _feature_dim(pretrained.shapes)
+    for task in manifest.tasks:
+        _check_same_layout(pretrained, files.get(task.checkpoint, _task_role(task)),
+                           f"the pretrained checkpoint ({manifest.pretrained})")
+        if task.head is not None:
+            _check_head(files, task, feature_dim)
+        if task.data is not None:
+            _check_data(files, task)
+    return order
+
+
+def open_zoo(path_or_demo) -> Zoo:
+    """Open and validate a zoo folder; "demo" builds (or reuses) the embedded demo zoo first."""
+    if isinstance(path_or_demo, str) and path_or_demo == "demo":
+        from flexmerge_core.zoo.demo import ensure_demo_zoo
+
+        path_or_demo = ensure_demo_zoo(progress=None)
+    root = Path(path_or_demo).resolve()
+    manifest = read_manifest(root)
+    files = _Files(root)
+    order = _validate_files(root, manifest, files)
+    return Zoo(root, manifest, files, order)
+
+
+__all__ = ["Zoo", "open_zoo", "MANIFEST_NAME"]

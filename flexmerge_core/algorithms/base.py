@@ -1,0 +1,200 @@
+"""Shared machinery of the merge algorithms: declared hyperparameters, the result type, the interface.
+
+Why one base class: every algorithm must validate its options the same way (one-line
+InvalidArgumentError naming the option), expose a stable `key` for memos and caches, and answer the
+same questions (storage family, preprocessing, which group sizes it merges) so the plan, the merger
+and the app never special-case an algorithm by name.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Callable, Iterable, Iterator, Mapping, Optional, Sequence
+
+import torch
+
+from flexmerge_core.cache import content_hash
+from flexmerge_core.errors import InvalidArgumentError
+
+Block = Mapping[str, torch.Tensor]
+BlockStream = Callable[[], Iterator[Block]]
+
+
+@dataclass(frozen=True)
+class HyperParam:
+    """One declared option: its default and what is valid (a numeric range or a set of choices)."""
+
+    name: str
+    default: Any
+    kind: type  # float, int or str
+    low: Optional[float] = None
+    high: Optional[float] = None
+    low_inclusive: bool = True
+    high_inclusive: bool = True
+    choices: Optional[tuple] = None
+    help: str = ""
+
+    def validate(self, value: Any) -> Any:
+        if self.kind is str:
+            if not isinstance(value, str) or (self.choices and value not in self.choices):
+                raise InvalidArgumentError(
+                    f"option {self.name!r} must be one of {list(self.choices)}, got {value!r}")
+            return value
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise InvalidArgumentError(
+                f"option {self.name!r} must be a {self.kind.__name__}, got {value!r}")
+        if self.kind is int and (not float(value).is_integer()):
+            raise InvalidArgumentError(f"option {self.name!r} must be an integer, got {value!r}")
+        value = self.kind(value)
+        if not math.isfinite(value):
+            raise InvalidArgumentError(f"option {self.name!r} must be finite, got {value!r}")
+        if self.low is not None and (value < self.low or (value == self.low and not self.low_inclusive)):
+            raise InvalidArgumentError(f"option {self.name!r}={value} is out of range {self.range_text()}")
+        if self.high is not None and (value > self.high or (value == self.high and not self.high_inclusive)):
+            raise InvalidArgumentError(f"option {self.name!r}={value} is out of range {self.range_text()}")
+        return value
+
+    def range_text(self) -> str:
+        left = "[" if self.low_inclusive else "("
+        right = "]" if self.high_inclusive else ")"
+        return f"{left}{self.low}, {self.high}{right}"
+
+
+@dataclass
+class MergeResult:
+    """A group's stored result.
+
+    unified: {name: merged task vector} (None for a group the algorithm does not merge).
+    masks/scales: mask methods only ({name: bool [g, *shape]}, float [g]).
+    members: the group's task ids, ascending (reconstruct finds a member's row by it).
+    originals: for a group the algorithm does not merge (a singleton; a mask-method group of <= 2),
+    the members' own task vectors {name: [g, *shape]}, stored as they are.
+    """
+
+    unified: Optional[dict]
+    masks: Optional[dict] = None
+    scales: Optional[torch.Tensor] = None
+    members: tuple = ()
+    originals: Optional[dict] = None
+
+    @property
+    def merged(self) -> bool:
+        return self.originals is None
+
+
+def float_block(block: Block) -> dict:
+    """The block's tensors in fp32 or better (half inputs are promoted; float64 stays float64)."""
+    out = {}
+    for name, t in block.items():
+        out[name] = t if t.dtype in (torch.float32, torch.float64) else t.to(torch.float32)
+    return out
+
+
+def group_size(block: Block) -> int:
+    sizes = {t.shape[0] for t in block.values()}
+    if len(sizes) != 1:
+        raise InvalidArgumentError(f"block tensors disagree on the number of members: {sorted(sizes)}")
+    return sizes.pop()
+
+
+class MergeAlgorithm:
+    """Base of every algorithm. Subclasses set `name`, `params`, and implement `_merge`."""
+
+    name: str = ""
+    storage: str = "standard"  # "standard" | "mask"
+    params: tuple = ()
+
+    def __init__(self, **overrides: Any):
+        declared = {p.name: p for p in self.params}
+        unknown = sorted(set(overrides) - set(declared))
+        if unknown:
+            raise InvalidArgumentError(
+                f"algorithm {self.name!r} has no option {unknown[0]!r} (options: {sorted(declared)})")
+        self._hp = {p.name: p.validate(overrides.get(p.name, p.default)) for p in self.params}
+
+    # ---- identity -------------------------------------------------------------------------
+    @property
+    def hyperparameters(self) -> dict:
+        return dict(self._hp)
+
+    @property
+    def key(self) -> str:
+        """Stable hash of name + hyperparameters (memo and cache key; never Python's hash())."""
+        return content_hash("algorithm", self.name, self._hp)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.name!r}, {self._hp})"
+
+    # ---- preprocessing ----------------------------------------------------------------------
+    @property
+    def has_preprocessing(self) -> bool:
+        """True when `prepare` must see the whole model before `preprocess_block`/`merge`."""
+        return False
+
+    @property
+    def similarity_needs_prepare(self) -> bool:
+        """True when `similarity_block` depends on prepared (global) state."""
+        return self.has_preprocessing
+
+    def prepare(self, stream: BlockStream) -> None:
+        """Record global state from the whole model; stream() gives a fresh block iterator."""
+
+    def preprocess_block(self, block: Block, tasks: Optional[Sequence[int]] = None) -> dict:
+        """The block's vectors as the merge expects them (identity unless overridden)."""
+        return self._input_vectors(block, tasks)
+
+    def _input_vectors(self, block: Block, tasks: Optional[Sequence[int]]) -> dict:
+        """Hook for stateless per-task preprocessing that comes first (DARE overrides it)."""
+        return float_block(block)
+
+    def similarity_block(self, block: Block, tasks: Optional[Sequence[int]] = None) -> dict:
+        """The vectors similarity is computed on (by default the preprocessed ones)."""
+        return self.preprocess_block(block, tasks)
+
+    def preprocess(self, task_vectors: Block) -> dict:
+        """DESIGN.md's whole-model interface: prepare on one chunk, then preprocess it."""
+        self.prepare(lambda: iter([task_vectors]))
+        return self.preprocess_block(task_vectors)
+
+    # ---- merging ----------------------------------------------------------------------------
+    def merges_group(self, size: int) -> bool:
+        """Whether a group of this size is merged (else it keeps its members' own vectors)."""
+        return size >= (3 if self.storage == "mask" else 2)
+
+    def merge(self, block: Block, members: Sequence[int]) -> MergeResult:
+        members = tuple(int(m) for m in members)
+        block = float_block(block)
+        g = group_size(block)
+        if g != len(members) or list(members) != sorted(set(members)):
+            raise InvalidArgumentError(
+                f"members {list(members)} must be {g} distinct ascending task ids matching the block rows")
+        if not self.merges_group(g):
+            return MergeResult(unified=None, members=members, originals=dict(block))
+        result = self._merge(block, members)
+        result.members = members
+        return result
+
+    def _merge(self, block: dict, members: tuple) -> MergeResult:
+        raise NotImplementedError
+
+    def reconstruct(self, result: MergeResult, member: int) -> dict:
+        """That member's task vector from the stored result (add theta_pre yourself)."""
+        if member not in result.members:
+            raise InvalidArgumentError(f"task {member} is not a member of group {list(result.members)}")
+        row = result.members.index(member)
+        if result.originals is not None:
+            return {n: t[row] for n, t in result.originals.items()}
+        if result.masks is None:
+            return dict(result.unified)
+        scale = result.scales[row] if result.scales is not None else 1.0
+        return {n: scale * result.masks[n][row].to(u.dtype) * u for n, u in result.unified.items()}
+
+
+def iter_rows(tasks: Optional[Sequence[int]], rows: int) -> Iterable[int]:
+    """The task ids of a block's rows (all tasks 0..rows-1 when not given)."""
+    if tasks is None:
+        return range(rows)
+    tasks = [int(t) for t in tasks]
+    if len(tasks) != rows:
+        raise InvalidArgumentError(f"{len(tasks)} task ids given for a block of {rows} rows")
+    return tasks

@@ -1,0 +1,18 @@
+"""ta (task arithmetic): lam * mean of the task vectors.
+
+The paper scales the mean rather than the sum so the strength does not grow with the group size.
+"""
+from __future__ import annotations
+
+from flexmerge_core.algorithms.base import HyperParam, MergeAlgorithm, MergeResult
+
+LAMBDA = HyperParam("lam", 1.5, float, 0.0, 10.0, help="scaling of the mean task vector")
+
+
+class TaskArithmetic(MergeAlgorithm):
+    name = "ta"
+    params = (LAMBDA,)
+
+    def _merge(self, block, members):
+        lam = self._hp["lam"]
+        return MergeResult(unified={n: lam * t.mean(dim=0) for n, t in block.items()})

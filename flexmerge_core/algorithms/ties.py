@@ -1,0 +1,90 @@
+"""ties: global magnitude trim, per-coordinate sign election by mass, disjoint mean.
+
+Trim (preprocessing): per task over its WHOLE model vector, keep entries with |x| >= t_k, t_k the
+k-th smallest |x|, k = d - int(d * keep) (at least 1); ties at the threshold are all kept. t_k is an
+exact order statistic found by a streamed radix selection (order_stats.py), so no whole-model
+vector is ever held in memory. Similarity uses the trimmed vectors unless similarity_on="original".
+"""
+from __future__ import annotations
+
+import torch
+
+from flexmerge_core.algorithms.base import HyperParam, MergeAlgorithm, MergeResult, iter_rows
+from flexmerge_core.algorithms.order_stats import streamed_order_statistics
+
+KEEP = HyperParam("keep", 0.1, float, 0.0, 1.0, low_inclusive=False,
+                  help="fraction of each task's largest-magnitude entries kept by the trim")
+LAMBDA = HyperParam("lam", 1.0, float, 0.0, 10.0, help="scaling of the merged vector")
+SIMILARITY_ON = HyperParam("similarity_on", "trimmed", str, choices=("trimmed", "original"),
+                           help="vectors the similarity (and so the plan) is computed on")
+
+
+def elect_signs(block: dict) -> dict:
+    """gamma = sign(sum_k x_k); zeros take the sign of sum(gamma) over the block (+1 if that is 0)."""
+    gamma = {n: torch.sign(t.sum(dim=0)) for n, t in block.items()}
+    total = sum(float(g.sum()) for g in gamma.values())
+    fallback = -1.0 if total < 0 else 1.0
+    return {n: torch.where(g == 0, torch.full_like(g, fallback), g) for n, g in gamma.items()}
+
+
+def disjoint_mean(block: dict) -> dict:
+    """Mean over members whose entry is non-zero with the elected sign (0 where there is none)."""
+    signs = elect_signs(block)
+    out = {}
+    for n, t in block.items():
+        agree = (torch.sign(t) == signs[n]).to(t.dtype)  # sign(0) = 0 never agrees
+        count = agree.sum(dim=0)
+        out[n] = (t * agree).sum(dim=0) / count.clamp(min=1.0)
+    return out
+
+
+def trim_position(d: int, keep: float) -> int:
+    """0-indexed sorted position of the trim threshold: the k-th smallest, k = d - int(d*keep) >= 1."""
+    return max(d - int(d * keep), 1) - 1
+
+
+class Ties(MergeAlgorithm):
+    name = "ties"
+    params = (KEEP, LAMBDA, SIMILARITY_ON)
+
+    def __init__(self, **overrides):
+        super().__init__(**overrides)
+        self._thresholds = None  # [M] per-task trim thresholds, set by prepare
+
+    @property
+    def has_preprocessing(self) -> bool:
+        return True
+
+    @property
+    def similarity_needs_prepare(self) -> bool:
+        return self._hp["similarity_on"] == "trimmed"
+
+    def prepare(self, stream):
+        def magnitudes():
+            for block in stream():
+                for t in self._input_vectors(block, None).values():
+                    yield t.abs()
+        keep = self._hp["keep"]
+        self._thresholds = streamed_order_statistics(
+            magnitudes, lambda d: torch.tensor([trim_position(d, keep)]))[:, 0].cpu()
+
+    def preprocess_block(self, block, tasks=None):
+        if self._thresholds is None:
+            raise RuntimeError("ties: call prepare() over the whole model before preprocess_block()")
+        block = self._input_vectors(block, tasks)
+        rows = next(iter(block.values())).shape[0]
+        index = torch.tensor(list(iter_rows(tasks, rows)), dtype=torch.long)
+        out = {}
+        for n, t in block.items():
+            limit = self._thresholds[index].to(device=t.device, dtype=t.dtype).view(-1, *([1] * (t.ndim - 1)))
+            out[n] = torch.where(t.abs() >= limit, t, torch.zeros_like(t))
+        return out
+
+    def similarity_block(self, block, tasks=None):
+        if self._hp["similarity_on"] == "original":
+            return self._input_vectors(block, tasks)
+        return self.preprocess_block(block, tasks)
+
+    def _merge(self, block, members):
+        lam = self._hp["lam"]
+        return MergeResult(unified={n: lam * v for n, v in disjoint_mean(block).items()})

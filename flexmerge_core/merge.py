@@ -1,0 +1,77 @@
+"""Per-group merge results, computed once and reused for every deployment size.
+
+Why: a group's result depends only on (block, task set, algorithm + hyperparameters), and moving the
+size slider re-uses almost every group, so recomputing would make the app crawl. GroupMerger keeps an
+in-memory memo keyed by exactly that; an optional on-disk cache (an object with
+`load(key) -> MergeResult | None` and `store(key, result)`) is consulted behind the memo.
+"""
+from __future__ import annotations
+
+from typing import Optional, Sequence
+
+import torch
+
+from flexmerge_core.algorithms.base import MergeAlgorithm, MergeResult
+from flexmerge_core.cache import content_hash
+
+
+def default_device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+class GroupMerger:
+    """result(block_index, members) -> MergeResult, memoised per (block, members, algorithm.key).
+
+    Members' vectors come from zoo.task_vectors(block params, tasks=members). Merged groups get the
+    algorithm's preprocessing (after one `prepare` pass over the whole zoo, run lazily the first
+    time a group is merged); groups the algorithm does not merge (singletons, mask-method pairs)
+    keep their members' raw vectors, so reconstruction gives the fine-tuned model exactly.
+    """
+
+    def __init__(self, zoo, spec, algorithm: MergeAlgorithm, cache=None, device=None):
+        self.zoo, self.spec, self.algorithm, self.cache = zoo, spec, algorithm, cache
+        self.device = torch.device(device) if device is not None else default_device()
+        self._memo: dict = {}
+        self._prepared = not algorithm.has_preprocessing
+
+    def result(self, block_index: int, members: Sequence[int]) -> MergeResult:
+        members = tuple(sorted(int(m) for m in members))
+        memo_key = (int(block_index), members, self.algorithm.key)
+        if memo_key not in self._memo:
+            self._memo[memo_key] = self._cached_or_computed(int(block_index), members)
+        return self._memo[memo_key]
+
+    def cache_key(self, block_index: int, members: tuple) -> str:
+        """Everything the result depends on: zoo content, the block's tensors, group, algorithm."""
+        block = self.spec.blocks[block_index]
+        return content_hash("group-merge", self.zoo.fingerprint, list(block.params), list(members),
+                            self.algorithm.key)
+
+    def _cached_or_computed(self, block_index: int, members: tuple) -> MergeResult:
+        key = self.cache_key(block_index, members) if self.cache is not None else None
+        if key is not None:
+            found = self.cache.load(key)
+            if found is not None:
+                return found
+        result = self._compute(block_index, members)
+        if key is not None:
+            self.cache.store(key, result)
+        return result
+
+    def _compute(self, block_index: int, members: tuple) -> MergeResult:
+        names = list(self.spec.blocks[block_index].params)
+        vectors = self._load(names, list(members))
+        if self.algorithm.merges_group(len(members)):
+            self._prepare()
+            vectors = self.algorithm.preprocess_block(vectors, tasks=members)
+        return self.algorithm.merge(vectors, members)
+
+    def _load(self, names: list, tasks: Optional[list]) -> dict:
+        loaded = self.zoo.task_vectors(names, tasks=tasks)
+        return {n: t.to(self.device) for n, t in loaded.items()}
+
+    def _prepare(self) -> None:
+        if not self._prepared:
+            blocks = self.spec.blocks
+            self.algorithm.prepare(lambda: (self._load(list(b.params), None) for b in blocks))
+            self._prepared = True

@@ -1,0 +1,110 @@
+"""GroupMerger: each (block, group, algorithm) result is computed once; preprocessing sees the whole zoo."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from algorithm_cases import dyadic_block, flat
+from flexmerge_core.algorithms import get_algorithm
+from flexmerge_core.merge import GroupMerger
+
+
+@dataclass(frozen=True)
+class FakeBlock:
+    name: str
+    params: tuple
+    numel: int
+
+
+class FakeSpec:
+    def __init__(self, shapes: dict):
+        self.blocks = [FakeBlock(n, (n,), 1) for n in shapes]
+
+
+class FakeZoo:
+    """The slice of the Zoo interface GroupMerger uses; counts what it is asked to load."""
+
+    fingerprint = "fake-zoo"
+
+    def __init__(self, num_tasks: int, shapes: dict, seed: int = 0):
+        self.vectors = dyadic_block(shapes, num_tasks, seed)
+        self.loads = []
+
+    def task_vectors(self, names, tasks=None):
+        self.loads.append((tuple(names), None if tasks is None else tuple(tasks)))
+        rows = slice(None) if tasks is None else list(tasks)
+        return {n: self.vectors[n][rows].clone() for n in names}
+
+
+SHAPES = {"a.weight": (4, 3), "a.bias": (4,), "b.weight": (3, 3)}
+
+
+def make(algorithm, num_tasks=5):
+    zoo = FakeZoo(num_tasks, SHAPES)
+    return zoo, GroupMerger(zoo, FakeSpec(SHAPES), algorithm, device="cpu")
+
+
+def test_results_are_memoised_per_block_and_group():
+    algo = get_algorithm("ta")
+    calls = []
+    original = algo.merge
+    algo.merge = lambda block, members: calls.append(tuple(members)) or original(block, members)
+    zoo, merger = make(algo)
+    first = merger.result(0, (1, 3))
+    assert merger.result(0, [3, 1]) is first
+    assert merger.result(1, (1, 3)) is not first
+    assert calls == [(1, 3), (1, 3)]
+    expected = 1.5 * (zoo.vectors["a.weight"][1] + zoo.vectors["a.weight"][3]) / 2
+    assert torch.equal(first.unified["a.weight"], expected)
+
+
+def test_singletons_keep_raw_vectors_without_preparing():
+    zoo, merger = make(get_algorithm("ties"))
+    res = merger.result(2, (4,))
+    assert torch.equal(merger.algorithm.reconstruct(res, 4)["b.weight"], zoo.vectors["b.weight"][4])
+    assert all(tasks is not None for _, tasks in zoo.loads)  # no whole-zoo pass for a singleton
+
+
+def test_preprocessing_is_prepared_once_over_the_whole_zoo():
+    zoo, merger = make(get_algorithm("ties", keep=0.3))
+    merger.result(0, (0, 2))
+    whole_passes = [names for names, tasks in zoo.loads if tasks is None]
+    merger.result(2, (1, 2, 4))
+    assert [names for names, tasks in zoo.loads if tasks is None] == whole_passes  # prepared once
+    assert len(whole_passes) % len(SHAPES) == 0 and whole_passes[:3] == [(n,) for n in SHAPES]
+    reference = get_algorithm("ties", keep=0.3)
+    trimmed = reference.preprocess(zoo.vectors)
+    expected = reference.merge({"b.weight": trimmed["b.weight"][[1, 2, 4]]}, (1, 2, 4))
+    assert torch.equal(merger.result(2, (1, 2, 4)).unified["b.weight"], expected.unified["b.weight"])
+    assert torch.equal(flat(trimmed), flat(reference.preprocess_block(zoo.vectors)))
+
+
+def test_different_hyperparameters_do_not_share_results():
+    zoo = FakeZoo(4, SHAPES)
+    spec = FakeSpec(SHAPES)
+    a = GroupMerger(zoo, spec, get_algorithm("ta", lam=1.0), device="cpu").result(0, (0, 1))
+    b = GroupMerger(zoo, spec, get_algorithm("ta", lam=2.0), device="cpu").result(0, (0, 1))
+    assert torch.equal(2 * a.unified["a.weight"], b.unified["a.weight"])
+
+
+class DictCache:
+    def __init__(self):
+        self.entries = {}
+
+    def load(self, key):
+        return self.entries.get(key)
+
+    def store(self, key, result):
+        self.entries[key] = result
+
+
+def test_cache_hook_is_consulted_behind_the_memo():
+    zoo, cache = FakeZoo(4, SHAPES), DictCache()
+    first = GroupMerger(zoo, FakeSpec(SHAPES), get_algorithm("avg"), cache=cache, device="cpu")
+    res = first.result(1, (0, 2, 3))
+    assert list(cache.entries.values()) == [res]
+    second = GroupMerger(zoo, FakeSpec(SHAPES), get_algorithm("avg"), cache=cache, device="cpu")
+    loads = len(zoo.loads)
+    assert second.result(1, (0, 2, 3)) is res and len(zoo.loads) == loads
+    assert first.cache_key(1, (0, 2, 3)) != first.cache_key(1, (0, 2))

@@ -117,8 +117,38 @@ def _cmd_zoo_info(args: argparse.Namespace) -> int:
     raise FlexMergeError("zoo info is not available yet")
 
 
+def _plan_from_args(args: argparse.Namespace):
+    """(zoo, algorithm, plan) from the shared plan options; the plan comes from the on-disk cache when known."""
+    from flexmerge_core.algorithms import get_algorithm
+    from flexmerge_core.blocks import build_blocks
+    from flexmerge_core.plan_cache import cached_plan
+    from flexmerge_core.zoo import open_zoo
+
+    algorithm = get_algorithm(args.algorithm)
+    zoo = open_zoo(args.zoo)
+    if args.tasks:
+        zoo = zoo.subset([name.strip() for name in args.tasks.split(",") if name.strip()])
+    spec = build_blocks(zoo.param_names, zoo.param_shapes, args.granularity)
+    plan = cached_plan(zoo, spec, algorithm, args.linkage, args.order, args.seed,
+                       progress=stderr_progress("similarity"))
+    return zoo, algorithm, plan
+
+
 def _cmd_plan(args: argparse.Namespace) -> int:
-    raise FlexMergeError("plan is not available yet")
+    zoo, _, plan = _plan_from_args(args)
+    if args.json:
+        emit_json({"num_tasks": plan.num_tasks, "model_params": plan.model_params, "min_size": plan.min_size,
+                   "tasks": zoo.task_names, "blocks": plan.blocks, "events": plan.to_json()["events"]})
+        return 0
+    names = zoo.task_names
+    print(f"{plan.num_tasks} tasks, {len(plan.blocks)} blocks, {plan.model_params} parameters per model; "
+          f"sizes {plan.max_size:g} .. {plan.min_size:.4f} ({plan.linkage} linkage, {plan.order} order)")
+    for e in plan.events:
+        a = "+".join(names[t] for t in e.group_a)
+        b = "+".join(names[t] for t in e.group_b)
+        print(f"{e.step:5d}  {plan.blocks[e.block]:<40s}  {a} | {b}  sim {e.similarity:+.4f}  "
+              f"size {e.size_after:.4f}")
+    return 0
 
 
 def _cmd_curve(args: argparse.Namespace) -> int:

@@ -28,7 +28,7 @@ ORDERS = ("greedy", "left-to-right", "right-to-left", "random")
 PLAN_FORMAT = "flexmerge-plan/1"
 
 __all__ = ["ORDERS", "MergeEvent", "Partition", "MergePlan", "size_of_partition", "plan_from_similarities",
-           "plan_from_sequences", "block_rng", "check_order"]
+           "plan_from_sequences", "block_rng", "check_order", "build_plan"]
 
 
 @dataclass(frozen=True)
@@ -234,3 +234,34 @@ def plan_from_similarities(sims, block_numels: Sequence[int], storage: str = "st
         else:
             sequences.append(matrix_sequence(sims[b], linkage, rng))
     return plan_from_sequences(sequences, num_tasks, block_numels, storage, linkage, order, seed, blocks)
+
+
+def build_plan(zoo, spec, algorithm, linkage: str = "min", order: str = "greedy", seed: int = 0,
+               progress=None, device=None) -> MergePlan:
+    """The plan of a zoo under a block spec, with the algorithm's preprocessing and storage rule.
+
+    Streams one block at a time from the zoo; never touches merged tensors except for `uni`, which
+    needs the algorithm's merged vectors of the groups it compares."""
+    from flexmerge_core.similarity import block_similarities, block_stream, pick_device
+    from flexmerge_core.uni_linkage import uni_block_sequence
+
+    check_linkage(linkage)
+    check_order(order)
+    seed = _check_seed(seed)
+    storage = algorithm.storage if algorithm is not None else "standard"
+    names = [block.name for block in spec.blocks]
+    numels = [block.numel for block in spec.blocks]
+    if linkage != "uni":
+        sims = block_similarities(zoo, spec, algorithm, device=device, progress=progress)
+        return plan_from_similarities(sims, numels, storage, linkage, order, seed, blocks=names)
+    if algorithm is None:
+        raise InvalidArgumentError("linkage 'uni' needs a merge algorithm (its merged vectors)")
+    device = pick_device(device)
+    if algorithm.has_preprocessing:
+        algorithm.prepare(block_stream(zoo, spec))
+    sequences = []
+    for b, block in enumerate(spec.blocks):
+        sequences.append(uni_block_sequence(zoo, block, algorithm, block_rng(order, seed, b), device))
+        if progress is not None:
+            progress(b + 1, len(spec.blocks), block.name)
+    return plan_from_sequences(sequences, len(zoo.task_names), numels, storage, linkage, order, seed, names)

@@ -1,0 +1,309 @@
+"""The embedded demo zoo: a tiny CLIP-style ViT, pretrained and then fully fine-tuned on 9 rendered tasks.
+
+Why: a fresh machine has no CLIP weights and no datasets, yet the app must open on a real model family
+that shows what FlexMerge is about (merging to 1x loses accuracy, more size wins it back, and related
+tasks merge more cheaply than unrelated ones). Everything is built offline, deterministically for a seed,
+on the CPU with a fixed thread count (so every machine builds the same tensors), and cached in
+`cache/demo-zoo`; the manifest records the recipe hash, and a changed recipe triggers a rebuild.
+
+Recipe (FULL):
+- model: open_clip's `VisionTransformer(image_size=16, patch_size=4, width=96, layers=4, heads=4,
+  mlp_ratio=2, output_dim=64)`, 312k parameters, CLIP ViT parameter names; per-task linear heads on
+  the raw 64-d output.
+- pretraining: 84-way glyph classification (Latin/Greek/Cyrillic lowercase and symbols, 20 DejaVu fonts,
+  random size/rotation/position/colours), see demo_tasks.
+- tasks (demo_tasks.TASKS): three families of three, each family sharing an image distribution:
+  glyph (digits, font-digits, letters), geometry (shapes, count, position), texture (orientation,
+  frequency, blur). Per task: a linear probe on frozen features, then a full fine-tune to convergence.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import time
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Callable, Iterator
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from flexmerge_core.cache import atomic_directory, cache_root, content_hash
+from flexmerge_core.errors import FlexMergeError
+from flexmerge_core.zoo import demo_tasks
+from flexmerge_core.zoo.architectures import construct
+from flexmerge_core.zoo.manifest import MANIFEST_NAME
+
+Progress = Callable[[int, int, str], None]
+RECIPE_NAME = "flexmerge-demo"
+RECIPE_VERSION = 1  # bump when the code changes what a config builds
+ARCHITECTURE = {"image_size": 16, "patch_size": 4, "width": 96, "layers": 4, "heads": 4,
+                "mlp_ratio": 2, "output_dim": 64}
+
+
+@dataclass(frozen=True)
+class DemoConfig:
+    """Everything that determines the built zoo (hashed into the manifest's recipe)."""
+
+    architecture: dict = field(default_factory=lambda: dict(ARCHITECTURE))
+    tasks: tuple[str, ...] = tuple(t.name for t in demo_tasks.TASKS)
+    pretrain_images: int = 20000
+    pretrain_steps: int = 900
+    pretrain_lr: float = 3e-3
+    train_images: int = 3000
+    heldout_images: int = 1000
+    batch_size: int = 128
+    probe_steps: int = 150
+    probe_lr: float = 1e-2
+    finetune_steps: int = 300
+    finetune_lr: float = 5e-4
+    weight_decay: float = 0.05
+    threads: int = 2
+
+
+FULL = DemoConfig()
+MICRO = DemoConfig(
+    architecture={"image_size": 16, "patch_size": 8, "width": 16, "layers": 1, "heads": 2,
+                  "mlp_ratio": 2, "output_dim": 8},
+    tasks=("font-digits", "shapes", "orientation"),
+    pretrain_images=128, pretrain_steps=4, train_images=96, heldout_images=32, batch_size=32,
+    probe_steps=4, finetune_steps=4, threads=1,
+)
+
+
+def recipe_hash(config: DemoConfig, seed: int) -> str:
+    return content_hash(RECIPE_NAME, RECIPE_VERSION, asdict(config), seed)
+
+
+def _rng(seed: int, stream: int, index: int) -> np.random.Generator:
+    """Independent generators per (seed, stream, index): stable across runs and Python versions."""
+    return np.random.default_rng([seed, stream, index])
+
+
+def _torch_generator(seed: int, stream: int, index: int) -> torch.Generator:
+    return torch.Generator().manual_seed(int(_rng(seed, stream, index).integers(2**62)))
+
+
+@contextlib.contextmanager
+def _deterministic_cpu(threads: int) -> Iterator[None]:
+    """Fixed thread count and deterministic kernels for the build; restored afterwards."""
+    old_threads, old_det = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
+    torch.set_num_threads(threads)
+    torch.use_deterministic_algorithms(True)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(old_threads)
+        torch.use_deterministic_algorithms(old_det)
+
+
+def _cosine_lr(step: int, total: int, base: float) -> float:
+    warmup = max(1, total // 20)
+    if step < warmup:
+        return base * (step + 1) / warmup
+    return base * 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, total - warmup)))
+
+
+def _train(forward, params: list[torch.Tensor], x: torch.Tensor, y: torch.Tensor, steps: int, lr: float,
+           config: DemoConfig, gen: torch.Generator, weight_decay: float) -> None:
+    """AdamW with warm-up + cosine decay on random mini-batches drawn with `gen`."""
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+    for step in range(steps):
+        for group in opt.param_groups:
+            group["lr"] = _cosine_lr(step, steps, lr)
+        idx = torch.randint(len(x), (min(config.batch_size, len(x)),), generator=gen)
+        loss = F.cross_entropy(forward(x[idx]), y[idx])
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+
+@torch.no_grad()
+def _features(encoder: torch.nn.Module, x: torch.Tensor, chunk: int = 512) -> torch.Tensor:
+    return torch.cat([encoder(x[i:i + chunk]) for i in range(0, len(x), chunk)])
+
+
+@torch.no_grad()
+def _accuracy(encoder: torch.nn.Module, head: torch.nn.Linear, x: torch.Tensor, y: torch.Tensor) -> float:
+    encoder.eval()
+    return float((head(_features(encoder, x)).argmax(1) == y).float().mean())
+
+
+def _encoder(config: DemoConfig) -> torch.nn.Module:
+    return construct("open_clip_vit", config.architecture)
+
+
+def pretrain(config: DemoConfig, seed: int, fonts) -> dict[str, torch.Tensor]:
+    """The pretrained encoder's state dict (glyph classification through a throw-away head)."""
+    images, labels = demo_tasks.sample_pretraining(config.pretrain_images, _rng(seed, 0, 0), fonts)
+    torch.manual_seed(int(_rng(seed, 1, 0).integers(2**62)))
+    encoder = _encoder(config)
+    head = torch.nn.Linear(config.architecture["output_dim"], len(demo_tasks.PRETRAIN_GLYPHS))
+    encoder.train()
+    _train(lambda b: head(encoder(b)), [*encoder.parameters(), *head.parameters()],
+           torch.from_numpy(demo_tasks.normalise(images)), torch.from_numpy(labels),
+           config.pretrain_steps, config.pretrain_lr, config, _torch_generator(seed, 2, 0),
+           config.weight_decay)
+    return {k: v.detach().clone() for k, v in encoder.state_dict().items()}
+
+
+def finetune(pretrained: dict[str, torch.Tensor], task: demo_tasks.TaskSpec, index: int,
+             config: DemoConfig, seed: int, fonts) -> dict:
+    """One task: sample its data, fit a linear probe, fine-tune everything; the write_zoo task dict."""
+    train_x, train_y = demo_tasks.sample_task(task, config.train_images, _rng(seed, 10, index), fonts)
+    test_x, test_y = demo_tasks.sample_task(task, config.heldout_images, _rng(seed, 11, index), fonts)
+    train_x = torch.from_numpy(demo_tasks.normalise(train_x))
+    test_x = torch.from_numpy(demo_tasks.normalise(test_x))
+    train_y, test_y = torch.from_numpy(train_y), torch.from_numpy(test_y)
+    encoder = _encoder(config)
+    encoder.load_state_dict(pretrained)
+    torch.manual_seed(int(_rng(seed, 12, index).integers(2**62)))
+    head = torch.nn.Linear(config.architecture["output_dim"], len(task.classes))
+    encoder.eval()
+    frozen = _features(encoder, train_x)
+    _train(lambda idx_feats: head(idx_feats), list(head.parameters()), frozen, train_y,
+           config.probe_steps, config.probe_lr, config, _torch_generator(seed, 13, index), 0.0)
+    encoder.train()
+    _train(lambda b: head(encoder(b)), [*encoder.parameters(), *head.parameters()], train_x, train_y,
+           config.finetune_steps, config.finetune_lr, config, _torch_generator(seed, 14, index),
+           config.weight_decay)
+    return {
+        "name": task.name,
+        "state_dict": {k: v.detach().clone() for k, v in encoder.state_dict().items()},
+        "head": {"weight": head.weight.detach().clone(), "bias": head.bias.detach().clone()},
+        "data": (test_x, test_y),
+        "classes": list(task.classes),
+        "finetuned_accuracy": _accuracy(encoder, head, test_x, test_y),
+        "family": task.family,
+    }
+
+
+def train_demo_models(config: DemoConfig = FULL, seed: int = 0, progress: Progress | None = None):
+    """(pretrained state dict, list of task dicts): the whole training part of a build."""
+    specs = {t.name: t for t in demo_tasks.TASKS}
+    report = progress or (lambda done, total, message: None)
+    total = len(config.tasks) + 1
+    fonts = demo_tasks.load_fonts()
+    with _deterministic_cpu(config.threads):
+        report(0, total, "pretraining")
+        pretrained = pretrain(config, seed, fonts)
+        tasks = []
+        for done, name in enumerate(config.tasks, start=1):
+            report(done, total, f"fine-tuning {name}")
+            index = list(specs).index(name)  # seeds follow the task, not its place in a subset
+            tasks.append(finetune(pretrained, specs[name], index, config, seed, fonts))
+    report(total, total, "done")
+    return pretrained, tasks
+
+
+def _write(folder: Path, config: DemoConfig, seed: int, pretrained, tasks, report: dict) -> None:
+    """The zoo files into `folder` (already a temporary folder of the caller)."""
+    from flexmerge_core.zoo.writer import write_zoo
+
+    recipe = {"name": RECIPE_NAME, "version": RECIPE_VERSION, "hash": recipe_hash(config, seed),
+              "seed": seed, "config": asdict(config),
+              "families": {t["name"]: t["family"] for t in tasks}, "report": report}
+    write_zoo(folder, {"kind": "open_clip_vit", "config": dict(config.architecture)}, pretrained,
+              [{k: v for k, v in t.items() if k != "family"} for t in tasks],
+              recipe=recipe, head_input="raw", name="demo")
+
+
+def _family_cosines(sims: np.ndarray, families: list[str]) -> tuple[float, float]:
+    """Mean block cosine over task pairs of the same family, and over pairs of different families."""
+    pairs = [(i, j) for i in range(len(families)) for j in range(i + 1, len(families))]
+    within = [sims[:, i, j].mean() for i, j in pairs if families[i] == families[j]]
+    across = [sims[:, i, j].mean() for i, j in pairs if families[i] != families[j]]
+    return float(np.mean(within)), float(np.mean(across))
+
+
+def merge_report(zoo, families: list[str]) -> dict:
+    """The headline numbers of a demo zoo: fine-tuned vs Task Arithmetic at 1x and 2x on the greedy
+    plan (component blocks), and the within/across-family block cosines."""
+    finetuned = float(np.mean(list(zoo.finetuned_accuracy.values())))
+    try:
+        from flexmerge_core.algorithms import get_algorithm
+        from flexmerge_core.blocks import build_blocks
+        from flexmerge_core.deploy import build_deployment
+        from flexmerge_core.evaluate import evaluate_deployment
+        from flexmerge_core.plan import plan_from_similarities
+        from flexmerge_core.similarity import block_similarities
+    except ImportError as exc:  # TEMPORARY until blocks.py/evaluate.py land
+        return {"finetuned_avg_accuracy": round(finetuned, 4), "merge_numbers": f"not measured ({exc})"}
+    spec = build_blocks(zoo.param_names, zoo.param_shapes, granularity="component")
+    algorithm = get_algorithm("ta")
+    sims = block_similarities(zoo, spec, algorithm)
+    plan = plan_from_similarities(sims, [b.numel for b in spec.blocks], algorithm.storage,
+                                  blocks=[b.name for b in spec.blocks])
+    within, across = _family_cosines(sims, families)
+    report = {"finetuned_avg_accuracy": round(finetuned, 4)}
+    for size in (1.0, 2.0):
+        result = evaluate_deployment(zoo, build_deployment(zoo, plan, algorithm, size, spec=spec))
+        report[f"ta_{size:g}x_avg_accuracy"] = round(float(result.avg_accuracy), 4)
+    report.update({"within_family_cosine": round(within, 4), "across_family_cosine": round(across, 4),
+                   "cosine_ratio": round(within / across, 2) if across > 0 else None})
+    return report
+
+
+def default_path() -> Path:
+    return cache_root() / "demo-zoo"
+
+
+def is_current(folder: Path, config: DemoConfig = FULL, seed: int = 0) -> bool:
+    """True when `folder` holds a complete demo zoo (it opens, has a report) built by this recipe."""
+    from flexmerge_core.zoo.loader import open_zoo
+
+    try:
+        recipe = open_zoo(folder).recipe
+    except FlexMergeError:
+        return False
+    return recipe.get("hash") == recipe_hash(config, seed) and "report" in recipe
+
+
+def _publish(tmp: Path, staged: Path) -> None:
+    """Move the files of the staged zoo up into the atomic_directory temp folder."""
+    for entry in staged.iterdir():
+        os.replace(entry, tmp / entry.name)
+    staged.rmdir()
+
+
+def _set_report(folder: Path, report: dict) -> None:
+    path = folder / MANIFEST_NAME
+    doc = json.loads(path.read_text())
+    doc["recipe"]["report"] = report
+    path.write_text(json.dumps(doc, indent=2) + "\n")
+
+
+def build_demo_zoo(out=None, seed: int = 0, force: bool = False, progress: Progress | None = None,
+                   config: DemoConfig = FULL) -> Path:
+    """Build the demo zoo into `out` (default cache/demo-zoo) unless a current one is there already.
+
+    The folder appears complete or not at all: training, writing and the merge report all happen
+    under a hidden temporary name that is renamed into place at the end.
+    """
+    out = Path(out) if out is not None else default_path()
+    if not force and is_current(out, config, seed):
+        return out
+    start = time.perf_counter()
+    pretrained, tasks = train_demo_models(config, seed, progress)
+    families = [t["family"] for t in tasks]
+
+    def build(tmp: Path) -> None:
+        staged = tmp / "staged"
+        _write(staged, config, seed, pretrained, tasks, report={})
+        from flexmerge_core.zoo.loader import open_zoo
+
+        report = merge_report(open_zoo(staged), families)
+        report["build_seconds"] = round(time.perf_counter() - start, 1)
+        report["parameters"] = sum(t.numel() for t in pretrained.values())
+        _set_report(staged, report)
+        _publish(tmp, staged)
+
+    return atomic_directory(out, build)
+
+
+def ensure_demo_zoo(progress: Progress | None = None) -> Path:
+    """The cached demo zoo folder, built first when missing, incomplete or from an older recipe."""
+    return build_demo_zoo(progress=progress, config=FULL)

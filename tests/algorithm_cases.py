@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import torch
 
+from flexmerge_core.algorithms.base import flatten_rows as flat, unflatten_row as unflat  # noqa: F401 (layout only)
+
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 SHAPES = [{"w": (5, 3), "b": (5,)}, {"w": (4, 6)}, {"k": (2, 3, 2, 2), "b": (7,)}]
 GROUP_SIZES = [2, 3, 4, 5, 6]
@@ -19,15 +21,17 @@ def dyadic_block(shapes: dict, rows: int, seed: int, device="cpu", zeros: float 
     return out
 
 
-def flat(block: dict) -> torch.Tensor:
-    """Rows = members, columns = all tensors of the block flattened in name order."""
-    return torch.cat([block[n].reshape(block[n].shape[0], -1) for n in block], dim=1)
-
-
-def unflat(vector: torch.Tensor, like: dict) -> dict:
-    out, start = {}, 0
-    for n, t in like.items():
-        size = t[0].numel()
-        out[n] = vector[start:start + size].reshape(t.shape[1:])
-        start += size
+def reference_ties_merge(rows: torch.Tensor, lam: float) -> torch.Tensor:
+    """Coordinate by coordinate, as the textbook states it."""
+    g, d = rows.shape
+    signs = []
+    for j in range(d):
+        total = sum(float(rows[i, j]) for i in range(g))
+        signs.append((total > 0) - (total < 0))
+    fallback = -1 if sum(signs) < 0 else 1
+    out = torch.zeros(d)
+    for j in range(d):
+        s = signs[j] or fallback
+        picked = [float(rows[i, j]) for i in range(g) if float(rows[i, j]) * s > 0]
+        out[j] = lam * (sum(picked) / len(picked) if picked else 0.0)
     return out

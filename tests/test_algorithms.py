@@ -6,7 +6,7 @@ import hashlib
 import pytest
 import torch
 
-from algorithm_cases import DEVICES, GROUP_SIZES, SHAPES, dyadic_block, flat, unflat
+from algorithm_cases import DEVICES, GROUP_SIZES, SHAPES, dyadic_block, flat, reference_ties_merge, unflat
 from flexmerge_core.algorithms import ALGORITHM_NAMES, get_algorithm
 from flexmerge_core.errors import InvalidArgumentError
 
@@ -72,22 +72,6 @@ def test_ties_trim_keeps_ties_at_threshold():
 
 
 # ---- references ---------------------------------------------------------------------------------
-def reference_ties_merge(rows: torch.Tensor, lam: float) -> torch.Tensor:
-    """Coordinate by coordinate, as the textbook states it."""
-    g, d = rows.shape
-    signs = []
-    for j in range(d):
-        total = sum(float(rows[i, j]) for i in range(g))
-        signs.append((total > 0) - (total < 0))
-    fallback = -1 if sum(signs) < 0 else 1
-    out = torch.zeros(d)
-    for j in range(d):
-        s = signs[j] or fallback
-        picked = [float(rows[i, j]) for i in range(g) if float(rows[i, j]) * s > 0]
-        out[j] = lam * (sum(picked) / len(picked) if picked else 0.0)
-    return out
-
-
 def reference_trim(whole: torch.Tensor, keep: float) -> torch.Tensor:
     out = torch.zeros_like(whole)
     d = whole.shape[1]
@@ -212,7 +196,7 @@ def test_dare_ties_trims_after_dropping():
 
 
 # ---- robustness and the shared contract ---------------------------------------------------------
-@pytest.mark.parametrize("name", ["avg", "ta", "ties", "dare_ta", "dare_ties"])
+@pytest.mark.parametrize("name", ["avg", "ta", "ties", "dare_ta", "dare_ties", "pcb", "tsv"])
 def test_zero_and_constant_blocks_stay_finite(name):
     for block in ({"w": torch.zeros(3, 4, 2)}, {"w": torch.full((3, 4, 2), 0.25)}):
         algo = get_algorithm(name)

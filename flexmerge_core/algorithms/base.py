@@ -90,6 +90,21 @@ def float_block(block: Block) -> dict:
     return out
 
 
+def flatten_rows(block: Block) -> torch.Tensor:
+    """[g, d]: each member's tensors flattened and concatenated in the block's name order."""
+    return torch.cat([t.reshape(t.shape[0], -1) for t in block.values()], dim=1)
+
+
+def unflatten_row(vector: torch.Tensor, like: Block) -> dict:
+    """Inverse of flatten_rows for one row: {name: Tensor[*shape]} shaped like `like`'s members."""
+    out, start = {}, 0
+    for name, t in like.items():
+        size = t[0].numel()
+        out[name] = vector[start:start + size].reshape(t.shape[1:])
+        start += size
+    return out
+
+
 def group_size(block: Block) -> int:
     sizes = {t.shape[0] for t in block.values()}
     if len(sizes) != 1:

@@ -1,0 +1,44 @@
+"""consensus / consensus_ta: TALL masks over a unified vector (the paper's Consensus compression).
+
+u = lam * ties_merge(members) (no trim) for `consensus`, u = lam * mean for `consensus_ta`;
+mask m_k = |tau_k| > mask_lambda * |u - tau_k| (strict); task k is rebuilt as theta_pre + m_k * u.
+Groups of size <= 2 are not merged (see ALGORITHMS.md section 1). No division, so no zero guard.
+"""
+from __future__ import annotations
+
+import torch
+
+from flexmerge_core.algorithms.base import HyperParam, MergeAlgorithm, MergeResult
+from flexmerge_core.algorithms.ta import LAMBDA as TA_LAMBDA
+from flexmerge_core.algorithms.ties import LAMBDA as TIES_LAMBDA, disjoint_mean
+
+MASK_LAMBDA = HyperParam("mask_lambda", 0.6, float, 0.0, 10.0,
+                         help="a task keeps an entry where |tau| > mask_lambda * |u - tau|")
+
+
+def tall_masks(block: dict, unified: dict, mask_lambda: float) -> dict:
+    return {n: t.abs() > mask_lambda * (unified[n] - t).abs() for n, t in block.items()}
+
+
+class Consensus(MergeAlgorithm):
+    name = "consensus"
+    storage = "mask"
+    params = (TIES_LAMBDA, MASK_LAMBDA)
+
+    def _unified(self, block: dict) -> dict:
+        return {n: self._hp["lam"] * v for n, v in disjoint_mean(block).items()}
+
+    def _merge(self, block, members):
+        unified = self._unified(block)
+        g = len(members)
+        reference = next(iter(block.values()))
+        return MergeResult(unified=unified, masks=tall_masks(block, unified, self._hp["mask_lambda"]),
+                           scales=torch.ones(g, dtype=reference.dtype, device=reference.device))
+
+
+class ConsensusTaskArithmetic(Consensus):
+    name = "consensus_ta"
+    params = (TA_LAMBDA, MASK_LAMBDA)
+
+    def _unified(self, block: dict) -> dict:
+        return {n: self._hp["lam"] * t.mean(dim=0) for n, t in block.items()}

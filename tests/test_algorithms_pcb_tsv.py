@@ -1,0 +1,139 @@
+"""PCB and TSV-M against float64 numpy/scipy re-implementations (1e-6 relative)."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import scipy.linalg
+import torch
+
+from algorithm_cases import DEVICES, GROUP_SIZES
+from flexmerge_core.algorithms import get_algorithm
+from flexmerge_core.algorithms.tsv import tsv_factors
+
+M = 6
+
+
+def random_model(seed: int, dtype=torch.float64, device="cpu") -> list:
+    """Two blocks of M tasks; some exact zeros and repeated values to exercise ties."""
+    g = torch.Generator().manual_seed(seed)
+    blocks = [{"w": torch.randn(M, 6, 5, generator=g, dtype=dtype), "b": torch.randn(M, 6, generator=g, dtype=dtype)},
+              {"w": torch.randn(M, 4, 9, generator=g, dtype=dtype)}]
+    blocks[0]["w"][:, 0, :2] = 0.0
+    blocks[1]["w"][:, 1, :] = 0.5
+    return [{n: t.to(device) for n, t in b.items()} for b in blocks]
+
+
+def rows_np(block: dict) -> np.ndarray:
+    return np.concatenate([t.cpu().double().numpy().reshape(t.shape[0], -1) for t in block.values()], axis=1)
+
+
+def ref_scores(X: np.ndarray, q: float, g: int):
+    """(A, P) of the PCB formula, with order-statistic quantiles per row."""
+    d = X.shape[1]
+    low = int(q * (d - 1))
+    ordered = np.sort(np.abs(X), axis=1)
+    q_lo, q_hi = ordered[:, low:low + 1], ordered[:, d - 1 - low:d - low]
+    A = np.clip(np.abs(X), q_lo, q_hi)
+    span = q_hi - q_lo
+    mm = np.where(span > 0, (A - q_lo) / np.where(span > 0, span, 1), 0.0)
+    P = np.exp(g * mm ** 2) * np.tanh(X * X.sum(axis=0, keepdims=True))
+    return A, P
+
+
+def ref_pcb(model: list, block_index: int, members: list, keep=0.1, q=1e-4, lam=1.0) -> np.ndarray:
+    whole = np.concatenate([rows_np(b) for b in model], axis=1)
+    D = whole.shape[1]
+    _, P_all = ref_scores(whole, q, M)
+    ordered = np.sort(P_all, axis=1)
+    thr, top = ordered[:, min(int(D * (1 - keep)), D - 1)], ordered[:, -1]
+    X = rows_np(model[block_index])[members]
+    A, P = ref_scores(X, q, len(members))
+    clamped = np.clip(P, thr[members, None], top[members, None])
+    lo, hi = clamped.min(axis=1, keepdims=True), clamped.max(axis=1, keepdims=True)
+    scale = np.where(hi > lo, (clamped - lo) / np.where(hi > lo, hi - lo, 1), 0.0)
+    return lam * (np.sign(X) * A * scale).sum(axis=0) / np.maximum(scale.sum(axis=0), 1e-12)
+
+
+def merged_np(result) -> np.ndarray:
+    return np.concatenate([t.cpu().double().numpy().reshape(-1) for t in result.unified.values()])
+
+
+def assert_relative(got: np.ndarray, expected: np.ndarray, rtol: float):
+    assert np.isfinite(got).all()
+    assert np.linalg.norm(got - expected) <= rtol * max(np.linalg.norm(expected), 1e-30)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("g", GROUP_SIZES)
+@pytest.mark.parametrize("keep", [0.1, 0.2, 0.5])
+def test_pcb_matches_reference(device, g, keep):
+    model = random_model(seed=g, device=device)
+    pcb = get_algorithm("pcb", keep=keep)
+    pcb.prepare(lambda: iter(model))
+    members = sorted(np.random.default_rng(g).choice(M, size=g, replace=False).tolist())
+    for b, block in enumerate(model):
+        result = pcb.merge({n: t[members] for n, t in block.items()}, members)
+        assert_relative(merged_np(result), ref_pcb(model, b, members, keep=keep), 1e-6)
+
+
+def test_pcb_in_float32_stays_close_to_the_float64_reference():
+    model64 = random_model(seed=3)
+    model32 = [{n: t.float() for n, t in b.items()} for b in model64]
+    pcb = get_algorithm("pcb", lam=1.3)
+    pcb.prepare(lambda: iter(model32))
+    result = pcb.merge({n: t[[0, 2, 5]] for n, t in model32[0].items()}, [0, 2, 5])
+    assert result.unified["w"].dtype == torch.float32
+    assert_relative(merged_np(result), ref_pcb(model64, 0, [0, 2, 5], lam=1.3), 1e-4)
+
+
+def test_pcb_needs_prepare_and_survives_degenerate_input():
+    with pytest.raises(RuntimeError, match="prepare"):
+        get_algorithm("pcb").merge({"w": torch.ones(2, 3)}, [0, 1])
+    for block in ({"w": torch.zeros(3, 5)}, {"w": torch.full((3, 5), 2.0)}):
+        pcb = get_algorithm("pcb")
+        pcb.prepare(lambda: iter([block]))
+        assert torch.isfinite(pcb.merge(block, [0, 1, 2]).unified["w"]).all()
+
+
+def ref_tsv(stack: np.ndarray, alpha=1.0) -> np.ndarray:
+    g, m, n = stack.shape
+    k = min(m, n) // g
+    if k == 0:
+        return alpha * stack.mean(axis=0)
+    Us, Ss, Vs = [], [], []
+    for member in stack:
+        U, S, Vt = np.linalg.svd(member, full_matrices=False)
+        Us.append(U[:, :k]), Ss.append(S[:k]), Vs.append(Vt[:k].T)
+    U_perp = scipy.linalg.polar(np.concatenate(Us, axis=1))[0]
+    V_perp = scipy.linalg.polar(np.concatenate(Vs, axis=1))[0]
+    return alpha * U_perp @ np.diag(np.concatenate(Ss)) @ V_perp.T
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("g", GROUP_SIZES)
+@pytest.mark.parametrize("shape", [(12, 7), (6, 13), (10, 10)])
+def test_tsv_matches_reference_with_orthonormal_factors(device, g, shape):
+    gen = torch.Generator().manual_seed(g * 31 + shape[0])
+    block = {"w": torch.randn(g, *shape, generator=gen, dtype=torch.float64).to(device),
+             "b": torch.randn(g, shape[0], generator=gen, dtype=torch.float64).to(device)}
+    result = get_algorithm("tsv", alpha=0.8).merge(block, list(range(g)))
+    w = block["w"].cpu().numpy()
+    assert_relative(result.unified["w"].cpu().numpy(), ref_tsv(w, 0.8), 1e-6)
+    assert torch.allclose(result.unified["b"].cpu(), 0.8 * block["b"].cpu().mean(dim=0), rtol=0, atol=1e-15)
+    U, S, V = tsv_factors(block["w"])
+    eye = torch.eye(U.shape[1], dtype=U.dtype, device=U.device)
+    assert torch.allclose(U.T @ U, eye, atol=1e-10) and torch.allclose(V.T @ V, eye, atol=1e-10)
+
+
+def test_tsv_falls_back_to_mean_below_rank_and_for_conv_kernels():
+    gen = torch.Generator().manual_seed(0)
+    block = {"w": torch.randn(4, 3, 8, generator=gen), "conv": torch.randn(4, 2, 3, 2, 2, generator=gen)}
+    out = get_algorithm("tsv").merge(block, [0, 1, 2, 3]).unified
+    assert torch.equal(out["w"], block["w"].mean(dim=0)) and torch.equal(out["conv"], block["conv"].mean(dim=0))
+
+
+def test_tsv_is_finite_for_zero_and_rank_deficient_members():
+    block = {"w": torch.zeros(3, 6, 6)}
+    block["w"][1] = torch.outer(torch.arange(6.0), torch.ones(6))
+    out = get_algorithm("tsv").merge(block, [0, 1, 2]).unified["w"]
+    assert torch.isfinite(out).all() and out.dtype == torch.float32

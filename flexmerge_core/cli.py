@@ -114,7 +114,15 @@ def _cmd_zoo_build_demo(args: argparse.Namespace) -> int:
 
 
 def _cmd_zoo_info(args: argparse.Namespace) -> int:
-    raise FlexMergeError("zoo info is not available yet")
+    from flexmerge_core.zoo import open_zoo
+    from flexmerge_core.zoo.summary import summary_lines, zoo_summary
+
+    summary = zoo_summary(open_zoo(args.zoo))
+    if args.json:
+        emit_json(summary)
+    else:
+        print("\n".join(summary_lines(summary)))
+    return 0
 
 
 def _plan_from_args(args: argparse.Namespace):

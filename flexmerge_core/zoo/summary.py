@@ -1,0 +1,52 @@
+"""A plain-data summary of a zoo (for `zoo info`, the app's overview and reports).
+
+Why separate: the CLI and the dashboard show the same facts; computing them in one place keeps
+the two consistent, and the result is JSON-ready.
+"""
+from __future__ import annotations
+
+from flexmerge_core.blocks import build_blocks
+from flexmerge_core.zoo.loader import Zoo
+
+PRESETS = ("layer", "component", "parameter")
+
+
+def zoo_summary(zoo: Zoo) -> dict:
+    """Tasks, merged parameter counts, blocks per preset, fine-tuned accuracies, the recipe's report."""
+    tasks = [{"name": t.name, "finetuned_accuracy": t.finetuned_accuracy,
+              "num_classes": None if t.classes is None else len(t.classes),
+              "has_head": t.head is not None, "has_heldout_data": t.data is not None}
+             for t in zoo.manifest.tasks]
+    specs = {g: build_blocks(zoo.param_names, zoo.param_shapes, g) for g in PRESETS}
+    report = zoo.recipe.get("report") if isinstance(zoo.recipe.get("report"), dict) else {}
+    return {
+        "name": zoo.name, "root": str(zoo.root), "fingerprint": zoo.fingerprint,
+        "architecture": zoo.manifest.architecture_kind, "head_input": zoo.head_input,
+        "num_tasks": len(tasks), "tasks": tasks,
+        "merged_tensors": len(zoo.param_names), "merged_params": specs["parameter"].total_params,
+        "unmerged_tensors": list(zoo.unmerged_names),
+        "blocks": {g: len(spec.blocks) for g, spec in specs.items()},
+        "finetuned_accuracy": zoo.finetuned_accuracy, "report": report,
+    }
+
+
+def summary_lines(summary: dict) -> list[str]:
+    """The human-readable form of zoo_summary."""
+    lines = [f"zoo {summary['name']} ({summary['architecture']}) at {summary['root']}",
+             f"fingerprint {summary['fingerprint']}",
+             f"merged parameters: {summary['merged_params']:,} in {summary['merged_tensors']} tensors"
+             + (f" ({len(summary['unmerged_tensors'])} tensors kept per task)" if summary["unmerged_tensors"] else ""),
+             "blocks: " + ", ".join(f"{g} {n}" for g, n in summary["blocks"].items()),
+             f"tasks ({summary['num_tasks']}):"]
+    for task in summary["tasks"]:
+        acc = "n/a" if task["finetuned_accuracy"] is None else f"{task['finetuned_accuracy']:.4f}"
+        classes = "" if task["num_classes"] is None else f", {task['num_classes']} classes"
+        lines.append(f"  {task['name']}: fine-tuned accuracy {acc}{classes}")
+    if summary["report"]:
+        lines.append("report:")
+        lines += [f"  {key}: {_format_value(value)}" for key, value in summary["report"].items()]
+    return lines
+
+
+def _format_value(value) -> str:
+    return f"{value:.4f}" if isinstance(value, float) else str(value)

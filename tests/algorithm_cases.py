@@ -1,6 +1,9 @@
 """Shared inputs for the algorithm tests: devices, seeded random blocks with exactly summable values."""
 from __future__ import annotations
 
+import math
+from dataclasses import dataclass
+
 import torch
 
 from flexmerge_core.algorithms.base import flatten_rows as flat, unflatten_row as unflat  # noqa: F401 (layout only)
@@ -35,3 +38,34 @@ def reference_ties_merge(rows: torch.Tensor, lam: float) -> torch.Tensor:
         picked = [float(rows[i, j]) for i in range(g) if float(rows[i, j]) * s > 0]
         out[j] = lam * (sum(picked) / len(picked) if picked else 0.0)
     return out
+
+
+@dataclass(frozen=True)
+class FakeBlock:
+    name: str
+    params: tuple
+    numel: int
+
+
+class FakeSpec:
+    """One block per tensor (the `parameter` granularity), or the given name groups."""
+
+    def __init__(self, shapes: dict, groups=None):
+        groups = groups or [(n,) for n in shapes]
+        self.blocks = [FakeBlock("+".join(g), tuple(g), sum(math.prod(shapes[n]) for n in g)) for g in groups]
+
+
+class FakeZoo:
+    """The slice of the Zoo interface the merger and baselines use; counts what it is asked to load."""
+
+    fingerprint = "fake-zoo"
+
+    def __init__(self, num_tasks: int, shapes: dict, seed: int = 0, vectors=None):
+        self.vectors = vectors if vectors is not None else dyadic_block(shapes, num_tasks, seed)
+        self.task_names = [f"task{i}" for i in range(num_tasks)]
+        self.loads = []
+
+    def task_vectors(self, names, tasks=None):
+        self.loads.append((tuple(names), None if tasks is None else tuple(tasks)))
+        rows = slice(None) if tasks is None else list(tasks)
+        return {n: self.vectors[n][rows].clone() for n in names}

@@ -1,41 +1,12 @@
 """GroupMerger: each (block, group, algorithm) result is computed once; preprocessing sees the whole zoo."""
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import pytest
 import torch
 
-from algorithm_cases import dyadic_block, flat
+from algorithm_cases import FakeSpec, FakeZoo, flat
 from flexmerge_core.algorithms import ALGORITHM_NAMES, get_algorithm
 from flexmerge_core.merge import GroupMerger
-
-
-@dataclass(frozen=True)
-class FakeBlock:
-    name: str
-    params: tuple
-    numel: int
-
-
-class FakeSpec:
-    def __init__(self, shapes: dict):
-        self.blocks = [FakeBlock(n, (n,), 1) for n in shapes]
-
-
-class FakeZoo:
-    """The slice of the Zoo interface GroupMerger uses; counts what it is asked to load."""
-
-    fingerprint = "fake-zoo"
-
-    def __init__(self, num_tasks: int, shapes: dict, seed: int = 0):
-        self.vectors = dyadic_block(shapes, num_tasks, seed)
-        self.loads = []
-
-    def task_vectors(self, names, tasks=None):
-        self.loads.append((tuple(names), None if tasks is None else tuple(tasks)))
-        rows = slice(None) if tasks is None else list(tasks)
-        return {n: self.vectors[n][rows].clone() for n in names}
 
 
 SHAPES = {"a.weight": (4, 3), "a.bias": (4,), "b.weight": (3, 3)}

@@ -309,3 +309,15 @@ def test_failed_write_leaves_no_zoo(tmp_path, pretrained, tasks):
     with pytest.raises(ZooError, match="task 'task1' lacks tensor 'proj'"):
         write_zoo(tmp_path / "z", ARCH, pretrained, tasks)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_half_precision_zoo_yields_float32_task_vectors(tmp_path, pretrained, tasks):
+    half = {k: v.half() for k, v in pretrained.items()}
+    for task in tasks:
+        task["state_dict"] = {k: v.half() for k, v in task["state_dict"].items()}
+    zoo = open_zoo(write_zoo(tmp_path / "z", ARCH, half, tasks))
+    assert zoo.param_dtypes["proj"] == torch.float16
+    vectors = zoo.task_vectors(["proj"], tasks=[1])["proj"]
+    assert vectors.dtype == torch.float32
+    expected = tasks[1]["state_dict"]["proj"].float() - half["proj"].float()
+    assert torch.equal(vectors[0], expected)

@@ -143,7 +143,8 @@ class Zoo:
         self._state_order = state_order
         pretrained = self._pretrained_file
         self.param_names: list[str] = _merged_names(manifest, state_order)
-        self.unmerged_names: list[str] = [n for n in state_order if n not in set(self.param_names)]
+        self._merged = set(self.param_names)
+        self.unmerged_names: list[str] = [n for n in state_order if n not in self._merged]
         self.param_shapes = {n: pretrained.shapes[n] for n in state_order}
         self.param_dtypes = {n: pretrained.dtypes[n] for n in state_order}
         self.fingerprint = self._fingerprint()
@@ -227,7 +228,7 @@ class Zoo:
             self._task(task_id)
         out = {}
         for name in names:
-            if name not in self.param_names:
+            if name not in self._merged:
                 raise InvalidArgumentError(f"'{name}' is not a merged parameter of zoo '{self.name}'")
             base = self.pretrained_tensor(name).to(torch.float32)
             stacked = torch.empty((len(task_ids), *base.shape), dtype=torch.float32)
@@ -272,7 +273,8 @@ class Zoo:
                                        f"{', '.join(self.task_names)})")
         if len(set(wanted)) != len(wanted) or not wanted:
             raise InvalidArgumentError("a task subset needs at least one task, each named once")
-        tasks = tuple(t for t in self.manifest.tasks if t.name in set(wanted))
+        chosen = set(wanted)
+        tasks = tuple(t for t in self.manifest.tasks if t.name in chosen)
         return Zoo(self.root, replace(self.manifest, tasks=tasks), self._files, self._state_order)
 
     def __repr__(self) -> str:

@@ -1,0 +1,98 @@
+"""What every page shares: which zoo is open, the cached engine objects, progress bars, errors.
+
+Why here: each page must open the same zoo (chosen once in the sidebar, or by the `zoo` query
+parameter / FLEXMERGE_ZOO for tests), reuse the same engine objects across reruns and sessions
+(`st.cache_resource`), show long work as a progress bar, and turn engine errors into one-line
+messages instead of tracebacks.
+"""
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import os
+from typing import Iterator, Optional
+
+import streamlit as st
+
+from flexmerge_core.errors import FlexMergeError
+from flexmerge_core.studio import Studio, open_studio_zoo
+
+ZOO_KEY = "zoo_spec"
+
+
+def _initial_zoo_spec() -> str:
+    return st.query_params.get("zoo") or os.environ.get("FLEXMERGE_ZOO") or "demo"
+
+
+def current_zoo_spec() -> str:
+    if ZOO_KEY not in st.session_state:
+        st.session_state[ZOO_KEY] = _initial_zoo_spec()
+    return st.session_state[ZOO_KEY]
+
+
+def _apply_zoo_input() -> None:
+    st.session_state[ZOO_KEY] = st.session_state["zoo_input"].strip() or "demo"
+
+
+def zoo_picker() -> str:
+    """Sidebar field for the zoo ('demo' or a folder); the choice persists across pages."""
+    spec = current_zoo_spec()
+    st.session_state["zoo_input"] = spec
+    st.sidebar.text_input("Model zoo", key="zoo_input", on_change=_apply_zoo_input,
+                          help="'demo' for the embedded demo zoo, or the path of a zoo folder (with zoo.json)")
+    return spec
+
+
+class ProgressBar:
+    """A progress(done, total, message) callback drawing a Streamlit progress bar, removed when done."""
+
+    def __init__(self, label: str):
+        self.label = label
+        self._slot = st.empty()
+
+    def __call__(self, done: int, total: int, message: str = "") -> None:
+        fraction = 0.0 if total <= 0 else min(1.0, max(0.0, done / total))
+        text = f"{self.label}: {message}" if message else self.label
+        self._slot.progress(fraction, text=f"{text} ({done}/{total})")
+
+    def clear(self) -> None:
+        self._slot.empty()
+
+
+@contextlib.contextmanager
+def progress_bar(label: str) -> Iterator[ProgressBar]:
+    bar = ProgressBar(label)
+    try:
+        yield bar
+    finally:
+        bar.clear()
+
+
+@st.cache_resource(show_spinner=False, max_entries=4)
+def _studio(spec: str, _progress: Optional[ProgressBar] = None) -> Studio:
+    return Studio(open_studio_zoo(spec, progress=_progress))
+
+
+def open_studio() -> Studio:
+    """The Studio of the chosen zoo; on a bad zoo the page shows the engine's message and stops."""
+    spec = zoo_picker()
+    with progress_bar(f"Opening zoo {spec}") as bar, engine_errors():
+        return _studio(spec, bar)
+
+
+@contextlib.contextmanager
+def engine_errors() -> Iterator[None]:
+    """Show a FlexMergeError as a one-line in-page error and stop this page run (no traceback)."""
+    try:
+        yield
+    except FlexMergeError as exc:
+        st.error(" ".join(str(exc).split()))
+        st.stop()
+
+
+def engine_has(what: str, *modules: str) -> bool:
+    """While the engine is being built: True when its modules exist, else an honest in-page note."""
+    missing = [m for m in modules if importlib.util.find_spec(f"flexmerge_core.{m}") is None]
+    if missing:
+        st.info(f"{what} is not available yet (engine module(s) {', '.join(missing)} not there yet).")
+    return not missing

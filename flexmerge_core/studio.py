@@ -1,0 +1,236 @@
+"""A thin facade over the engine for interactive front ends (the Streamlit dashboard).
+
+Why: a dashboard asks the same questions again and again (the partition, accuracies and charts at a
+size, for one set of plan settings) and must answer known ones instantly. This module opens zoos,
+builds plans, deployments, curves and exports through the engine's public functions and memoises
+them per settings in memory (the engine's own on-disk cache keeps results across restarts).
+It adds no math and imports no UI library; long work reports through `progress(done, total, msg)`.
+"""
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field
+from typing import Any, Callable, Optional, Sequence
+
+import numpy as np
+
+from flexmerge_core.algorithms import ALGORITHM_NAMES, HyperParam, get_algorithm
+from flexmerge_core.errors import InvalidArgumentError
+from flexmerge_core.plan import MergePlan, Partition
+from flexmerge_core.zoo import Zoo, open_zoo
+
+Progress = Callable[[int, int, str], None]
+DEFAULT_ALGORITHM = "ta"
+GRANULARITIES = ("component", "layer", "parameter")   # the presets (custom rules need a rules file)
+
+
+def open_studio_zoo(spec: str, progress: Optional[Progress] = None) -> Zoo:
+    """Open a zoo folder, or "demo" (built offline on first use, with progress)."""
+    if spec == "demo":
+        from flexmerge_core.zoo.demo import ensure_demo_zoo
+
+        return open_zoo(ensure_demo_zoo(progress=progress))
+    return open_zoo(spec)
+
+
+def algorithm_names() -> tuple[str, ...]:
+    return tuple(ALGORITHM_NAMES)
+
+
+def algorithm_options(name: str) -> tuple[HyperParam, ...]:
+    """The declared hyperparameters (with paper defaults) of one algorithm."""
+    return tuple(type(get_algorithm(name)).params)
+
+
+@dataclass(frozen=True)
+class PlanChoice:
+    """Everything that determines one plan and its deployments (hashable: a memo key)."""
+
+    algorithm: str = DEFAULT_ALGORITHM
+    hyperparameters: tuple[tuple[str, Any], ...] = ()
+    granularity: str = "component"
+    linkage: str = "min"
+    order: str = "greedy"
+    seed: int = 0
+    tasks: tuple[str, ...] = ()          # () = every task of the zoo
+
+    def make_algorithm(self):
+        return get_algorithm(self.algorithm, **dict(self.hyperparameters))
+
+
+@dataclass(frozen=True)
+class ZooSummary:
+    name: str
+    root: str
+    tasks: list[str]
+    finetuned: Optional[dict[str, float]]
+    merged_params: int
+    num_blocks: int
+    model_megabytes: float
+
+
+@dataclass(frozen=True)
+class PartitionView:
+    """What the size slider shows: budget asked vs size achieved, groups per block, megabytes."""
+
+    budget: float
+    size: float
+    budget_met: bool
+    num_events: int
+    cluster_counts: list[int]
+    megabytes: float
+    partition: Partition = field(repr=False, compare=False)
+
+
+def model_bytes(zoo: Zoo) -> int:
+    """Bytes of one model's merged parameters at their stored dtypes (heads excluded)."""
+    total = 0
+    for name in zoo.param_names:
+        numel = int(np.prod(zoo.param_shapes[name], dtype=np.int64))
+        total += numel * zoo.param_dtypes[name].itemsize
+    return total
+
+
+def summarize_zoo(zoo: Zoo, granularity: str = "component") -> ZooSummary:
+    from flexmerge_core.blocks import build_blocks
+
+    spec = build_blocks(zoo.param_names, zoo.param_shapes, granularity=granularity)
+    return ZooSummary(name=zoo.name, root=str(zoo.root), tasks=list(zoo.task_names),
+                      finetuned=zoo.finetuned_accuracy, merged_params=int(spec.total_params),
+                      num_blocks=len(spec.blocks), model_megabytes=model_bytes(zoo) / 1e6)
+
+
+class Explorer:
+    """One plan (zoo subset + algorithm + granularity/linkage/order) and everything derived from it."""
+
+    def __init__(self, zoo: Zoo, choice: PlanChoice, progress: Optional[Progress] = None):
+        from flexmerge_core.blocks import build_blocks
+        from flexmerge_core.plan_cache import cached_plan
+
+        self.choice = choice
+        self.zoo = zoo.subset(list(choice.tasks)) if choice.tasks else zoo
+        self.algorithm = choice.make_algorithm()
+        self.spec = build_blocks(self.zoo.param_names, self.zoo.param_shapes, granularity=choice.granularity)
+        self.plan: MergePlan = cached_plan(self.zoo, self.spec, self.algorithm, linkage=choice.linkage,
+                                           order=choice.order, seed=choice.seed, progress=progress)
+        self._bytes_per_model = model_bytes(self.zoo)
+        self._lock = threading.RLock()
+        self._rows: dict[int, dict] = {}            # num_events -> curve row
+        self._similarities: Optional[np.ndarray] = None
+        self._merger = None
+        self.finetuned: Optional[dict[str, float]] = None   # measured fine-tuned accuracies, once a curve ran
+
+    @property
+    def task_names(self) -> list[str]:
+        return list(self.zoo.task_names)
+
+    @property
+    def block_names(self) -> list[str]:
+        return list(self.plan.blocks)
+
+    def grid(self, step: float = 0.5) -> list[float]:
+        """Budgets for an overview curve: the smallest achievable size, then every `step` up to M."""
+        low, high = self.plan.min_size, self.plan.max_size
+        budgets = [low] + [k * step for k in range(int(np.ceil(low / step)), int(high / step) + 1) if k * step > low]
+        return budgets if budgets[-1] == high else budgets + [high]
+
+    def partition(self, budget: float) -> PartitionView:
+        part = self.plan.partition_at(budget)
+        return PartitionView(budget=float(budget), size=part.size, budget_met=part.budget_met,
+                             num_events=part.num_events, cluster_counts=[len(g) for g in part.groups],
+                             megabytes=part.size * self._bytes_per_model / 1e6, partition=part)
+
+    def groups_by_step(self) -> np.ndarray:
+        """[B, E+1]: groups of each block after the first e merge events (the merge-order heatmap)."""
+        counts = np.full((len(self.plan.blocks), len(self.plan.events) + 1), self.plan.num_tasks, dtype=int)
+        for event in self.plan.events:
+            counts[event.block, event.step + 1:] -= 1
+        return counts
+
+    def similarity(self, block_index: int) -> np.ndarray:
+        """The M x M cosine similarity matrix the plan was built from, for one block."""
+        from flexmerge_core.similarity import block_similarities
+
+        with self._lock:
+            if self._similarities is None:
+                self._similarities = block_similarities(self.zoo, self.spec, self.algorithm)
+        return self._similarities[block_index]
+
+    def known(self, budget: float) -> bool:
+        """Whether the accuracies at this budget are already computed (instant)."""
+        return self.plan.partition_at(budget).num_events in self._rows
+
+    def curve(self, budgets: Sequence[float], progress: Optional[Progress] = None) -> list[dict]:
+        """Curve rows (DESIGN.md's JSON) at these budgets; each distinct partition is evaluated once."""
+        from flexmerge_core.curve import compute_curve
+
+        with self._lock:
+            wanted = {}
+            for budget in budgets:
+                wanted.setdefault(self.plan.partition_at(budget).num_events, float(budget))
+            missing = [b for e, b in wanted.items() if e not in self._rows]
+            if missing:
+                result = compute_curve(self.zoo, self.plan, self.algorithm, sizes=missing, spec=self.spec,
+                                       merger=self.merger(), progress=progress)
+                self.finetuned = result.finetuned
+                for row in result.rows:
+                    self._rows[self.plan.partition_at(row["size_budget"]).num_events] = row
+            return [{**self._rows[self.plan.partition_at(b).num_events], "size_budget": float(b)} for b in budgets]
+
+    def merger(self):
+        """The plan's memoised group merger (shared by curves and exports; on-disk group cache)."""
+        from flexmerge_core.group_cache import GroupResultCache
+        from flexmerge_core.merge import GroupMerger
+
+        with self._lock:
+            if self._merger is None:
+                self._merger = GroupMerger(self.zoo, self.spec, self.algorithm, cache=GroupResultCache())
+            return self._merger
+
+    def row_at(self, budget: float, progress: Optional[Progress] = None) -> dict:
+        return self.curve([budget], progress=progress)[0]
+
+    def known_rows(self) -> list[dict]:
+        """Every curve row computed so far, by size."""
+        return sorted(self._rows.values(), key=lambda r: r["size"])
+
+
+class Studio:
+    """One opened zoo and the explorers built on it, memoised by their settings."""
+
+    def __init__(self, zoo: Zoo):
+        self.zoo = zoo
+        self._explorers: dict[PlanChoice, Explorer] = {}
+        self._baselines: dict[tuple[str, str], list[dict]] = {}
+        self._lock = threading.RLock()
+
+    def summary(self, granularity: str = "component") -> ZooSummary:
+        return summarize_zoo(self.zoo, granularity)
+
+    def explorer(self, choice: PlanChoice, progress: Optional[Progress] = None) -> Explorer:
+        unknown = sorted(set(choice.tasks) - set(self.zoo.task_names))
+        if unknown:
+            raise InvalidArgumentError(f"unknown task(s) {', '.join(unknown)} in zoo {self.zoo.name}")
+        with self._lock:
+            if choice not in self._explorers:
+                self._explorers[choice] = Explorer(self.zoo, choice, progress)
+            return self._explorers[choice]
+
+    def baseline_curve(self, kind: str, algorithm: str, progress: Optional[Progress] = None) -> list[dict]:
+        """Curve rows of a baseline ("channel-merging" or "whole-model") at integer sizes 1..M."""
+        from flexmerge_core.baselines import channel_merging_plan, whole_model_plan
+        from flexmerge_core.blocks import build_blocks
+        from flexmerge_core.curve import compute_curve
+
+        builders = {"channel-merging": channel_merging_plan, "whole-model": whole_model_plan}
+        if kind not in builders:
+            raise InvalidArgumentError(f"unknown baseline {kind!r} (known: {', '.join(builders)})")
+        with self._lock:
+            if (kind, algorithm) not in self._baselines:
+                algo = get_algorithm(algorithm)
+                spec = build_blocks(self.zoo.param_names, self.zoo.param_shapes, granularity="parameter")
+                plan = builders[kind](self.zoo, spec, algo, progress=progress)
+                sizes = [float(k) for k in range(1, len(self.zoo.task_names) + 1)]
+                self._baselines[kind, algorithm] = compute_curve(self.zoo, plan, algo, sizes=sizes, spec=spec,
+                                                                 progress=progress).rows
+            return self._baselines[kind, algorithm]

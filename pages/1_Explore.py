@@ -1,0 +1,81 @@
+"""Explore: one plan, a size slider, and what the deployment at that size looks like."""
+from __future__ import annotations
+
+import math
+
+import pandas as pd
+import streamlit as st
+
+from dashboard import charts
+from dashboard.controls import plan_settings
+from dashboard.session import engine_errors, engine_has, open_studio, progress_bar
+from flexmerge_core.studio import Explorer
+
+st.set_page_config(page_title="Explore · FlexMerge Studio", layout="wide")
+st.title("Explore a deployment size")
+studio = open_studio()
+if not engine_has("Exploring plans", "blocks", "similarity", "evaluate"):
+    st.stop()
+
+with st.expander("Plan settings", expanded=True):
+    choice = plan_settings("explore", list(studio.zoo.task_names))
+if choice.tasks and len(choice.tasks) < 2:
+    st.warning("Pick at least two tasks: merging needs something to merge.")
+    st.stop()
+with engine_errors():
+    with progress_bar("Building the merge plan") as bar:
+        explorer = studio.explorer(choice, progress=bar)
+    with progress_bar("Evaluating the overview curve") as bar:
+        explorer.curve(explorer.grid(), progress=bar)
+
+SLIDER_STEP = 0.05
+
+
+@st.fragment
+def size_view(explorer: Explorer) -> None:
+    """Everything that depends on the size: re-run alone when the slider moves (fast for known sizes)."""
+    plan = explorer.plan
+    low = math.floor(plan.min_size / SLIDER_STEP) * SLIDER_STEP
+    budget = st.slider("Size budget (x one model)", min_value=round(low, 2), max_value=float(plan.max_size),
+                       value=float(min(2.0, plan.max_size)), step=SLIDER_STEP, format="%.2fx", key="explore_size")
+    view = explorer.partition(budget)
+    with engine_errors(), progress_bar("Evaluating this size") as bar:
+        row = explorer.row_at(budget, progress=bar)
+    cols = st.columns(4)
+    cols[0].metric("Budget asked", f"{budget:.2f}x")
+    cols[1].metric("Size achieved", f"{view.size:.3f}x")
+    cols[2].metric("Memory", f"{view.megabytes:.2f} MB")
+    cols[3].metric("Average accuracy", f"{100 * row['avg_accuracy']:.2f}%",
+                   help=f"{100 * row['avg_normalized_accuracy']:.1f}% of the fine-tuned models")
+    if not view.budget_met:
+        st.warning(f"A budget of {budget:.2f}x cannot be met with {explorer.algorithm.name}: the smallest "
+                   f"achievable size is {plan.min_size:.3f}x, shown here.")
+    finetuned = explorer.zoo.finetuned_accuracy
+    left, right = st.columns(2)
+    left.plotly_chart(charts.task_accuracy_figure(explorer.task_names, row["accuracy"], finetuned, view.size),
+                      key="chart_explore_tasks")
+    right.plotly_chart(charts.curve_figure(
+        {explorer.algorithm.name: [(r["size"], 100 * r["avg_accuracy"]) for r in explorer.known_rows()]},
+        finetuned=None if not finetuned else 100 * sum(finetuned.values()) / len(finetuned),
+        current=(view.size, 100 * row["avg_accuracy"])), key="chart_explore_curve")
+    st.plotly_chart(charts.cluster_count_figure(explorer.block_names, view.cluster_counts, plan.num_tasks),
+                    key="chart_explore_clusters")
+    st.plotly_chart(charts.merge_heatmap_figure(explorer.block_names, explorer.groups_by_step(), view.num_events),
+                    key="chart_explore_heatmap")
+    with st.expander("Numbers at this size"):
+        st.dataframe(pd.DataFrame({"task": explorer.task_names,
+                                   "accuracy (%)": [100 * row["accuracy"][t] for t in explorer.task_names]}),
+                     hide_index=True, key="explore_task_table")
+        st.dataframe(pd.DataFrame({"block": explorer.block_names, "groups": view.cluster_counts}),
+                     hide_index=True, key="explore_block_table")
+
+
+size_view(explorer)
+
+st.subheader("Block similarity")
+block = st.selectbox("Block", range(len(explorer.block_names)), format_func=lambda b: explorer.block_names[b],
+                     key="explore_block")
+with engine_errors(), st.spinner("Computing block similarities"):
+    matrix = explorer.similarity(block)
+st.plotly_chart(charts.similarity_figure(explorer.task_names, matrix, explorer.block_names[block]),
+                key="chart_explore_similarity")

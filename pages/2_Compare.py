@@ -1,0 +1,97 @@
+"""Compare: several algorithms' accuracy/size curves, rankings per size, baselines and ablations."""
+from __future__ import annotations
+
+from dataclasses import replace
+
+import streamlit as st
+
+from dashboard import charts
+from dashboard.controls import algorithm_input
+from dashboard.rankings import highlight_changes, ranking_table
+from dashboard.session import engine_errors, engine_has, open_studio, progress_bar
+from flexmerge_core.linkage import LINKAGES
+from flexmerge_core.plan import ORDERS
+from flexmerge_core.studio import GRANULARITIES, PlanChoice, Studio, algorithm_names
+
+st.set_page_config(page_title="Compare · FlexMerge Studio", layout="wide")
+st.title("Compare algorithms")
+studio = open_studio()
+if not engine_has("Comparing algorithms", "blocks", "similarity", "evaluate"):
+    st.stop()
+
+GRID_STEP = 0.5
+names = list(algorithm_names())
+chosen = st.multiselect("Algorithms", names, default=[n for n in ("avg", "ta", "ties") if n in names],
+                        key="compare_algorithms")
+granularity = st.selectbox("Granularity", GRANULARITIES, key="compare_granularity")
+
+
+def curves_for(studio: Studio, choices: dict[str, PlanChoice], step: float, label: str) -> dict[str, list[dict]]:
+    """label -> curve rows on the plan's grid, each plan built and evaluated once (with progress)."""
+    out = {}
+    with engine_errors():
+        for i, (name, choice) in enumerate(choices.items()):
+            with progress_bar(f"{label} {i + 1}/{len(choices)}: {name}") as bar:
+                explorer = studio.explorer(choice, progress=bar)
+                out[name] = explorer.curve(explorer.grid(step), progress=bar)
+    return out
+
+
+if not chosen:
+    st.info("Pick at least one algorithm.")
+    st.stop()
+curves = curves_for(studio, {a: PlanChoice(algorithm=a, granularity=granularity) for a in chosen}, GRID_STEP,
+                    "Algorithm")
+finetuned = studio.zoo.finetuned_accuracy
+ft_avg = None if not finetuned else 100 * sum(finetuned.values()) / len(finetuned)
+st.plotly_chart(charts.curve_figure({a: [(r["size"], 100 * r["avg_accuracy"]) for r in rows]
+                                     for a, rows in curves.items()}, finetuned=ft_avg,
+                                    title="Average accuracy vs size (mask methods start at their minimum size)"),
+                key="chart_compare_curves")
+
+st.subheader("Rankings per size")
+budgets = sorted({r["size_budget"] for rows in curves.values() for r in rows})
+by_budget = {a: {r["size_budget"]: r for r in rows} for a, rows in curves.items()}
+accuracy = {a: {b: (by_budget[a][b]["avg_accuracy"] if b in by_budget[a] and by_budget[a][b]["size"] <= b else None)
+                for b in budgets} for a in curves}
+table = ranking_table(accuracy, budgets)
+st.dataframe(highlight_changes(table), hide_index=True, key="compare_rankings")
+st.caption("Shaded rows: the ranking differs from the previous budget. An algorithm is ranked only at budgets "
+           "it can meet.")
+
+st.subheader("FlexMerge vs the baselines (integer sizes)")
+if engine_has("The baselines", "baselines"):
+    from flexmerge_core.baselines import CHANNEL_ALGORITHMS
+
+    base_algorithm = st.selectbox("Merge function", [a for a in CHANNEL_ALGORITHMS if a in names],
+                                  key="compare_baseline_algorithm")
+    flex = curves_for(studio, {base_algorithm: PlanChoice(algorithm=base_algorithm, granularity=granularity)},
+                      1.0, "FlexMerge")[base_algorithm]
+    series = {f"FlexMerge ({base_algorithm})": flex}
+    with engine_errors():
+        for kind, label in (("channel-merging", "Channel Merging"), ("whole-model", "Whole-model clustering")):
+            with progress_bar(label) as bar:
+                series[f"{label} ({base_algorithm})"] = studio.baseline_curve(kind, base_algorithm, progress=bar)
+    st.plotly_chart(charts.curve_figure({k: [(r["size"], 100 * r["avg_accuracy"]) for r in rows]
+                                         for k, rows in series.items()},
+                                        finetuned=ft_avg, title="FlexMerge vs Channel Merging and whole-model "
+                                                                "clustering"), key="chart_compare_baseline")
+
+st.subheader("Ablations: linkage and merge order")
+algorithm, hyper = algorithm_input("Algorithm for the ablations", key="ablation_algorithm")
+if st.button("Run the ablations", key="ablation_run"):
+    st.session_state["ablation_requested"] = True
+if st.session_state.get("ablation_requested"):
+    base = PlanChoice(algorithm=algorithm, hyperparameters=hyper, granularity=granularity)
+    by_linkage = curves_for(studio, {lk: replace(base, linkage=lk) for lk in LINKAGES},
+                            1.0, "Linkage")
+    by_order = curves_for(studio, {o: replace(base, order=o) for o in ORDERS}, 1.0, "Order")
+    left, right = st.columns(2)
+    left.plotly_chart(charts.curve_figure({k: [(r["size"], 100 * r["avg_accuracy"]) for r in rows]
+                                           for k, rows in by_linkage.items()}, finetuned=ft_avg,
+                                          title=f"Linkage ({algorithm}, greedy order)"), key="chart_ablation_linkage")
+    right.plotly_chart(charts.curve_figure({k: [(r["size"], 100 * r["avg_accuracy"]) for r in rows]
+                                            for k, rows in by_order.items()}, finetuned=ft_avg,
+                                           title=f"Merge order ({algorithm}, min linkage)"), key="chart_ablation_order")
+else:
+    st.caption("Builds one plan per linkage and per order and evaluates each at integer sizes.")

@@ -160,11 +160,40 @@ def _cmd_plan(args: argparse.Namespace) -> int:
 
 
 def _cmd_curve(args: argparse.Namespace) -> int:
-    raise FlexMergeError("curve is not available yet")
+    from flexmerge_core.blocks import build_blocks
+    from flexmerge_core.curve import compute_curve, parse_sizes
+
+    sizes = parse_sizes(args.sizes)
+    zoo, algorithm, plan = _plan_from_args(args)
+    spec = build_blocks(zoo.param_names, zoo.param_shapes, args.granularity)
+    result = compute_curve(zoo, plan, algorithm, sizes, spec=spec, progress=stderr_progress("curve"))
+    if args.json:
+        emit_json({"rows": result.rows, "finetuned": result.finetuned})
+        return 0
+    print(f"{'budget':>8s} {'size':>8s} {'avg acc':>8s} {'norm acc':>8s}  " + " ".join(f"{t:>10.10s}" for t in zoo.task_names))
+    for row in result.rows:
+        print(f"{row['size_budget']:8.4f} {row['size']:8.4f} {row['avg_accuracy']:8.4f} "
+              f"{row['avg_normalized_accuracy']:8.4f}  " + " ".join(f"{row['accuracy'][t]:10.4f}" for t in zoo.task_names))
+    print("fine-tuned: " + ", ".join(f"{t} {a:.4f}" for t, a in result.finetuned.items()))
+    return 0
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
-    raise FlexMergeError("export is not available yet")
+    from flexmerge_core.blocks import build_blocks
+    from flexmerge_core.curve import parse_sizes
+    from flexmerge_core.export import export, recipe_path
+
+    sizes = parse_sizes(args.size)
+    if sizes == "all" or len(sizes) != 1:
+        raise FlexMergeError(f"--size takes one number of model units, got {args.size!r}")
+    zoo, algorithm, plan = _plan_from_args(args)
+    spec = build_blocks(zoo.param_names, zoo.param_shapes, args.granularity)
+    recipe = export(zoo, spec, plan, algorithm, sizes[0], args.out, task=args.task,
+                    zoo_path="demo" if args.zoo == "demo" else None)
+    what = f"task '{args.task}'" if args.task else f"{len(zoo.task_names)} tasks"
+    print(f"wrote {args.out} ({what}, size {recipe['size']:.4f} for budget {recipe['budget']:g}); "
+          f"recipe {recipe_path(args.out)}")
+    return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:

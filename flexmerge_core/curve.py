@@ -1,0 +1,154 @@
+"""Accuracy-size curves, evaluated incrementally along the plan.
+
+Why incremental: between neighbouring sizes one merge event changes one block for the tasks of
+two groups; everything else is the same. Partitions are walked from the all-separate deployment
+(M) towards 1x, so groups only grow: a task whose routing is unchanged keeps its accuracy (memory
+and disk caches are keyed by routing), a changed task re-runs only from the first encoder stage
+its change touches (task_eval.TaskEvaluator keeps stage inputs), and materialised groups that left
+the partition are dropped (they never come back in this direction).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Callable, Optional
+
+from flexmerge_core.deploy import GroupStore, deployment_from_partition, deployment_recipe
+from flexmerge_core.errors import BudgetError, InvalidArgumentError
+from flexmerge_core.task_eval import (AccuracyBook, Evaluators, default_activation_budget, eval_key, summarize,
+                                      task_ids_of)
+
+Progress = Optional[Callable[[int, int, str], None]]
+
+
+@dataclass
+class CurveResult:
+    rows: list[dict]                       # DESIGN.md's curve rows, in the order of the requested sizes
+    finetuned: dict[str, float]            # accuracy of each individual fine-tuned model
+    stats: dict = field(default_factory=dict)
+
+
+def parse_sizes(text: str) -> "str | list[float]":
+    """'all' or a comma-separated list of positive finite budgets (CLI --sizes)."""
+    if text.strip() == "all":
+        return "all"
+    sizes = []
+    for part in text.split(","):
+        try:
+            value = float(part)
+        except ValueError:
+            raise BudgetError(f"--sizes: '{part.strip()}' is not a number (use e.g. 1,1.5,2 or all)") from None
+        if not math.isfinite(value) or value <= 0:
+            raise BudgetError(f"--sizes: {part.strip()} is not a finite positive size in model units")
+        sizes.append(value)
+    return sizes
+
+
+def spec_for_plan(zoo, plan):
+    """The block spec whose blocks are the plan's (plans record block names, not the granularity)."""
+    from flexmerge_core.blocks import build_blocks
+
+    for granularity in ("component", "layer", "parameter"):
+        spec = build_blocks(zoo.param_names, zoo.param_shapes, granularity=granularity)
+        if [b.name for b in spec.blocks] == list(plan.blocks) and [b.numel for b in spec.blocks] == list(plan.block_numels):
+            return spec
+    raise InvalidArgumentError("the plan's blocks match no granularity preset of this zoo: pass spec=")
+
+
+def _budgets(plan, sizes) -> list[float]:
+    if isinstance(sizes, str):
+        if sizes != "all":
+            raise InvalidArgumentError(f"sizes must be 'all' or a list of numbers, got {sizes!r}")
+        return sorted(plan.achievable_sizes())
+    budgets = list(sizes)
+    if not budgets:
+        raise InvalidArgumentError("no sizes requested")
+    return budgets
+
+
+def _merged_blocks(spec, algorithm, partition, task_id: int) -> list:
+    """[(block params, members)] where the task runs a merged group (as task_eval.merged_blocks, from a partition)."""
+    out = []
+    for block, groups in zip(spec.blocks, partition.groups):
+        group = next(g for g in groups if task_id in g)
+        if algorithm.merges_group(len(group)):
+            out.append([list(block.params), list(group)])
+    return out
+
+
+def _stage_blocks(spec, evaluators: Evaluators, incremental: bool, activation_budget: Optional[int]) -> list[list[int]]:
+    """Which blocks have parameters in each encoder stage; also fixes the activation budget."""
+    runner = evaluators.runner
+    if activation_budget is None:
+        activation_budget = default_activation_budget(runner.device)
+    evaluators.activation_budget = activation_budget if incremental else 0
+    return [[b for b, blk in enumerate(spec.blocks) if any(runner.stage_of(n) == s for n in blk.params)]
+            for s in range(runner.num_stages)]
+
+
+def _stage_signature(deployment, task_id: int, stage_blocks: list[list[int]]) -> list:
+    """Per encoder stage, what the task's tensors of that stage are (equal tokens = same tensors)."""
+    tokens = [(e.kind, e.members) for e in (deployment.entries[b][deployment.routing[b][task_id]]
+                                             for b in range(len(deployment.entries)))]
+    return [tuple(tokens[b] for b in blocks) for blocks in stage_blocks]
+
+
+def compute_curve(zoo, plan, algorithm, sizes="all", tasks=None, *, spec=None, merger=None, device=None,
+                  progress: Progress = None, batch_size: int = 256, use_cache: bool = True,
+                  incremental: bool = True, activation_budget: Optional[int] = None) -> CurveResult:
+    """Curve rows at `sizes` (budgets, or 'all' achievable sizes ascending) plus fine-tuned accuracies.
+
+    incremental=False evaluates every task at every size from scratch (the benchmark's baseline).
+    """
+    from flexmerge_core.group_cache import GroupResultCache
+    from flexmerge_core.merge import GroupMerger
+
+    spec = spec or (merger.spec if merger is not None else spec_for_plan(zoo, plan))
+    merger = merger or GroupMerger(zoo, spec, algorithm, cache=GroupResultCache() if use_cache else None,
+                                   device=device)
+    budgets = _budgets(plan, sizes)
+    partitions = {b: plan.partition_at(b) for b in budgets}
+    walk = {0: plan.partition_at(plan.max_size)}
+    walk.update({p.num_events: p for p in partitions.values()})
+    ids = task_ids_of(zoo, tasks)
+    book = AccuracyBook(use_cache)
+    evaluators = Evaluators(zoo, device, batch_size, 0)
+    store = GroupStore(zoo, spec, algorithm, merger)
+    stage_blocks = None
+    by_events: dict[int, dict[str, float]] = {}
+    for step, events in enumerate(sorted(walk)):
+        part = walk[events]
+        keys = {t: eval_key(zoo, t, _merged_blocks(spec, algorithm, part, t), algorithm.key, zoo.fingerprint)
+                for t in ids}
+        accuracy = {t: book.known(keys[t]) if incremental else None for t in ids}
+        needed = [t for t in ids if accuracy[t] is None]
+        if needed:
+            recipe = deployment_recipe(zoo, spec, plan, algorithm, part.budget, part.size)
+            deployment = deployment_from_partition(zoo, spec, algorithm, part, store, recipe)
+            if stage_blocks is None:
+                stage_blocks = _stage_blocks(spec, evaluators, incremental, activation_budget)
+            for t in needed:
+                signature = _stage_signature(deployment, t, stage_blocks) if incremental else None
+                evaluator = evaluators.task(t, share=len(ids))
+                accuracy[t] = book.record(keys[t], *evaluator.count_correct(deployment.encoder_state_dict(t), signature))
+        by_events[events] = {zoo.task_names[t]: accuracy[t] for t in ids}
+        store.retain((b, g) for b, groups in enumerate(part.groups) for g in groups)
+        if progress:
+            progress(step + 1, len(walk), f"size {part.size:.3f}")
+    finetuned = by_events[0]
+    rows = []
+    for budget in budgets:
+        part = partitions[budget]
+        accuracy = by_events[part.num_events]
+        summary = summarize(accuracy, finetuned)
+        rows.append({"size_budget": float(budget), "size": part.size, "avg_accuracy": summary["avg_accuracy"],
+                     "avg_normalized_accuracy": summary["avg_normalized_accuracy"], "accuracy": dict(accuracy)})
+    stats = {"evaluated": book.evaluated, "stages_run": evaluators.stages_run,
+             "activation_bytes": evaluators.kept_bytes, "partitions": len(walk)}
+    return CurveResult(rows=rows, finetuned=finetuned, stats=stats)
+
+
+def accuracy_curve(zoo, plan, algorithm, sizes="all", tasks=None, **options) -> list[dict]:
+    """INTERFACES.md's curve: the rows of compute_curve."""
+    return compute_curve(zoo, plan, algorithm, sizes, tasks, **options).rows
+

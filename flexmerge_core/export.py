@@ -1,0 +1,199 @@
+"""Export of deployments as safetensors, the loader that rebuilds them, and reproducible recipes.
+
+Why one file: a deployment is only useful if every task can be served from it, so the whole
+thing (stored tensors, each once; routing; per-task heads and unmerged tensors) travels together,
+with the routing and the recipe (zoo fingerprint, algorithm, hyperparameters, granularity, linkage,
+order, seed, budget, achieved size) in the metadata. `--task T` instead writes one plain state
+dict that loads strictly into the zoo's encoder (its head goes beside it, `<name>.head.safetensors`).
+The recipe JSON beside an export re-creates it byte for byte (`reproduce_export`): safetensors
+serialisation is deterministic and so is everything upstream (plan, merge on CPU, seeded DARE).
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Optional
+
+import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
+
+from flexmerge_core.cache import atomic_write, atomic_write_bytes
+from flexmerge_core.deploy import MASKED, Deployment, StoredGroup
+from flexmerge_core.errors import InvalidArgumentError, ZooError
+
+DEPLOYMENT_FORMAT = "flexmerge-deployment/1"
+TASK_FORMAT = "flexmerge-task-model/1"
+RECIPE_FORMAT = "flexmerge-export-recipe/1"
+
+_DTYPES = {str(d): d for d in (torch.float32, torch.float16, torch.bfloat16, torch.float64, torch.int64,
+                                torch.int32, torch.uint8, torch.bool)}
+
+
+def recipe_path(out: Path) -> Path:
+    return Path(out).with_suffix(".recipe.json")
+
+
+def head_path(out: Path) -> Path:
+    return Path(out).with_suffix(".head.safetensors")
+
+
+def _entry_key(b: int, j: int, part: str) -> str:
+    return f"blocks/{b}/{j}/{part}"
+
+
+def deployment_tensors(deployment: Deployment) -> dict[str, torch.Tensor]:
+    """The flat {key: tensor} of a deployment (stored tensors once, plus per-task extras)."""
+    out: dict[str, torch.Tensor] = {}
+    for b, entries in enumerate(deployment.entries):
+        for j, entry in enumerate(entries):
+            for name, t in entry.tensors.items():
+                out[_entry_key(b, j, f"tensor/{name}")] = t
+            for name, m in (entry.masks or {}).items():
+                out[_entry_key(b, j, f"mask/{name}")] = m
+            if entry.scales is not None:
+                out[_entry_key(b, j, "scales")] = entry.scales
+    out.update({f"pretrained/{n}": t for n, t in deployment.pretrained.items()})
+    for t, own in enumerate(deployment.per_task):
+        out.update({f"tasks/{t}/param/{n}": v for n, v in own.items()})
+        for k, v in (deployment.heads[t] or {}).items():
+            out[f"tasks/{t}/head/{k}"] = v
+    return {k: v.contiguous() for k, v in out.items()}
+
+
+def deployment_layout(deployment: Deployment) -> dict:
+    """Everything but the tensors: names, shapes, dtypes, entries and routing (JSON)."""
+    return {"task_names": deployment.task_names, "block_names": deployment.block_names,
+            "block_params": [list(p) for p in deployment.block_params],
+            "param_shapes": {n: list(s) for n, s in deployment.param_shapes.items()},
+            "param_dtypes": {n: str(d) for n, d in deployment.param_dtypes.items()},
+            "storage": deployment.storage, "routing": deployment.routing,
+            "entries": [[{"members": list(e.members), "kind": e.kind} for e in block] for block in deployment.entries]}
+
+
+def _metadata(**documents) -> dict[str, str]:
+    return {k: json.dumps(v, sort_keys=True) for k, v in documents.items()}
+
+
+def save_deployment(deployment: Deployment, out) -> Path:
+    """Write the whole deployment to one safetensors file (atomically)."""
+    tensors = deployment_tensors(deployment)
+    meta = _metadata(format=DEPLOYMENT_FORMAT, recipe=deployment.recipe, layout=deployment_layout(deployment))
+    return atomic_write(Path(out), lambda tmp: save_file(tensors, str(tmp), metadata=meta))
+
+
+def _read(path: Path) -> tuple[dict, dict[str, torch.Tensor]]:
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+    except (SafetensorError, OSError) as exc:
+        raise ZooError(f"{path}: not a readable safetensors file ({exc})") from exc
+    try:
+        return {k: json.loads(v) for k, v in meta.items()}, tensors
+    except ValueError as exc:
+        raise ZooError(f"{path}: metadata is not valid JSON ({exc})") from exc
+
+
+def load_deployment(path) -> Deployment:
+    """Rebuild a Deployment from an exported file; per-task models come from `task_state_dict`."""
+    from flexmerge_core.algorithms import get_algorithm
+
+    path = Path(path)
+    meta, tensors = _read(path)
+    if meta.get("format") != DEPLOYMENT_FORMAT:
+        raise ZooError(f"{path}: not a FlexMerge deployment (metadata format {meta.get('format')!r})")
+    try:
+        layout, recipe = meta["layout"], meta["recipe"]
+        entries = [[_entry(tensors, b, j, e, layout["block_params"][b]) for j, e in enumerate(block)]
+                   for b, block in enumerate(layout["entries"])]
+        num_tasks = len(layout["task_names"])
+        per_task = [_prefixed(tensors, f"tasks/{t}/param/") for t in range(num_tasks)]
+        heads = [_prefixed(tensors, f"tasks/{t}/head/") or None for t in range(num_tasks)]
+        return Deployment(
+            task_names=list(layout["task_names"]), block_names=list(layout["block_names"]),
+            block_params=[tuple(p) for p in layout["block_params"]],
+            param_shapes={n: tuple(s) for n, s in layout["param_shapes"].items()},
+            param_dtypes={n: _DTYPES[d] for n, d in layout["param_dtypes"].items()},
+            entries=entries, routing=[list(r) for r in layout["routing"]],
+            pretrained=_prefixed(tensors, "pretrained/"), per_task=per_task, heads=heads,
+            storage=layout["storage"], algorithm=get_algorithm(recipe["algorithm"], **recipe["hyperparameters"]),
+            recipe=recipe)
+    except (KeyError, TypeError, IndexError) as exc:
+        raise ZooError(f"{path}: deployment metadata is incomplete ({exc!r})") from exc
+
+
+def _prefixed(tensors: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
+    return {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
+
+
+def _entry(tensors, b: int, j: int, entry: dict, params) -> StoredGroup:
+    own = _prefixed(tensors, _entry_key(b, j, ""))
+    masked = entry["kind"] == MASKED
+    return StoredGroup(members=tuple(entry["members"]), kind=entry["kind"],
+                       tensors={n: own[f"tensor/{n}"] for n in params},
+                       masks={n: own[f"mask/{n}"] for n in params} if masked else None,
+                       scales=own.get("scales"))
+
+
+def save_task_model(deployment: Deployment, task: int, out, encoder_order: list[str]) -> Path:
+    """One task's standalone encoder state dict (strict-loadable), and its head beside it."""
+    state = deployment.encoder_state_dict(task)
+    tensors = {n: state[n].contiguous() for n in encoder_order}
+    meta = _metadata(format=TASK_FORMAT, recipe=deployment.recipe, task=deployment.task_names[task])
+    atomic_write(Path(out), lambda tmp: save_file(tensors, str(tmp), metadata=meta))
+    head = deployment.heads[task]
+    if head is not None:
+        atomic_write(head_path(out), lambda tmp: save_file({k: v.contiguous() for k, v in head.items()}, str(tmp),
+                                                           metadata=meta))
+    return Path(out)
+
+
+def export(zoo, spec, plan, algorithm, size, out, task: Optional[str] = None, zoo_path: Optional[str] = None) -> dict:
+    """Build the deployment at `size` and write it (or one task's model) plus its recipe; returns the recipe.
+
+    zoo_path: how to re-open the zoo ("demo" or a folder; default the zoo's folder), kept in the recipe.
+    """
+    from flexmerge_core.deploy import build_deployment
+    from flexmerge_core.group_cache import GroupResultCache
+    from flexmerge_core.merge import GroupMerger
+
+    if task is not None and task not in zoo.task_names:
+        raise InvalidArgumentError(f"--task: unknown task '{task}' (zoo '{zoo.name}' has {', '.join(zoo.task_names)})")
+    # merged on CPU: bit-reproducible, so the recipe re-creates the same bytes on any machine
+    merger = GroupMerger(zoo, spec, algorithm, cache=GroupResultCache(), device="cpu")
+    deployment = build_deployment(zoo, plan, algorithm, size, merger=merger)
+    if task is None:
+        save_deployment(deployment, out)
+    else:
+        save_task_model(deployment, zoo.task_names.index(task), out, list(zoo.build_encoder().state_dict()))
+    recipe = {"format": RECIPE_FORMAT, "zoo_path": zoo_path or str(zoo.root), "task": task, **deployment.recipe}
+    atomic_write_bytes(recipe_path(out), (json.dumps(recipe, indent=2, sort_keys=True) + "\n").encode())
+    return recipe
+
+
+def reproduce_export(recipe_file, out, progress=None) -> dict:
+    """Re-create an export from its recipe JSON; refuses when the zoo's files changed since."""
+    from flexmerge_core.algorithms import get_algorithm
+    from flexmerge_core.blocks import build_blocks
+    from flexmerge_core.plan_cache import cached_plan
+    from flexmerge_core.zoo import open_zoo
+
+    recipe_file = Path(recipe_file)
+    try:
+        recipe = json.loads(recipe_file.read_text())
+        if recipe.get("format") != RECIPE_FORMAT:
+            raise ValueError(f"format {recipe.get('format')!r}")
+        zoo = open_zoo(recipe["zoo_path"])
+        if recipe["tasks"] != zoo.task_names:
+            zoo = zoo.subset(recipe["tasks"])
+        algorithm = get_algorithm(recipe["algorithm"], **recipe["hyperparameters"])
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise InvalidArgumentError(f"{recipe_file}: not a FlexMerge export recipe ({exc})") from exc
+    if zoo.fingerprint != recipe["zoo_fingerprint"]:
+        raise InvalidArgumentError(f"{recipe_file}: zoo {recipe['zoo_path']} changed since the export "
+                                   f"(fingerprint {zoo.fingerprint} != {recipe['zoo_fingerprint']})")
+    spec = build_blocks(zoo.param_names, zoo.param_shapes, granularity=recipe["granularity"])
+    plan = cached_plan(zoo, spec, algorithm, linkage=recipe["linkage"], order=recipe["order"], seed=recipe["seed"],
+                       progress=progress)
+    return export(zoo, spec, plan, algorithm, recipe["budget"], out, task=recipe["task"], zoo_path=recipe["zoo_path"])

@@ -1,0 +1,87 @@
+"""On-disk cache of merged group results (one safetensors file per group), behind GroupMerger's memo.
+
+Why: a group's result depends only on (zoo content, block tensors, members, algorithm), so once
+merged it is valid for every size, every plan order and every later session. GroupMerger computes
+the key (`cache_key`) and calls `load`/`store`; this class only persists. Each file carries a
+SHA-256 of its tensor bytes in the metadata: a truncated or altered entry is treated as missing
+and recomputed, never trusted.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Optional
+
+import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import load_file, save_file
+
+from flexmerge_core.algorithms.base import MergeResult
+from flexmerge_core.cache import atomic_write, cache_root
+
+_FORMAT = "flexmerge-group/1"
+
+
+def tensors_digest(tensors: dict[str, torch.Tensor]) -> str:
+    """SHA-256 over names, dtypes, shapes and bytes of `tensors` in sorted name order."""
+    h = hashlib.sha256()
+    for name in sorted(tensors):
+        t = tensors[name]
+        h.update(f"{name}|{t.dtype}|{list(t.shape)}|".encode())
+        if t.numel():
+            h.update(t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
+def _flatten(result: MergeResult) -> dict[str, torch.Tensor]:
+    out = {}
+    for prefix, tensors in (("unified", result.unified), ("masks", result.masks), ("originals", result.originals)):
+        for name, t in (tensors or {}).items():
+            out[f"{prefix}/{name}"] = t.detach().to("cpu").contiguous()
+    if result.scales is not None:
+        out["scales"] = result.scales.detach().to("cpu").contiguous()
+    return out
+
+
+def _unflatten(tensors: dict[str, torch.Tensor], members: tuple) -> MergeResult:
+    parts: dict[str, dict] = {"unified": {}, "masks": {}, "originals": {}}
+    for key, t in tensors.items():
+        if key != "scales":
+            prefix, name = key.split("/", 1)
+            parts[prefix][name] = t
+    return MergeResult(unified=parts["unified"] or None, masks=parts["masks"] or None,
+                       scales=tensors.get("scales"), members=members, originals=parts["originals"] or None)
+
+
+class GroupResultCache:
+    """`load(key) -> MergeResult | None` and `store(key, result)` over a folder of safetensors files."""
+
+    def __init__(self, folder: Optional[Path] = None):
+        self.folder = Path(folder) if folder is not None else cache_root() / "groups"
+        self.loads = self.stores = 0
+
+    def path(self, key: str) -> Path:
+        return self.folder / f"{key}.safetensors"
+
+    def load(self, key: str) -> Optional[MergeResult]:
+        path = self.path(key)
+        if not path.is_file():
+            return None
+        try:
+            with safe_open(str(path), framework="pt") as f:
+                meta = f.metadata() or {}
+            tensors = load_file(str(path))
+            if meta.get("format") != _FORMAT or meta.get("sha256") != tensors_digest(tensors):
+                return None
+            members = tuple(json.loads(meta["members"]))
+        except (SafetensorError, OSError, ValueError, KeyError, RuntimeError):
+            return None
+        self.loads += 1
+        return _unflatten(tensors, members)
+
+    def store(self, key: str, result: MergeResult) -> None:
+        tensors = _flatten(result)
+        meta = {"format": _FORMAT, "members": json.dumps(list(result.members)), "sha256": tensors_digest(tensors)}
+        atomic_write(self.path(key), lambda tmp: save_file(tensors, str(tmp), metadata=meta))
+        self.stores += 1

@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import threading
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
 
 import numpy as np
 
 from flexmerge_core.algorithms import ALGORITHM_NAMES, HyperParam, get_algorithm
+from flexmerge_core.cache import cache_root, content_hash
 from flexmerge_core.errors import InvalidArgumentError
 from flexmerge_core.plan import MergePlan, Partition
 from flexmerge_core.zoo import Zoo, open_zoo
@@ -155,6 +157,27 @@ class Explorer:
             if self._similarities is None:
                 self._similarities = block_similarities(self.zoo, self.spec, self.algorithm)
         return self._similarities[block_index]
+
+    def recipe(self, budget: float) -> dict:
+        """What a deployment at this budget is made of (the engine's recipe, also written on export)."""
+        from flexmerge_core.deploy import deployment_recipe
+
+        part = self.plan.partition_at(budget)
+        return deployment_recipe(self.zoo, self.spec, self.plan, self.algorithm, part.budget, part.size)
+
+    def export_file(self, budget: float, task: Optional[str] = None, zoo_spec: Optional[str] = None) -> Path:
+        """Write the deployment at `budget` (or one task's standalone model) with its recipe beside it,
+        under <cache>/exports/<key>/; an export that is already there is reused."""
+        from flexmerge_core.export import export, recipe_path
+
+        part = self.plan.partition_at(budget)
+        key = content_hash("export", self.zoo.fingerprint, self.task_names, repr(self.choice), part.num_events, task)
+        name = f"{self.zoo.name}-{self.algorithm.name}-{part.size:.3f}x" + (f"-{task}" if task else "")
+        out = cache_root() / "exports" / key / f"{name}.safetensors"
+        with self._lock:
+            if not (out.exists() and recipe_path(out).exists()):
+                export(self.zoo, self.spec, self.plan, self.algorithm, budget, out, task=task, zoo_path=zoo_spec)
+        return out
 
     def known(self, budget: float) -> bool:
         """Whether the accuracies at this budget are already computed (instant)."""

@@ -13,7 +13,9 @@ import streamlit as st
 from flexmerge_core.algorithms import HyperParam
 from flexmerge_core.linkage import LINKAGES
 from flexmerge_core.plan import ORDERS
-from flexmerge_core.studio import DEFAULT_ALGORITHM, GRANULARITIES, PlanChoice, algorithm_names, algorithm_options
+from dashboard.session import engine_errors, progress_bar
+from flexmerge_core.studio import (DEFAULT_ALGORITHM, GRANULARITIES, Explorer, PlanChoice, Studio, algorithm_names,
+                                   algorithm_options)
 
 
 def hyperparameter_input(param: HyperParam, key: str) -> Any:
@@ -61,3 +63,14 @@ def plan_settings(key: str, task_names: list[str], pick_tasks: bool = True) -> P
     return PlanChoice(algorithm=algorithm, hyperparameters=hyper, granularity=granularity, linkage=linkage,
                       order=order, seed=seed if order == "random" else 0,
                       tasks=() if len(chosen) == len(task_names) else chosen)
+
+
+def explorer_from_settings(studio: Studio, key: str) -> Explorer:
+    """The settings form in an expander, then the plan for it (built with a progress bar)."""
+    with st.expander("Plan settings", expanded=True):
+        choice = plan_settings(key, list(studio.zoo.task_names))
+    if choice.tasks and len(choice.tasks) < 2:
+        st.warning("Pick at least two tasks: merging needs something to merge.")
+        st.stop()
+    with engine_errors(), progress_bar("Building the merge plan") as bar:
+        return studio.explorer(choice, progress=bar)

@@ -7,7 +7,7 @@ import pandas as pd
 import streamlit as st
 
 from dashboard import charts
-from dashboard.controls import plan_settings
+from dashboard.controls import explorer_from_settings
 from dashboard.session import engine_errors, engine_has, open_studio, progress_bar
 from flexmerge_core.studio import Explorer
 
@@ -17,16 +17,9 @@ studio = open_studio()
 if not engine_has("Exploring plans", "blocks", "similarity", "evaluate"):
     st.stop()
 
-with st.expander("Plan settings", expanded=True):
-    choice = plan_settings("explore", list(studio.zoo.task_names))
-if choice.tasks and len(choice.tasks) < 2:
-    st.warning("Pick at least two tasks: merging needs something to merge.")
-    st.stop()
-with engine_errors():
-    with progress_bar("Building the merge plan") as bar:
-        explorer = studio.explorer(choice, progress=bar)
-    with progress_bar("Evaluating the overview curve") as bar:
-        explorer.curve(explorer.grid(), progress=bar)
+explorer = explorer_from_settings(studio, "explore")
+with engine_errors(), progress_bar("Evaluating the overview curve") as bar:
+    explorer.curve(explorer.grid(), progress=bar)
 
 SLIDER_STEP = 0.05
 

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import streamlit as st
 
-from dashboard.controls import plan_settings
-from dashboard.session import current_zoo_spec, engine_errors, engine_has, open_studio, progress_bar
+from dashboard.controls import explorer_from_settings
+from dashboard.session import current_zoo_spec, engine_errors, engine_has, open_studio
 from flexmerge_core.export import head_path, recipe_path
 
 st.set_page_config(page_title="Export · FlexMerge Studio", layout="wide")
@@ -16,13 +16,8 @@ studio = open_studio()
 if not engine_has("Exporting", "blocks", "similarity", "export"):
     st.stop()
 
-with st.expander("Plan settings", expanded=True):
-    choice = plan_settings("export", list(studio.zoo.task_names))
-if choice.tasks and len(choice.tasks) < 2:
-    st.warning("Pick at least two tasks: merging needs something to merge.")
-    st.stop()
-with engine_errors(), progress_bar("Building the merge plan") as bar:
-    explorer = studio.explorer(choice, progress=bar)
+explorer = explorer_from_settings(studio, "export")
+choice = explorer.choice
 plan = explorer.plan
 budget = st.number_input("Size budget (x one model)", min_value=0.01, max_value=float(plan.max_size),
                          value=float(min(2.0, plan.max_size)), step=0.05, format="%.2f", key="export_size")

@@ -9,11 +9,13 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import weakref
 from typing import Callable, Sequence
 
 from flexmerge_core.errors import FlexMergeError
 
 Handler = Callable[[argparse.Namespace], int]
+_OPEN_BARS: "weakref.WeakSet" = weakref.WeakSet()   # unfinished progress bars, erased before an error line
 
 
 class _Parser(argparse.ArgumentParser):
@@ -42,6 +44,7 @@ def stderr_progress(label: str):
             if bar is not None:
                 bar.close()
             bar = tqdm(total=total, desc=label, file=sys.stderr, leave=False)
+            _OPEN_BARS.add(bar)
         bar.n = done
         if message:
             bar.set_postfix_str(message, refresh=False)
@@ -201,6 +204,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return args.handler(args)
     except FlexMergeError as exc:
+        for bar in list(_OPEN_BARS):
+            bar.close()  # leave=False: erases its line, so the error is the one line left on stderr
         message = " ".join(str(exc).split())
         print(f"error: {message}", file=sys.stderr)
         return 2

@@ -13,8 +13,12 @@ from flexmerge_core.errors import InvalidArgumentError
 
 # ---- registry and options -----------------------------------------------------------------------
 def test_registry_names_and_defaults():
-    for name in ("avg", "ta", "ties", "dare_ta", "dare_ties"):
-        assert name in ALGORITHM_NAMES
+    assert set(ALGORITHM_NAMES) == {"avg", "ta", "ties", "dare_ta", "dare_ties", "pcb", "tsv", "consensus",
+                                    "consensus_ta", "emr"}
+    assert get_algorithm("pcb").hyperparameters == {"keep": 0.1, "lam": 1.0, "clamp_quantile": 1e-4}
+    assert get_algorithm("consensus").hyperparameters == {"lam": 1.0, "mask_lambda": 0.6}
+    assert get_algorithm("consensus_ta").hyperparameters == {"lam": 1.5, "mask_lambda": 0.6}
+    assert get_algorithm("tsv").hyperparameters == {"alpha": 1.0} and get_algorithm("emr").hyperparameters == {}
     assert get_algorithm("ta").hyperparameters == {"lam": 1.5}
     assert get_algorithm("ties").hyperparameters == {"keep": 0.1, "lam": 1.0, "similarity_on": "trimmed"}
     assert get_algorithm("dare").name == "dare_ta"

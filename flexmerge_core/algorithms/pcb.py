@@ -93,9 +93,11 @@ class Pcb(MergeAlgorithm):
         rows = flatten_rows(block)
         out_dtype, g, d = rows.dtype, rows.shape[0], rows.shape[1]
         X = rows.to(work_dtype(g, rows.dtype))
-        low, high = quantile_positions(d, self._hp["clamp_quantile"])
-        ordered = X.abs().sort(dim=1).values
-        A, P = competition_scores(X, X.sum(dim=0), ordered[:, low:low + 1], ordered[:, high:high + 1], g)
+        low, _ = quantile_positions(d, self._hp["clamp_quantile"])
+        magnitude = X.abs()  # the (low+1)-th smallest and largest: the two quantiles, no full sort
+        q_low = magnitude.topk(low + 1, dim=1, largest=False).values[:, low:low + 1]
+        q_high = magnitude.topk(low + 1, dim=1, largest=True).values[:, low:low + 1]
+        A, P = competition_scores(X, X.sum(dim=0), q_low, q_high, g)
         index = torch.tensor(members)
         threshold = self._threshold[index].to(X.device, X.dtype).unsqueeze(1)
         clamped = torch.minimum(torch.maximum(P, threshold), self._maximum[index].to(X.device, X.dtype).unsqueeze(1))

@@ -25,6 +25,7 @@ from flexmerge_core.errors import InvalidArgumentError, ZooError
 DEPLOYMENT_FORMAT = "flexmerge-deployment/1"
 TASK_FORMAT = "flexmerge-task-model/1"
 RECIPE_FORMAT = "flexmerge-export-recipe/1"
+_META_KEY = "flexmerge"
 
 _DTYPES = {str(d): d for d in (torch.float32, torch.float16, torch.bfloat16, torch.float64, torch.int64,
                                 torch.int32, torch.uint8, torch.bool)}
@@ -72,7 +73,8 @@ def deployment_layout(deployment: Deployment) -> dict:
 
 
 def _metadata(**documents) -> dict[str, str]:
-    return {k: json.dumps(v, sort_keys=True) for k, v in documents.items()}
+    """One metadata key: safetensors writes its metadata map in hash order, a single entry keeps the bytes stable."""
+    return {_META_KEY: json.dumps(documents, sort_keys=True)}
 
 
 def save_deployment(deployment: Deployment, out) -> Path:
@@ -90,7 +92,7 @@ def _read(path: Path) -> tuple[dict, dict[str, torch.Tensor]]:
     except (SafetensorError, OSError) as exc:
         raise ZooError(f"{path}: not a readable safetensors file ({exc})") from exc
     try:
-        return {k: json.loads(v) for k, v in meta.items()}, tensors
+        return json.loads(meta.get(_META_KEY, "{}")), tensors
     except ValueError as exc:
         raise ZooError(f"{path}: metadata is not valid JSON ({exc})") from exc
 

@@ -189,6 +189,12 @@ def _cmd_export(args: argparse.Namespace) -> int:
     sizes = parse_sizes(args.size)
     if sizes == "all" or len(sizes) != 1:
         raise FlexMergeError(f"--size takes one number of model units, got {args.size!r}")
+    if args.task is not None:   # fail before the plan is built
+        from flexmerge_core.zoo import open_zoo
+
+        known = args.tasks.split(",") if args.tasks else open_zoo(args.zoo).task_names
+        if args.task not in [name.strip() for name in known]:
+            raise FlexMergeError(f"--task: unknown task '{args.task}' (choose from {', '.join(known)})")
     zoo, algorithm, plan = _plan_from_args(args)
     spec = build_blocks(zoo.param_names, zoo.param_shapes, args.granularity)
     recipe = export(zoo, spec, plan, algorithm, sizes[0], args.out, task=args.task,

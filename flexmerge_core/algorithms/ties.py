@@ -22,7 +22,7 @@ SIMILARITY_ON = HyperParam("similarity_on", "trimmed", str, choices=("trimmed", 
 def elect_signs(block: dict) -> dict:
     """gamma = sign(sum_k x_k); zeros take the sign of sum(gamma) over the block (+1 if that is 0)."""
     gamma = {n: torch.sign(t.sum(dim=0)) for n, t in block.items()}
-    total = sum(float(g.sum()) for g in gamma.values())
+    total = sum(float(g.sum(dtype=torch.float64)) for g in gamma.values())  # exact count of signs
     fallback = -1.0 if total < 0 else 1.0
     return {n: torch.where(g == 0, torch.full_like(g, fallback), g) for n, g in gamma.items()}
 

@@ -18,41 +18,26 @@ import hashlib
 from typing import Callable, Optional, Sequence
 
 import numpy as np
-import torch
-
 from flexmerge_core.errors import InvalidArgumentError
 from flexmerge_core.linkage import check_linkage, matrix_sequence
 from flexmerge_core.plan import Partition, _check_budget, size_of_partition
+from flexmerge_core.similarity import cosine_from_gram, gram_matrix, pick_device
 
 Group = tuple
 CHANNEL_ALGORITHMS = ("avg", "ta", "ties")
 MAX_ITERATIONS = 100
 TOLERANCE = 1e-4
-COLUMNS = 1 << 20  # columns per Gram chunk (bounds the float64 copy)
 
 
 def tensor_grams(zoo, spec, device=None, progress=None) -> dict:
-    """{tensor name: M x M float64 matrix of raw dot products of the task vectors}, one streamed pass."""
-    device = torch.device(device) if device is not None else None
-    grams, blocks = {}, spec.blocks
+    """{tensor name: M x M float64 Gram matrix of the raw task vectors}, one streamed pass."""
+    device, grams, blocks = pick_device(device), {}, spec.blocks
     for index, block in enumerate(blocks):
-        for name, t in zoo.task_vectors(list(block.params)).items():
-            rows = t.reshape(t.shape[0], -1)
-            rows = rows.to(device) if device is not None else rows
-            gram = torch.zeros(rows.shape[0], rows.shape[0], dtype=torch.float64, device=rows.device)
-            for start in range(0, rows.shape[1], COLUMNS):
-                chunk = rows[:, start:start + COLUMNS].to(torch.float64)
-                gram += chunk @ chunk.T
-            grams[name] = gram.cpu().numpy()
+        for name, tensor in zoo.task_vectors(list(block.params)).items():
+            grams[name] = gram_matrix({name: tensor}, device)
         if progress is not None:
             progress(index + 1, len(blocks), f"task Gram matrices: block {block.name}")
     return grams
-
-
-def cosine_from_gram(gram: np.ndarray) -> np.ndarray:
-    """a.b / (|a||b| + 1e-8), as the plan's similarity (a zero vector has similarity 0)."""
-    norms = np.sqrt(np.clip(np.diag(gram), 0.0, None))
-    return gram / (np.outer(norms, norms) + 1e-8)
 
 
 def _seeded_rng(*parts) -> np.random.Generator:

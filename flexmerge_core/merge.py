@@ -9,14 +9,9 @@ from __future__ import annotations
 
 from typing import Optional, Sequence
 
-import torch
-
 from flexmerge_core.algorithms.base import MergeAlgorithm, MergeResult
 from flexmerge_core.cache import content_hash
-
-
-def default_device() -> torch.device:
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+from flexmerge_core.similarity import pick_device
 
 
 class GroupMerger:
@@ -30,7 +25,7 @@ class GroupMerger:
 
     def __init__(self, zoo, spec, algorithm: MergeAlgorithm, cache=None, device=None):
         self.zoo, self.spec, self.algorithm, self.cache = zoo, spec, algorithm, cache
-        self.device = torch.device(device) if device is not None else default_device()
+        self.device = pick_device(device)
         self._memo: dict = {}
         self._prepared = not algorithm.has_preprocessing
 

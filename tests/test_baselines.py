@@ -8,10 +8,10 @@ import torch
 
 from algorithm_cases import FakeSpec, FakeZoo
 from flexmerge_core.algorithms import get_algorithm
-from flexmerge_core.baselines import (_seeded_rng, channel_merging_plan, cosine_from_gram, cosine_kmeans,
-                                      whole_model_plan)
+from flexmerge_core.baselines import _seeded_rng, channel_merging_plan, cosine_kmeans, whole_model_plan
 from flexmerge_core.errors import InvalidArgumentError
 from flexmerge_core.plan import size_of_partition
+from flexmerge_core.similarity import cosine_from_gram
 
 
 def reference_kmeans(vectors: np.ndarray, k: int, rng: np.random.Generator) -> list:
@@ -50,7 +50,7 @@ def test_cosine_kmeans_matches_vector_space_reference(seed):
     m = 4 + seed
     centres = gen.normal(size=(3, 20))
     vectors = centres[gen.integers(3, size=m)] + 0.6 * gen.normal(size=(m, 20))
-    unit_gram = cosine_from_gram(vectors @ vectors.T)
+    unit_gram = cosine_from_gram(torch.from_numpy(vectors @ vectors.T))
     for k in range(1, m + 1):
         got = cosine_kmeans(unit_gram, k, _seeded_rng("t", seed, k))
         assert got == reference_kmeans(vectors, k, _seeded_rng("t", seed, k))
@@ -60,13 +60,13 @@ def test_cosine_kmeans_matches_vector_space_reference(seed):
 def test_cosine_kmeans_finds_separated_directions_and_keeps_k_clusters_for_duplicates():
     base = np.eye(6)[:3] * 4.0
     vectors = np.concatenate([base[[0, 0, 1, 1, 2, 2]] + 0.01 * np.arange(36).reshape(6, 6) / 36, np.zeros((1, 6))])
-    groups = cosine_kmeans(cosine_from_gram(vectors @ vectors.T), 3, _seeded_rng("sep"))
+    groups = cosine_kmeans(cosine_from_gram(torch.from_numpy(vectors @ vectors.T)), 3, _seeded_rng("sep"))
     label = {t: i for i, g in enumerate(groups) for t in g}
     assert label[0] == label[1] and label[2] == label[3] and label[4] == label[5]
     assert len({label[0], label[2], label[4]}) == 3
     same = np.ones((5, 4))
     for k in range(1, 6):
-        assert len(cosine_kmeans(cosine_from_gram(same @ same.T), k, _seeded_rng("dup", k))) == k
+        assert len(cosine_kmeans(cosine_from_gram(torch.from_numpy(same @ same.T)), k, _seeded_rng("dup", k))) == k
 
 
 SHAPES = {"a.weight": (4, 3), "a.bias": (4,), "b.weight": (3, 3)}

@@ -1,8 +1,10 @@
 """Per-block cosine similarity of task vectors (ALGORITHMS.md section 2), streamed one block at a time.
 
 Why streamed: a zoo of 30 ViT-B-32 models is ~10 GB of task vectors; only one block's stack
-[M, block numel] is ever in memory. The Gram matrix is accumulated in float64 over column chunks of
-the float32 vectors (chunks keep the float64 copy small), on CUDA when available.
+[M, block numel] is ever in memory. Precision: each column chunk's Gram is one float32 matrix product
+(fp32 inputs; half inputs are promoted first) and the chunk results are summed in float64, so rounding
+never accumulates over a whole block (relative error ~1e-7) while the products run at float32 speed
+(float64 GEMM is several times slower on CPUs). Runs on CUDA when available.
 """
 from __future__ import annotations
 
@@ -32,8 +34,8 @@ def gram_matrix(vectors: dict[str, torch.Tensor], device: torch.device) -> torch
     for tensor in vectors.values():
         rows = tensor.reshape(m, -1)
         for start in range(0, rows.shape[1], GRAM_CHUNK_COLUMNS):
-            chunk = rows[:, start:start + GRAM_CHUNK_COLUMNS].to(device=device, dtype=torch.float64)
-            gram += chunk @ chunk.T
+            chunk = rows[:, start:start + GRAM_CHUNK_COLUMNS].to(device=device, dtype=torch.float32)
+            gram += (chunk @ chunk.T).to(torch.float64)
     return gram
 
 

@@ -19,7 +19,7 @@ def test_gram_cosine_matches_textbook_across_chunks_and_tensors():
     block["b"][3] = -block["b"][1]                        # task 3 is the exact opposite of task 1
     got = cosine_from_gram(gram_matrix(block, torch.device("cpu")))
     rows = torch.cat([t.reshape(4, -1) for t in block.values()], dim=1).double().numpy()
-    np.testing.assert_allclose(got, textbook_cosine(rows), rtol=0, atol=1e-12)
+    np.testing.assert_allclose(got, textbook_cosine(rows), rtol=0, atol=1e-6)
     assert got[2].tolist() == [0.0] * 4 and got[1, 3] == pytest.approx(-1.0)
 
 
@@ -31,7 +31,7 @@ def test_block_similarities_from_a_zoo_match_textbook(tmp_path):
     assert sims.shape == (len(spec.blocks), 4, 4) and sims.dtype == np.float64
     for b, block in enumerate(spec.blocks):
         np.testing.assert_allclose(sims[b], textbook_cosine(block_rows(states, pretrained, block.params)),
-                                   rtol=0, atol=1e-9)
+                                   rtol=0, atol=1e-6)
     assert np.all(sims[:, 1, :] == 0.0)
     assert calls == [(b + 1, len(spec.blocks)) for b in range(len(spec.blocks))]
 
@@ -45,6 +45,6 @@ def test_similarity_uses_the_algorithms_preprocessed_vectors(tmp_path):
         {p: torch.stack([sd[p] - pretrained[p] for sd in states.values()]) for p in zoo.param_names})
     for b, block in enumerate(spec.blocks):
         rows = torch.cat([whole[p].reshape(4, -1) for p in block.params], dim=1).double().numpy()
-        np.testing.assert_allclose(sims[b], textbook_cosine(rows), rtol=0, atol=1e-9)
+        np.testing.assert_allclose(sims[b], textbook_cosine(rows), rtol=0, atol=1e-6)
     plain = block_similarities(zoo, spec)
     assert not np.allclose(sims, plain)      # trimming really changed what similarity sees

@@ -29,9 +29,11 @@ def _random_vit(seed):
 def test_staged_forward_matches_the_module_and_resumes_from_any_stage():
     encoder, other = _random_vit(0), _random_vit(1)
     runner = StagedEncoder(encoder, device="cpu")
-    assert runner.num_stages == TINY_VIT["layers"] + 2
-    assert runner.stage_of("conv1.weight") == 0 and runner.stage_of("proj") == TINY_VIT["layers"] + 1
-    assert runner.stage_of("transformer.resblocks.1.mlp.c_fc.weight") == 2
+    layers = TINY_VIT["layers"]
+    assert runner.num_stages == 2 * layers + 2          # stem, attention and MLP half per block, pool
+    assert runner.stage_of("conv1.weight") == 0 and runner.stage_of("proj") == 2 * layers + 1
+    assert runner.stage_of("transformer.resblocks.1.attn.in_proj_weight") == 3
+    assert runner.stage_of("transformer.resblocks.1.ln_2.bias") == 4
     images = torch.randn(6, 3, 8, 8)
     state = other.state_dict()
     with torch.no_grad():
@@ -105,13 +107,13 @@ def test_evaluator_reuses_kept_stage_inputs_only_before_the_first_change(zoo_bun
     evaluator = TaskEvaluator(runner, images, labels, heads["task0"], False, batch_size=16, budget_bytes=1 << 30)
     a, b = states["task0"], dict(states["task0"])
     b.update({n: pretrained[n] for n in pretrained if n.startswith(("transformer.resblocks.1.", "ln_post", "proj"))})
-    signature_a = ["stem", "l0", "l1", "post"]
+    signature_a = ["stem", "0a", "0m", "1a", "1m", "post"]
     assert evaluator.count_correct(a, signature_a) == fresh(a)
-    assert evaluator.stages_run == 4
-    assert evaluator.count_correct(b, ["stem", "l0", "l1*", "post*"]) == fresh(b)
-    assert evaluator.stages_run == 4 + 2                    # restarted at the first changed stage
+    assert evaluator.stages_run == 6
+    assert evaluator.count_correct(b, ["stem", "0a", "0m", "1a*", "1m*", "post*"]) == fresh(b)
+    assert evaluator.stages_run == 6 + 3                    # restarted at the first changed stage
     assert evaluator.count_correct(a, signature_a) == fresh(a)
-    assert evaluator.kept_bytes == 3 * len(images) * 5 * TINY_VIT["width"] * 4   # inputs of stages 1..3
+    assert evaluator.kept_bytes == 5 * len(images) * 5 * TINY_VIT["width"] * 4   # inputs of stages 1..5
 
 
 def test_choose_stages_keeps_all_that_fit_else_evenly_spaced():

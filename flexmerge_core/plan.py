@@ -18,7 +18,7 @@ from typing import Callable, Optional, Sequence
 
 import numpy as np
 
-from flexmerge_core.errors import BudgetError, InvalidArgumentError
+from flexmerge_core.errors import BudgetError, InvalidArgumentError, ZooError
 from flexmerge_core.linkage import (BlockStep, Group, GroupSimilarity, callable_sequence, check_linkage,
                                     matrix_sequence)
 from flexmerge_core.size_accounting import (block_cost_32nds, check_storage, size_from_32nds,
@@ -236,6 +236,17 @@ def plan_from_similarities(sims, block_numels: Sequence[int], storage: str = "st
     return plan_from_sequences(sequences, num_tasks, block_numels, storage, linkage, order, seed, blocks)
 
 
+def _check_some_task_vector_nonzero(zoo, sims: np.ndarray) -> None:
+    """A zoo whose fine-tuned checkpoints all equal the pretrained one has nothing to merge.
+
+    One zero task vector is fine (similarity 0 with everything, ALGORITHMS.md section 2); all of them
+    zero (self-similarity 0 in every block) almost surely means the wrong files were given.
+    """
+    if not np.any(np.diagonal(sims, axis1=1, axis2=2)):
+        raise ZooError(f"zoo '{zoo.name}': every task vector is zero (each fine-tuned checkpoint equals "
+                       f"the pretrained one), so there is nothing to merge")
+
+
 def build_plan(zoo, spec, algorithm, linkage: str = "min", order: str = "greedy", seed: int = 0,
                progress=None, device=None) -> MergePlan:
     """The plan of a zoo under a block spec, with the algorithm's preprocessing and storage rule.
@@ -253,6 +264,7 @@ def build_plan(zoo, spec, algorithm, linkage: str = "min", order: str = "greedy"
     numels = [block.numel for block in spec.blocks]
     if linkage != "uni":
         sims = block_similarities(zoo, spec, algorithm, device=device, progress=progress)
+        _check_some_task_vector_nonzero(zoo, sims)
         return plan_from_similarities(sims, numels, storage, linkage, order, seed, blocks=names)
     if algorithm is None:
         raise InvalidArgumentError("linkage 'uni' needs a merge algorithm (its merged vectors)")

@@ -122,6 +122,16 @@ def _check_data(files: _Files, task: TaskEntry) -> None:
                        f"found {data.dtypes['images']} and {data.dtypes['labels']}")
 
 
+def _check_labels(data: CheckpointFile, task: TaskEntry, labels: torch.Tensor, num_classes: int | None) -> None:
+    """Label values are only known once read: one outside the head's classes would be silently 'wrong'."""
+    if num_classes is None:
+        return
+    bad = labels[(labels < 0) | (labels >= num_classes)]
+    if bad.numel():
+        raise ZooError(f"{data.path}: data of task '{task.name}' has label {int(bad[0])} outside the head's "
+                       f"{num_classes} classes (0..{num_classes - 1})")
+
+
 def _feature_dim(shapes: dict[str, tuple[int, ...]]) -> int | None:
     """Encoder output width of an open_clip ViT: the projection's columns (None when unknown)."""
     proj = shapes.get("proj")
@@ -249,7 +259,15 @@ class Zoo:
         if task.data is None:
             return None
         f = self._files.get(task.data, f"data of task '{task.name}'")
-        return f.read("images"), f.read("labels")
+        images, labels = f.read("images"), f.read("labels")
+        _check_labels(f, task, labels, self._num_classes(task))
+        return images, labels
+
+    def _num_classes(self, task: TaskEntry) -> int | None:
+        """Outputs of the task's head (else the manifest's class list): the valid labels are 0..C-1."""
+        if task.head is not None:
+            return self._files.get(task.head, f"head of task '{task.name}'").shapes["weight"][0]
+        return None if task.classes is None else len(task.classes)
 
     @property
     def tensors_read(self) -> int:

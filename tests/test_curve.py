@@ -51,11 +51,13 @@ def test_rows_at_requested_budgets_match_a_standalone_evaluation(zoo_bundle):
     assert spec_for_plan(zoo, plan).blocks == spec.blocks
 
 
-def test_second_run_with_a_warm_cache_merges_and_evaluates_nothing(zoo_bundle, monkeypatch):
+def test_second_cli_curve_run_with_a_warm_cache_merges_and_evaluates_nothing(zoo_bundle, monkeypatch, capsys):
     zoo, *_ = zoo_bundle
+    argv = ["curve", "--zoo", str(zoo.root), "--algorithm", "ties", "--sizes", "all", "--json"]
+    assert main(argv) == 0
+    cold = json.loads(capsys.readouterr().out)
     spec, algo, plan = plan_for(zoo, "ties")
-    cold = compute_curve(zoo, plan, algo, "all", spec=spec)
-    assert cold.stats["evaluated"] > 0
+    assert len(cold["rows"]) == len(plan.achievable_sizes())
 
     def forbidden(*args, **kwargs):
         raise AssertionError("no merging or evaluation expected with a warm cache")
@@ -63,8 +65,10 @@ def test_second_run_with_a_warm_cache_merges_and_evaluates_nothing(zoo_bundle, m
     monkeypatch.setattr(type(algo), "merge", forbidden)
     monkeypatch.setattr(TaskEvaluator, "count_correct", forbidden)
     monkeypatch.setattr(GroupResultCache, "load", forbidden)
+    assert main(argv) == 0
+    assert json.loads(capsys.readouterr().out) == cold
     warm = compute_curve(zoo, plan, algo, "all", spec=spec)
-    assert warm.rows == cold.rows and warm.stats["evaluated"] == 0
+    assert warm.stats["evaluated"] == 0 and warm.rows == cold["rows"]
 
 
 def test_merged_groups_come_back_from_disk_and_corrupt_files_are_rebuilt(zoo_bundle, private_cache, monkeypatch):

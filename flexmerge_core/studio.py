@@ -108,11 +108,13 @@ class Explorer:
     def __init__(self, zoo: Zoo, choice: PlanChoice, progress: Optional[Progress] = None):
         from flexmerge_core.blocks import build_blocks
         from flexmerge_core.plan_cache import cached_plan
+        from flexmerge_core.resources import check_memory
 
         self.choice = choice
         self.zoo = zoo.subset(list(choice.tasks)) if choice.tasks else zoo
         self.algorithm = choice.make_algorithm()
         self.spec = build_blocks(self.zoo.param_names, self.zoo.param_shapes, granularity=choice.granularity)
+        check_memory(self.zoo, None, self.spec)
         self.plan: MergePlan = cached_plan(self.zoo, self.spec, self.algorithm, linkage=choice.linkage,
                                            order=choice.order, seed=choice.seed, progress=progress)
         self._bytes_per_model = model_bytes(self.zoo)
@@ -169,8 +171,10 @@ class Explorer:
         """Write the deployment at `budget` (or one task's standalone model) with its recipe beside it,
         under <cache>/exports/<key>/; an export that is already there is reused."""
         from flexmerge_core.export import export, recipe_path
+        from flexmerge_core.resources import check_memory
 
         part = self.plan.partition_at(budget)
+        check_memory(self.zoo, budget, self.spec)
         key = content_hash("export", self.zoo.fingerprint, self.task_names, repr(self.choice), part.num_events, task)
         name = f"{self.zoo.name}-{self.algorithm.name}-{part.size:.3f}x" + (f"-{task}" if task else "")
         out = cache_root() / "exports" / key / f"{name}.safetensors"
@@ -186,6 +190,7 @@ class Explorer:
     def curve(self, budgets: Sequence[float], progress: Optional[Progress] = None) -> list[dict]:
         """Curve rows (DESIGN.md's JSON) at these budgets; each distinct partition is evaluated once."""
         from flexmerge_core.curve import compute_curve
+        from flexmerge_core.resources import check_memory
 
         with self._lock:
             wanted = {}
@@ -193,6 +198,7 @@ class Explorer:
                 wanted.setdefault(self.plan.partition_at(budget).num_events, float(budget))
             missing = [b for e, b in wanted.items() if e not in self._rows]
             if missing:
+                check_memory(self.zoo, "all", self.spec)   # a curve starts from all M models kept
                 result = compute_curve(self.zoo, self.plan, self.algorithm, sizes=missing, spec=self.spec,
                                        merger=self.merger(), progress=progress)
                 self.finetuned = result.finetuned

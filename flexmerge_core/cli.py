@@ -128,11 +128,15 @@ def _cmd_zoo_info(args: argparse.Namespace) -> int:
     return 0
 
 
-def _plan_from_args(args: argparse.Namespace):
-    """(zoo, algorithm, plan) from the shared plan options; the plan comes from the on-disk cache when known."""
+def _plan_from_args(args: argparse.Namespace, deploy_size=None):
+    """(zoo, algorithm, plan) from the shared plan options; the plan comes from the on-disk cache when known.
+
+    deploy_size: the largest deployment the command will build ("all" = M; None: planning only), so
+    the memory guard refuses before anything is loaded."""
     from flexmerge_core.algorithms import get_algorithm
     from flexmerge_core.blocks import build_blocks
     from flexmerge_core.plan_cache import cached_plan
+    from flexmerge_core.resources import check_memory
     from flexmerge_core.zoo import open_zoo
 
     algorithm = get_algorithm(args.algorithm)
@@ -140,6 +144,7 @@ def _plan_from_args(args: argparse.Namespace):
     if args.tasks:
         zoo = zoo.subset([name.strip() for name in args.tasks.split(",") if name.strip()])
     spec = build_blocks(zoo.param_names, zoo.param_shapes, args.granularity)
+    check_memory(zoo, deploy_size, spec)
     plan = cached_plan(zoo, spec, algorithm, args.linkage, args.order, args.seed,
                        progress=stderr_progress("similarity"))
     return zoo, algorithm, plan
@@ -167,7 +172,7 @@ def _cmd_curve(args: argparse.Namespace) -> int:
     from flexmerge_core.curve import compute_curve, parse_sizes
 
     sizes = parse_sizes(args.sizes)
-    zoo, algorithm, plan = _plan_from_args(args)
+    zoo, algorithm, plan = _plan_from_args(args, deploy_size="all")   # a curve starts from all M models kept
     spec = build_blocks(zoo.param_names, zoo.param_shapes, args.granularity)
     result = compute_curve(zoo, plan, algorithm, sizes, spec=spec, progress=stderr_progress("curve"))
     if args.json:
@@ -195,7 +200,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
         known = args.tasks.split(",") if args.tasks else open_zoo(args.zoo).task_names
         if args.task not in [name.strip() for name in known]:
             raise FlexMergeError(f"--task: unknown task '{args.task}' (choose from {', '.join(known)})")
-    zoo, algorithm, plan = _plan_from_args(args)
+    zoo, algorithm, plan = _plan_from_args(args, deploy_size=sizes[0])
     spec = build_blocks(zoo.param_names, zoo.param_shapes, args.granularity)
     recipe = export(zoo, spec, plan, algorithm, sizes[0], args.out, task=args.task,
                     zoo_path="demo" if args.zoo == "demo" else None)

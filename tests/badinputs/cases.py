@@ -19,7 +19,7 @@ from unittest import mock
 
 import torch
 
-from flexmerge_core.errors import BudgetError, CacheError, InvalidArgumentError, ZooError
+from flexmerge_core.errors import BudgetError, CacheError, InvalidArgumentError, ResourceError, ZooError
 
 from .zoos import (copy_zoo, data_file, edit_manifest, edit_task, head_file, rewrite_tensors, task_file,
                    write_code_pickle)
@@ -418,4 +418,20 @@ CACHE_CASES = [
                 lambda env: (str(env.cache), "cannot create folder"), _cache_root_file),
 ]
 
-CASES = ZOO_CASES + OPTION_CASES + CACHE_CASES
+
+def _memory_case(env: Env) -> Scenario:
+    """The machine has less memory than the work needs: refused before loading, in every front end."""
+    from flexmerge_core.resources import LIMIT_ENV, check_memory
+    from flexmerge_core.zoo import open_zoo
+
+    root = env.zoo_copy("not-enough-memory")
+    return Scenario(call=lambda: check_memory(open_zoo(root), 2.0),
+                    argv=["export", "--zoo", str(root), "--algorithm", "ta", "--size", "2",
+                          "--out", str(env.tmp / "out.safetensors")],
+                    culprit=("not enough memory", "zoo 'template'"), app_zoo=root,
+                    fault=lambda: mock.patch.dict(os.environ, {LIMIT_ENV: "1K"}))
+
+
+MACHINE_CASES = CACHE_CASES + [Case("not-enough-memory", ResourceError, _memory_case)]
+
+CASES = ZOO_CASES + OPTION_CASES + MACHINE_CASES

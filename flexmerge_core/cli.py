@@ -71,6 +71,35 @@ def _add_zoo_commands(sub) -> None:
     info.add_argument("--json", action="store_true")
     info.set_defaults(handler=_cmd_zoo_info)
 
+    imp = zoo_sub.add_parser("import", help="convert a research-layout folder of open_clip checkpoints into a zoo")
+    imp.add_argument("source", help="folder with <Task>/finetuned.pt, <Task>/zeroshot.pt, optional head_<Task>.pt")
+    imp.add_argument("--out", required=True, help="zoo folder to write (replaced atomically)")
+    imp.add_argument("--model", required=True, help="open_clip architecture name, e.g. ViT-B-32")
+    imp.add_argument("--pretrained", default=None, help="pretrained checkpoint (default: the <Task>/zeroshot.pt files)")
+    imp.add_argument("--data", default=None, help="held-out data: <DATA>/<Task>/<class>/*.png or <DATA>/<Task>.safetensors")
+    imp.add_argument("--templates", default=None, help="zero-shot prompts: 'simple' (default), 'openai' or a file")
+    imp.add_argument("--head-input", default="normalized", choices=["normalized", "raw"])
+    imp.add_argument("--quick-gelu", action="store_true", help="QuickGELU activations (OpenAI-trained weights)")
+    imp.add_argument("--trust-pickle", action="store_true",
+                     help="allow pickled whole-module files (unpickling runs code from the file); converted once")
+    imp.add_argument("--name", default=None)
+    imp.add_argument("--json", action="store_true")
+    imp.set_defaults(handler=_cmd_zoo_import)
+
+
+def _cmd_zoo_import(args: argparse.Namespace) -> int:
+    from flexmerge_core.zoo.importer import import_research_folder
+
+    report = import_research_folder(args.source, args.out, args.model, pretrained=args.pretrained, data=args.data,
+                                    templates=args.templates, trust_pickle=args.trust_pickle,
+                                    quick_gelu=True if args.quick_gelu else None, head_input=args.head_input,
+                                    name=args.name, progress=stderr_progress("import"))
+    if args.json:
+        emit_json(report.to_json())
+    else:
+        print("\n".join(report.lines()))
+    return 0
+
 
 def _add_plan_options(p) -> None:
     p.add_argument("--zoo", required=True, help="zoo folder, or 'demo'")

@@ -20,8 +20,15 @@ def _open_clip_vit(config: dict) -> torch.nn.Module:
     return VisionTransformer(**config)
 
 
+def _open_clip_model(config: dict) -> torch.nn.Module:
+    from flexmerge_core.zoo.openclip_arch import build_visual
+
+    return build_visual(config)
+
+
 ARCHITECTURES: dict[str, Callable[[dict], torch.nn.Module]] = {
     "open_clip_vit": _open_clip_vit,
+    "open_clip_model": _open_clip_model,
 }
 
 

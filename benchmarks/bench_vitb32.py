@@ -1,0 +1,154 @@
+"""Benchmark: a real-size zoo (8 tasks of open_clip's ViT-B-32 visual tower) through plan, merge and evaluation.
+
+The zoo is written as safetensors with the `open_clip_model` architecture kind ("ViT-B-32"), exactly as
+`zoo import` writes one: pretrained = open_clip's random init (no weights are downloaded, no network),
+task k = pretrained + 1e-3 * (shared + family[k % 4] + noise) directions, a random 10-class head per task
+and N random preprocessed images per task. Measured in one run, each phase with its own peak RSS
+(VmHWM reset through /proc/self/clear_refs; it includes touched pages of the memory-mapped checkpoints)
+and, on CUDA, peak allocated GPU memory:
+  plan      open_zoo + build_blocks("component") + build_plan(TA, min linkage, greedy)
+  merge     every group the plan ever forms, merged once with TA (GroupMerger, as the app does)
+  eval 1x   build_deployment at budget 1 + evaluate_deployment (deployment and fine-tuned reference)
+  eval Mx   the same at budget M (each task its own fine-tuned tensors)
+Printed side by side: eval Mx / eval 1x time (the claim: a bigger deployment costs memory, not time).
+
+Usage: .venv/bin/python benchmarks/bench_vitb32.py [--tasks 8] [--images 64] [--device cpu|cuda] [--workdir DIR]
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+MODEL = "ViT-B-32"
+FAMILIES = 4
+CLASSES = 10
+
+
+def write_vitb32_zoo(folder: Path, num_tasks: int, images: int, seed: int = 0) -> Path:
+    from flexmerge_core.zoo import write_zoo
+    from flexmerge_core.zoo.openclip_arch import build_visual, model_config
+
+    torch.manual_seed(seed)
+    config = {"name": MODEL}
+    size = model_config(config)["vision_cfg"]["image_size"]
+    pretrained = {k: v.detach().clone() for k, v in build_visual(config).state_dict().items()}
+    directions = [{k: torch.randn_like(v) for k, v in pretrained.items()} for _ in range(FAMILIES + 1)]
+    tasks = []
+    for k in range(num_tasks):
+        shared, family = directions[0], directions[1 + k % FAMILIES]
+        state = {n: v + 1e-3 * (shared[n] + family[n] + torch.randn_like(v)) for n, v in pretrained.items()}
+        head = {"weight": torch.randn(CLASSES, pretrained["proj"].shape[1]), "bias": torch.zeros(CLASSES)}
+        data = (torch.randn(images, 3, size, size), torch.randint(0, CLASSES, (images,)))
+        tasks.append({"name": f"task{k:02d}", "state_dict": state, "head": head, "data": data,
+                      "classes": [f"class{c}" for c in range(CLASSES)]})
+    return write_zoo(folder, {"kind": "open_clip_model", "config": config}, pretrained, tasks,
+                     head_input="normalized", name=f"bench-{MODEL}-{num_tasks}")
+
+
+class PhaseMeter:
+    """Wall time, peak RSS (MB) and peak GPU memory (MB) of one phase."""
+
+    def __init__(self, device: torch.device):
+        self.device = device
+        self.rows: list[tuple[str, float, float, float]] = []
+
+    @staticmethod
+    def _vm_hwm_mb() -> float:
+        found = re.search(r"VmHWM:\s+(\d+)", Path("/proc/self/status").read_text())
+        return int(found.group(1)) / 1024 if found else float("nan")
+
+    def run(self, label: str, work):
+        try:
+            Path("/proc/self/clear_refs").write_text("5")   # reset the peak RSS to the current RSS
+        except OSError:
+            pass
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+            torch.cuda.reset_peak_memory_stats(self.device)
+        start = time.perf_counter()
+        result = work()
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        seconds = time.perf_counter() - start
+        gpu = torch.cuda.max_memory_allocated(self.device) / 2**20 if self.device.type == "cuda" else float("nan")
+        self.rows.append((label, seconds, self._vm_hwm_mb(), gpu))
+        print(f"  {label:<34s} {seconds:9.2f} s   peak RSS {self.rows[-1][2]:9.0f} MB   "
+              f"peak GPU {gpu:8.0f} MB", flush=True)
+        return result
+
+    def seconds(self, label: str) -> float:
+        return next(row[1] for row in self.rows if row[0] == label)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--tasks", type=int, default=8)
+    parser.add_argument("--images", type=int, default=64, help="held-out images per task")
+    parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
+    parser.add_argument("--workdir", default=None, help="where the zoo is written (default: a temp folder)")
+    parser.add_argument("--keep", action="store_true", help="keep the written zoo")
+    args = parser.parse_args()
+
+    from flexmerge_core.algorithms import get_algorithm
+    from flexmerge_core.blocks import build_blocks
+    from flexmerge_core.deploy import build_deployment
+    from flexmerge_core.evaluate import evaluate_deployment
+    from flexmerge_core.merge import GroupMerger, default_device
+    from flexmerge_core.plan import build_plan
+    from flexmerge_core.zoo import open_zoo
+
+    device = torch.device(args.device) if args.device else default_device()
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
+    print(f"device: {device} ({name}); torch {torch.__version__}; {args.tasks} tasks of {MODEL}, "
+          f"{args.images} images per task", flush=True)
+    workdir = Path(tempfile.mkdtemp(prefix="bench-vitb32-", dir=args.workdir))
+    os.environ.setdefault("FLEXMERGE_CACHE", str(workdir / "cache"))
+    try:
+        start = time.perf_counter()
+        folder = write_vitb32_zoo(workdir / "zoo", args.tasks, args.images)
+        print(f"  wrote the zoo in {time.perf_counter() - start:.1f} s ({folder})", flush=True)
+        meter = PhaseMeter(device)
+        algorithm = get_algorithm("ta")
+
+        def plan_phase():
+            zoo = open_zoo(folder)
+            spec = build_blocks(zoo.param_names, zoo.param_shapes, "component")
+            return zoo, spec, build_plan(zoo, spec, algorithm)
+
+        zoo, spec, plan = meter.run("plan (open + blocks + plan)", plan_phase)
+        merger = GroupMerger(zoo, spec, algorithm, device=device)
+        groups = [(e.block, e.group_a + e.group_b) for e in plan.events]
+        meter.run(f"merge all {len(groups)} TA groups", lambda: [merger.result(b, g) for b, g in groups])
+        results = {}
+        for budget in (1, args.tasks):
+            def evaluate(budget=budget):
+                deployment = build_deployment(zoo, plan, algorithm, budget, merger=merger)
+                return deployment, evaluate_deployment(zoo, deployment, device=device, use_cache=False)
+
+            deployment, results[budget] = meter.run(f"eval {budget}x (deploy + evaluate)", evaluate)
+            print(f"      size {deployment.size:.3f}, stored {deployment.stored_bytes / 2**20:.0f} MB, "
+                  f"avg accuracy {results[budget].avg_accuracy:.3f}", flush=True)
+        params = plan.model_params
+        print(f"model: {params / 1e6:.1f} M merged parameters per task, {len(spec.blocks)} blocks, "
+              f"{len(plan.events)} merge events")
+        ratio = meter.seconds(f"eval {args.tasks}x (deploy + evaluate)") / meter.seconds("eval 1x (deploy + evaluate)")
+        print(f"ratio eval {args.tasks}x / eval 1x time: {ratio:.2f}")
+        print(f"ratio merge-all / plan time: {meter.seconds(f'merge all {len(groups)} TA groups') / meter.seconds('plan (open + blocks + plan)'):.2f}")
+    finally:
+        if not args.keep:
+            shutil.rmtree(workdir, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

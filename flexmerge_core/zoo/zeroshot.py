@@ -1,0 +1,113 @@
+"""Zero-shot classification heads from class names, prompt templates and the pretrained text tower.
+
+Why: many tasks come without a trained head; CLIP's text tower turns "a photo of a {class}." into a
+class embedding, which is a linear head over L2-normalised image features (zoo `head_input =
+"normalized"`). Per class: embed every template, normalise each, average, normalise again; the
+head is those rows times exp(logit_scale), bias 0 (the usual CLIP zero-shot recipe). Heads are
+cached on disk keyed by the text tower's tensor bytes, the model name, classes and templates, so
+re-importing a zoo (or importing another zoo on the same CLIP) does not re-encode prompts.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from flexmerge_core.cache import atomic_write, cache_root, content_hash
+from flexmerge_core.errors import InvalidArgumentError
+from flexmerge_core.group_cache import tensors_digest
+from flexmerge_core.zoo.openclip_arch import build_clip
+
+ZEROSHOT_VERSION = "zeroshot/1"
+
+
+def named_templates(name: str) -> list[str]:
+    """open_clip's ImageNet prompt sets: 'simple' (7 prompts) or 'openai' (80)."""
+    from open_clip import zero_shot_metadata as meta
+
+    sets = {"simple": meta.SIMPLE_IMAGENET_TEMPLATES, "openai": meta.OPENAI_IMAGENET_TEMPLATES}
+    return [template("{}") for template in sets[name]]
+
+
+def load_templates(spec: str | Sequence[str] | None) -> list[str]:
+    """Templates from a list, a set name ('simple', 'openai'), or a file (JSON list or one per line)."""
+    if spec is None:
+        spec = "simple"
+    if isinstance(spec, str):
+        if spec in ("simple", "openai"):
+            return named_templates(spec)
+        path = Path(spec)
+        if not path.is_file():
+            raise InvalidArgumentError(f"--templates: '{spec}' is neither 'simple', 'openai' nor a file")
+        text = path.read_text()
+        try:
+            spec = json.loads(text)
+        except ValueError:
+            spec = [line.strip() for line in text.splitlines() if line.strip()]
+    templates = list(spec)
+    bad = [t for t in templates if not isinstance(t, str) or t.count("{}") != 1]
+    if not templates or bad:
+        raise InvalidArgumentError(f"--templates: each template must contain '{{}}' exactly once, got {bad[:1] or 'none'}")
+    return templates
+
+
+class TextTower:
+    """A CLIP model whose text tower holds a checkpoint's weights (its visual tower is unused)."""
+
+    def __init__(self, config: dict, model: torch.nn.Module, text_state: dict[str, torch.Tensor]):
+        self.config, self.model = config, model.eval()
+        self.digest = tensors_digest(text_state)
+
+    @classmethod
+    def from_clip_rest(cls, config: dict, clip_rest: dict[str, torch.Tensor]) -> "TextTower | None":
+        """The text tower when `clip_rest` (a CLIP state dict's non-visual tensors) is complete, else None."""
+        if not clip_rest:
+            return None
+        model = build_clip(config)
+        names = [n for n in model.state_dict() if not n.startswith("visual.")]
+        if not all(n in clip_rest and clip_rest[n].shape == model.state_dict()[n].shape for n in names):
+            return None
+        text_state = {n: clip_rest[n] for n in names}
+        model.load_state_dict(text_state, strict=False)
+        return cls(config, model, text_state)
+
+
+def prompt_label(class_name: str) -> str:
+    """Folder names often use underscores for spaces ("golden_retriever")."""
+    return class_name.replace("_", " ")
+
+
+@torch.no_grad()
+def _encode(tower: TextTower, classes: list[str], templates: list[str]) -> torch.Tensor:
+    import open_clip
+
+    tokenizer = open_clip.get_tokenizer(tower.config["name"])
+    rows = []
+    for name in classes:
+        tokens = tokenizer([t.format(prompt_label(name)) for t in templates])
+        embedded = F.normalize(tower.model.encode_text(tokens).float(), dim=-1).mean(dim=0)
+        rows.append(embedded / embedded.norm())
+    return torch.stack(rows) * tower.model.logit_scale.exp().float()
+
+
+def zeroshot_head(tower: TextTower, classes: list[str], templates: list[str]) -> dict[str, torch.Tensor]:
+    """{weight [C, D], bias [C]} for `classes`, from the disk cache when known."""
+    key = content_hash(ZEROSHOT_VERSION, tower.config.get("name"), bool(tower.config.get("quick_gelu", False)),
+                       tower.digest, list(classes), list(templates))
+    path = cache_root() / "zeroshot" / f"{key}.safetensors"
+    if path.is_file():
+        try:
+            cached = load_file(str(path))
+            if cached["weight"].shape[0] == len(classes) and bool(torch.isfinite(cached["weight"]).all()):
+                return {"weight": cached["weight"], "bias": cached["bias"]}
+        except (SafetensorError, OSError, KeyError):
+            pass   # a damaged entry is recomputed and overwritten
+    weight = _encode(tower, list(classes), list(templates))
+    head = {"weight": weight.contiguous(), "bias": torch.zeros(len(classes))}
+    atomic_write(path, lambda tmp: save_file(head, str(tmp)))
+    return head

@@ -82,7 +82,8 @@ def print_table(rows, groups):
         found = {g: (s, p) for d, n, g, s, p in rows if (d, n) == (device, name)}
         line = f"{device:6s} {name:13s}" + "".join(f" {found[g][0]:9.3f}" if g in found else f" {'-':>9s}"
                                                   for g in groups)
-        line += "".join(f" {found[g][1]:11.3f}" if g in found else f" {'-':>11s}" for g in groups)
+        line += "".join(f" {found[g][1]:11.3f}" if g in found and found[g][1] == found[g][1] else f" {'-':>11s}"
+                        for g in groups)  # '-': not merged, or no preprocessing (NaN)
         print(line)
 
 

@@ -16,7 +16,7 @@ import torch
 
 DIGIT_BITS = 16
 BUCKETS = 1 << DIGIT_BITS
-CHUNK = 1 << 22  # elements per row processed at once (bounds the temporary key tensors)
+CHUNK = 1 << 24  # elements (all rows together) processed at once: bounds the int64 key temporaries
 
 
 def _float_to_key(x: torch.Tensor) -> torch.Tensor:
@@ -39,8 +39,9 @@ def _key_to_float(key: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
 def _chunks(stream: Callable[[], Iterator[torch.Tensor]]) -> Iterator[torch.Tensor]:
     for rows in stream():
         rows = rows.reshape(rows.shape[0], -1)
-        for start in range(0, rows.shape[1], CHUNK):
-            yield rows[:, start:start + CHUNK]
+        columns = max(1, CHUNK // rows.shape[0])
+        for start in range(0, rows.shape[1], columns):
+            yield rows[:, start:start + columns]
 
 
 def streamed_order_statistics(stream: Callable[[], Iterator[torch.Tensor]],

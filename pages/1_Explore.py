@@ -34,12 +34,13 @@ def size_view(explorer: Explorer) -> None:
     view = explorer.partition(budget)
     with engine_errors(), progress_bar("Evaluating this size") as bar:
         row = explorer.row_at(budget, progress=bar)
-    cols = st.columns(4)
+    cols = st.columns(5)
     cols[0].metric("Budget asked", f"{budget:.2f}x")
     cols[1].metric("Size achieved", f"{view.size:.3f}x")
     cols[2].metric("Memory", f"{view.megabytes:.2f} MB")
     cols[3].metric("Average accuracy", f"{100 * row['avg_accuracy']:.2f}%",
                    help=f"{100 * row['avg_normalized_accuracy']:.1f}% of the fine-tuned models")
+    cols[4].metric("Merge events applied", f"{view.num_events} of {len(plan.events)}")
     if not view.budget_met:
         st.warning(f"A budget of {budget:.2f}x cannot be met with {explorer.algorithm.name}: the smallest "
                    f"achievable size is {plan.min_size:.3f}x, shown here.")
@@ -50,11 +51,9 @@ def size_view(explorer: Explorer) -> None:
     right.plotly_chart(charts.curve_figure(
         {explorer.algorithm.name: [(r["size"], 100 * r["avg_accuracy"]) for r in explorer.known_rows()]},
         finetuned=None if not finetuned else 100 * sum(finetuned.values()) / len(finetuned),
-        current=(view.size, 100 * row["avg_accuracy"])), key="chart_explore_curve")
+        current=(view.size, 100 * row["avg_accuracy"]), current_budget=budget), key="chart_explore_curve")
     st.plotly_chart(charts.cluster_count_figure(explorer.block_names, view.cluster_counts, plan.num_tasks),
                     key="chart_explore_clusters")
-    st.plotly_chart(charts.merge_heatmap_figure(explorer.block_names, explorer.groups_by_step(), view.num_events),
-                    key="chart_explore_heatmap")
     with st.expander("Numbers at this size"):
         st.dataframe(pd.DataFrame({"task": explorer.task_names,
                                    "accuracy (%)": [100 * row["accuracy"][t] for t in explorer.task_names]}),
@@ -64,6 +63,12 @@ def size_view(explorer: Explorer) -> None:
 
 
 size_view(explorer)
+
+st.subheader("Merge order")
+st.caption("Each column applies one more merge event of the plan; the size metric above says how many events "
+           "the current size applies. Drawn once, outside the slider's fast path.")
+st.plotly_chart(charts.merge_heatmap_figure(explorer.block_names, explorer.groups_by_step()),
+                key="chart_explore_heatmap")
 
 st.subheader("Block similarity")
 block = st.selectbox("Block", range(len(explorer.block_names)), format_func=lambda b: explorer.block_names[b],

@@ -1,0 +1,15 @@
+"""Shared by the dashboard tests (tests/test_app_*.py, tests/browser/): a micro demo zoo to open.
+
+Why the micro demo zoo: it is the real demo builder (a real ViT, really pretrained and fine-tuned)
+at a size that builds in seconds, so the pages show real engine numbers without a long set-up.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+from flexmerge_core.zoo.demo import MICRO, build_demo_zoo
+
+
+def build_micro_zoo(folder: Path) -> Path:
+    """Build (or reuse) the micro demo zoo in `folder`."""
+    return build_demo_zoo(out=folder, config=MICRO)

@@ -1,0 +1,167 @@
+"""The dashboard pages under Streamlit's AppTest, on the micro demo zoo.
+
+Every page renders without exceptions; the Explore slider shows exactly the engine's numbers for
+the chosen size (per-task accuracies re-evaluated here without any cache, groups per block from
+the plan); the Export page writes files that load; bad input gives an in-page message, not a
+traceback.
+"""
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+
+import pytest
+from safetensors.torch import load_file
+from streamlit.testing.v1 import AppTest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from app_support import build_micro_zoo  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+TIMEOUT = 180
+
+
+@pytest.fixture(scope="module")
+def zoo_dir(request, tmp_path_factory):
+    """The micro demo zoo (kept in pytest's cache between runs) and a fresh engine cache."""
+    zoo = build_micro_zoo(Path(request.config.cache.mkdir("flexmerge-micro-zoo")) / "zoo")
+    saved = {k: os.environ.get(k) for k in ("FLEXMERGE_CACHE", "FLEXMERGE_ZOO")}
+    os.environ["FLEXMERGE_CACHE"] = str(tmp_path_factory.mktemp("engine-cache"))
+    os.environ["FLEXMERGE_ZOO"] = str(zoo)
+    yield zoo
+    for key, value in saved.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
+
+
+def _page(path: str | None) -> AppTest:
+    at = AppTest.from_file(str(REPO / "app.py"), default_timeout=TIMEOUT)
+    if path:
+        at.switch_page(path)
+    return at.run()
+
+
+def _clean(at: AppTest, page: str) -> None:
+    assert not at.exception, f"{page}: {[e.value for e in at.exception]}"
+    assert not at.error, f"{page}: {[e.value for e in at.error]}"
+
+
+def _metric(at: AppTest, label: str) -> str:
+    return next(m.value for m in at.metric if m.label == label)
+
+
+def _engine(zoo_dir, budget: float):
+    """The engine's own numbers for TA, default settings, at `budget`: the partition and accuracies
+    evaluated from scratch (no evaluation cache), independently of the app's facade."""
+    from flexmerge_core.algorithms import get_algorithm
+    from flexmerge_core.blocks import build_blocks
+    from flexmerge_core.deploy import build_deployment
+    from flexmerge_core.evaluate import evaluate_deployment
+    from flexmerge_core.plan import build_plan
+    from flexmerge_core.zoo import open_zoo
+
+    zoo = open_zoo(zoo_dir)
+    spec = build_blocks(zoo.param_names, zoo.param_shapes, granularity="component")
+    algorithm = get_algorithm("ta")
+    plan = build_plan(zoo, spec, algorithm)
+    partition = plan.partition_at(budget)
+    result = evaluate_deployment(zoo, build_deployment(zoo, plan, algorithm, budget, spec=spec), use_cache=False)
+    return partition, result.accuracy, [b.name for b in spec.blocks]
+
+
+@pytest.mark.parametrize("page", [None, "pages/1_Explore.py", "pages/2_Compare.py", "pages/3_Export.py"])
+def test_page_renders_without_exceptions(zoo_dir, page):
+    at = _page(page)
+    _clean(at, page or "Overview")
+    assert at.title, "every page has a title"
+
+
+def test_overview_summarises_the_zoo(zoo_dir):
+    from flexmerge_core.zoo import open_zoo
+
+    zoo = open_zoo(zoo_dir)
+    at = _page(None)
+    assert _metric(at, "Tasks") == str(len(zoo.task_names))
+    table = at.dataframe[0].value
+    assert list(table["task"]) == list(zoo.task_names)
+    for task, acc in zip(table["task"], table["fine-tuned accuracy (%)"]):
+        assert acc == pytest.approx(100 * zoo.finetuned_accuracy[task])
+    assert "within 1 point" in at.markdown[0].value or "1.00x" in at.markdown[0].value
+
+
+def _explore_numbers(at: AppTest) -> tuple[dict, list[int], list[str]]:
+    tasks = next(d.value for d in at.dataframe if "accuracy (%)" in d.value.columns)
+    blocks = next(d.value for d in at.dataframe if "groups" in d.value.columns)
+    return dict(zip(tasks["task"], tasks["accuracy (%)"])), list(blocks["groups"]), list(blocks["block"])
+
+
+def test_slider_shows_the_engines_numbers_at_each_size(zoo_dir):
+    at = _page("pages/1_Explore.py")
+    seen = {}
+    for budget in (1.0, 1.5, at.slider(key="explore_size").max):
+        at.slider(key="explore_size").set_value(budget).run()
+        _clean(at, f"Explore at {budget}")
+        accuracy, counts, block_names = _explore_numbers(at)
+        partition, engine_accuracy, engine_blocks = _engine(zoo_dir, budget)
+        assert block_names == engine_blocks
+        assert counts == [len(groups) for groups in partition.groups]
+        assert _metric(at, "Size achieved") == f"{partition.size:.3f}x"
+        assert _metric(at, "Budget asked") == f"{budget:.2f}x"
+        for task, acc in engine_accuracy.items():
+            assert accuracy[task] == pytest.approx(100 * acc, abs=1e-9)
+        seen[budget] = (accuracy, counts)
+    (acc_low, counts_low), (acc_high, counts_high) = seen[1.0], seen[max(seen)]
+    assert counts_low == [1] * len(counts_low) and counts_high == [len(acc_high)] * len(counts_high)
+    assert acc_low != acc_high, "moving the slider from 1x to Mx must change the per-task accuracies"
+
+
+def test_export_writes_files_that_load(zoo_dir):
+    from flexmerge_core.export import load_deployment, recipe_path
+    from flexmerge_core.zoo import open_zoo
+
+    zoo = open_zoo(zoo_dir)
+    at = _page("pages/3_Export.py")
+    at.number_input(key="export_size").set_value(1.5).run()
+    at.button(key="export_write_deployment").click().run()
+    _clean(at, "Export deployment")
+    assert [b.key for b in at.get("download_button")][:2] == ["download_deployment", "download_recipe"]
+    deployment_file = at.session_state["exports"][next(k for k in at.session_state["exports"] if k[2] is None)]
+    deployment = load_deployment(deployment_file)
+    partition, _, _ = _engine(zoo_dir, 1.5)
+    assert deployment.task_names == zoo.task_names
+    assert deployment.size == pytest.approx(partition.size)
+    recipe = json.loads(recipe_path(deployment_file).read_text())
+    assert recipe["algorithm"] == "ta" and recipe["size"] == pytest.approx(partition.size)
+
+    task = zoo.task_names[1]
+    at.selectbox(key="export_task").set_value(task).run()
+    at.button(key="export_write_task").click().run()
+    _clean(at, "Export task")
+    task_file = at.session_state["exports"][next(k for k in at.session_state["exports"] if k[2] == task)]
+    encoder = zoo.build_encoder()
+    encoder.load_state_dict(load_file(task_file), strict=True)
+    expected = deployment.task_state_dict(zoo.task_names.index(task))
+    loaded = load_file(task_file)
+    for name, tensor in expected.items():
+        assert (loaded[name] == tensor).all(), name
+
+
+def test_bad_zoo_folder_is_a_one_line_error(zoo_dir, tmp_path):
+    at = AppTest.from_file(str(REPO / "app.py"), default_timeout=TIMEOUT)
+    at.session_state["zoo_spec"] = str(tmp_path / "no-such-zoo")
+    at.run()
+    assert not at.exception
+    assert len(at.error) == 1 and "\n" not in at.error[0].value
+    assert "no-such-zoo" in at.error[0].value
+
+
+def test_unreachable_budget_is_explained(zoo_dir):
+    at = _page("pages/3_Export.py")
+    at.number_input(key="export_size").set_value(0.5).run()
+    _clean(at, "Export below the minimum size")
+    assert any("cannot be met" in w.value for w in at.warning)
+    assert _metric(at, "Size achieved") == "1.000x"

@@ -25,11 +25,13 @@ class Emr(MergeAlgorithm):
         for name, t in block.items():
             flag = torch.where(t.mean(dim=0) > 0, 1.0, -1.0).to(t.dtype)
             mask = t * flag > 0
-            u = flag * (t.abs() * mask).amax(dim=0)
+            magnitude = t.abs()
+            u = flag * (magnitude * mask).amax(dim=0)
             unified[name], masks[name] = u, mask
-            rows = t.reshape(g, -1)
-            own += rows.abs().mean(dim=1).to(torch.float64)
-            kept += (mask.reshape(g, -1) * u.reshape(1, -1)).abs().mean(dim=1).to(torch.float64)
+            count = max(u.numel(), 1)
+            own += magnitude.reshape(g, -1).sum(dim=1, dtype=torch.float64) / count
+            # mean |m_k * u| = (m_k . |u|) / count: a mat-vec, no [g, d] temporary
+            kept += (mask.reshape(g, -1).to(torch.float64) @ u.abs().reshape(-1).to(torch.float64)) / count
         gamma = torch.where(kept > 0, own / torch.where(kept > 0, kept, torch.ones_like(kept)),
                             torch.ones_like(kept))
         return MergeResult(unified=unified, masks=masks, scales=gamma.to(reference.dtype))

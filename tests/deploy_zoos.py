@@ -27,7 +27,7 @@ def reference_logits(config, state, head, images, normalized=False):
     return features @ head["weight"].t() + head["bias"]
 
 
-def evaluable_zoo(folder, num_tasks=4, seed=0, head_input="raw", unmerged=None, config=TINY_VIT):
+def evaluable_zoo(folder, num_tasks=4, seed=0, head_input="raw", unmerged=None, config=TINY_VIT, heldout=HELDOUT):
     """Returns (zoo, {task: state dict}, pretrained state dict, {task: head})."""
     from open_clip.transformer import VisionTransformer
 
@@ -41,7 +41,7 @@ def evaluable_zoo(folder, num_tasks=4, seed=0, head_input="raw", unmerged=None, 
         state = {k: v + 0.05 * shared[k] + 0.2 * v.std().clamp_min(0.02) * torch.randn_like(v)
                  for k, v in pretrained.items()}
         head = {"weight": torch.randn(CLASSES, config["output_dim"]), "bias": 0.1 * torch.randn(CLASSES)}
-        images = torch.randn(HELDOUT, 3, size, size)
+        images = torch.randn(heldout, 3, size, size)
         labels = reference_logits(config, state, head, images, head_input == "normalized").argmax(-1)
         labels[::5] = torch.randint(0, CLASSES, (len(labels[::5]),))
         states[name], heads[name] = state, head

@@ -15,7 +15,7 @@ expressions; one streamed pass over the model gives every Gram matrix and cluste
 from __future__ import annotations
 
 import hashlib
-from typing import Callable, Optional, Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 from flexmerge_core.errors import InvalidArgumentError

@@ -50,16 +50,17 @@ class DemoConfig:
 
     architecture: dict = field(default_factory=lambda: dict(ARCHITECTURE))
     tasks: tuple[str, ...] = tuple(t.name for t in demo_tasks.TASKS)
-    pretrain_images: int = 20000
-    pretrain_steps: int = 900
+    pretrain_images: int = 6000
+    pretrain_steps: int = 300
     pretrain_lr: float = 3e-3
-    train_images: int = 3000
-    heldout_images: int = 1000
+    train_images: int = 2000
+    heldout_images: int = 500
     batch_size: int = 128
-    probe_steps: int = 150
+    finetune_batch_size: int = 64
+    probe_steps: int = 100
     probe_lr: float = 1e-2
-    finetune_steps: int = 250
-    finetune_lr: float = 5e-4
+    finetune_steps: int = 120
+    finetune_lr: float = 1e-3
     weight_decay: float = 0.05
     threads: int = 2
 
@@ -69,7 +70,7 @@ MICRO = DemoConfig(
     architecture={"image_size": 16, "patch_size": 8, "width": 16, "layers": 1, "heads": 2,
                   "mlp_ratio": 2, "output_dim": 8},
     tasks=("font-digits", "letters", "shapes"),
-    pretrain_images=128, pretrain_steps=4, train_images=96, heldout_images=32, batch_size=32,
+    pretrain_images=128, pretrain_steps=4, train_images=96, heldout_images=32, batch_size=32, finetune_batch_size=16,
     probe_steps=4, finetune_steps=4, threads=1,
 )
 
@@ -108,13 +109,13 @@ def _cosine_lr(step: int, total: int, base: float) -> float:
 
 
 def _train(forward, params: list[torch.Tensor], x: torch.Tensor, y: torch.Tensor, steps: int, lr: float,
-           config: DemoConfig, gen: torch.Generator, weight_decay: float) -> None:
+           batch_size: int, gen: torch.Generator, weight_decay: float) -> None:
     """AdamW with warm-up + cosine decay on random mini-batches drawn with `gen`."""
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
     for step in range(steps):
         for group in opt.param_groups:
             group["lr"] = _cosine_lr(step, steps, lr)
-        idx = torch.randint(len(x), (min(config.batch_size, len(x)),), generator=gen)
+        idx = torch.randint(len(x), (min(batch_size, len(x)),), generator=gen)
         loss = F.cross_entropy(forward(x[idx]), y[idx])
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -145,7 +146,7 @@ def pretrain(config: DemoConfig, seed: int, fonts) -> dict[str, torch.Tensor]:
     encoder.train()
     _train(lambda b: head(encoder(b)), [*encoder.parameters(), *head.parameters()],
            torch.from_numpy(demo_tasks.normalise(images)), torch.from_numpy(labels),
-           config.pretrain_steps, config.pretrain_lr, config, _torch_generator(seed, 2, 0),
+           config.pretrain_steps, config.pretrain_lr, config.batch_size, _torch_generator(seed, 2, 0),
            config.weight_decay)
     return {k: v.detach().clone() for k, v in encoder.state_dict().items()}
 
@@ -164,12 +165,12 @@ def finetune(pretrained: dict[str, torch.Tensor], task: demo_tasks.TaskSpec, ind
     head = torch.nn.Linear(config.architecture["output_dim"], len(task.classes))
     encoder.eval()
     frozen = _features(encoder, train_x)
-    _train(lambda idx_feats: head(idx_feats), list(head.parameters()), frozen, train_y,
-           config.probe_steps, config.probe_lr, config, _torch_generator(seed, 13, index), 0.0)
+    _train(head, list(head.parameters()), frozen, train_y,
+           config.probe_steps, config.probe_lr, config.batch_size, _torch_generator(seed, 13, index), 0.0)
     encoder.train()
     _train(lambda b: head(encoder(b)), [*encoder.parameters(), *head.parameters()], train_x, train_y,
-           config.finetune_steps, config.finetune_lr, config, _torch_generator(seed, 14, index),
-           config.weight_decay)
+           config.finetune_steps, config.finetune_lr, config.finetune_batch_size,
+           _torch_generator(seed, 14, index), config.weight_decay)
     return {
         "name": task.name,
         "state_dict": {k: v.detach().clone() for k, v in encoder.state_dict().items()},
@@ -238,7 +239,7 @@ def merge_report(zoo, families: list[str]) -> dict:
     within, across = _family_cosines(sims, families)
     report = {"finetuned_avg_accuracy": round(finetuned, 4)}
     for size in (1.0, 2.0):
-        result = evaluate_deployment(zoo, build_deployment(zoo, plan, algorithm, size, spec=spec))
+        result = evaluate_deployment(zoo, build_deployment(zoo, plan, algorithm, size, spec=spec), use_cache=False)
         report[f"ta_{size:g}x_avg_accuracy"] = round(float(result.avg_accuracy), 4)
     report["within_family_cosine"] = None if within is None else round(within, 4)
     report["across_family_cosine"] = None if across is None else round(across, 4)

@@ -142,6 +142,9 @@ def _cmd_zoo_build_demo(args: argparse.Namespace) -> int:
     path = build_demo_zoo(out=args.out, seed=args.seed, force=args.force,
                           progress=stderr_progress("demo zoo"))
     print(path)
+    report = json.loads((path / "zoo.json").read_text())["recipe"]["report"]
+    for key, value in report.items():
+        print(f"  {key}: {value}")
     return 0
 
 

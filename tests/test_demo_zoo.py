@@ -154,3 +154,15 @@ def test_missing_fonts_fall_back_visibly(tmp_path):
         fonts = demo_tasks.load_fonts(tmp_path)
     image = demo_tasks.render_glyph("a", fonts[0], np.random.default_rng(0))
     assert image.shape == (3, 16, 16)
+
+
+def test_cli_build_demo_prints_the_folder_and_its_report(tmp_path, monkeypatch, capsys):
+    from flexmerge_core.cli import main
+
+    monkeypatch.setattr(demo, "FULL", demo.MICRO)
+    assert main(["zoo", "build-demo", "--out", str(tmp_path / "z"), "--seed", "2"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == str(tmp_path / "z")
+    report = open_zoo(tmp_path / "z").recipe["report"]
+    assert lines[1:] == [f"  {k}: {v}" for k, v in report.items()]
+    assert demo.is_current(tmp_path / "z", demo.MICRO, seed=2)

@@ -68,3 +68,19 @@ def test_the_checks_see_partial_files(tmp_path):
     group = cache / "groups" / "g.safetensors"
     group.write_bytes(group.read_bytes()[:-8])
     assert sorted(incomplete_cache_entries(cache)) == sorted([str(group), str(entry)])
+
+
+def test_published_files_and_folders_get_ordinary_modes(tmp_path):
+    """Atomic writes build private temporaries (mkstemp: 0600, mkdtemp: 0700); what they publish must
+    get the modes open()/mkdir() would give: an export shared with a colleague, a zoo folder."""
+    import stat
+
+    from flexmerge_core.cache import atomic_directory, atomic_write_bytes
+
+    (tmp_path / "plain.bin").write_bytes(b"data")
+    (tmp_path / "plain").mkdir()
+    atomic_write_bytes(tmp_path / "export.safetensors", b"data")
+    atomic_directory(tmp_path / "zoo", lambda folder: (folder / "zoo.json").write_text("{}"))
+    mode = lambda name: stat.S_IMODE((tmp_path / name).stat().st_mode)  # noqa: E731
+    assert mode("export.safetensors") == mode("plain.bin")
+    assert mode("zoo") == mode("plain")

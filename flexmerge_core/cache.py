@@ -8,6 +8,7 @@ carries a checksum of its payload so a corrupt entry is detected and rebuilt, ne
 """
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
@@ -117,17 +118,29 @@ def atomic_directory(final: Path, build: Callable[[Path], None]) -> Path:
     try:
         build(tmp)
         os.chmod(tmp, _DIR_MODE)
-        if final.exists():
-            old = final.with_name(f".{final.name}.old-{os.getpid()}")
-            os.replace(final, old)
-            os.replace(tmp, final)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, final)
+        _publish_folder(tmp, final)
+    except OSError as exc:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise CacheError(f"cannot write {final}: {exc.strerror or exc}") from exc
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return final
+
+
+def _publish_folder(tmp: Path, final: Path) -> None:
+    """Rename `tmp` to `final`; a non-empty `final` (there before, or just published by a concurrent
+    process: no exists() check, so no check-then-act race) is swapped out first, then removed."""
+    try:
+        os.replace(tmp, final)
+        return
+    except OSError as exc:
+        if exc.errno not in (errno.ENOTEMPTY, errno.EEXIST):
+            raise
+    old = Path(tempfile.mkdtemp(prefix=f".{final.name}.old-", dir=final.parent))
+    os.replace(final, old / final.name)
+    os.replace(tmp, final)
+    shutil.rmtree(old, ignore_errors=True)
 
 
 class JsonCache:

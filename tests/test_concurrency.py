@@ -112,3 +112,25 @@ def test_two_app_sessions_at_once_each_see_their_own_size(zoo_dir, tmp_path, mon
         assert metrics["Size achieved"] == f"{explorer.partition(budget).size:.3f}x"
         assert metrics["Average accuracy"] == f"{100 * explorer.row_at(budget)['avg_accuracy']:.2f}%"
     assert incomplete_cache_entries(tmp_path / "cache") == []
+
+
+def test_folder_published_by_another_process_mid_rename_is_replaced_not_a_crash(tmp_path, monkeypatch):
+    """Two processes building the demo zoo at once: the other one publishes the folder just before our
+    rename. Ours must still land complete (no check-then-rename race ending in a raw OSError)."""
+    import flexmerge_core.cache as cache
+
+    final = tmp_path / "demo-zoo"
+    real_replace = os.replace
+    published = []
+
+    def other_process_publishes_first(src, dst):
+        if Path(dst) == final and not published:
+            published.append(dst)
+            final.mkdir()
+            (final / "zoo.json").write_text("theirs")
+        return real_replace(src, dst)
+
+    monkeypatch.setattr(cache.os, "replace", other_process_publishes_first)
+    cache.atomic_directory(final, lambda folder: (folder / "zoo.json").write_text("ours"))
+    assert (final / "zoo.json").read_text() == "ours"
+    assert [p.name for p in tmp_path.iterdir()] == ["demo-zoo"]       # no temp or old folder left behind

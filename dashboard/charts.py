@@ -32,6 +32,11 @@ def _reference_line(y: float, label: str) -> tuple[dict, dict]:
     return line, note
 
 
+def accuracy_points(rows: Sequence[Mapping]) -> list[tuple[float, float]]:
+    """(size achieved, average accuracy in %) of curve rows (DESIGN.md's curve JSON)."""
+    return [(r["size"], 100 * r["avg_accuracy"]) for r in rows]
+
+
 def curve_figure(series: Mapping[str, Sequence[tuple[float, float]]], *, finetuned: Optional[float] = None,
                  current: Optional[tuple[float, float]] = None, current_budget: Optional[float] = None,
                  y_title: str = "average accuracy (%)", title: str = "Accuracy vs deployment size") -> go.Figure:

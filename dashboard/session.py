@@ -8,7 +8,6 @@ messages instead of tracebacks.
 from __future__ import annotations
 
 import contextlib
-import importlib.util
 import os
 from typing import Iterator, Optional
 
@@ -75,7 +74,7 @@ def _studio(spec: str, _progress: Optional[ProgressBar] = None) -> Studio:
 
 def open_studio() -> Studio:
     """The Studio of the chosen zoo; on a bad zoo the page shows the engine's message and stops."""
-    spec = zoo_picker()
+    spec = current_zoo_spec()
     with progress_bar(f"Opening zoo {spec}") as bar, engine_errors():
         return _studio(spec, bar)
 
@@ -89,10 +88,3 @@ def engine_errors() -> Iterator[None]:
         st.error(" ".join(str(exc).split()))
         st.stop()
 
-
-def engine_has(what: str, *modules: str) -> bool:
-    """While the engine is being built: True when its modules exist, else an honest in-page note."""
-    missing = [m for m in modules if importlib.util.find_spec(f"flexmerge_core.{m}") is None]
-    if missing:
-        st.info(f"{what} is not available yet (engine module(s) {', '.join(missing)} not there yet).")
-    return not missing

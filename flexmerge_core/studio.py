@@ -246,10 +246,14 @@ class Studio:
             return self._explorers[choice]
 
     def baseline_curve(self, kind: str, algorithm: str, progress: Optional[Progress] = None) -> list[dict]:
-        """Curve rows of a baseline ("channel-merging" or "whole-model") at integer sizes 1..M."""
+        """Curve rows of a baseline ("channel-merging" or "whole-model") at integer sizes 1..M (k groups),
+        each deployment built from the baseline's partition and evaluated like any other."""
         from flexmerge_core.baselines import channel_merging_plan, whole_model_plan
         from flexmerge_core.blocks import build_blocks
-        from flexmerge_core.curve import compute_curve
+        from flexmerge_core.deploy import GroupStore, deployment_from_partition
+        from flexmerge_core.evaluate import evaluate_deployment
+        from flexmerge_core.group_cache import GroupResultCache
+        from flexmerge_core.merge import GroupMerger
 
         builders = {"channel-merging": channel_merging_plan, "whole-model": whole_model_plan}
         if kind not in builders:
@@ -258,8 +262,18 @@ class Studio:
             if (kind, algorithm) not in self._baselines:
                 algo = get_algorithm(algorithm)
                 spec = build_blocks(self.zoo.param_names, self.zoo.param_shapes, granularity="parameter")
-                plan = builders[kind](self.zoo, spec, algo, progress=progress)
-                sizes = [float(k) for k in range(1, len(self.zoo.task_names) + 1)]
-                self._baselines[kind, algorithm] = compute_curve(self.zoo, plan, algo, sizes=sizes, spec=spec,
-                                                                 progress=progress).rows
+                plan = builders[kind](self.zoo, spec, algo)
+                store = GroupStore(self.zoo, spec, algo, GroupMerger(self.zoo, spec, algo, cache=GroupResultCache()))
+                rows, m = [], len(self.zoo.task_names)
+                for k in range(1, m + 1):
+                    part = plan.partition_at(float(k))
+                    recipe = {"baseline": kind, "algorithm": algo.name, "groups_per_block": k}
+                    result = evaluate_deployment(self.zoo, deployment_from_partition(self.zoo, spec, algo, part,
+                                                                                     store, recipe))
+                    rows.append({"size_budget": float(k), "size": part.size, "avg_accuracy": result.avg_accuracy,
+                                 "avg_normalized_accuracy": result.avg_normalized_accuracy,
+                                 "accuracy": dict(result.accuracy)})
+                    if progress is not None:
+                        progress(k, m, f"{kind}: {k} group(s) per block")
+                self._baselines[kind, algorithm] = rows
             return self._baselines[kind, algorithm]

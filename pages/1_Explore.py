@@ -8,14 +8,11 @@ import streamlit as st
 
 from dashboard import charts
 from dashboard.controls import explorer_from_settings
-from dashboard.session import engine_errors, engine_has, open_studio, progress_bar
+from dashboard.session import engine_errors, open_studio, progress_bar
 from flexmerge_core.studio import Explorer
 
-st.set_page_config(page_title="Explore · FlexMerge Studio", layout="wide")
 st.title("Explore a deployment size")
 studio = open_studio()
-if not engine_has("Exploring plans", "blocks", "similarity", "evaluate"):
-    st.stop()
 
 explorer = explorer_from_settings(studio, "explore")
 with engine_errors(), progress_bar("Evaluating the overview curve") as bar:
@@ -49,7 +46,7 @@ def size_view(explorer: Explorer) -> None:
     left.plotly_chart(charts.task_accuracy_figure(explorer.task_names, row["accuracy"], finetuned, view.size),
                       key="chart_explore_tasks")
     right.plotly_chart(charts.curve_figure(
-        {explorer.algorithm.name: [(r["size"], 100 * r["avg_accuracy"]) for r in explorer.known_rows()]},
+        {explorer.algorithm.name: charts.accuracy_points(explorer.known_rows())},
         finetuned=None if not finetuned else 100 * sum(finetuned.values()) / len(finetuned),
         current=(view.size, 100 * row["avg_accuracy"]), current_budget=budget), key="chart_explore_curve")
     st.plotly_chart(charts.cluster_count_figure(explorer.block_names, view.cluster_counts, plan.num_tasks),

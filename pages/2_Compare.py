@@ -8,20 +8,18 @@ import streamlit as st
 from dashboard import charts
 from dashboard.controls import algorithm_input
 from dashboard.rankings import highlight_changes, ranking_table
-from dashboard.session import engine_errors, engine_has, open_studio, progress_bar
+from dashboard.session import engine_errors, open_studio, progress_bar
+from flexmerge_core.baselines import CHANNEL_ALGORITHMS
 from flexmerge_core.linkage import LINKAGES
 from flexmerge_core.plan import ORDERS
 from flexmerge_core.studio import GRANULARITIES, PlanChoice, Studio, algorithm_names
 
-st.set_page_config(page_title="Compare · FlexMerge Studio", layout="wide")
 st.title("Compare algorithms")
 studio = open_studio()
-if not engine_has("Comparing algorithms", "blocks", "similarity", "evaluate"):
-    st.stop()
 
 GRID_STEP = 0.5
 names = list(algorithm_names())
-chosen = st.multiselect("Algorithms", names, default=[n for n in ("avg", "ta", "ties") if n in names],
+chosen = st.multiselect("Algorithms", names, default=[n for n in ("avg", "ta", "ties", "emr") if n in names],
                         key="compare_algorithms")
 granularity = st.selectbox("Granularity", GRANULARITIES, key="compare_granularity")
 
@@ -44,7 +42,7 @@ curves = curves_for(studio, {a: PlanChoice(algorithm=a, granularity=granularity)
                     "Algorithm")
 finetuned = studio.zoo.finetuned_accuracy
 ft_avg = None if not finetuned else 100 * sum(finetuned.values()) / len(finetuned)
-st.plotly_chart(charts.curve_figure({a: [(r["size"], 100 * r["avg_accuracy"]) for r in rows]
+st.plotly_chart(charts.curve_figure({a: charts.accuracy_points(rows)
                                      for a, rows in curves.items()}, finetuned=ft_avg,
                                     title="Average accuracy vs size (mask methods start at their minimum size)"),
                 key="chart_compare_curves")
@@ -60,22 +58,19 @@ st.caption("Shaded rows: the ranking differs from the previous budget. An algori
            "it can meet.")
 
 st.subheader("FlexMerge vs the baselines (integer sizes)")
-if engine_has("The baselines", "baselines"):
-    from flexmerge_core.baselines import CHANNEL_ALGORITHMS
-
-    base_algorithm = st.selectbox("Merge function", [a for a in CHANNEL_ALGORITHMS if a in names],
-                                  key="compare_baseline_algorithm")
-    flex = curves_for(studio, {base_algorithm: PlanChoice(algorithm=base_algorithm, granularity=granularity)},
-                      1.0, "FlexMerge")[base_algorithm]
-    series = {f"FlexMerge ({base_algorithm})": flex}
-    with engine_errors():
-        for kind, label in (("channel-merging", "Channel Merging"), ("whole-model", "Whole-model clustering")):
-            with progress_bar(label) as bar:
-                series[f"{label} ({base_algorithm})"] = studio.baseline_curve(kind, base_algorithm, progress=bar)
-    st.plotly_chart(charts.curve_figure({k: [(r["size"], 100 * r["avg_accuracy"]) for r in rows]
-                                         for k, rows in series.items()},
-                                        finetuned=ft_avg, title="FlexMerge vs Channel Merging and whole-model "
-                                                                "clustering"), key="chart_compare_baseline")
+base_algorithm = st.selectbox("Merge function", [a for a in CHANNEL_ALGORITHMS if a in names],
+                              key="compare_baseline_algorithm")
+flex = curves_for(studio, {base_algorithm: PlanChoice(algorithm=base_algorithm, granularity=granularity)},
+                  1.0, "FlexMerge")[base_algorithm]
+series = {f"FlexMerge ({base_algorithm})": flex}
+with engine_errors():
+    for kind, label in (("channel-merging", "Channel Merging"), ("whole-model", "Whole-model clustering")):
+        with progress_bar(label) as bar:
+            series[f"{label} ({base_algorithm})"] = studio.baseline_curve(kind, base_algorithm, progress=bar)
+st.plotly_chart(charts.curve_figure({k: charts.accuracy_points(rows)
+                                     for k, rows in series.items()},
+                                    finetuned=ft_avg, title="FlexMerge vs Channel Merging and whole-model "
+                                                            "clustering"), key="chart_compare_baseline")
 
 st.subheader("Ablations: linkage and merge order")
 algorithm, hyper = algorithm_input("Algorithm for the ablations", key="ablation_algorithm")
@@ -87,10 +82,10 @@ if st.session_state.get("ablation_requested"):
                             1.0, "Linkage")
     by_order = curves_for(studio, {o: replace(base, order=o) for o in ORDERS}, 1.0, "Order")
     left, right = st.columns(2)
-    left.plotly_chart(charts.curve_figure({k: [(r["size"], 100 * r["avg_accuracy"]) for r in rows]
+    left.plotly_chart(charts.curve_figure({k: charts.accuracy_points(rows)
                                            for k, rows in by_linkage.items()}, finetuned=ft_avg,
                                           title=f"Linkage ({algorithm}, greedy order)"), key="chart_ablation_linkage")
-    right.plotly_chart(charts.curve_figure({k: [(r["size"], 100 * r["avg_accuracy"]) for r in rows]
+    right.plotly_chart(charts.curve_figure({k: charts.accuracy_points(rows)
                                             for k, rows in by_order.items()}, finetuned=ft_avg,
                                            title=f"Merge order ({algorithm}, min linkage)"), key="chart_ablation_order")
 else:

@@ -7,14 +7,11 @@ from pathlib import Path
 import streamlit as st
 
 from dashboard.controls import explorer_from_settings
-from dashboard.session import current_zoo_spec, engine_errors, engine_has, open_studio
+from dashboard.session import current_zoo_spec, engine_errors, open_studio
 from flexmerge_core.export import head_path, recipe_path
 
-st.set_page_config(page_title="Export · FlexMerge Studio", layout="wide")
 st.title("Export a deployment")
 studio = open_studio()
-if not engine_has("Exporting", "blocks", "similarity", "export"):
-    st.stop()
 
 explorer = explorer_from_settings(studio, "export")
 choice = explorer.choice

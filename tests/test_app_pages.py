@@ -8,7 +8,6 @@ traceback.
 from __future__ import annotations
 
 import json
-import os
 import sys
 from pathlib import Path
 
@@ -17,25 +16,10 @@ from safetensors.torch import load_file
 from streamlit.testing.v1 import AppTest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from app_support import build_micro_zoo  # noqa: E402
+from app_support import zoo_dir  # noqa: E402,F401  (fixture)
 
 REPO = Path(__file__).resolve().parents[1]
 TIMEOUT = 180
-
-
-@pytest.fixture(scope="module")
-def zoo_dir(request, tmp_path_factory):
-    """The micro demo zoo (kept in pytest's cache between runs) and a fresh engine cache."""
-    zoo = build_micro_zoo(Path(request.config.cache.mkdir("flexmerge-micro-zoo")) / "zoo")
-    saved = {k: os.environ.get(k) for k in ("FLEXMERGE_CACHE", "FLEXMERGE_ZOO")}
-    os.environ["FLEXMERGE_CACHE"] = str(tmp_path_factory.mktemp("engine-cache"))
-    os.environ["FLEXMERGE_ZOO"] = str(zoo)
-    yield zoo
-    for key, value in saved.items():
-        if value is None:
-            os.environ.pop(key, None)
-        else:
-            os.environ[key] = value
 
 
 def _page(path: str | None) -> AppTest:

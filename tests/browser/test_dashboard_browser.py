@@ -22,10 +22,11 @@ import pytest
 REPO = Path(__file__).resolve().parents[2]
 ARTIFACTS = REPO / "test-artifacts"
 CHROMIUM = os.environ.get("FLEXMERGE_CHROMIUM", "/usr/bin/chromium")
+VIEWPORT = {"width": 1400, "height": 1800}   # tall: Streamlit scrolls inside the page, full_page cannot
 LAUNCH_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"]
 sys.path.insert(0, str(REPO / "tests"))
 
-from app_support import build_micro_zoo  # noqa: E402
+from app_support import micro_zoo_for  # noqa: E402
 
 
 def _free_port() -> int:
@@ -68,8 +69,7 @@ def browser():
 @pytest.fixture(scope="module")
 def server(request, tmp_path_factory):
     cache = tmp_path_factory.mktemp("cache")
-    zoo = os.environ.get("FLEXMERGE_BROWSER_ZOO") or str(build_micro_zoo(
-        Path(request.config.cache.mkdir("flexmerge-micro-zoo")) / "zoo"))
+    zoo = os.environ.get("FLEXMERGE_BROWSER_ZOO") or str(micro_zoo_for(request))
     port = _free_port()
     url = f"http://127.0.0.1:{port}"
     env = dict(os.environ, FLEXMERGE_CACHE=str(cache), FLEXMERGE_ZOO=zoo)
@@ -91,23 +91,24 @@ def server(request, tmp_path_factory):
         shutil.copy(cache / "streamlit.log", ARTIFACTS / "streamlit.log") if ARTIFACTS.exists() else None
 
 
-def _open(browser, url: str):
-    page = browser.new_page(viewport={"width": 1400, "height": 1000})
+def _open(browser, url: str, expect: str):
+    page = browser.new_page(viewport=VIEWPORT)
     page.goto(url)
-    _wait_idle(page)
+    _wait_idle(page, expect)
     return page
 
 
-def _wait_idle(page, timeout_ms: int = 120_000) -> None:
-    """Until the page's script run has finished and every element on screen is fresh."""
+def _wait_idle(page, expect: str, timeout_ms: int = 180_000) -> None:
+    """Until the script run has finished, `expect` (a CSS selector of the page's main content) is
+    on screen, every element is fresh and every Plotly chart has drawn."""
     page.wait_for_function(
-        """() => { const app = document.querySelector('[data-testid="stApp"]');
+        """(expect) => { const app = document.querySelector('[data-testid="stApp"]');
                    return app && app.getAttribute('data-test-script-state') === 'notRunning' &&
-                          document.querySelector('h1') !== null &&
+                          document.querySelector(expect) !== null &&
                           document.querySelectorAll('[data-stale="true"]').length === 0 &&
                           [...document.querySelectorAll('[data-testid="stPlotlyChart"]')]
                               .every(c => c.querySelector('.js-plotly-plot .main-svg')); }""",
-        timeout=timeout_ms, polling=100)
+        arg=expect, timeout=timeout_ms, polling=100)
     page.wait_for_timeout(500)   # let Plotly finish drawing before screenshots
 
 
@@ -119,7 +120,7 @@ def _assert_no_exception(page, name: str) -> None:
 def _screenshot(page, name: str) -> Path:
     ARTIFACTS.mkdir(exist_ok=True)
     path = ARTIFACTS / f"{name}.png"
-    page.screenshot(path=str(path), full_page=True)
+    page.screenshot(path=str(path), timeout=120_000)
     print(f"screenshot: {path.relative_to(REPO)}")
     return path
 
@@ -163,8 +164,10 @@ def _press_and_measure(page, clock: FrameClock, key: str) -> tuple[float, float]
 
 
 def test_every_page_renders(browser, server):
-    for name, path in [("overview", ""), ("explore", "/Explore"), ("compare", "/Compare"), ("export", "/Export")]:
-        page = _open(browser, server + path)
+    chart, metric = ".js-plotly-plot .main-svg", '[data-testid="stMetric"]'
+    for name, path, expect in [("overview", "", chart), ("explore", "/Explore", '[data-testid="stSlider"]'),
+                               ("compare", "/Compare", chart), ("export", "/Export", metric)]:
+        page = _open(browser, server + path, expect)
         _assert_no_exception(page, name)
         assert page.locator('[data-testid="stHeading"], h1').count() > 0, f"{name}: no heading rendered"
         _screenshot(page, f"browser-{name}")
@@ -172,17 +175,17 @@ def test_every_page_renders(browser, server):
 
 
 def test_slider_updates_charts_quickly(browser, server):
-    page = browser.new_page(viewport={"width": 1400, "height": 1000})
+    page = browser.new_page(viewport=VIEWPORT)
     clock = FrameClock(page)
     page.goto(server + "/Explore")
-    _wait_idle(page)
+    _wait_idle(page, '[data-testid="stSlider"]')
     thumb = page.locator('[data-testid="stSlider"] input[type="range"]').first
     thumb.focus()
     # First pass: sizes not seen yet (evaluated on demand). Second pass: the same sizes, now known.
     first = [_press_and_measure(page, clock, "ArrowLeft")[0] for _ in range(4)]
     for _ in range(4):
         _press_and_measure(page, clock, "ArrowRight")
-    _wait_idle(page)
+    _wait_idle(page, '[data-testid="stSlider"]')
     thumb.focus()
     known = [_press_and_measure(page, clock, key) for key in ["ArrowLeft"] * 4 + ["ArrowRight"] * 4]
     _assert_no_exception(page, "explore after slider moves")

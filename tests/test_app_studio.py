@@ -1,0 +1,125 @@
+"""The dashboard's facade (flexmerge_core.studio) and its pure helpers (rankings, chart builders).
+
+Checked against independent computations: the plan's own partitions, a fresh uncached engine curve,
+the zoo's tensor sizes, and hand-worked ranking tables.
+"""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from app_support import zoo_dir  # noqa: E402,F401  (fixture)
+from dashboard import charts  # noqa: E402
+from dashboard.rankings import ranking_table  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def studio(zoo_dir):
+    from flexmerge_core.studio import Studio, open_studio_zoo
+
+    return Studio(open_studio_zoo(str(zoo_dir)))
+
+
+@pytest.fixture(scope="module")
+def explorer(studio):
+    from flexmerge_core.studio import PlanChoice
+
+    return studio.explorer(PlanChoice())
+
+
+def test_explorer_is_memoised_per_choice(studio, explorer):
+    from flexmerge_core.studio import PlanChoice
+
+    assert studio.explorer(PlanChoice()) is explorer
+    assert studio.explorer(PlanChoice(linkage="max")) is not explorer
+
+
+def test_groups_by_step_matches_the_plans_partitions(explorer):
+    table = explorer.groups_by_step()
+    plan = explorer.plan
+    assert table.shape == (len(plan.blocks), len(plan.events) + 1)
+    for size in plan.achievable_sizes():
+        partition = plan.partition_at(size)
+        assert list(table[:, partition.num_events]) == [len(groups) for groups in partition.groups]
+    assert (table[:, 0] == plan.num_tasks).all() and (table[:, -1] == 1).all()
+
+
+def test_partition_view_reports_size_and_megabytes(zoo_dir, explorer):
+    from flexmerge_core.zoo import open_zoo
+
+    zoo = open_zoo(zoo_dir)
+    one_model_bytes = sum(int(np.prod(zoo.param_shapes[n])) * zoo.param_dtypes[n].itemsize for n in zoo.param_names)
+    for budget in (1.0, 1.4, 2.0, float(explorer.plan.num_tasks)):
+        view = explorer.partition(budget)
+        partition = explorer.plan.partition_at(budget)
+        assert view.size == partition.size and view.num_events == partition.num_events
+        assert view.cluster_counts == [len(g) for g in partition.groups]
+        assert view.megabytes == pytest.approx(partition.size * one_model_bytes / 1e6)
+        assert view.budget_met == (partition.size <= budget)
+
+
+def test_grid_spans_the_achievable_range(explorer):
+    grid = explorer.grid(0.5)
+    assert grid[0] == explorer.plan.min_size and grid[-1] == explorer.plan.max_size
+    assert all(b > a for a, b in zip(grid, grid[1:]))
+    assert all(g * 2 == int(g * 2) for g in grid[1:])
+
+
+def test_curve_equals_a_fresh_engine_curve_and_is_memoised(explorer):
+    from flexmerge_core.curve import compute_curve
+
+    budgets = [1.0, 1.5, 2.0]
+    rows = explorer.curve(budgets)
+    fresh = compute_curve(explorer.zoo, explorer.plan, explorer.algorithm, sizes=budgets, spec=explorer.spec,
+                          use_cache=False).rows
+    for row, ref in zip(rows, fresh):
+        assert row["size"] == ref["size"] and row["size_budget"] == ref["size_budget"]
+        assert row["accuracy"] == pytest.approx(ref["accuracy"], abs=1e-12)
+    same_partition = explorer.plan.partition_at(1.5).size
+    again = explorer.row_at(same_partition)
+    assert again["accuracy"] == rows[1]["accuracy"] and again["size_budget"] == same_partition
+    assert explorer.known(1.5) and explorer.known(same_partition)
+
+
+def test_unknown_task_subset_is_a_clear_error(studio):
+    from flexmerge_core.errors import InvalidArgumentError
+    from flexmerge_core.studio import PlanChoice
+
+    with pytest.raises(InvalidArgumentError, match="no-such-task"):
+        studio.explorer(PlanChoice(tasks=("no-such-task",)))
+
+
+def test_ranking_table_marks_where_the_order_changes():
+    accuracy = {"a": {1.0: 0.5, 2.0: 0.7, 3.0: 0.9},
+                "b": {1.0: 0.6, 2.0: 0.65, 3.0: 0.8},
+                "mask": {1.0: None, 2.0: None, 3.0: 0.95}}
+    table = ranking_table(accuracy, [1.0, 2.0, 3.0])
+    assert list(table["#1"]) == ["b (60.0%)", "a (70.0%)", "mask (95.0%)"]
+    assert list(table["#2"]) == ["a (50.0%)", "b (65.0%)", "a (90.0%)"]
+    assert list(table["#3"]) == ["", "", "b (80.0%)"]
+    assert list(table["ranking changed"]) == [False, True, True]
+
+
+def test_ranking_ties_break_by_name_and_do_not_flag_a_change():
+    table = ranking_table({"y": {1.0: 0.5, 2.0: 0.5}, "x": {1.0: 0.5, 2.0: 0.5}}, [1.0, 2.0])
+    assert list(table["#1"]) == ["x (50.0%)", "x (50.0%)"]
+    assert list(table["ranking changed"]) == [False, False]
+
+
+def test_curve_figure_marks_the_current_budget():
+    fig = charts.curve_figure({"ta": [(2.0, 60.0), (1.0, 50.0)]}, finetuned=70.0, current=(1.5, 55.0),
+                              current_budget=1.6)
+    line, marker = fig.data
+    assert list(line.x) == [1.0, 2.0] and list(line.y) == [50.0, 60.0]
+    assert marker.name == "current size (budget 1.60x)" and list(marker.x) == [1.5]
+    assert fig.layout.shapes[0].y0 == 70.0
+
+
+def test_accuracy_points_are_percent_of_achieved_size():
+    rows = [{"size": 1.25, "avg_accuracy": 0.5, "size_budget": 1.3}]
+    assert charts.accuracy_points(rows) == [(1.25, 50.0)]

@@ -146,8 +146,8 @@ def import_research_folder(source, out, model: str, pretrained=None, data=None, 
     total = len(tasks) + 2
     if progress:
         progress(0, total, "pretrained")
+    data = _task_data(None if data is None else Path(data), list(tasks), config)   # fails before GBs are read
     base = _pretrained(reader, tasks, None if pretrained is None else Path(pretrained))
-    data = _task_data(None if data is None else Path(data), list(tasks), config)
     head_files = {task: _one_file(source, f"head_{task}") for task in tasks}
     wants_zeroshot = head_input == "normalized" and any(
         head_files[t] is None and t in data and data[t].classes is not None for t in tasks)

@@ -419,6 +419,111 @@ CACHE_CASES = [
 ]
 
 
+# -- import cases: a research-layout folder with bad held-out data or hostile files (`zoo import`) ------------
+
+IMPORT_MODEL = "ViT-B-32"   # only its layout and transforms are used: each case fails before weights are read
+
+
+def _png(path: Path, size: int = 8) -> None:
+    from PIL import Image
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.new("RGB", (size, size), (200, 10, 10)).save(path)
+
+
+def _source(root: Path, tasks=("A", "B")) -> Path:
+    for task in tasks:
+        (root / task).mkdir(parents=True)
+        (root / task / "finetuned.pt").write_bytes(b"")   # never read: the data is checked first
+    return root
+
+
+def _import_case(name: str, arrange: Callable[[Path, Path], None], culprit: tuple[str, ...]) -> Case:
+    """arrange(source, data) lays out the bad input; nothing may appear at the zoo's output folder."""
+    from flexmerge_core.zoo.importer import import_research_folder
+
+    def build(env: Env) -> Scenario:
+        source, data, out = _source(env.tmp / "src"), env.tmp / "data", env.tmp / "imported"
+        arrange(source, data)
+
+        def nothing_written() -> None:
+            assert not out.exists(), "a failed import left a zoo folder"
+
+        return Scenario(call=lambda: import_research_folder(source, out, IMPORT_MODEL, data=data), culprit=culprit,
+                        argv=["zoo", "import", str(source), "--out", str(out), "--model", IMPORT_MODEL,
+                              "--data", str(data)], after=nothing_written)
+    return Case(name, ZooError, build)
+
+
+def _empty_class_folders(source: Path, data: Path) -> None:
+    for folder in ("A/c0", "A/c1", "B/c0"):
+        (data / folder).mkdir(parents=True)
+
+
+def _images_without_class_folders(source: Path, data: Path) -> None:
+    _png(data / "A" / "picture.png")
+
+
+def _undecodable_image(source: Path, data: Path) -> None:
+    _png(data / "A" / "c0" / "good.png")
+    (data / "A" / "c1").mkdir(parents=True)
+    (data / "A" / "c1" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not an image")
+
+
+def _truncated_image(source: Path, data: Path) -> None:
+    _png(data / "B" / "c0" / "cut.jpg", size=64)
+    path = data / "B" / "c0" / "cut.jpg"
+    path.write_bytes(path.read_bytes()[:60])
+
+
+def _label_without_class_name(source: Path, data: Path) -> None:
+    from safetensors.torch import save_file
+
+    data.mkdir()
+    save_file({"images": torch.zeros(3, 8, 8, 3, dtype=torch.uint8), "labels": torch.tensor([0, 1, 4])},
+              str(data / "A.safetensors"))
+    (data / "A.classes.txt").write_text("cat\ndog\n")
+
+
+def _code_in_source_pickles(source: Path, data: Path) -> None:
+    data.mkdir()
+    for task in ("A", "B"):
+        for name in ("finetuned.pt", "zeroshot.pt"):
+            write_code_pickle(source / task / name, source.parent / "code-ran")
+
+
+def _import_pickle_case() -> Case:
+    inner = _import_case("import-torch-pickle-with-code", _code_in_source_pickles, ("zeroshot.pt", "--trust-pickle"))
+
+    def build(env: Env) -> Scenario:
+        scenario = inner.build(env)
+        no_zoo = scenario.after
+
+        def nothing_ran() -> None:
+            no_zoo()
+            assert not (env.tmp / "code-ran").exists(), "importing ran the code in a pickle"
+
+        scenario.after = nothing_ran
+        return scenario
+
+    return Case(inner.name, ZooError, build)
+
+
+IMPORT_CASES = [
+    _import_case("import-class-folders-without-images", _empty_class_folders, ("data/A", "no .png/.jpg/.jpeg")),
+    _import_case("import-images-without-class-folders", _images_without_class_folders,
+                 ("data/A", "one sub-folder per class")),
+    _import_case("import-image-fails-to-decode", _undecodable_image, ("broken.png", "cannot read image")),
+    _import_case("import-truncated-image", _truncated_image, ("cut.jpg", "cannot read image")),
+    _import_case("import-label-without-class-name", _label_without_class_name,
+                 ("A.safetensors", "label 4 has no class name")),
+    _import_case("import-data-folder-missing", lambda source, data: None, ("data", "data folder not found")),
+    _import_case("import-one-task-folder", lambda source, data: (source / "B" / "finetuned.pt").unlink(),
+                 ("src", "at least 2 task folders", "found 1")),
+    _import_pickle_case(),
+]
+
+
 def _memory_case(env: Env) -> Scenario:
     """The machine has less memory than the work needs: refused before loading, in every front end."""
     from flexmerge_core.resources import LIMIT_ENV, check_memory
@@ -434,4 +539,4 @@ def _memory_case(env: Env) -> Scenario:
 
 MACHINE_CASES = CACHE_CASES + [Case("not-enough-memory", ResourceError, _memory_case)]
 
-CASES = ZOO_CASES + OPTION_CASES + MACHINE_CASES
+CASES = ZOO_CASES + IMPORT_CASES + OPTION_CASES + MACHINE_CASES

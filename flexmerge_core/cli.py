@@ -223,7 +223,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
     from flexmerge_core.curve import parse_sizes
     from flexmerge_core.export import export, recipe_path
 
-    sizes = parse_sizes(args.size)
+    sizes = parse_sizes(args.size, option="--size")
     if sizes == "all" or len(sizes) != 1:
         raise FlexMergeError(f"--size takes one number of model units, got {args.size!r}")
     if args.task is not None:   # fail before the plan is built

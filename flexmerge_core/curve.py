@@ -28,8 +28,8 @@ class CurveResult:
     stats: dict = field(default_factory=dict)
 
 
-def parse_sizes(text: str) -> "str | list[float]":
-    """'all' or a comma-separated list of positive finite budgets (CLI --sizes)."""
+def parse_sizes(text: str, option: str = "--sizes") -> "str | list[float]":
+    """'all' or a comma-separated list of positive finite budgets (CLI `option`, named in errors)."""
     if text.strip() == "all":
         return "all"
     sizes = []
@@ -37,9 +37,9 @@ def parse_sizes(text: str) -> "str | list[float]":
         try:
             value = float(part)
         except ValueError:
-            raise BudgetError(f"--sizes: '{part.strip()}' is not a number (use e.g. 1,1.5,2 or all)") from None
+            raise BudgetError(f"{option}: '{part.strip()}' is not a number (use e.g. 1,1.5,2 or all)") from None
         if not math.isfinite(value) or value <= 0:
-            raise BudgetError(f"--sizes: {part.strip()} is not a finite positive size in model units")
+            raise BudgetError(f"{option}: {part.strip()} is not a finite positive size in model units")
         sizes.append(value)
     return sizes
 

@@ -317,7 +317,7 @@ def _plan_at(env: Env, budget):
 def _size_case(name: str, text: str, budget, culprit: str) -> Case:
     """A bad deployment size: partition_at refuses it; `export --size` refuses it before any work."""
     def build(env: Env) -> Scenario:
-        return Scenario(call=_plan_at(env, budget), culprit=("size budget",), cli_culprit=("--size", culprit),
+        return Scenario(call=_plan_at(env, budget), culprit=("size budget",), cli_culprit=("--size:", culprit),
                         argv=["export", "--zoo", str(env.template), "--algorithm", "ta", f"--size={text}",
                               "--out", str(env.tmp / "out.safetensors")])
     return Case(name, BudgetError, build)

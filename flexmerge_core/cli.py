@@ -72,9 +72,10 @@ def _add_zoo_commands(sub) -> None:
     info.set_defaults(handler=_cmd_zoo_info)
 
     imp = zoo_sub.add_parser("import", help="convert a research-layout folder of open_clip checkpoints into a zoo")
-    imp.add_argument("source", help="folder with <Task>/finetuned.pt, <Task>/zeroshot.pt, optional head_<Task>.pt")
+    imp.add_argument("source", help="folder with <Task>/finetuned.pt, <Task>/zeroshot.pt, optional head_<Task>.pt; "
+                                    "or a folder with a zoo.json naming torch/prefixed/pickled files")
     imp.add_argument("--out", required=True, help="zoo folder to write (replaced atomically)")
-    imp.add_argument("--model", required=True, help="open_clip architecture name, e.g. ViT-B-32")
+    imp.add_argument("--model", default=None, help="open_clip architecture name, e.g. ViT-B-32 (research layout)")
     imp.add_argument("--pretrained", default=None, help="pretrained checkpoint (default: the <Task>/zeroshot.pt files)")
     imp.add_argument("--data", default=None, help="held-out data: <DATA>/<Task>/<class>/*.png or <DATA>/<Task>.safetensors")
     imp.add_argument("--templates", default=None, help="zero-shot prompts: 'simple' (default), 'openai' or a file")
@@ -88,12 +89,12 @@ def _add_zoo_commands(sub) -> None:
 
 
 def _cmd_zoo_import(args: argparse.Namespace) -> int:
-    from flexmerge_core.zoo.importer import import_research_folder
+    from flexmerge_core.zoo.importer import import_folder
 
-    report = import_research_folder(args.source, args.out, args.model, pretrained=args.pretrained, data=args.data,
-                                    templates=args.templates, trust_pickle=args.trust_pickle,
-                                    quick_gelu=True if args.quick_gelu else None, head_input=args.head_input,
-                                    name=args.name, progress=stderr_progress("import"))
+    report = import_folder(args.source, args.out, args.model, pretrained=args.pretrained, data=args.data,
+                           templates=args.templates, trust_pickle=args.trust_pickle,
+                           quick_gelu=True if args.quick_gelu else None, head_input=args.head_input,
+                           name=args.name, progress=stderr_progress("import"))
     if args.json:
         emit_json(report.to_json())
     else:

@@ -123,3 +123,83 @@ def test_templates_from_names_lists_and_files(tmp_path):
         load_templates(["no placeholder"])
     with pytest.raises(InvalidArgumentError, match="neither"):
         load_templates("fancy")
+
+
+def test_zeroshot_heads_are_cached_on_disk_and_a_damaged_entry_is_rebuilt(tmp_path, monkeypatch):
+    import open_clip
+
+    from flexmerge_core.zoo import zeroshot
+
+    monkeypatch.setenv("FLEXMERGE_CACHE", str(tmp_path))
+    torch.manual_seed(0)
+    clip = open_clip.create_model("ViT-B-32", pretrained=None).eval()
+    text = {k: v for k, v in clip.state_dict().items() if not k.startswith("visual.")}
+    tower = zeroshot.TextTower({"name": "ViT-B-32"}, clip, text)
+    head = zeroshot.zeroshot_head(tower, ["sea_lion", "dog"], ["a {}.", "the {} here"])
+    tokenizer = open_clip.get_tokenizer("ViT-B-32")
+    with torch.no_grad():   # reference: CLIP's zero-shot recipe, written out
+        rows = []
+        for name in ("sea lion", "dog"):
+            emb = clip.encode_text(tokenizer([f"a {name}.", f"the {name} here"]))
+            mean = (emb / emb.norm(dim=-1, keepdim=True)).mean(0)
+            rows.append(clip.logit_scale.exp() * mean / mean.norm())
+    torch.testing.assert_close(head["weight"], torch.stack(rows), rtol=1e-4, atol=1e-4)
+    assert torch.equal(head["bias"], torch.zeros(2))
+    [entry] = (tmp_path / "zeroshot").iterdir()
+    with monkeypatch.context() as patched:
+        patched.setattr(zeroshot, "_encode", lambda *a: pytest.fail("a cached head was re-encoded"))
+        assert torch.equal(zeroshot.zeroshot_head(tower, ["sea_lion", "dog"], ["a {}.", "the {} here"])["weight"],
+                           head["weight"])
+    entry.write_bytes(b"damaged")
+    assert torch.equal(zeroshot.zeroshot_head(tower, ["sea_lion", "dog"], ["a {}.", "the {} here"])["weight"],
+                       head["weight"])
+    assert zeroshot.TextTower.from_clip_rest({"name": "ViT-B-32"}, {}) is None
+
+
+TINY = {"image_size": 8, "patch_size": 4, "width": 16, "layers": 1, "heads": 2, "mlp_ratio": 2, "output_dim": 4}
+
+
+def test_a_hand_written_manifest_with_prefixed_torch_files_is_imported_like_the_research_layout(tmp_path, capsys):
+    import open_clip
+    from open_clip.transformer import VisionTransformer
+    from PIL import Image
+
+    from flexmerge_core.zoo import open_zoo
+
+    torch.manual_seed(0)
+    src = tmp_path / "src"
+    (src / "img" / "B" / "cat").mkdir(parents=True)
+    (src / "img" / "B" / "dog").mkdir(parents=True)
+    pre = VisionTransformer(**TINY).state_dict()
+    states = {t: {k: v + 0.1 * torch.randn_like(v) for k, v in pre.items()} for t in ("A", "B")}
+    torch.save({**{f"visual.{k}": v for k, v in pre.items()}, "text_projection": torch.ones(4, 4)}, src / "clip.pt")
+    torch.save({f"model.visual.{k}": v for k, v in states["A"].items()}, src / "a.pt")
+    save_file(states["B"], str(src / "b.safetensors"))
+    torch.save({"weight": torch.randn(2, 4)}, src / "head_a.pt")
+    a_images = torch.randn(2, 3, 8, 8)
+    save_file({"images": a_images, "labels": torch.tensor([1, 0])}, str(src / "a_data.safetensors"))
+    for i, cls in enumerate(("cat", "dog")):
+        Image.new("RGB", (12, 10), (40 + 150 * i, 90, 200 - 150 * i)).save(src / "img" / "B" / cls / "x.png")
+    manifest = {"format": "flexmerge-zoo/1", "architecture": {"kind": "open_clip_vit", "config": TINY},
+                "pretrained": "clip.pt", "head_input": "raw",
+                "tasks": [{"name": "A", "checkpoint": "a.pt", "head": "head_a.pt", "data": "a_data.safetensors",
+                           "classes": ["x", "y"]},
+                          {"name": "B", "checkpoint": "b.safetensors", "data": "img/B"}]}
+    (src / "zoo.json").write_text(json.dumps(manifest))
+    out = tmp_path / "zoo"
+    assert main(["zoo", "import", str(src), "--out", str(out), "--model", "ViT-B-32"]) == 2
+    assert "drop --model" in capsys.readouterr().err
+    assert main(["zoo", "import", str(src), "--out", str(out), "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["prefixes"] == {"clip.pt": "visual.", "a.pt": "model.visual.", "b.safetensors": ""}
+    assert report["heads"] == {"A": "file", "B": "none"} and report["data"] == {"A": 2, "B": 2}
+    zoo = open_zoo(out)
+    assert zoo.param_names == list(pre) and zoo.classes == [["x", "y"], ["cat", "dog"]]
+    for t, task in enumerate(("A", "B")):
+        assert all(torch.equal(zoo.task_tensor(t, n), states[task][n]) for n in pre)
+    assert all(torch.equal(zoo.pretrained_tensor(n), pre[n]) for n in pre)
+    assert torch.equal(zoo.heldout(0)[0], a_images) and torch.equal(zoo.head(0)["bias"], torch.zeros(2))
+    transform = open_clip.image_transform(8, is_train=False)
+    expected = torch.stack([transform(Image.open(src / "img" / "B" / c / "x.png").convert("RGB")) for c in ("cat", "dog")])
+    torch.testing.assert_close(zoo.heldout(1)[0], expected, rtol=0, atol=1e-6)
+    assert zoo.heldout(1)[1].tolist() == [0, 1]

@@ -18,10 +18,11 @@ from typing import Callable, Optional
 
 import torch
 
-from flexmerge_core.errors import ZooError
+from flexmerge_core.errors import InvalidArgumentError, ZooError
 from flexmerge_core.zoo.architectures import state_layout
 from flexmerge_core.zoo.checkpoint import SAFETENSORS_SUFFIXES, TORCH_SUFFIXES
 from flexmerge_core.zoo.imagefolder import TaskData, find_task_data, load_task_data
+from flexmerge_core.zoo.manifest import MANIFEST_NAME, read_manifest
 from flexmerge_core.zoo.openclip_arch import eval_transform, model_config
 from flexmerge_core.zoo.source_files import read_state_dict
 from flexmerge_core.zoo.visual_keys import VisualSplit, split_visual
@@ -49,7 +50,8 @@ class ImportReport:
                 "data": self.data, "text_tower": self.text_tower}
 
     def lines(self) -> list[str]:
-        out = [f"imported {len(self.tasks)} tasks of {self.architecture['config']['name']} into {self.out}"]
+        model = self.architecture["config"].get("name", self.architecture["kind"])
+        out = [f"imported {len(self.tasks)} tasks of {model} into {self.out}"]
         for file, prefix in self.prefixes.items():
             extra = f", {self.ignored[file]} other tensors ignored" if self.ignored.get(file) else ""
             out.append(f"  {file}: visual prefix '{prefix}'{extra}")
@@ -120,15 +122,65 @@ def _pretrained(reader: _Reader, tasks: dict[str, Path], pretrained: Optional[Pa
     return first
 
 
-def _task_data(data_root: Optional[Path], tasks: list[str], config: dict) -> dict[str, TaskData]:
+def input_transform(architecture: dict) -> tuple[Callable, int]:
+    """(open_clip's inference transform, input size) for a zoo architecture."""
+    config = architecture["config"]
+    if architecture["kind"] == KIND:
+        return eval_transform(config), model_config(config)["vision_cfg"].get("image_size", 224)
+    from open_clip import image_transform
+
+    return image_transform(config["image_size"], is_train=False), config["image_size"]
+
+
+def _task_data(data_root: Optional[Path], tasks: list[str], architecture: dict) -> dict[str, TaskData]:
     if data_root is None:
         return {}
     if not data_root.is_dir():
         raise ZooError(f"{data_root}: data folder not found")
-    transform = eval_transform(config)
-    size = model_config(config)["vision_cfg"].get("image_size", 224)
+    transform, size = input_transform(architecture)
     found = {t: find_task_data(data_root, t) for t in tasks}
     return {t: load_task_data(p, transform, size) for t, p in found.items() if p is not None}
+
+
+@dataclass
+class _SourceTask:
+    name: str
+    checkpoint: Path
+    head: Optional[Path]
+    data: Optional[TaskData]
+    classes: Optional[list[str]]
+
+
+def _convert(reader: _Reader, base: VisualSplit, tasks: list[_SourceTask], out, head_input: str, prompts: list[str],
+             name: Optional[str], progress) -> ImportReport:
+    """Heads (given or zero-shot), checkpoints and data of every task -> one validated safetensors zoo."""
+    report, architecture = reader.report, reader.report.architecture
+    wants_zeroshot = architecture["kind"] == KIND and head_input == "normalized" and any(
+        t.head is None and t.classes is not None for t in tasks)
+    tower = TextTower.from_clip_rest(architecture["config"], base.clip_rest) if wants_zeroshot else None
+    report.text_tower = tower is not None
+    entries = []
+    for i, task in enumerate(tasks):
+        if progress:
+            progress(i + 1, len(tasks) + 2, task.name)
+        head, report.heads[task.name] = None, "none"
+        if task.head is not None:
+            head, report.heads[task.name] = reader.head(task.head, task.name), "file"
+        elif tower is not None and task.classes is not None:
+            head, report.heads[task.name] = zeroshot_head(tower, task.classes, prompts), "zero-shot"
+        if task.data is not None:
+            report.data[task.name] = len(task.data.labels)
+        entries.append({"name": task.name, "state_dict": reader.visual(task.checkpoint, f"task '{task.name}'").visual,
+                        "head": head, "data": None if task.data is None else (task.data.images, task.data.labels),
+                        "classes": task.classes})
+    if progress:
+        progress(len(tasks) + 1, len(tasks) + 2, "writing the zoo")
+    recipe = {"imported_from": str(reader.source), "prefixes": report.prefixes, "heads": report.heads}
+    write_zoo(out, architecture, base.visual, entries, recipe=recipe, head_input=head_input,
+              name=name or Path(out).name)
+    if progress:
+        progress(len(tasks) + 2, len(tasks) + 2, "done")
+    return report
 
 
 def import_research_folder(source, out, model: str, pretrained=None, data=None, templates=None,
@@ -140,40 +192,49 @@ def import_research_folder(source, out, model: str, pretrained=None, data=None, 
     config = {"name": model} if quick_gelu is None else {"name": model, "quick_gelu": bool(quick_gelu)}
     architecture = {"kind": KIND, "config": config}
     prompts = load_templates(templates)
-    tasks = discover_tasks(source)
-    report = ImportReport(out=Path(out), architecture=architecture, tasks=list(tasks))
+    found = discover_tasks(source)
+    report = ImportReport(out=Path(out), architecture=architecture, tasks=list(found))
     reader = _Reader(source, state_layout(KIND, config), trust_pickle, report)
-    total = len(tasks) + 2
     if progress:
-        progress(0, total, "pretrained")
-    data = _task_data(None if data is None else Path(data), list(tasks), config)   # fails before GBs are read
-    base = _pretrained(reader, tasks, None if pretrained is None else Path(pretrained))
-    head_files = {task: _one_file(source, f"head_{task}") for task in tasks}
-    wants_zeroshot = head_input == "normalized" and any(
-        head_files[t] is None and t in data and data[t].classes is not None for t in tasks)
-    tower = TextTower.from_clip_rest(config, base.clip_rest) if wants_zeroshot else None
-    report.text_tower = tower is not None
-    entries = []
-    for i, (task, file) in enumerate(tasks.items()):
-        if progress:
-            progress(i + 1, total, task)
-        task_data = data.get(task)
-        classes = task_data.classes if task_data is not None else None
-        head, report.heads[task] = None, "none"
-        if head_files[task] is not None:
-            head, report.heads[task] = reader.head(head_files[task], task), "file"
-        elif tower is not None and classes is not None:
-            head, report.heads[task] = zeroshot_head(tower, classes, prompts), "zero-shot"
-        if task_data is not None:
-            report.data[task] = len(task_data.labels)
-        entries.append({"name": task, "state_dict": reader.visual(file, f"task '{task}'").visual, "head": head,
-                        "data": None if task_data is None else (task_data.images, task_data.labels),
-                        "classes": classes})
-    if progress:
-        progress(total - 1, total, "writing the zoo")
-    recipe = {"imported_from": str(source), "prefixes": report.prefixes, "heads": report.heads}
-    write_zoo(out, architecture, base.visual, entries, recipe=recipe, head_input=head_input,
-              name=name or Path(out).name)
-    if progress:
-        progress(total, total, "done")
-    return report
+        progress(0, len(found) + 2, "pretrained")
+    data = _task_data(None if data is None else Path(data), list(found), architecture)   # fails before GBs are read
+    base = _pretrained(reader, found, None if pretrained is None else Path(pretrained))
+    tasks = [_SourceTask(task, file, _one_file(source, f"head_{task}"), data.get(task),
+                         data[task].classes if task in data else None) for task, file in found.items()]
+    return _convert(reader, base, tasks, out, head_input, prompts, name, progress)
+
+
+def import_manifest_folder(source, out, templates=None, trust_pickle: bool = False, name: Optional[str] = None,
+                           progress: Optional[Callable[[int, int, str], None]] = None) -> ImportReport:
+    """A hand-written zoo.json whose files may be torch files, pickled modules or prefixed state dicts
+    (e.g. a whole CLIP as the pretrained file): the same detection and conversion as the research layout.
+    A task's `data` may be a tensor file or an image folder; `classes` default to the folder's."""
+    source = Path(source).resolve()
+    manifest = read_manifest(source)
+    architecture = {"kind": manifest.architecture_kind, "config": manifest.architecture_config}
+    prompts = load_templates(templates)
+    report = ImportReport(out=Path(out), architecture=architecture, tasks=[t.name for t in manifest.tasks])
+    reader = _Reader(source, state_layout(architecture["kind"], architecture["config"]), trust_pickle, report)
+    transform, size = input_transform(architecture)
+    tasks = []
+    for task in manifest.tasks:
+        data = None if task.data is None else load_task_data(source / task.data, transform, size)
+        classes = list(task.classes) if task.classes is not None else (data.classes if data is not None else None)
+        tasks.append(_SourceTask(task.name, source / task.checkpoint,
+                                 None if task.head is None else source / task.head, data, classes))
+    base = reader.visual(source / manifest.pretrained, "pretrained")
+    return _convert(reader, base, tasks, out, manifest.head_input, prompts, name or manifest.name, progress)
+
+
+def import_folder(source, out, model: Optional[str] = None, **options) -> ImportReport:
+    """`zoo import`: a folder with a zoo.json is a manifest import, any other a research-layout import."""
+    if (Path(source) / MANIFEST_NAME).is_file():
+        ignored = sorted(k for k in ("pretrained", "data", "quick_gelu") if options.pop(k, None) is not None)
+        options.pop("head_input", None)
+        if model is not None or ignored:
+            raise InvalidArgumentError(f"{source}: has a {MANIFEST_NAME}, which names the architecture, files and "
+                                       f"head input; drop --model/--{'/--'.join(ignored or ['pretrained'])}")
+        return import_manifest_folder(source, out, **options)
+    if model is None:
+        raise InvalidArgumentError(f"{source}: a research-layout folder needs --model (an open_clip name, e.g. ViT-B-32)")
+    return import_research_folder(source, out, model, **options)

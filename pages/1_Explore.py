@@ -9,7 +9,7 @@ import streamlit as st
 from dashboard import charts
 from dashboard.controls import explorer_from_settings
 from dashboard.session import engine_errors, open_studio, progress_bar
-from flexmerge_core.studio import Explorer
+from flexmerge_core.studio import Explorer, PartitionView
 
 st.title("Explore a deployment size")
 studio = open_studio()
@@ -19,6 +19,28 @@ with engine_errors(), progress_bar("Evaluating the overview curve") as bar:
     explorer.curve(explorer.grid(), progress=bar)
 
 SLIDER_STEP = 0.05
+
+
+FIGURE_MEMO_LIMIT = 512
+
+
+def size_figures(explorer: Explorer, budget: float, view: PartitionView, row: dict) -> tuple:
+    """The three size-dependent figures, memoised per (plan, budget, curve points known) in this
+    session: building Plotly figures is the slowest part of a slider move, so a size seen before is
+    redrawn from the figures already built."""
+    memo = st.session_state.setdefault("explore_figures", {})
+    key = (explorer.choice, budget, len(explorer.known_rows()))
+    if key not in memo:
+        if len(memo) >= FIGURE_MEMO_LIMIT:
+            memo.clear()
+        finetuned = explorer.zoo.finetuned_accuracy
+        memo[key] = (
+            charts.task_accuracy_figure(explorer.task_names, row["accuracy"], finetuned, view.size),
+            charts.curve_figure({explorer.algorithm.name: charts.accuracy_points(explorer.known_rows())},
+                                finetuned=None if not finetuned else 100 * sum(finetuned.values()) / len(finetuned),
+                                current=(view.size, 100 * row["avg_accuracy"]), current_budget=budget),
+            charts.cluster_count_figure(explorer.block_names, view.cluster_counts, explorer.plan.num_tasks))
+    return memo[key]
 
 
 @st.fragment
@@ -41,16 +63,11 @@ def size_view(explorer: Explorer) -> None:
     if not view.budget_met:
         st.warning(f"A budget of {budget:.2f}x cannot be met with {explorer.algorithm.name}: the smallest "
                    f"achievable size is {plan.min_size:.3f}x, shown here.")
-    finetuned = explorer.zoo.finetuned_accuracy
+    tasks, curve, clusters = size_figures(explorer, budget, view, row)
     left, right = st.columns(2)
-    left.plotly_chart(charts.task_accuracy_figure(explorer.task_names, row["accuracy"], finetuned, view.size),
-                      key="chart_explore_tasks")
-    right.plotly_chart(charts.curve_figure(
-        {explorer.algorithm.name: charts.accuracy_points(explorer.known_rows())},
-        finetuned=None if not finetuned else 100 * sum(finetuned.values()) / len(finetuned),
-        current=(view.size, 100 * row["avg_accuracy"]), current_budget=budget), key="chart_explore_curve")
-    st.plotly_chart(charts.cluster_count_figure(explorer.block_names, view.cluster_counts, plan.num_tasks),
-                    key="chart_explore_clusters")
+    left.plotly_chart(tasks, key="chart_explore_tasks")
+    right.plotly_chart(curve, key="chart_explore_curve")
+    st.plotly_chart(clusters, key="chart_explore_clusters")
     with st.expander("Numbers at this size"):
         st.dataframe(pd.DataFrame({"task": explorer.task_names,
                                    "accuracy (%)": [100 * row["accuracy"][t] for t in explorer.task_names]}),

@@ -57,36 +57,44 @@ st.dataframe(highlight_changes(table), hide_index=True, key="compare_rankings")
 st.caption("Shaded rows: the ranking differs from the previous budget. An algorithm is ranked only at budgets "
            "it can meet.")
 
+
+
+def requested(label: str, key: str, note: str) -> bool:
+    """A button for long work; once pressed it stays requested for this session (results are cached)."""
+    if st.button(label, key=key):
+        st.session_state[f"{key}_requested"] = True
+    if not st.session_state.get(f"{key}_requested"):
+        st.caption(note)
+    return bool(st.session_state.get(f"{key}_requested"))
+
+
 st.subheader("FlexMerge vs the baselines (integer sizes)")
 base_algorithm = st.selectbox("Merge function", [a for a in CHANNEL_ALGORITHMS if a in names],
                               key="compare_baseline_algorithm")
-flex = curves_for(studio, {base_algorithm: PlanChoice(algorithm=base_algorithm, granularity=granularity)},
-                  1.0, "FlexMerge")[base_algorithm]
-series = {f"FlexMerge ({base_algorithm})": flex}
-with engine_errors():
-    for kind, label in (("channel-merging", "Channel Merging"), ("whole-model", "Whole-model clustering")):
-        with progress_bar(label) as bar:
-            series[f"{label} ({base_algorithm})"] = studio.baseline_curve(kind, base_algorithm, progress=bar)
-st.plotly_chart(charts.curve_figure({k: charts.accuracy_points(rows)
-                                     for k, rows in series.items()},
-                                    finetuned=ft_avg, title="FlexMerge vs Channel Merging and whole-model "
-                                                            "clustering"), key="chart_compare_baseline")
+if requested("Run the baselines", "baseline_run", "Channel Merging clusters every tensor's tasks with cosine "
+             "k-means, whole-model clustering clusters whole task vectors; both are evaluated at sizes 1..M."):
+    flex = curves_for(studio, {base_algorithm: PlanChoice(algorithm=base_algorithm, granularity=granularity)},
+                      1.0, "FlexMerge")[base_algorithm]
+    series = {f"FlexMerge ({base_algorithm})": flex}
+    with engine_errors():
+        for kind, label in (("channel-merging", "Channel Merging"), ("whole-model", "Whole-model clustering")):
+            with progress_bar(label) as bar:
+                series[f"{label} ({base_algorithm})"] = studio.baseline_curve(kind, base_algorithm, progress=bar)
+    st.plotly_chart(charts.curve_figure({k: charts.accuracy_points(rows) for k, rows in series.items()},
+                                        finetuned=ft_avg, title="FlexMerge vs Channel Merging and whole-model "
+                                                                "clustering"), key="chart_compare_baseline")
 
 st.subheader("Ablations: linkage and merge order")
 algorithm, hyper = algorithm_input("Algorithm for the ablations", key="ablation_algorithm")
-if st.button("Run the ablations", key="ablation_run"):
-    st.session_state["ablation_requested"] = True
-if st.session_state.get("ablation_requested"):
+if requested("Run the ablations", "ablation_run",
+             "Builds one plan per linkage and per order and evaluates each at integer sizes."):
     base = PlanChoice(algorithm=algorithm, hyperparameters=hyper, granularity=granularity)
-    by_linkage = curves_for(studio, {lk: replace(base, linkage=lk) for lk in LINKAGES},
-                            1.0, "Linkage")
+    by_linkage = curves_for(studio, {lk: replace(base, linkage=lk) for lk in LINKAGES}, 1.0, "Linkage")
     by_order = curves_for(studio, {o: replace(base, order=o) for o in ORDERS}, 1.0, "Order")
     left, right = st.columns(2)
-    left.plotly_chart(charts.curve_figure({k: charts.accuracy_points(rows)
-                                           for k, rows in by_linkage.items()}, finetuned=ft_avg,
-                                          title=f"Linkage ({algorithm}, greedy order)"), key="chart_ablation_linkage")
-    right.plotly_chart(charts.curve_figure({k: charts.accuracy_points(rows)
-                                            for k, rows in by_order.items()}, finetuned=ft_avg,
-                                           title=f"Merge order ({algorithm}, min linkage)"), key="chart_ablation_order")
-else:
-    st.caption("Builds one plan per linkage and per order and evaluates each at integer sizes.")
+    left.plotly_chart(charts.curve_figure({k: charts.accuracy_points(rows) for k, rows in by_linkage.items()},
+                                          finetuned=ft_avg, title=f"Linkage ({algorithm}, greedy order)"),
+                      key="chart_ablation_linkage")
+    right.plotly_chart(charts.curve_figure({k: charts.accuracy_points(rows) for k, rows in by_order.items()},
+                                           finetuned=ft_avg, title=f"Merge order ({algorithm}, min linkage)"),
+                       key="chart_ablation_order")

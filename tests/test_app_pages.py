@@ -149,3 +149,33 @@ def test_unreachable_budget_is_explained(zoo_dir):
     _clean(at, "Export below the minimum size")
     assert any("cannot be met" in w.value for w in at.warning)
     assert _metric(at, "Size achieved") == "1.000x"
+
+
+def _figures(at: AppTest) -> dict[str, dict]:
+    """The page's Plotly figures as JSON documents, by title."""
+    specs = [json.loads(chart.proto.spec) for chart in at.get("plotly_chart")]
+    return {spec["layout"]["title"]["text"]: spec for spec in specs}
+
+
+def test_compare_baselines_and_ablations(zoo_dir):
+    from flexmerge_core.linkage import LINKAGES
+    from flexmerge_core.plan import ORDERS
+    from flexmerge_core.zoo import open_zoo
+
+    zoo = open_zoo(zoo_dir)
+    m = len(zoo.task_names)
+    at = _page("pages/2_Compare.py")
+    at.button(key="baseline_run").click().run()
+    at.button(key="ablation_run").click().run()
+    _clean(at, "Compare with baselines and ablations")
+    figures = _figures(at)
+    baselines = {t["name"]: t for t in figures["FlexMerge vs Channel Merging and whole-model clustering"]["data"]}
+    assert set(baselines) == {"FlexMerge (avg)", "Channel Merging (avg)", "Whole-model clustering (avg)"}
+    finetuned_avg = 100 * sum(zoo.finetuned_accuracy.values()) / m
+    for trace in baselines.values():
+        assert trace["x"] == [float(k) for k in range(1, m + 1)]   # standard algorithm: size = k exactly
+        assert trace["y"][-1] == pytest.approx(finetuned_avg)      # Mx = the fine-tuned models
+    assert {t["name"] for t in figures["Linkage (ta, greedy order)"]["data"]} == set(LINKAGES)
+    assert {t["name"] for t in figures["Merge order (ta, min linkage)"]["data"]} == set(ORDERS)
+    rankings = next(d.value for d in at.dataframe if "ranking changed" in d.value.columns)
+    assert rankings["#1"].str.len().gt(0).all()

@@ -50,7 +50,8 @@ def spec_for_plan(zoo, plan):
 
     for granularity in ("component", "layer", "parameter"):
         spec = build_blocks(zoo.param_names, zoo.param_shapes, granularity=granularity)
-        if [b.name for b in spec.blocks] == list(plan.blocks) and [b.numel for b in spec.blocks] == list(plan.block_numels):
+        layout = [(b.name, b.numel) for b in spec.blocks]
+        if layout == list(zip(plan.blocks, plan.block_numels)):
             return spec
     raise InvalidArgumentError("the plan's blocks match no granularity preset of this zoo: pass spec=")
 
@@ -129,8 +130,8 @@ def compute_curve(zoo, plan, algorithm, sizes="all", tasks=None, *, spec=None, m
                 stage_blocks = _stage_blocks(spec, evaluators, incremental, activation_budget)
             for t in needed:
                 signature = _stage_signature(deployment, t, stage_blocks) if incremental else None
-                evaluator = evaluators.task(t, share=len(ids))
-                accuracy[t] = book.record(keys[t], *evaluator.count_correct(deployment.encoder_state_dict(t), signature))
+                counts = evaluators.task(t, share=len(ids)).count_correct(deployment.encoder_state_dict(t), signature)
+                accuracy[t] = book.record(keys[t], *counts)
         by_events[events] = {zoo.task_names[t]: accuracy[t] for t in ids}
         store.retain((b, g) for b, groups in enumerate(part.groups) for g in groups)
         if progress:

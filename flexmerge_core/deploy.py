@@ -14,6 +14,9 @@ Stored entries per block:
   - "masked": mask algorithms, `unified` (parameter dtype), masks packed 8 per byte, scales [g].
 Per-task tensors that are never merged (heads, the manifest's `unmerged` parameters) ride along
 per task and are not counted in the size.
+Bytes vs size (fp32 parameters): standard algorithms store exactly size * P * 4 bytes. Mask methods
+store size * P * 4 plus rounding: each member's mask of each tensor is packed to whole bytes (< 1 byte
+of padding per mask row) and EMR's scalars take 4 bytes per member (free in model units).
 """
 from __future__ import annotations
 
@@ -119,9 +122,6 @@ class Deployment:
         """Bytes of the merged-parameter storage (heads and unmerged per-task tensors excluded)."""
         total = sum(e.stored_bytes() for block in self.entries for e in block)
         return total + sum(t.numel() * t.element_size() for t in self.pretrained.values())
-
-    def group_of(self, block_index: int, task_id: int) -> tuple[int, ...]:
-        return self.entries[block_index][self.routing[block_index][task_id]].members
 
     def task_block(self, block_index: int, task_id: int) -> dict[str, torch.Tensor]:
         """Task's tensors of one block: the stored tensors themselves, or a reconstruction (masked)."""

@@ -52,7 +52,9 @@ def choose_stages(stage_bytes: Sequence[int], budget: int) -> list[int]:
     count = min(len(candidates), budget // per_stage)
     if count <= 0:
         return []
-    picks = np.linspace(0, len(candidates) - 1, num=count + 2)[1:-1] if count < len(candidates) else range(len(candidates))
+    if count >= len(candidates):
+        return candidates
+    picks = np.linspace(0, len(candidates) - 1, num=count + 2)[1:-1]
     return sorted({candidates[int(round(i))] for i in picks})
 
 

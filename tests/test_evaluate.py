@@ -91,7 +91,8 @@ def test_results_are_cached_and_a_corrupt_entry_is_recomputed(zoo_bundle, privat
     assert len(entries) == 2 * len(zoo.task_names)          # deployment + fine-tuned, per task
     calls = []
     original = TaskEvaluator.count_correct
-    monkeypatch.setattr(TaskEvaluator, "count_correct", lambda self, *a, **k: calls.append(1) or original(self, *a, **k))
+    monkeypatch.setattr(TaskEvaluator, "count_correct",
+                        lambda self, *a, **k: calls.append(1) or original(self, *a, **k))
     assert evaluate_deployment(zoo, deployment) == first and calls == []
     doc = json.loads(entries[0].read_text())
     doc["payload"]["correct"] += 1                          # tampered: checksum no longer matches

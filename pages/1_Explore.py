@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import math
 
-import pandas as pd
 import streamlit as st
 
 from dashboard import charts
@@ -68,12 +67,6 @@ def size_view(explorer: Explorer) -> None:
     left.plotly_chart(tasks, key="chart_explore_tasks")
     right.plotly_chart(curve, key="chart_explore_curve")
     st.plotly_chart(clusters, key="chart_explore_clusters")
-    with st.expander("Numbers at this size"):
-        st.dataframe(pd.DataFrame({"task": explorer.task_names,
-                                   "accuracy (%)": [100 * row["accuracy"][t] for t in explorer.task_names]}),
-                     hide_index=True, key="explore_task_table")
-        st.dataframe(pd.DataFrame({"block": explorer.block_names, "groups": view.cluster_counts}),
-                     hide_index=True, key="explore_block_table")
 
 
 size_view(explorer)

@@ -77,10 +77,18 @@ def test_overview_summarises_the_zoo(zoo_dir):
     assert "within 1 point" in at.markdown[0].value or "1.00x" in at.markdown[0].value
 
 
+def _figures(at: AppTest) -> dict[str, dict]:
+    """The page's Plotly figures as JSON documents, by title."""
+    specs = [json.loads(chart.proto.spec) for chart in at.get("plotly_chart")]
+    return {spec["layout"]["title"]["text"]: spec for spec in specs}
+
+
 def _explore_numbers(at: AppTest) -> tuple[dict, list[int], list[str]]:
-    tasks = next(d.value for d in at.dataframe if "accuracy (%)" in d.value.columns)
-    blocks = next(d.value for d in at.dataframe if "groups" in d.value.columns)
-    return dict(zip(tasks["task"], tasks["accuracy (%)"])), list(blocks["groups"]), list(blocks["block"])
+    """What the Explore charts show: per-task accuracy bars (%), groups per block and block names."""
+    figures = _figures(at)
+    tasks = next(t for t in figures["Per-task accuracy"]["data"] if t["name"].startswith("merged"))
+    blocks = figures["Task groups per block (model order)"]["data"][0]
+    return dict(zip(tasks["x"], tasks["y"])), blocks["y"], blocks["customdata"]
 
 
 def test_slider_shows_the_engines_numbers_at_each_size(zoo_dir):
@@ -149,12 +157,6 @@ def test_unreachable_budget_is_explained(zoo_dir):
     _clean(at, "Export below the minimum size")
     assert any("cannot be met" in w.value for w in at.warning)
     assert _metric(at, "Size achieved") == "1.000x"
-
-
-def _figures(at: AppTest) -> dict[str, dict]:
-    """The page's Plotly figures as JSON documents, by title."""
-    specs = [json.loads(chart.proto.spec) for chart in at.get("plotly_chart")]
-    return {spec["layout"]["title"]["text"]: spec for spec in specs}
 
 
 def test_compare_baselines_and_ablations(zoo_dir):

@@ -1,10 +1,10 @@
-"""Crash safety: SIGKILL a CLI export and a stream of cache writes at random moments, again and again.
+"""Crash safety: SIGKILL a CLI export, a stream of cache writes and a zoo (re)publication at random moments.
 
 After every kill no file may be visible under its final name unless it is complete (exports equal a
-reference run byte for byte; cache entries pass their checksums), and an uninterrupted run afterwards
+reference run byte for byte; cache entries pass their checksums; a zoo folder holds exactly the reference's files), and an uninterrupted run afterwards
 rebuilds whatever is missing. The harness (badinputs/kill_runner.py) forks warm workers so that a
-bounded time (~25 s of killing) gives dozens of kills; it slows fsync so many kills land between a
-temporary file's write and its rename. Prints `kill test: N kills, 0 partial files`.
+bounded time (~25 s of killing) gives dozens of kills; it slows fsync, and every other kill waits for a
+write in progress, so many kills land between a temporary file's write and its rename. Prints `kill test: N kills, 0 partial files`.
 """
 import json
 import subprocess
@@ -42,7 +42,7 @@ def test_killed_exports_and_cache_writes_never_leave_partial_files(tmp_path, req
     partial = len(counts["partial_files"])
     request.config.pluginmanager.register(_SummaryLine(f"kill test: {counts['kills']} kills, {partial} partial files"))
     assert counts["partial_files"] == []
-    assert counts["kills"] >= 10, counts
+    assert counts["kills"] >= 8, counts                    # dozens on a quiet machine; fewer under heavy load
     assert counts["kills_mid_write"] >= 1, counts          # kills really hit the write-then-rename window
     assert counts["rebuild_runs"] >= 1 and counts["rebuilds_ok"] == counts["rebuild_runs"], counts
 

@@ -7,6 +7,7 @@ hold anything: no reader ever opens them.
 """
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from flexmerge_core.cache import read_checked_json
@@ -17,12 +18,17 @@ def is_temporary(path: Path, root: Path) -> bool:
     return any(part.startswith(".") for part in path.relative_to(root).parts)
 
 
+def _files(root: Path) -> list[Path]:
+    """Every file under root; tolerant of folders renamed or removed meanwhile by a running writer."""
+    return [Path(folder) / name for folder, _, names in os.walk(root) for name in names]
+
+
 def temporary_files(root: Path) -> list[Path]:
-    return [p for p in Path(root).rglob("*") if p.is_file() and is_temporary(p, root)]
+    return [p for p in _files(root) if is_temporary(p, root)]
 
 
 def final_files(root: Path) -> list[Path]:
-    return sorted(p for p in Path(root).rglob("*") if p.is_file() and not is_temporary(p, root))
+    return sorted(p for p in _files(root) if not is_temporary(p, root))
 
 
 def incomplete_cache_entries(cache: Path) -> list[str]:
@@ -49,3 +55,14 @@ def differing_outputs(reference: dict[str, bytes], folder: Path) -> list[str]:
         if path.exists() and path.read_bytes() != expected:
             bad.append(str(path))
     return bad
+
+
+def differing_folder(reference: Path, folder: Path) -> list[str]:
+    """A folder published under its final name must hold exactly the reference's files and bytes."""
+    if not Path(folder).exists():
+        return []
+    want = {p.relative_to(reference): p.read_bytes() for p in final_files(reference)}
+    have = {p.relative_to(folder): p for p in final_files(folder)}
+    if set(want) != set(have):
+        return [f"{folder}: files {sorted(map(str, set(want) ^ set(have)))} differ from the reference"]
+    return [str(have[name]) for name, data in want.items() if have[name].read_bytes() != data]

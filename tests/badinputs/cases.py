@@ -11,6 +11,7 @@ import contextlib
 import errno
 import math
 import os
+import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -165,6 +166,12 @@ def _zoo_case(name: str, error: type, break_zoo: Callable[[Path], None], culprit
     return Case(name, error, build)
 
 
+def _save(path: Path, **tensors: torch.Tensor) -> None:
+    from safetensors.torch import save_file
+
+    save_file(tensors, str(path))
+
+
 def _set_value(path: Path, tensor: str, index: int, value: float) -> None:
     rewrite_tensors(path, lambda s: s[tensor].view(-1).__setitem__(index, value))
 
@@ -302,6 +309,23 @@ ZOO_CASES = [
               lambda r: _set_value(data_file(r, "gamma"), "images", 5, math.nan),
               ("'images' of data of task 'gamma'",), action="curve"),
     _zoo_case("pretrained-equals-finetuned", ZooError, _all_zero, ("every task vector is zero",)),
+    _zoo_case("zoo-folder-missing", ZooError, shutil.rmtree, ("zoo-folder-missing", "zoo folder not found")),
+    _zoo_case("head-with-wrong-keys", ZooError, lambda r: _save(head_file(r, "alpha"), w=torch.zeros(3, 4)),
+              ("head of task 'alpha'", "'weight' and 'bias'")),
+    _zoo_case("head-feature-size-mismatch", ZooError,
+              lambda r: _save(head_file(r, "gamma"), weight=torch.zeros(3, 7), bias=torch.zeros(3)),
+              ("head of task 'gamma'", "takes 7 features")),
+    _zoo_case("float-labels", ZooError,
+              lambda r: rewrite_tensors(data_file(r, "beta"), lambda s: s.__setitem__("labels", s["labels"].float())),
+              ("data of task 'beta'", "int64 labels")),
+    _zoo_case("unmerged-pattern-not-a-regex", ZooError, lambda r: edit_manifest(r, lambda d: d.__setitem__(
+        "unmerged", ["conv1.(weight"])), ("unmerged pattern 'conv1.(weight'", "regex")),
+    _zoo_case("unmerged-pattern-excludes-everything", ZooError, lambda r: edit_manifest(r, lambda d: d.__setitem__(
+        "unmerged", [".*"])), ("'unmerged' patterns exclude every parameter",)),
+    _zoo_case("finetuned-accuracy-out-of-range", ZooError, lambda r: edit_task(r, 2, finetuned_accuracy=93),
+              ("task 'gamma'", "finetuned_accuracy")),
+    _zoo_case("checkpoints-not-of-the-declared-architecture", ZooError, lambda r: edit_manifest(
+        r, lambda d: d["architecture"]["config"].__setitem__("width", 12)), ("pretrained", "architecture")),
 ]
 
 
@@ -314,10 +338,10 @@ def _plan_at(env: Env, budget):
     return call
 
 
-def _size_case(name: str, text: str, budget, culprit: str) -> Case:
+def _size_case(name: str, text: str, budget, culprit: str, cli_prefix: str = "--size:") -> Case:
     """A bad deployment size: partition_at refuses it; `export --size` refuses it before any work."""
     def build(env: Env) -> Scenario:
-        return Scenario(call=_plan_at(env, budget), culprit=("size budget",), cli_culprit=("--size:", culprit),
+        return Scenario(call=_plan_at(env, budget), culprit=("size budget",), cli_culprit=(cli_prefix, culprit),
                         argv=["export", "--zoo", str(env.template), "--algorithm", "ta", f"--size={text}",
                               "--out", str(env.tmp / "out.safetensors")])
     return Case(name, BudgetError, build)
@@ -359,6 +383,7 @@ OPTION_CASES = [
     _size_case("size-nan", "nan", math.nan, "nan"),
     _size_case("size-infinite", "inf", math.inf, "inf"),
     _size_case("size-string", "big", "big", "'big'"),
+    _size_case("size-list-for-export", "1,2", [1.0, 2.0], "'1,2'", cli_prefix="--size takes one number"),
     _option_case("sizes-list-with-word", BudgetError, lambda env: (lambda: curve_of(env.template, [1.0, "x"])),
                  lambda env: ["curve", "--zoo", str(env.template), "--algorithm", "ta", "--sizes", "1,x,2"],
                  ("'x'",)),

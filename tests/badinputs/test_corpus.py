@@ -180,3 +180,28 @@ def test_one_zero_task_vector_is_fine_when_others_are_not(tmp_path, template_zoo
     beta_alone = [e for e in plan.events if (1,) in (e.group_a, e.group_b)]
     assert len(beta_alone) == len(plan.blocks)          # beta joins a group once per block
     assert all(e.similarity <= 0.0 for e in beta_alone)  # min linkage over pairs that include a 0
+
+
+def test_export_page_reports_a_full_disk_and_missing_memory(tmp_path, template_zoo, monkeypatch):
+    """The machine cases at the moment the app writes: the Export page's button shows the one-line error
+    (the Overview page meets them earlier, when it stores the plan; see the corpus cases)."""
+    from streamlit.testing.v1 import AppTest
+
+    from flexmerge_core.resources import LIMIT_ENV
+
+    from .cases import full_disk
+    from .zoos import copy_zoo
+
+    zoo = copy_zoo(template_zoo, tmp_path / "export-page-zoo")
+    monkeypatch.setenv("FLEXMERGE_CACHE", str(tmp_path / "cache"))
+    at = AppTest.from_file(str(REPO / "pages" / "3_Export.py"), default_timeout=300)
+    at.query_params["zoo"] = str(zoo)
+    at.run()
+    assert not at.exception and not at.error
+    with full_disk():
+        at.button(key="export_write_deployment").click().run()
+    assert not at.exception and any("No space left on device" in e.value for e in at.error), at.error
+    monkeypatch.setenv(LIMIT_ENV, "1K")
+    at.button(key="export_write_deployment").click().run()
+    assert not at.exception and any("not enough memory" in e.value for e in at.error), at.error
+    assert not list((tmp_path / "cache").glob("exports/*/*.safetensors"))

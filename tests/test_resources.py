@@ -5,7 +5,6 @@ import io
 import math
 
 import pytest
-import torch
 from safetensors.torch import load_file
 
 from flexmerge_core.errors import InvalidArgumentError, ResourceError

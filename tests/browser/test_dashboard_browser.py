@@ -145,32 +145,28 @@ _SHOWN = """() => {
 }"""
 
 
-class FrameClock:
-    """Times of the websocket frames the page receives (the server's answer to a slider move)."""
-
-    def __init__(self, page):
-        self.received: list[float] = []
-        page.on("websocket", lambda ws: ws.on("framereceived", lambda _: self.received.append(time.perf_counter())))
-
-    def last_between(self, start: float, end: float) -> float:
-        return max((t for t in self.received if start <= t <= end), default=float("nan"))
+_KEY_CLOCK = """() => { window.__flexmerge = {};
+  document.addEventListener('keydown', () => { window.__flexmerge.down = performance.now(); }, true); }"""
 
 
-def _press_and_measure(page, clock: FrameClock, key: str) -> tuple[float, float]:
-    """Press a key on the focused slider. Returns (ms until the metrics AND the curve's current-point
-    marker show the new budget, polled every animation frame; ms until the server's last answer frame
-    arrived, i.e. the rest is the browser drawing)."""
+def _press_and_measure(page, key: str) -> tuple[float, float]:
+    """Press a key on the focused slider and wait until the metrics AND the curve's current-point
+    marker show the new budget (checked every animation frame). Returns (ms from the keydown event
+    to that frame, timed inside the page; ms as seen by this test process, which adds Playwright's
+    own messaging)."""
     before = page.evaluate(_SHOWN)
     start = time.perf_counter()
     page.keyboard.press(key)
     page.wait_for_function(
         f"""(before) => {{ const now = ({_SHOWN})();
-             return now.budget !== before.budget && now.marker !== null &&
-                    now.marker.includes('budget ' + now.budget) &&
-                    Math.abs(now.x - parseFloat(now.size)) < 5e-4; }}""",
+             const done = now.budget !== before.budget && now.marker !== null &&
+                          now.marker.includes('budget ' + now.budget) &&
+                          Math.abs(now.x - parseFloat(now.size)) < 5e-4;
+             if (done) window.__flexmerge.drawn = performance.now();
+             return done; }}""",
         arg=before, polling="raf", timeout=60_000)
-    drawn = time.perf_counter()
-    return 1000 * (drawn - start), 1000 * (clock.last_between(start, drawn) - start)
+    seen = 1000 * (time.perf_counter() - start)
+    return page.evaluate("() => window.__flexmerge.drawn - window.__flexmerge.down"), seen
 
 
 def test_every_page_renders(browser, server):
@@ -188,24 +184,25 @@ def test_every_page_renders(browser, server):
 def test_slider_updates_charts_quickly(browser, server):
     url, label = server
     page = browser.new_page(viewport=VIEWPORT)
-    clock = FrameClock(page)
     page.goto(url + "/Explore")
     _wait_idle(page, '[data-testid="stSlider"]')
+    page.evaluate(_KEY_CLOCK)
     thumb = page.locator('[data-testid="stSlider"] input[type="range"]').first
     thumb.focus()
     # First pass: sizes not seen yet (evaluated on demand). Second pass: the same sizes, now known.
-    first = [_press_and_measure(page, clock, "ArrowLeft")[0] for _ in range(4)]
+    first = [_press_and_measure(page, "ArrowLeft")[0] for _ in range(4)]
     for _ in range(4):
-        _press_and_measure(page, clock, "ArrowRight")
+        _press_and_measure(page, "ArrowRight")
     _wait_idle(page, '[data-testid="stSlider"]')
     thumb.focus()
-    known = [_press_and_measure(page, clock, key) for key in ["ArrowLeft"] * 4 + ["ArrowRight"] * 4]
+    known = [_press_and_measure(page, key) for key in ["ArrowLeft"] * 4 + ["ArrowRight"] * 4]
     _assert_no_exception(page, "explore after slider moves")
     _screenshot(page, f"browser-{label}-explore-after-slider")
-    drawn, answered = [k[0] for k in known], [k[1] for k in known]
-    print(f"slider latency, new sizes, key press to charts drawn (ms): {[round(x) for x in first]}")
-    print(f"slider latency, known sizes, key press to charts drawn (ms): {[round(x) for x in drawn]} "
-          f"median {statistics.median(drawn):.0f}, min {min(drawn):.0f}, max {max(drawn):.0f}")
-    print(f"  of which key press to the server's last answer frame (ms): {[round(x) for x in answered]} "
-          f"median {statistics.median(answered):.0f}")
+    in_page, seen = [k[0] for k in known], [k[1] for k in known]
+    print(f"slider latency, new sizes, keydown to charts drawn (ms): {[round(x) for x in first]}")
+    print(f"slider latency, known sizes, keydown to charts drawn (ms): {[round(x) for x in in_page]} "
+          f"median {statistics.median(in_page):.0f}, min {min(in_page):.0f}, max {max(in_page):.0f} "
+          f"(goal < 150 ms)")
+    print(f"  the same as seen by the test process through Playwright (ms): {[round(x) for x in seen]} "
+          f"median {statistics.median(seen):.0f}")
     page.close()

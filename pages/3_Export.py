@@ -23,7 +23,7 @@ view = explorer.partition(budget)
 st.subheader("What will be written")
 cols = st.columns(3)
 cols[0].metric("Size achieved", f"{view.size:.3f}x")
-cols[1].metric("Merged parameters", f"{view.megabytes:.2f} MB")
+cols[1].metric("Stored parameters", f"{view.megabytes:.2f} MB", help="Heads and per-task unmerged tensors come on top")
 cols[2].metric("Tasks served", len(explorer.task_names))
 if not view.budget_met:
     st.warning(f"A budget of {budget:.2f}x cannot be met: the smallest achievable size with "

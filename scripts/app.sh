@@ -5,4 +5,7 @@ set -euo pipefail
 repo_root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$repo_root"
 source scripts/ensure_venv.sh
+# Idle OpenMP threads sleep instead of spinning: on a small shared machine spinning threads of
+# several processes (app, tests, CLI subprocesses) slowed torch down many times over.
+export OMP_WAIT_POLICY="${OMP_WAIT_POLICY:-PASSIVE}"
 exec .venv/bin/python -m streamlit run app.py --server.headless true "$@"

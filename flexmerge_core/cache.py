@@ -14,6 +14,7 @@ import json
 import os
 import shutil
 import tempfile
+import time
 from pathlib import Path
 from typing import Any, Callable
 
@@ -54,11 +55,34 @@ _FILE_MODE = 0o666 & ~_umask()
 _DIR_MODE = 0o777 & ~_umask()
 
 
+STALE_TEMPORARY_SECONDS = 3600.0
+_swept_folders: set[Path] = set()
+
+
+def _sweep_stale_temporaries(folder: Path) -> None:
+    """Delete temporaries that a killed writer left behind (hidden `.NAME.*.tmp`, over an hour old).
+
+    Why the age: a temporary that young may belong to a writer still running in another process.
+    Done once per folder per process, so the hot write path does not list folders again and again.
+    """
+    if folder in _swept_folders:
+        return
+    _swept_folders.add(folder)
+    cutoff = time.time() - STALE_TEMPORARY_SECONDS
+    for leftover in folder.glob(".*.tmp"):
+        try:
+            if leftover.stat().st_mtime < cutoff:
+                shutil.rmtree(leftover) if leftover.is_dir() else leftover.unlink()
+        except OSError:
+            pass  # another process swept it first, or it is not ours to delete: harmless either way
+
+
 def _ensure_dir(folder: Path) -> None:
     try:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise CacheError(f"cannot create folder {folder}: {exc.strerror}") from exc
+    _sweep_stale_temporaries(folder)
 
 
 def atomic_write(path: Path, write: Callable[[Path], None]) -> Path:

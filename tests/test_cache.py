@@ -66,3 +66,22 @@ def test_atomic_directory_replaces_whole_folder_or_nothing(tmp_path):
         atomic_directory(final, failing)
     assert sorted(p.name for p in final.iterdir()) == ["a.txt"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["zoo"]
+
+
+def test_stale_temporaries_of_killed_writers_are_swept_but_fresh_ones_kept(tmp_path):
+    import os
+    import time
+
+    from flexmerge_core.cache import STALE_TEMPORARY_SECONDS
+    old_file = tmp_path / ".entry.json.abc.tmp"
+    old_dir = tmp_path / ".zoo.xyz.tmp"
+    fresh = tmp_path / ".other.json.def.tmp"
+    old_file.write_text("partial")
+    old_dir.mkdir()
+    (old_dir / "a").write_text("partial")
+    fresh.write_text("being written")
+    long_ago = time.time() - STALE_TEMPORARY_SECONDS - 60
+    for path in (old_file, old_dir):
+        os.utime(path, (long_ago, long_ago))
+    atomic_write_json(tmp_path / "entry.json", {"v": 1})
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".other.json.def.tmp", "entry.json"]

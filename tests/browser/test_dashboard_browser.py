@@ -28,6 +28,8 @@ sys.path.insert(0, str(REPO / "tests"))
 
 from app_support import micro_zoo_for  # noqa: E402
 
+pytestmark = pytest.mark.browser
+
 
 def _free_port() -> int:
     with socket.socket() as s:
@@ -68,14 +70,12 @@ def browser():
 
 @pytest.fixture(scope="module")
 def server(request, tmp_path_factory):
-    """(url, zoo label) of a streamlit server. Default: the micro zoo with a fresh temporary engine cache.
-    With $FLEXMERGE_BROWSER_ZOO (e.g. cache/demo-zoo, for screenshots of the real demo) the usual engine
-    cache is kept, so evaluations survive between runs."""
+    """(url, zoo label) of a streamlit server on the micro zoo with a fresh engine cache. Set
+    $FLEXMERGE_BROWSER_ZOO to a zoo folder (e.g. a built demo zoo) to run the same checks and take
+    screenshots on it by hand; its first page loads then evaluate from a cold cache (minutes)."""
     own_zoo = os.environ.get("FLEXMERGE_BROWSER_ZOO")
     work = tmp_path_factory.mktemp("browser")
-    env = dict(os.environ, FLEXMERGE_ZOO=own_zoo or str(micro_zoo_for(request)))
-    if not own_zoo:
-        env["FLEXMERGE_CACHE"] = str(work / "cache")
+    env = dict(os.environ, FLEXMERGE_ZOO=own_zoo or str(micro_zoo_for(request)), FLEXMERGE_CACHE=str(work / "cache"))
     port = _free_port()
     url = f"http://127.0.0.1:{port}"
     log_path = work / "streamlit.log"

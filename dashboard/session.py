@@ -33,13 +33,11 @@ def _apply_zoo_input() -> None:
     st.session_state[ZOO_KEY] = st.session_state["zoo_input"].strip() or "demo"
 
 
-def zoo_picker() -> str:
+def zoo_picker() -> None:
     """Sidebar field for the zoo ('demo' or a folder); the choice persists across pages."""
-    spec = current_zoo_spec()
-    st.session_state["zoo_input"] = spec
+    st.session_state["zoo_input"] = current_zoo_spec()
     st.sidebar.text_input("Model zoo", key="zoo_input", on_change=_apply_zoo_input,
                           help="'demo' for the embedded demo zoo, or the path of a zoo folder (with zoo.json)")
-    return spec
 
 
 class ProgressBar:

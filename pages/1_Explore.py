@@ -18,8 +18,6 @@ with engine_errors(), progress_bar("Evaluating the overview curve") as bar:
     explorer.curve(explorer.grid(), progress=bar)
 
 SLIDER_STEP = 0.05
-
-
 FIGURE_MEMO_LIMIT = 512
 
 

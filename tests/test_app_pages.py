@@ -143,12 +143,13 @@ def test_export_writes_files_that_load(zoo_dir):
 
 
 def test_bad_zoo_folder_is_a_one_line_error(zoo_dir, tmp_path):
-    at = AppTest.from_file(str(REPO / "app.py"), default_timeout=TIMEOUT)
-    at.session_state["zoo_spec"] = str(tmp_path / "no-such-zoo")
-    at.run()
+    at = _page(None)
+    at.sidebar.text_input(key="zoo_input").input(str(tmp_path / "no-such-zoo")).run()
     assert not at.exception
     assert len(at.error) == 1 and "\n" not in at.error[0].value
     assert "no-such-zoo" in at.error[0].value
+    at.sidebar.text_input(key="zoo_input").input(str(zoo_dir)).run()
+    _clean(at, "Overview after going back to a good zoo")
 
 
 def test_unreachable_budget_is_explained(zoo_dir):

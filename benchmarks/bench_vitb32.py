@@ -23,7 +23,9 @@ import os
 import re
 import shutil
 import sys
+import subprocess
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -58,17 +60,21 @@ def write_vitb32_zoo(folder: Path, num_tasks: int, images: int, seed: int = 0) -
                      head_input="normalized", name=f"bench-{MODEL}-{num_tasks}")
 
 
+def _status_mb(field: str) -> float:
+    found = re.search(rf"{field}:\s+(\d+)", Path("/proc/self/status").read_text())
+    return int(found.group(1)) / 1024 if found else float("nan")
+
+
 class PhaseMeter:
-    """Wall time, peak RSS (MB) and peak GPU memory (MB) of one phase."""
+    """Wall time, peak RSS, peak anonymous RSS (sampled) and peak GPU memory (MB) of one phase.
+
+    Peak RSS (VmHWM, reset per phase) counts touched pages of the memory-mapped checkpoints, which the
+    kernel may drop at will; anonymous RSS is the process's own memory (merged tensors, activations).
+    """
 
     def __init__(self, device: torch.device):
         self.device = device
         self.rows: list[tuple[str, float, float, float]] = []
-
-    @staticmethod
-    def _vm_hwm_mb() -> float:
-        found = re.search(r"VmHWM:\s+(\d+)", Path("/proc/self/status").read_text())
-        return int(found.group(1)) / 1024 if found else float("nan")
 
     def run(self, label: str, work):
         try:
@@ -78,15 +84,25 @@ class PhaseMeter:
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
             torch.cuda.reset_peak_memory_stats(self.device)
+        peak_anon, stop = [_status_mb("RssAnon")], threading.Event()
+
+        def sample():
+            while not stop.wait(0.05):
+                peak_anon[0] = max(peak_anon[0], _status_mb("RssAnon"))
+
+        sampler = threading.Thread(target=sample, daemon=True)
+        sampler.start()
         start = time.perf_counter()
         result = work()
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
         seconds = time.perf_counter() - start
+        stop.set()
+        sampler.join()
         gpu = torch.cuda.max_memory_allocated(self.device) / 2**20 if self.device.type == "cuda" else float("nan")
-        self.rows.append((label, seconds, self._vm_hwm_mb(), gpu))
-        print(f"  {label:<34s} {seconds:9.2f} s   peak RSS {self.rows[-1][2]:9.0f} MB   "
-              f"peak GPU {gpu:8.0f} MB", flush=True)
+        self.rows.append((label, seconds, _status_mb("VmHWM"), gpu))
+        print(f"  {label:<34s} {seconds:9.2f} s   peak RSS {self.rows[-1][2]:7.0f} MB   "
+              f"peak anon {peak_anon[0]:7.0f} MB   peak GPU {gpu:7.0f} MB", flush=True)
         return result
 
     def seconds(self, label: str) -> float:
@@ -100,26 +116,35 @@ def main() -> None:
     parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     parser.add_argument("--workdir", default=None, help="where the zoo is written (default: a temp folder)")
     parser.add_argument("--keep", action="store_true", help="keep the written zoo")
+    parser.add_argument("--zoo", default=None, help="reuse a zoo written by an earlier --keep run")
+    parser.add_argument("--write-only", default=None, help=argparse.SUPPRESS)   # the child that writes the zoo
     args = parser.parse_args()
+    if args.write_only:
+        write_vitb32_zoo(Path(args.write_only), args.tasks, args.images)
+        return
 
     from flexmerge_core.algorithms import get_algorithm
     from flexmerge_core.blocks import build_blocks
     from flexmerge_core.deploy import build_deployment
     from flexmerge_core.task_eval import Evaluators
-    from flexmerge_core.merge import GroupMerger, default_device
+    from flexmerge_core.merge import GroupMerger
     from flexmerge_core.plan import build_plan
+    from flexmerge_core.similarity import pick_device
     from flexmerge_core.zoo import open_zoo
 
-    device = torch.device(args.device) if args.device else default_device()
+    device = pick_device(args.device)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
     print(f"device: {device} ({name}); torch {torch.__version__}; {args.tasks} tasks of {MODEL}, "
           f"{args.images} images per task", flush=True)
     workdir = Path(tempfile.mkdtemp(prefix="bench-vitb32-", dir=args.workdir))
     os.environ.setdefault("FLEXMERGE_CACHE", str(workdir / "cache"))
     try:
-        start = time.perf_counter()
-        folder = write_vitb32_zoo(workdir / "zoo", args.tasks, args.images)
-        print(f"  wrote the zoo in {time.perf_counter() - start:.1f} s ({folder})", flush=True)
+        folder = Path(args.zoo) if args.zoo else workdir / "zoo"
+        if not args.zoo:   # written by a child process, so this one's memory figures start clean
+            start = time.perf_counter()
+            subprocess.run([sys.executable, __file__, "--write-only", str(folder), "--tasks", str(args.tasks),
+                            "--images", str(args.images)], check=True)
+            print(f"  wrote the zoo in {time.perf_counter() - start:.1f} s ({folder})", flush=True)
         meter = PhaseMeter(device)
         algorithm = get_algorithm("ta")
 

@@ -104,6 +104,23 @@ class _Reader:
         return {"weight": weight.float().contiguous(), "bias": bias.float().contiguous()}
 
 
+class _ReadWhenWritten:
+    """A task's visual tensors, read only when the zoo writer saves them and not kept afterwards.
+
+    Why: checkpoints are 0.35-1.2 GB each; holding every task's state until the zoo is written
+    would need all of them in memory at once (safetensors and unpickled sources are not memory-mapped).
+    """
+
+    def __init__(self, reader: _Reader, task: "_SourceTask"):
+        self.reader, self.task = reader, task
+
+    def _read(self) -> dict[str, torch.Tensor]:
+        return self.reader.visual(self.task.checkpoint, f"task '{self.task.name}'").visual
+
+    def items(self):   # all write_zoo asks of a state dict
+        return self._read().items()
+
+
 def _pretrained(reader: _Reader, tasks: dict[str, Path], pretrained: Optional[Path]) -> VisualSplit:
     """The given pretrained file, else the task folders' zeroshot files (which must all agree)."""
     if pretrained is not None:
@@ -170,7 +187,7 @@ def _convert(reader: _Reader, base: VisualSplit, tasks: list[_SourceTask], out, 
             head, report.heads[task.name] = zeroshot_head(tower, task.classes, prompts), "zero-shot"
         if task.data is not None:
             report.data[task.name] = len(task.data.labels)
-        entries.append({"name": task.name, "state_dict": reader.visual(task.checkpoint, f"task '{task.name}'").visual,
+        entries.append({"name": task.name, "state_dict": _ReadWhenWritten(reader, task),
                         "head": head, "data": None if task.data is None else (task.data.images, task.data.labels),
                         "classes": task.classes})
     if progress:

@@ -138,6 +138,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _cmd_zoo_build_demo(args: argparse.Namespace) -> int:
+    import os
+
+    # Idle OpenMP threads sleep instead of spinning: on a shared, loaded CPU spinning steals the cores
+    # the build needs (several times slower). Read once when torch loads, hence before importing it.
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     from flexmerge_core.zoo.demo import build_demo_zoo
 
     path = build_demo_zoo(out=args.out, seed=args.seed, force=args.force,

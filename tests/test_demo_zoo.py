@@ -128,6 +128,26 @@ def test_task_generators_give_documented_labels_and_images(task):
     assert np.array_equal(images, again)
 
 
+def test_tasks_of_a_family_see_the_same_images_and_ask_about_one_latent():
+    """Family members differ only in their label function of the shared scene latent."""
+    fonts = demo_tasks.load_fonts()
+    tasks = {t.name: t for t in demo_tasks.TASKS}
+    draws = {name: demo_tasks.sample_task(tasks[name], 40, np.random.default_rng(5), fonts)
+             for name in ("digit", "digit-parity", "digit-large", "count", "count-parity", "count-many",
+                          "orientation", "orientation-axis")}
+    for a, b in (("digit", "digit-parity"), ("digit", "digit-large"), ("count", "count-many"),
+                 ("orientation", "orientation-axis")):
+        assert np.array_equal(draws[a][0], draws[b][0])
+    digit = draws["digit"][1]
+    assert np.array_equal(draws["digit-parity"][1], digit % 2)
+    assert np.array_equal(draws["digit-large"][1], (digit >= 5).astype(np.int64))
+    count = draws["count"][1] + 1
+    assert np.array_equal(draws["count-parity"][1], count % 2)
+    assert np.array_equal(draws["count-many"][1], (count >= 3).astype(np.int64))
+    assert np.array_equal(draws["orientation-axis"][1], draws["orientation"][1] % 2)
+    assert {t.family for t in demo_tasks.TASKS} == set(demo_tasks.FAMILY_NAMES)
+
+
 def test_count_task_draws_as_many_separate_dots_as_its_label_says():
     from scipy import ndimage
 

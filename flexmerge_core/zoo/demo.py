@@ -54,7 +54,7 @@ from flexmerge_core.zoo.manifest import MANIFEST_NAME
 
 Progress = Callable[[int, int, str], None]
 RECIPE_NAME = "flexmerge-demo"
-RECIPE_VERSION = 1  # bump when the code changes what a config builds
+RECIPE_VERSION = 2  # bump when the code changes what a config builds
 ARCHITECTURE = {"image_size": 16, "patch_size": 4, "width": 96, "layers": 4, "heads": 4,
                 "mlp_ratio": 2, "output_dim": 64}
 
@@ -65,18 +65,19 @@ class DemoConfig:
 
     architecture: dict = field(default_factory=lambda: dict(ARCHITECTURE))
     tasks: tuple[str, ...] = tuple(t.name for t in demo_tasks.TASKS)
-    pretrain_images: int = 6000
-    pretrain_steps: int = 300
+    pretrain_images: int = 16000
+    pretrain_steps: int = 800
     pretrain_lr: float = 3e-3
-    train_images: int = 2000
+    pretrain_weight_decay: float = 0.05
+    train_images: int = 4000
     heldout_images: int = 500
     batch_size: int = 128
     finetune_batch_size: int = 64
     probe_steps: int = 100
     probe_lr: float = 1e-2
-    finetune_steps: int = 120
-    finetune_lr: float = 1e-3
-    weight_decay: float = 0.05
+    finetune_steps: int = 250
+    finetune_lr: float = 2e-3
+    clip_norm: float = 1.0
     threads: int = 2
 
 
@@ -84,7 +85,7 @@ FULL = DemoConfig()
 MICRO = DemoConfig(
     architecture={"image_size": 16, "patch_size": 8, "width": 16, "layers": 1, "heads": 2,
                   "mlp_ratio": 2, "output_dim": 8},
-    tasks=("font-digits", "letters", "shapes"),
+    tasks=("digit", "digit-parity", "count"),
     pretrain_images=128, pretrain_steps=4, train_images=96, heldout_images=32, batch_size=32, finetune_batch_size=16,
     probe_steps=4, finetune_steps=4, threads=1,
 )
@@ -124,8 +125,9 @@ def _cosine_lr(step: int, total: int, base: float) -> float:
 
 
 def _train(forward, params: list[torch.Tensor], x: torch.Tensor, y: torch.Tensor, steps: int, lr: float,
-           batch_size: int, gen: torch.Generator, weight_decay: float) -> None:
-    """AdamW with warm-up + cosine decay on random mini-batches drawn with `gen`."""
+           batch_size: int, gen: torch.Generator, weight_decay: float, clip_norm: float) -> None:
+    """AdamW with warm-up + cosine decay and gradient-norm clipping (keeps the high-lr pretraining
+    stable) on random mini-batches drawn with `gen`."""
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
     for step in range(steps):
         for group in opt.param_groups:
@@ -134,6 +136,7 @@ def _train(forward, params: list[torch.Tensor], x: torch.Tensor, y: torch.Tensor
         loss = F.cross_entropy(forward(x[idx]), y[idx])
         opt.zero_grad(set_to_none=True)
         loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, clip_norm)
         opt.step()
 
 
@@ -152,9 +155,15 @@ def _encoder(config: DemoConfig) -> torch.nn.Module:
     return construct("open_clip_vit", config.architecture)
 
 
-def pretrain(config: DemoConfig, seed: int, fonts) -> dict[str, torch.Tensor]:
-    """The pretrained encoder's state dict (glyph classification through a throw-away head)."""
+PRETRAIN_HELDOUT = 1000
+
+
+def pretrain(config: DemoConfig, seed: int, fonts) -> tuple[dict[str, torch.Tensor], float]:
+    """The pretrained encoder's state dict (glyph classification through a throw-away head) and its
+    accuracy on held-out glyphs (reported: a weak pretraining starves every glyph task)."""
     images, labels = demo_tasks.sample_pretraining(config.pretrain_images, _rng(seed, 0, 0), fonts)
+    test_images, test_labels = demo_tasks.sample_pretraining(
+        min(PRETRAIN_HELDOUT, config.pretrain_images), _rng(seed, 0, 1), fonts)
     torch.manual_seed(int(_rng(seed, 1, 0).integers(2**62)))
     encoder = _encoder(config)
     head = torch.nn.Linear(config.architecture["output_dim"], len(demo_tasks.PRETRAIN_GLYPHS))
@@ -162,30 +171,45 @@ def pretrain(config: DemoConfig, seed: int, fonts) -> dict[str, torch.Tensor]:
     _train(lambda b: head(encoder(b)), [*encoder.parameters(), *head.parameters()],
            torch.from_numpy(demo_tasks.normalise(images)), torch.from_numpy(labels),
            config.pretrain_steps, config.pretrain_lr, config.batch_size, _torch_generator(seed, 2, 0),
-           config.weight_decay)
-    return {k: v.detach().clone() for k, v in encoder.state_dict().items()}
+           config.pretrain_weight_decay, config.clip_norm)
+    accuracy = _accuracy(encoder, head, torch.from_numpy(demo_tasks.normalise(test_images)),
+                         torch.from_numpy(test_labels))
+    return {k: v.detach().clone() for k, v in encoder.state_dict().items()}, accuracy
+
+
+FamilyData = tuple[torch.Tensor, list, torch.Tensor, list]  # train images, latents, held-out images, latents
+
+
+def family_data(family: str, config: DemoConfig, seed: int, fonts) -> FamilyData:
+    """The images every task of `family` trains and is evaluated on (seeded by the family)."""
+    index = demo_tasks.FAMILY_NAMES.index(family)
+    train_x, train_z = demo_tasks.sample_family(family, config.train_images, _rng(seed, 10, index), fonts)
+    test_x, test_z = demo_tasks.sample_family(family, config.heldout_images, _rng(seed, 11, index), fonts)
+    return (torch.from_numpy(demo_tasks.normalise(train_x)), train_z,
+            torch.from_numpy(demo_tasks.normalise(test_x)), test_z)
 
 
 def finetune(pretrained: dict[str, torch.Tensor], task: demo_tasks.TaskSpec, index: int,
-             config: DemoConfig, seed: int, fonts) -> dict:
-    """One task: sample its data, fit a linear probe, fine-tune everything; the write_zoo task dict."""
-    train_x, train_y = demo_tasks.sample_task(task, config.train_images, _rng(seed, 10, index), fonts)
-    test_x, test_y = demo_tasks.sample_task(task, config.heldout_images, _rng(seed, 11, index), fonts)
-    train_x = torch.from_numpy(demo_tasks.normalise(train_x))
-    test_x = torch.from_numpy(demo_tasks.normalise(test_x))
-    train_y, test_y = torch.from_numpy(train_y), torch.from_numpy(test_y)
+             config: DemoConfig, seed: int, data: FamilyData) -> dict:
+    """One task: fit a linear probe, then fine-tune everything; the write_zoo task dict.
+
+    No weight decay here: decay pulls every task towards zero along the same direction (-theta_pre),
+    which would make unrelated task vectors look alike."""
+    train_x, train_z, test_x, test_z = data
+    train_y = torch.from_numpy(demo_tasks.task_labels(task, train_z))
+    test_y = torch.from_numpy(demo_tasks.task_labels(task, test_z))
     encoder = _encoder(config)
     encoder.load_state_dict(pretrained)
     torch.manual_seed(int(_rng(seed, 12, index).integers(2**62)))
     head = torch.nn.Linear(config.architecture["output_dim"], len(task.classes))
     encoder.eval()
     frozen = _features(encoder, train_x)
-    _train(head, list(head.parameters()), frozen, train_y,
-           config.probe_steps, config.probe_lr, config.batch_size, _torch_generator(seed, 13, index), 0.0)
+    _train(head, list(head.parameters()), frozen, train_y, config.probe_steps, config.probe_lr,
+           config.batch_size, _torch_generator(seed, 13, index), 0.0, config.clip_norm)
     encoder.train()
     _train(lambda b: head(encoder(b)), [*encoder.parameters(), *head.parameters()], train_x, train_y,
            config.finetune_steps, config.finetune_lr, config.finetune_batch_size,
-           _torch_generator(seed, 14, index), config.weight_decay)
+           _torch_generator(seed, 14, index), 0.0, config.clip_norm)
     return {
         "name": task.name,
         "state_dict": {k: v.detach().clone() for k, v in encoder.state_dict().items()},
@@ -198,21 +222,25 @@ def finetune(pretrained: dict[str, torch.Tensor], task: demo_tasks.TaskSpec, ind
 
 
 def train_demo_models(config: DemoConfig = FULL, seed: int = 0, progress: Progress | None = None):
-    """(pretrained state dict, list of task dicts): the whole training part of a build."""
+    """(pretrained state dict, pretraining accuracy, list of task dicts): the training part of a build."""
     specs = {t.name: t for t in demo_tasks.TASKS}
     report = progress or (lambda done, total, message: None)
     total = len(config.tasks) + 1
     fonts = demo_tasks.load_fonts()
+    data: dict[str, FamilyData] = {}
     with _deterministic_cpu(config.threads):
         report(0, total, "pretraining")
-        pretrained = pretrain(config, seed, fonts)
+        pretrained, pretrain_accuracy = pretrain(config, seed, fonts)
         tasks = []
         for done, name in enumerate(config.tasks, start=1):
             report(done, total, f"fine-tuning {name}")
+            task = specs[name]
+            if task.family not in data:
+                data[task.family] = family_data(task.family, config, seed, fonts)
             index = list(specs).index(name)  # seeds follow the task, not its place in a subset
-            tasks.append(finetune(pretrained, specs[name], index, config, seed, fonts))
+            tasks.append(finetune(pretrained, task, index, config, seed, data[task.family]))
     report(total, total, "done")
-    return pretrained, tasks
+    return pretrained, pretrain_accuracy, tasks
 
 
 def _write(folder: Path, config: DemoConfig, seed: int, pretrained, tasks, report: dict) -> None:
@@ -303,7 +331,7 @@ def build_demo_zoo(out=None, seed: int = 0, force: bool = False, progress: Progr
     if not force and is_current(out, config, seed):
         return out
     start = time.perf_counter()
-    pretrained, tasks = train_demo_models(config, seed, progress)
+    pretrained, pretrain_accuracy, tasks = train_demo_models(config, seed, progress)
     families = [t["family"] for t in tasks]
 
     def build(tmp: Path) -> None:
@@ -312,6 +340,7 @@ def build_demo_zoo(out=None, seed: int = 0, force: bool = False, progress: Progr
         from flexmerge_core.zoo.loader import open_zoo
 
         report = merge_report(open_zoo(staged), families)
+        report["pretrain_accuracy"] = round(pretrain_accuracy, 4)
         report["build_seconds"] = round(time.perf_counter() - start, 1)
         report["parameters"] = sum(t.numel() for t in pretrained.values())
         _set_report(staged, report)

@@ -1,16 +1,18 @@
 """Offline image generators for the demo zoo: a pretraining set and three families of tasks.
 
-Why rendered data: a fresh machine has no datasets, so every image is drawn locally (sklearn's bundled
-handwritten `digits` aside). Tasks come in families that share an image distribution and differ only in
-what is asked about it, so fine-tuning moves family members in related directions (high block cosine)
-while different families move apart: the structure FlexMerge's greedy plan exploits.
+Why rendered data: a fresh machine has no datasets, so every image is drawn locally. A family is one
+kind of scene with a latent (a digit, a dot count, a grating's orientation and period); its tasks see the
+SAME images and ask different questions of the same latent (e.g. which digit / is it odd / is it >= 5).
+Fine-tuning on one family therefore moves the encoder along related directions (high block cosine),
+while families with different inputs and features move it apart: the structure FlexMerge exploits.
 
-- glyph family: `digits` (sklearn's handwriting), `font-digits` and `letters` (rendered in DejaVu fonts);
-- geometry family: `shapes` (which shape), `count` (1-5 dots), `position` (3x3 cell of a square);
-- texture family: gratings, asked about `orientation`, `frequency` or `blur` level.
+- glyph: a digit in one of the DejaVu fonts -> `digit`, `digit-parity`, `digit-large`;
+- counting: 1-5 dots -> `count`, `count-parity`, `count-many` (>= 3);
+- texture: a grating -> `orientation` (4), `orientation-axis` (axis-aligned or diagonal), `frequency` (4).
 
-Images are drawn at 64 px, box-downsampled to 16 px, given pixel noise and normalised. Every generator
-takes a numpy Generator, so callers seed it from (seed, task index, split), never from Python's hash().
+Images are drawn at 64 px, box-downsampled to 16 px, given pixel noise and normalised. Glyphs are drawn
+large and near the centre so they stay legible at 16 px. Every generator takes a numpy Generator, so
+callers seed it from (seed, family index, split), never from Python's hash().
 """
 from __future__ import annotations
 
@@ -51,7 +53,7 @@ def _colours(rng: np.random.Generator) -> tuple[tuple[int, ...], tuple[int, ...]
     """A random background and a foreground that differs from it clearly in brightness."""
     while True:
         bg, fg = rng.integers(0, 256, size=(2, 3))
-        if abs(bg.mean() - fg.mean()) > 70:
+        if abs(bg.mean() - fg.mean()) > 90:
             return tuple(int(v) for v in bg), tuple(int(v) for v in fg)
 
 
@@ -64,16 +66,18 @@ def _finish(img: Image.Image, rng: np.random.Generator, noise: float = 0.04) -> 
     return np.clip(a, 0.0, 1.0).transpose(2, 0, 1)
 
 
-def _paste_mask(img: Image.Image, mask: Image.Image, colour, rng: np.random.Generator, rotate: float) -> None:
-    """Rotate an L mask around its centre and paste it in `colour` at a random offset near the centre."""
+def _paste_mask(img: Image.Image, mask: Image.Image, colour, rng: np.random.Generator, rotate: float,
+                jitter: int = 6) -> None:
+    """Rotate an L mask, centre it and paste it in `colour`, shifted by up to `jitter` px (at 64 px):
+    glyphs span ~3/4 of the 16 px image, so a small shift keeps them whole and readable."""
     mask = mask.rotate(float(rng.uniform(-rotate, rotate)), resample=Image.BILINEAR)
     box = mask.getbbox()
     if box is None:
         return
     mask = mask.crop(box)
     w, h = mask.size
-    x = int(rng.integers(0, max(1, CANVAS - w + 1)))
-    y = int(rng.integers(0, max(1, CANVAS - h + 1)))
+    x = (CANVAS - w) // 2 + int(rng.integers(-jitter, jitter + 1))
+    y = (CANVAS - h) // 2 + int(rng.integers(-jitter, jitter + 1))
     img.paste(Image.new("RGB", mask.size, colour), (x, y), mask)
 
 
@@ -82,51 +86,18 @@ def render_glyph(char: str, font: Font, rng: np.random.Generator) -> np.ndarray:
     bg, fg = _colours(rng)
     img = Image.new("RGB", (CANVAS, CANVAS), bg)
     mask = Image.new("L", (CANVAS, CANVAS), 0)
-    size = int(rng.integers(34, 50))
+    size = int(rng.integers(46, 60))
     ImageDraw.Draw(mask).text((CANVAS / 2, CANVAS / 2), char, fill=255, font=font(size), anchor="mm")
     _paste_mask(img, mask, fg, rng, rotate=15)
     return _finish(img, rng)
 
 
-_SKLEARN_DIGITS: tuple[np.ndarray, np.ndarray] | None = None
-
-
-def _sklearn_digits() -> tuple[np.ndarray, np.ndarray]:
-    global _SKLEARN_DIGITS
-    if _SKLEARN_DIGITS is None:
-        from sklearn.datasets import load_digits
-
-        d = load_digits()
-        _SKLEARN_DIGITS = (d.images.astype(np.float32) / 16.0, d.target.astype(np.int64))
-    return _SKLEARN_DIGITS
-
-
-def render_handwritten(pixels: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """An 8x8 sklearn digit scaled up, rotated and placed at random in random colours."""
-    bg, fg = _colours(rng)
-    img = Image.new("RGB", (CANVAS, CANVAS), bg)
-    size = int(rng.integers(36, 52))
-    mask = Image.fromarray((pixels * 255).astype(np.uint8), "L").resize((size, size), Image.BILINEAR)
-    canvas_mask = Image.new("L", (CANVAS, CANVAS), 0)
-    canvas_mask.paste(mask, ((CANVAS - size) // 2, (CANVAS - size) // 2))
-    _paste_mask(img, canvas_mask, fg, rng, rotate=15)
-    return _finish(img, rng)
-
-
-SHAPES = ("circle", "square", "triangle", "cross")
+SHAPES = ("circle", "square")
 
 
 def _draw_shape(draw: ImageDraw.ImageDraw, kind: str, cx: float, cy: float, r: float, fill) -> None:
-    if kind == "circle":
-        draw.ellipse((cx - r, cy - r, cx + r, cy + r), fill=fill)
-    elif kind == "square":
-        draw.rectangle((cx - r, cy - r, cx + r, cy + r), fill=fill)
-    elif kind == "triangle":
-        draw.polygon([(cx, cy - r), (cx + r, cy + r * 0.8), (cx - r, cy + r * 0.8)], fill=fill)
-    else:
-        t = r * 0.38
-        draw.rectangle((cx - r, cy - t, cx + r, cy + t), fill=fill)
-        draw.rectangle((cx - t, cy - r, cx + t, cy + r), fill=fill)
+    box = (cx - r, cy - r, cx + r, cy + r)
+    (draw.ellipse if kind == "circle" else draw.rectangle)(box, fill=fill)
 
 
 def render_shapes(items: list[tuple[str, float, float, float]], rng: np.random.Generator) -> np.ndarray:
@@ -140,12 +111,14 @@ def render_shapes(items: list[tuple[str, float, float, float]], rng: np.random.G
 
 
 def _scatter(rng: np.random.Generator, count: int, radius: float) -> list[tuple[float, float]]:
-    """`count` centres at least 2.6 radii apart inside the canvas (rejection sampling)."""
-    while True:
-        pts = rng.uniform(radius + 2, CANVAS - radius - 2, size=(count, 2))
-        d = np.linalg.norm(pts[:, None] - pts[None], axis=-1) + np.eye(count) * 1e9
-        if d.min() >= 2.6 * radius:
-            return [(float(x), float(y)) for x, y in pts]
+    """`count` centres in distinct cells of a 3x3 grid, jittered so that dots of `radius` (< 8 px)
+    stay inside their cell: they never touch, whatever the draw (no rejection loop)."""
+    cell = CANVAS / 3
+    slack = max(0.0, cell / 2 - radius - 1.5)
+    cells = rng.choice(9, size=count, replace=False)
+    jitter = rng.uniform(-slack, slack, size=(count, 2))
+    return [(float((c % 3 + 0.5) * cell + dx), float((c // 3 + 0.5) * cell + dy))
+            for c, (dx, dy) in zip(cells, jitter)]
 
 
 def render_grating(period: float, angle: float, blur: float, rng: np.random.Generator) -> np.ndarray:
@@ -161,97 +134,74 @@ def render_grating(period: float, angle: float, blur: float, rng: np.random.Gene
     return _finish(img, rng)
 
 
+def _glyph_scene(rng, fonts):
+    """A font digit; the latent is the digit."""
+    digit = int(rng.integers(10))
+    return render_glyph(str(digit), fonts[int(rng.integers(len(fonts)))], rng), digit
+
+
+def _dots_scene(rng, fonts):
+    """1-5 separate dots (circles or squares); the latent is the count."""
+    count = int(rng.integers(1, 6))
+    r = float(rng.uniform(6.0, 8.0))  # 1.5-2 px at 16 px: each dot stays a visible blob
+    kind = SHAPES[int(rng.integers(len(SHAPES)))]
+    return render_shapes([(kind, x, y, r) for x, y in _scatter(rng, count, r)], rng), count
+
+
+ORIENTATIONS = (0.0, np.pi / 4, np.pi / 2, 3 * np.pi / 4)
+PERIOD_BINS = ((10.0, 13.0), (16.0, 20.0), (25.0, 31.0), (40.0, 50.0))
+
+
+def _grating_scene(rng, fonts):
+    """A grating; the latent is (orientation class, period class)."""
+    angle_class, period_class = (int(v) for v in rng.integers(4, size=2))
+    angle = ORIENTATIONS[angle_class] + rng.uniform(-0.1, 0.1)
+    period = float(rng.uniform(*PERIOD_BINS[period_class]))
+    return render_grating(period, angle, float(rng.uniform(0, 1)), rng), (angle_class, period_class)
+
+
+Scene = Callable[[np.random.Generator, list[Font]], tuple[np.ndarray, object]]
+FAMILIES: dict[str, Scene] = {"glyph": _glyph_scene, "counting": _dots_scene, "texture": _grating_scene}
+
+
 @dataclass(frozen=True)
 class TaskSpec:
-    """A demo task: its family, class names, and a sampler of one (image, label) from a Generator."""
+    """A demo task: its family (whose scenes it sees), class names, and its label of a scene's latent."""
 
     name: str
     family: str
     classes: tuple[str, ...]
-    sample: Callable[[np.random.Generator, list[Font]], tuple[np.ndarray, int]]
-
-
-def _font_digit(rng, fonts):
-    label = int(rng.integers(10))
-    return render_glyph(str(label), fonts[int(rng.integers(len(fonts)))], rng), label
-
-
-def _letter(rng, fonts):
-    label = int(rng.integers(10))
-    return render_glyph("ABCDEFGHJK"[label], fonts[int(rng.integers(len(fonts)))], rng), label
-
-
-def _handwritten(rng, fonts):
-    pixels, targets = _sklearn_digits()
-    i = int(rng.integers(len(targets)))
-    return render_handwritten(pixels[i], rng), int(targets[i])
-
-
-def _shape(rng, fonts):
-    label = int(rng.integers(len(SHAPES)))
-    r = float(rng.uniform(9, 18))
-    cx, cy = rng.uniform(r + 1, CANVAS - r - 1, size=2)
-    return render_shapes([(SHAPES[label], cx, cy, r)], rng), label
-
-
-def _count(rng, fonts):
-    label = int(rng.integers(5))
-    r = float(rng.uniform(4.5, 6.5))
-    kind = SHAPES[int(rng.integers(2))]
-    return render_shapes([(kind, x, y, r) for x, y in _scatter(rng, label + 1, r)], rng), label
-
-
-def _position(rng, fonts):
-    label = int(rng.integers(9))
-    cell = CANVAS / 3
-    r = float(rng.uniform(5, 8))
-    kind = SHAPES[int(rng.integers(len(SHAPES)))]
-    cx = (label % 3 + 0.5) * cell + rng.uniform(-2, 2)
-    cy = (label // 3 + 0.5) * cell + rng.uniform(-2, 2)
-    return render_shapes([(kind, cx, cy, r)], rng), label
-
-
-ORIENTATIONS = (0.0, np.pi / 4, np.pi / 2, 3 * np.pi / 4)
-PERIOD_BINS = ((11.0, 14.0), (17.0, 21.0), (25.0, 31.0), (38.0, 48.0))
-BLUR_LEVELS = (0.0, 1.5, 3.0, 5.0)
-
-
-def _orientation(rng, fonts):
-    label = int(rng.integers(4))
-    period = float(rng.uniform(12, 40))
-    angle = ORIENTATIONS[label] + rng.uniform(-0.12, 0.12)
-    return render_grating(period, angle, float(rng.uniform(0, 2)), rng), label
-
-
-def _frequency(rng, fonts):
-    label = int(rng.integers(4))
-    period = float(rng.uniform(*PERIOD_BINS[label]))
-    return render_grating(period, float(rng.uniform(0, np.pi)), float(rng.uniform(0, 1)), rng), label
-
-
-def _blur(rng, fonts):
-    label = int(rng.integers(4))
-    period = float(rng.uniform(16, 32))
-    return render_grating(period, float(rng.uniform(0, np.pi)), BLUR_LEVELS[label], rng), label
+    label: Callable[[object], int]
 
 
 TASKS: tuple[TaskSpec, ...] = (
-    TaskSpec("digits", "glyph", tuple("0123456789"), _handwritten),
-    TaskSpec("font-digits", "glyph", tuple("0123456789"), _font_digit),
-    TaskSpec("letters", "glyph", tuple("ABCDEFGHJK"), _letter),
-    TaskSpec("shapes", "geometry", SHAPES, _shape),
-    TaskSpec("count", "geometry", ("1", "2", "3", "4", "5"), _count),
-    TaskSpec("position", "geometry", tuple(f"{r}{c}" for r in "tmb" for c in "lcr"), _position),
-    TaskSpec("orientation", "texture", ("0", "45", "90", "135"), _orientation),
-    TaskSpec("frequency", "texture", ("fine", "medium", "coarse", "very coarse"), _frequency),
-    TaskSpec("blur", "texture", ("sharp", "soft", "blurred", "very blurred"), _blur),
+    TaskSpec("digit", "glyph", tuple("0123456789"), lambda d: d),
+    TaskSpec("digit-parity", "glyph", ("even", "odd"), lambda d: d % 2),
+    TaskSpec("digit-large", "glyph", ("0-4", "5-9"), lambda d: int(d >= 5)),
+    TaskSpec("count", "counting", ("1", "2", "3", "4", "5"), lambda c: c - 1),
+    TaskSpec("count-parity", "counting", ("even", "odd"), lambda c: c % 2),
+    TaskSpec("count-many", "counting", ("1-2", "3-5"), lambda c: int(c >= 3)),
+    TaskSpec("orientation", "texture", ("0", "45", "90", "135"), lambda t: t[0]),
+    TaskSpec("orientation-axis", "texture", ("axis-aligned", "diagonal"), lambda t: t[0] % 2),
+    TaskSpec("frequency", "texture", ("fine", "medium", "coarse", "very coarse"), lambda t: t[1]),
 )
+FAMILY_NAMES = tuple(FAMILIES)
+
+
+def sample_family(family: str, n: int, rng: np.random.Generator, fonts: list[Font]):
+    """n scenes of one family: images float32 [n, 3, 16, 16] in [0, 1] and their latents (a list)."""
+    pairs = [FAMILIES[family](rng, fonts) for _ in range(n)]
+    return np.stack([p[0] for p in pairs]), [p[1] for p in pairs]
+
+
+def task_labels(task: TaskSpec, latents: list) -> np.ndarray:
+    return np.array([task.label(z) for z in latents], dtype=np.int64)
 
 
 def sample_task(task: TaskSpec, n: int, rng: np.random.Generator, fonts: list[Font]):
     """n images float32 [n, 3, 16, 16] in [0, 1] and labels int64 [n] of one task."""
-    pairs = [task.sample(rng, fonts) for _ in range(n)]
-    return np.stack([p[0] for p in pairs]), np.array([p[1] for p in pairs], dtype=np.int64)
+    images, latents = sample_family(task.family, n, rng, fonts)
+    return images, task_labels(task, latents)
 
 
 def sample_pretraining(n: int, rng: np.random.Generator, fonts: list[Font]):

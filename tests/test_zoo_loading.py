@@ -278,8 +278,21 @@ def test_non_finite_values_are_reported_when_read(zoo_dir):
     _rewrite_safetensors(zoo_dir / "tasks" / "task2.safetensors", poison)
     zoo = open_zoo(zoo_dir)  # headers are fine: values are only checked when read
     zoo.task_vectors(["proj"])
-    with pytest.raises(ZooError, match=r"task2\.safetensors: non-finite .* tensor 'ln_pre\.weight' of task 'task2'"):
-        zoo.task_vectors(["ln_pre.weight"])
+    for _ in range(2):   # a bad tensor is never remembered as checked
+        with pytest.raises(ZooError, match=r"task2\.safetensors: non-finite .* tensor 'ln_pre\.weight' of task 'task2'"):
+            zoo.task_vectors(["ln_pre.weight"])
+
+
+def test_each_tensor_is_checked_for_non_finite_values_once(zoo_dir, monkeypatch):
+    import flexmerge_core.zoo.checkpoint as checkpoint
+    checks = []
+    real = checkpoint.torch.isfinite
+    monkeypatch.setattr(checkpoint.torch, "isfinite", lambda t: checks.append(1) or real(t))
+    zoo = open_zoo(zoo_dir)
+    zoo.task_vectors(["proj"])
+    first = len(checks)
+    zoo.task_vectors(["proj"])
+    assert first > 0 and len(checks) == first
 
 
 def test_bad_head_and_data_files_are_named(zoo_dir):

@@ -42,13 +42,16 @@ def _agglomerate(link: np.ndarray, new_row: Callable, rng: Optional[np.random.Ge
     the merged group (label i) to every label, computed before link is updated."""
     m = link.shape[0]
     link = np.array(link, dtype=np.float64, copy=True)
-    np.fill_diagonal(link, -np.inf)
     upper = np.triu(np.ones((m, m), dtype=bool), k=1)
+    link = np.where(upper, link, link.T)      # exactly symmetric, from the upper triangle
+    np.fill_diagonal(link, -np.inf)
     members: dict[int, Group] = {i: (i,) for i in range(m)}
     steps: list[BlockStep] = []
     for _ in range(m - 1):
         if rng is None:
-            i, j = divmod(int(np.argmax(np.where(upper, link, -np.inf))), m)
+            # The first maximum in row-major order of the symmetric matrix is the tie rule's pair:
+            # its row is the smallest label in any best pair, its column that label's smallest partner.
+            i, j = divmod(int(np.argmax(link)), m)
         else:
             labels = sorted(members)
             pairs = [(a, b) for pos, a in enumerate(labels) for b in labels[pos + 1:]]

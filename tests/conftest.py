@@ -4,6 +4,8 @@ Why: a developer's warm cache (a built demo zoo, cached curves) would make tests
 reasons outside the test, and tests must never leave entries behind. Every test starts with
 FLEXMERGE_CACHE pointing at one throw-away folder for the session; tests that need an isolated cache
 still override it themselves (monkeypatch restores this session value afterwards).
+Demo zoos are built in the test process (FLEXMERGE_DEMO_WORKERS=1): the tiny test builds would spend
+more time starting worker processes than training; one test builds with workers on purpose.
 """
 import os
 import shutil
@@ -16,6 +18,7 @@ def pytest_configure(config):
     global _SESSION_CACHE
     _SESSION_CACHE = tempfile.mkdtemp(prefix="flexmerge-test-cache-")
     os.environ["FLEXMERGE_CACHE"] = _SESSION_CACHE
+    os.environ["FLEXMERGE_DEMO_WORKERS"] = "1"
 
 
 def pytest_unconfigure(config):

@@ -43,35 +43,33 @@ Recipe (FULL, version 2; every number below is a DemoConfig field, hashed into t
 """
 from __future__ import annotations
 
-import contextlib
 import json
-import math
 import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from flexmerge_core.cache import atomic_directory, cache_root, content_hash
 from flexmerge_core.errors import FlexMergeError
-from flexmerge_core.zoo import demo_tasks
-from flexmerge_core.zoo.architectures import construct
+from flexmerge_core.zoo import demo_tasks, demo_training
+from flexmerge_core.zoo.demo_workers import BuildPool
 from flexmerge_core.zoo.manifest import MANIFEST_NAME
 
 Progress = Callable[[int, int, str], None]
 RECIPE_NAME = "flexmerge-demo"
-RECIPE_VERSION = 2  # bump when the code changes what a config builds
+RECIPE_VERSION = 3  # bump when the code changes what a config builds
 ARCHITECTURE = {"image_size": 16, "patch_size": 4, "width": 96, "layers": 4, "heads": 4,
                 "mlp_ratio": 2, "output_dim": 64}
 
 
 @dataclass(frozen=True)
 class DemoConfig:
-    """Everything that determines the built zoo (hashed into the manifest's recipe)."""
+    """Everything that determines the built zoo (hashed into the manifest's recipe). The number of
+    worker processes is not here: every job runs on one thread, so it does not change the result."""
 
     architecture: dict = field(default_factory=lambda: dict(ARCHITECTURE))
     tasks: tuple[str, ...] = tuple(t.name for t in demo_tasks.TASKS)
@@ -79,178 +77,69 @@ class DemoConfig:
     pretrain_steps: int = 800
     pretrain_lr: float = 3e-3
     pretrain_weight_decay: float = 0.05
+    pretrain_shards: int = 2
     train_images: int = 4000
     heldout_images: int = 500
     batch_size: int = 128
     finetune_batch_size: int = 64
-    probe_steps: int = 100
-    probe_lr: float = 1e-2
+    probe_steps: int = 500
+    probe_lr: float = 3e-2
     finetune_steps: int = 250
     finetune_lr: float = 1e-3
+    label_smoothing: float = 0.1
     clip_norm: float = 1.0
-    threads: int = 2
 
 
 FULL = DemoConfig()
 MICRO = DemoConfig(
     architecture={"image_size": 16, "patch_size": 8, "width": 16, "layers": 1, "heads": 2,
                   "mlp_ratio": 2, "output_dim": 8},
-    tasks=("digit", "digit-parity", "count"),
+    tasks=("digit-sans", "digit-serif", "arrow-filled"),
     pretrain_images=128, pretrain_steps=4, train_images=96, heldout_images=32, batch_size=32, finetune_batch_size=16,
-    probe_steps=4, finetune_steps=4, threads=1,
+    probe_steps=4, finetune_steps=4,
 )
+PRETRAIN_HELDOUT = 1000
+PRETRAIN_CHUNK = 2000  # images per rendering job
 
 
 def recipe_hash(config: DemoConfig, seed: int) -> str:
     return content_hash(RECIPE_NAME, RECIPE_VERSION, asdict(config), seed)
 
 
-def _rng(seed: int, stream: int, index: int) -> np.random.Generator:
-    """Independent generators per (seed, stream, index): stable across runs and Python versions."""
-    return np.random.default_rng([seed, stream, index])
+def _chunks(total: int) -> list[int]:
+    return [min(PRETRAIN_CHUNK, total - start) for start in range(0, total, PRETRAIN_CHUNK)]
 
 
-def _torch_generator(seed: int, stream: int, index: int) -> torch.Generator:
-    return torch.Generator().manual_seed(int(_rng(seed, stream, index).integers(2**62)))
+def train_demo_models(config: DemoConfig = FULL, seed: int = 0, progress: Progress | None = None,
+                      workers: int | None = None):
+    """(pretrained state dict, pretraining accuracy, list of task dicts): the training part of a build.
 
-
-@contextlib.contextmanager
-def _deterministic_cpu(threads: int) -> Iterator[None]:
-    """Fixed thread count and deterministic kernels for the build; restored afterwards."""
-    old_threads, old_det = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
-    torch.set_num_threads(threads)
-    torch.use_deterministic_algorithms(True)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(old_threads)
-        torch.use_deterministic_algorithms(old_det)
-
-
-def _cosine_lr(step: int, total: int, base: float) -> float:
-    warmup = max(1, total // 20)
-    if step < warmup:
-        return base * (step + 1) / warmup
-    return base * 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, total - warmup)))
-
-
-def _train(forward, params: list[torch.Tensor], x: torch.Tensor, y: torch.Tensor, steps: int, lr: float,
-           batch_size: int, gen: torch.Generator, weight_decay: float, clip_norm: float) -> None:
-    """AdamW with warm-up + cosine decay and gradient-norm clipping (keeps the high-lr pretraining
-    stable) on random mini-batches drawn with `gen`."""
-    opt = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
-    for step in range(steps):
-        for group in opt.param_groups:
-            group["lr"] = _cosine_lr(step, steps, lr)
-        idx = torch.randint(len(x), (min(batch_size, len(x)),), generator=gen)
-        loss = F.cross_entropy(forward(x[idx]), y[idx])
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, clip_norm)
-        opt.step()
-
-
-@torch.no_grad()
-def _features(encoder: torch.nn.Module, x: torch.Tensor, chunk: int = 512) -> torch.Tensor:
-    return torch.cat([encoder(x[i:i + chunk]) for i in range(0, len(x), chunk)])
-
-
-@torch.no_grad()
-def _accuracy(encoder: torch.nn.Module, head: torch.nn.Linear, x: torch.Tensor, y: torch.Tensor) -> float:
-    encoder.eval()
-    return float((head(_features(encoder, x)).argmax(1) == y).float().mean())
-
-
-def _encoder(config: DemoConfig) -> torch.nn.Module:
-    return construct("open_clip_vit", config.architecture)
-
-
-PRETRAIN_HELDOUT = 1000
-
-
-def pretrain(config: DemoConfig, seed: int, fonts) -> tuple[dict[str, torch.Tensor], float]:
-    """The pretrained encoder's state dict (glyph classification through a throw-away head) and its
-    accuracy on held-out glyphs (reported: a weak pretraining starves every glyph task)."""
-    images, labels = demo_tasks.sample_pretraining(config.pretrain_images, _rng(seed, 0, 0), fonts)
-    test_images, test_labels = demo_tasks.sample_pretraining(
-        min(PRETRAIN_HELDOUT, config.pretrain_images), _rng(seed, 0, 1), fonts)
-    torch.manual_seed(int(_rng(seed, 1, 0).integers(2**62)))
-    encoder = _encoder(config)
-    head = torch.nn.Linear(config.architecture["output_dim"], len(demo_tasks.PRETRAIN_GLYPHS))
-    encoder.train()
-    _train(lambda b: head(encoder(b)), [*encoder.parameters(), *head.parameters()],
-           torch.from_numpy(demo_tasks.normalise(images)), torch.from_numpy(labels),
-           config.pretrain_steps, config.pretrain_lr, config.batch_size, _torch_generator(seed, 2, 0),
-           config.pretrain_weight_decay, config.clip_norm)
-    accuracy = _accuracy(encoder, head, torch.from_numpy(demo_tasks.normalise(test_images)),
-                         torch.from_numpy(test_labels))
-    return {k: v.detach().clone() for k, v in encoder.state_dict().items()}, accuracy
-
-
-FamilyData = tuple[torch.Tensor, list, torch.Tensor, list]  # train images, latents, held-out images, latents
-
-
-def family_data(family: str, config: DemoConfig, seed: int, fonts) -> FamilyData:
-    """The images every task of `family` trains and is evaluated on (seeded by the family)."""
-    index = demo_tasks.FAMILY_NAMES.index(family)
-    train_x, train_z = demo_tasks.sample_family(family, config.train_images, _rng(seed, 10, index), fonts)
-    test_x, test_z = demo_tasks.sample_family(family, config.heldout_images, _rng(seed, 11, index), fonts)
-    return (torch.from_numpy(demo_tasks.normalise(train_x)), train_z,
-            torch.from_numpy(demo_tasks.normalise(test_x)), test_z)
-
-
-def finetune(pretrained: dict[str, torch.Tensor], task: demo_tasks.TaskSpec, index: int,
-             config: DemoConfig, seed: int, data: FamilyData) -> dict:
-    """One task: fit a linear probe, then fine-tune everything; the write_zoo task dict.
-
-    No weight decay here: decay pulls every task towards zero along the same direction (-theta_pre),
-    which would make unrelated task vectors look alike. Tasks of one family draw the same mini-batches
-    (generators seeded by the family): they differ only in what they are asked, not in sampling noise."""
-    train_x, train_z, test_x, test_z = data
-    train_y = torch.from_numpy(demo_tasks.task_labels(task, train_z))
-    test_y = torch.from_numpy(demo_tasks.task_labels(task, test_z))
-    encoder = _encoder(config)
-    encoder.load_state_dict(pretrained)
-    torch.manual_seed(int(_rng(seed, 12, index).integers(2**62)))
-    head = torch.nn.Linear(config.architecture["output_dim"], len(task.classes))
-    family = demo_tasks.FAMILY_NAMES.index(task.family)
-    encoder.eval()
-    frozen = _features(encoder, train_x)
-    _train(head, list(head.parameters()), frozen, train_y, config.probe_steps, config.probe_lr,
-           config.batch_size, _torch_generator(seed, 13, family), 0.0, config.clip_norm)
-    encoder.train()
-    _train(lambda b: head(encoder(b)), [*encoder.parameters(), *head.parameters()], train_x, train_y,
-           config.finetune_steps, config.finetune_lr, config.finetune_batch_size,
-           _torch_generator(seed, 14, family), 0.0, config.clip_norm)
-    return {
-        "name": task.name,
-        "state_dict": {k: v.detach().clone() for k, v in encoder.state_dict().items()},
-        "head": {"weight": head.weight.detach().clone(), "bias": head.bias.detach().clone()},
-        "data": (test_x, test_y),
-        "classes": list(task.classes),
-        "finetuned_accuracy": _accuracy(encoder, head, test_x, test_y),
-        "family": task.family,
-    }
-
-
-def train_demo_models(config: DemoConfig = FULL, seed: int = 0, progress: Progress | None = None):
-    """(pretrained state dict, pretraining accuracy, list of task dicts): the training part of a build."""
-    specs = {t.name: t for t in demo_tasks.TASKS}
+    Jobs: render the pretraining glyphs (in chunks) and every task's images, pretrain (data-parallel),
+    then fine-tune every task; on `workers` processes (default: one per core), or here when 1."""
+    if config.batch_size % config.pretrain_shards:
+        raise FlexMergeError(f"demo config: batch_size {config.batch_size} is not divisible by "
+                             f"pretrain_shards {config.pretrain_shards}")
     report = progress or (lambda done, total, message: None)
-    total = len(config.tasks) + 1
-    fonts = demo_tasks.load_fonts()
-    data: dict[str, FamilyData] = {}
-    with _deterministic_cpu(config.threads):
-        report(0, total, "pretraining")
-        pretrained, pretrain_accuracy = pretrain(config, seed, fonts)
+    total = len(config.tasks) + 2
+    with BuildPool(workers) as pool:
+        report(0, total, f"rendering images ({pool.workers} worker{'s' if pool.workers > 1 else ''})")
+        chunks = [pool.submit(demo_training.render_pretraining, n, seed, k) for k, n in enumerate(_chunks(config.pretrain_images))]
+        heldout = pool.submit(demo_training.render_pretraining, min(PRETRAIN_HELDOUT, config.pretrain_images), seed, 0,
+                              True)
+        data = {name: pool.submit(demo_training.render_task, name, config.train_images, config.heldout_images, seed)
+                for name in config.tasks}
+        glyphs = [c.result() for c in chunks]
+        pretrain_data = (np.concatenate([g[0] for g in glyphs]), np.concatenate([g[1] for g in glyphs]), *heldout.result())
+        report(1, total, "pretraining")
+        pretrained, pretrain_accuracy = pool.pretrain(config, seed, pretrain_data)
+        jobs = {name: pool.submit(demo_training.finetune, pretrained, name, config, seed, data[name].result())
+                for name in config.tasks}
         tasks = []
-        for done, name in enumerate(config.tasks, start=1):
+        for done, name in enumerate(config.tasks, start=2):
             report(done, total, f"fine-tuning {name}")
-            task = specs[name]
-            if task.family not in data:
-                data[task.family] = family_data(task.family, config, seed, fonts)
-            index = list(specs).index(name)  # seeds follow the task, not its place in a subset
-            tasks.append(finetune(pretrained, task, index, config, seed, data[task.family]))
+            spec, test_x, test_y = demo_tasks.TASKS_BY_NAME[name], *data[name].result()[2:]
+            tasks.append({"name": name, **jobs[name].result(), "classes": list(spec.classes), "family": spec.family,
+                          "data": (torch.from_numpy(test_x), torch.from_numpy(test_y))})
     report(total, total, "done")
     return pretrained, pretrain_accuracy, tasks
 
@@ -332,7 +221,7 @@ def _set_report(folder: Path, report: dict) -> None:
 
 
 def build_demo_zoo(out=None, seed: int = 0, force: bool = False, progress: Progress | None = None,
-                   config: DemoConfig | None = None) -> Path:
+                   config: DemoConfig | None = None, workers: int | None = None) -> Path:
     """Build the demo zoo into `out` (default cache/demo-zoo) unless a current one is there already.
 
     The folder appears complete or not at all: training, writing and the merge report all happen
@@ -343,7 +232,7 @@ def build_demo_zoo(out=None, seed: int = 0, force: bool = False, progress: Progr
     if not force and is_current(out, config, seed):
         return out
     start = time.perf_counter()
-    pretrained, pretrain_accuracy, tasks = train_demo_models(config, seed, progress)
+    pretrained, pretrain_accuracy, tasks = train_demo_models(config, seed, progress, workers)
     families = [t["family"] for t in tasks]
 
     def build(tmp: Path) -> None:

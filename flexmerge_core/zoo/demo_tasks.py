@@ -1,28 +1,30 @@
-"""Offline image generators for the demo zoo: a pretraining set and three families of tasks.
+"""Offline image generators for the demo zoo: a pretraining set and two families of four tasks.
 
 Why rendered data: a fresh machine has no datasets, so every image is drawn locally. A family is one
-kind of scene with a latent (a digit, a dot count, a grating's orientation and period); its tasks see the
-SAME images and ask different questions of the same latent (e.g. which digit / is it odd / is it >= 5).
-Fine-tuning on one family therefore moves the encoder along related directions (high block cosine),
-while families with different inputs and features move it apart: the structure FlexMerge exploits.
+question asked in three visual domains, like MNIST / SVHN / USPS for real digit models: the tasks of a
+family need the same features, so fine-tuning on them moves the encoder in related directions (high
+block cosine), while different questions move it apart: the structure FlexMerge exploits.
 
-- glyph: a digit in one of the DejaVu fonts -> `digit`, `digit-parity`, `digit-large`;
-- counting: 1-5 dots -> `count`, `count-parity`, `count-many` (>= 3);
-- texture: a grating -> `orientation` (4), `orientation-axis` (axis-aligned or diagonal), `frequency` (4).
+- digits (which of 0-9), rendered in DejaVu's sans, condensed, serif and monospaced fonts:
+  `digit-sans`, `digit-condensed`, `digit-serif`, `digit-mono`;
+- arrows (which of 8 compass directions), drawn filled, as outlines, as a line with an open head, or
+  filled on a striped background: `arrow-filled`, `arrow-outline`, `arrow-line`, `arrow-textured`.
 
-Images are drawn at 64 px, box-downsampled to 16 px, given pixel noise and normalised. Glyphs are drawn
-large and near the centre so they stay legible at 16 px. Every generator takes a numpy Generator, so
-callers seed it from (seed, family index, split), never from Python's hash().
+Images are drawn at 64 px, box-downsampled to 16 px, given random colours and pixel noise. Pretraining
+uses other glyphs (lowercase Latin, Greek, Cyrillic letters and symbols, no digits) in every font, so no
+task is solved before fine-tuning. Every generator takes a numpy Generator, so callers seed it from
+(seed, stream, index), never from Python's hash().
 """
 from __future__ import annotations
 
+import math
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
-from PIL import Image, ImageDraw, ImageFilter, ImageFont
+from PIL import Image, ImageDraw, ImageFont
 
 CANVAS = 64
 IMAGE_SIZE = 16
@@ -37,23 +39,38 @@ PRETRAIN_GLYPHS = (
 )
 
 Font = Callable[[int], ImageFont.ImageFont]
+Fonts = dict[str, Font]  # font file stem -> factory (size -> font)
+Scene = Callable[[np.random.Generator, Fonts], tuple[np.ndarray, int]]
 
 
-def load_fonts(font_dir: Path = FONT_DIR) -> list[Font]:
-    """Font factories (size -> font) for the usable DejaVu variants, or PIL's default font with a warning."""
+def load_fonts(font_dir: Path = FONT_DIR) -> Fonts:
+    """Font factories for the usable DejaVu variants, by file stem; PIL's default font with a warning."""
     paths = sorted(p for p in Path(font_dir).glob("*.ttf") if not any(s in p.name for s in _SKIPPED_FONTS))
     if not paths:
         warnings.warn(f"no DejaVu fonts in {font_dir}: rendering glyphs with PIL's default font "
-                      "(install fonts-dejavu-core for the documented demo zoo)", stacklevel=2)
-        return [lambda size: ImageFont.load_default(size=size)]
-    return [lambda size, p=str(p): ImageFont.truetype(p, size) for p in paths]
+                      "(install fonts-dejavu-core and fonts-dejavu-extra for the documented demo zoo)", stacklevel=2)
+        return {"default": lambda size: ImageFont.load_default(size=size)}
+    return {p.stem: (lambda size, p=str(p): ImageFont.truetype(p, size)) for p in paths}
+
+
+FONT_GROUPS = {"sans": ("DejaVuSans",), "condensed": ("DejaVuSansCondensed", "DejaVuSerifCondensed"),
+               "serif": ("DejaVuSerif",), "mono": ("DejaVuSansMono",)}
+
+
+def font_group(fonts: Fonts, group: str) -> list[Font]:
+    """The fonts of one group (`DejaVuSerif-Bold` is serif); every font when none match (fallback font)."""
+    chosen = [f for stem, f in fonts.items() if stem.split("-")[0] in FONT_GROUPS[group]]
+    return chosen or list(fonts.values())
 
 
 def _colours(rng: np.random.Generator) -> tuple[tuple[int, ...], tuple[int, ...]]:
-    """A random background and a foreground that differs from it clearly in brightness."""
+    """A random background and a foreground that differs from it clearly in brightness (rejection
+    sampling, eight candidate pairs per draw: one numpy call instead of one per try)."""
     while True:
-        bg, fg = rng.integers(0, 256, size=(2, 3))
-        if abs(bg.mean() - fg.mean()) > 90:
+        pairs = rng.integers(0, 256, size=(8, 2, 3))
+        ok = np.flatnonzero(np.abs(pairs[:, 0].sum(1) - pairs[:, 1].sum(1)) > 270)
+        if ok.size:
+            bg, fg = pairs[ok[0]]
             return tuple(int(v) for v in bg), tuple(int(v) for v in fg)
 
 
@@ -92,122 +109,86 @@ def render_glyph(char: str, font: Font, rng: np.random.Generator) -> np.ndarray:
     return _finish(img, rng)
 
 
-SHAPES = ("circle", "square")
-
-
-def _draw_shape(draw: ImageDraw.ImageDraw, kind: str, cx: float, cy: float, r: float, fill) -> None:
-    box = (cx - r, cy - r, cx + r, cy + r)
-    (draw.ellipse if kind == "circle" else draw.rectangle)(box, fill=fill)
-
-
-def render_shapes(items: list[tuple[str, float, float, float]], rng: np.random.Generator) -> np.ndarray:
-    """Flat shapes (kind, centre x, centre y, radius) in one colour on a plain background."""
+def _canvas(rng: np.random.Generator, striped: bool) -> tuple[Image.Image, tuple, tuple]:
+    """A plain background, or one striped with a faint random grating (a harder domain)."""
     bg, fg = _colours(rng)
-    img = Image.new("RGB", (CANVAS, CANVAS), bg)
-    draw = ImageDraw.Draw(img)
-    for kind, cx, cy, r in items:
-        _draw_shape(draw, kind, cx, cy, r, fg)
-    return _finish(img, rng)
+    if not striped:
+        return Image.new("RGB", (CANVAS, CANVAS), bg), bg, fg
+    yy, xx = np.mgrid[0:CANVAS, 0:CANVAS]
+    period, angle = rng.uniform(6, 12), rng.uniform(0, np.pi)
+    wave = np.sin(2 * np.pi * (xx * np.cos(angle) + yy * np.sin(angle)) / period) > 0
+    stripe = np.array([0.7 * b + 0.3 * f for b, f in zip(bg, fg)], np.uint8)
+    rgb = np.where(wave[..., None], stripe, np.array(bg, np.uint8)).astype(np.uint8)
+    return Image.fromarray(rgb, "RGB"), bg, fg
 
 
-def _scatter(rng: np.random.Generator, count: int, radius: float) -> list[tuple[float, float]]:
-    """`count` centres in distinct cells of a 3x3 grid, jittered so that dots of `radius` (< 8 px)
-    stay inside their cell: they never touch, whatever the draw (no rejection loop)."""
-    cell = CANVAS / 3
-    slack = max(0.0, cell / 2 - radius - 1.5)
-    cells = rng.choice(9, size=count, replace=False)
-    jitter = rng.uniform(-slack, slack, size=(count, 2))
-    return [(float((c % 3 + 0.5) * cell + dx), float((c // 3 + 0.5) * cell + dy))
-            for c, (dx, dy) in zip(cells, jitter)]
+def _turn(points, cx: float, cy: float, angle: float) -> list[tuple[float, float]]:
+    """Points given around the origin, rotated by `angle` (counter-clockwise on screen) and moved to (cx, cy)."""
+    c, s = math.cos(angle), math.sin(angle)
+    return [(cx + x * c + y * s, cy - x * s + y * c) for x, y in points]
 
 
-def render_grating(period: float, angle: float, blur: float, rng: np.random.Generator) -> np.ndarray:
-    """A square-wave grating (period px at 64 px, angle radians) in random colours, Gaussian-blurred."""
-    bg, fg = _colours(rng)
-    yy, xx = np.mgrid[0:CANVAS, 0:CANVAS].astype(np.float32)
-    phase = rng.uniform(0, 2 * np.pi)
-    wave = np.sin(2 * np.pi * (xx * np.cos(angle) + yy * np.sin(angle)) / period + phase) > 0
-    rgb = np.where(wave[..., None], np.array(fg, np.uint8), np.array(bg, np.uint8))
-    img = Image.fromarray(rgb.astype(np.uint8), "RGB")
-    if blur > 0:
-        img = img.filter(ImageFilter.GaussianBlur(blur))
-    return _finish(img, rng)
+DIRECTIONS = ("E", "NE", "N", "NW", "W", "SW", "S", "SE")
 
 
-def _glyph_scene(rng, fonts):
-    """A font digit; the latent is the digit."""
-    digit = int(rng.integers(10))
-    return render_glyph(str(digit), fonts[int(rng.integers(len(fonts)))], rng), digit
+def _arrow_scene(style: str) -> Scene:
+    def scene(rng, fonts):
+        k = int(rng.integers(len(DIRECTIONS)))
+        img, _, fg = _canvas(rng, striped=style == "textured")
+        draw = ImageDraw.Draw(img)
+        r, cx, cy = rng.uniform(20, 27), 32 + rng.uniform(-5, 5), 32 + rng.uniform(-5, 5)
+        angle = k * math.pi / 4 + rng.uniform(-0.2, 0.2)
+        if style == "line":
+            draw.line(_turn([(-r, 0), (r, 0)], cx, cy, angle), fill=fg, width=6)
+            draw.line(_turn([(0.3 * r, -0.6 * r), (r, 0), (0.3 * r, 0.6 * r)], cx, cy, angle), fill=fg, width=6,
+                      joint="curve")
+        else:
+            t, head = 0.22 * r, 0.6 * r
+            body = [(-r, -t), (0.1 * r, -t), (0.1 * r, -head), (r, 0), (0.1 * r, head), (0.1 * r, t), (-r, t)]
+            style_args = {"outline": fg, "width": 5} if style == "outline" else {"fill": fg}  # filled, textured
+            draw.polygon(_turn(body, cx, cy, angle), **style_args)
+        return _finish(img, rng), k
+    return scene
 
 
-def _dots_scene(rng, fonts):
-    """1-5 separate dots (circles or squares); the latent is the count."""
-    count = int(rng.integers(1, 6))
-    r = float(rng.uniform(6.0, 8.0))  # 1.5-2 px at 16 px: each dot stays a visible blob
-    kind = SHAPES[int(rng.integers(len(SHAPES)))]
-    return render_shapes([(kind, x, y, r) for x, y in _scatter(rng, count, r)], rng), count
-
-
-ORIENTATIONS = (0.0, np.pi / 4, np.pi / 2, 3 * np.pi / 4)
-PERIOD_BINS = ((10.0, 13.0), (16.0, 20.0), (25.0, 31.0), (40.0, 50.0))
-
-
-def _grating_scene(rng, fonts):
-    """A grating; the latent is (orientation class, period class)."""
-    angle_class, period_class = (int(v) for v in rng.integers(4, size=2))
-    angle = ORIENTATIONS[angle_class] + rng.uniform(-0.1, 0.1)
-    period = float(rng.uniform(*PERIOD_BINS[period_class]))
-    return render_grating(period, angle, float(rng.uniform(0, 1)), rng), (angle_class, period_class)
-
-
-Scene = Callable[[np.random.Generator, list[Font]], tuple[np.ndarray, object]]
-FAMILIES: dict[str, Scene] = {"glyph": _glyph_scene, "counting": _dots_scene, "texture": _grating_scene}
+def _digit_scene(group: str) -> Scene:
+    def scene(rng, fonts):
+        digit = int(rng.integers(10))
+        choices = font_group(fonts, group)
+        return render_glyph(str(digit), choices[int(rng.integers(len(choices)))], rng), digit
+    return scene
 
 
 @dataclass(frozen=True)
 class TaskSpec:
-    """A demo task: its family (whose scenes it sees), class names, and its label of a scene's latent."""
+    """A demo task: its family (the question), class names, and the scene generator (its domain)."""
 
     name: str
     family: str
     classes: tuple[str, ...]
-    label: Callable[[object], int]
+    scene: Scene
 
 
+ARROW_STYLES = ("filled", "outline", "line", "textured")
 TASKS: tuple[TaskSpec, ...] = (
-    TaskSpec("digit", "glyph", tuple("0123456789"), lambda d: d),
-    TaskSpec("digit-parity", "glyph", ("even", "odd"), lambda d: d % 2),
-    TaskSpec("digit-large", "glyph", ("0-4", "5-9"), lambda d: int(d >= 5)),
-    TaskSpec("count", "counting", ("1", "2", "3", "4", "5"), lambda c: c - 1),
-    TaskSpec("count-parity", "counting", ("even", "odd"), lambda c: c % 2),
-    TaskSpec("count-many", "counting", ("1-2", "3-5"), lambda c: int(c >= 3)),
-    TaskSpec("orientation", "texture", ("0", "45", "90", "135"), lambda t: t[0]),
-    TaskSpec("orientation-axis", "texture", ("axis-aligned", "diagonal"), lambda t: t[0] % 2),
-    TaskSpec("frequency", "texture", ("fine", "medium", "coarse", "very coarse"), lambda t: t[1]),
+    *(TaskSpec(f"digit-{g}", "digits", tuple("0123456789"), _digit_scene(g)) for g in FONT_GROUPS),
+    *(TaskSpec(f"arrow-{s}", "arrows", DIRECTIONS, _arrow_scene(s)) for s in ARROW_STYLES),
 )
-FAMILY_NAMES = tuple(FAMILIES)
+FAMILY_NAMES = tuple(dict.fromkeys(t.family for t in TASKS))
+TASKS_BY_NAME = {t.name: t for t in TASKS}
 
 
-def sample_family(family: str, n: int, rng: np.random.Generator, fonts: list[Font]):
-    """n scenes of one family: images float32 [n, 3, 16, 16] in [0, 1] and their latents (a list)."""
-    pairs = [FAMILIES[family](rng, fonts) for _ in range(n)]
-    return np.stack([p[0] for p in pairs]), [p[1] for p in pairs]
-
-
-def task_labels(task: TaskSpec, latents: list) -> np.ndarray:
-    return np.array([task.label(z) for z in latents], dtype=np.int64)
-
-
-def sample_task(task: TaskSpec, n: int, rng: np.random.Generator, fonts: list[Font]):
+def sample_task(task: TaskSpec, n: int, rng: np.random.Generator, fonts: Fonts):
     """n images float32 [n, 3, 16, 16] in [0, 1] and labels int64 [n] of one task."""
-    images, latents = sample_family(task.family, n, rng, fonts)
-    return images, task_labels(task, latents)
+    pairs = [task.scene(rng, fonts) for _ in range(n)]
+    return np.stack([p[0] for p in pairs]), np.array([p[1] for p in pairs], dtype=np.int64)
 
 
-def sample_pretraining(n: int, rng: np.random.Generator, fonts: list[Font]):
-    """n glyph images and their class ids over PRETRAIN_GLYPHS (many fonts, sizes, angles, colours)."""
+def sample_pretraining(n: int, rng: np.random.Generator, fonts: Fonts):
+    """n glyph images and their class ids over PRETRAIN_GLYPHS (every font, sizes, angles, colours)."""
     labels = rng.integers(len(PRETRAIN_GLYPHS), size=n)
-    images = [render_glyph(PRETRAIN_GLYPHS[k], fonts[int(rng.integers(len(fonts)))], rng) for k in labels]
+    every = list(fonts.values())
+    images = [render_glyph(PRETRAIN_GLYPHS[k], every[int(rng.integers(len(every)))], rng) for k in labels]
     return np.stack(images), labels.astype(np.int64)
 
 

@@ -1,0 +1,120 @@
+"""Runs the demo build's jobs on worker processes, one torch thread each.
+
+Why processes: the demo model is so small that two torch threads on one model barely overlap (measured:
+2 threads were slower than 1 with sleeping OpenMP workers), while two processes each training their own
+model keep both cores busy. One thread per job also makes every job compute the same bits wherever it
+runs, so the zoo does not depend on the machine's core count. Pretraining is one model, so it is split
+data-parallel over `pretrain_shards` processes that sum their gradients with torch.distributed (gloo,
+rendezvous through a file in a temporary folder: no network port is chosen or opened to the outside).
+With one worker everything runs in this process, one job after the other, with the same results.
+"""
+from __future__ import annotations
+
+import contextlib
+import datetime
+import os
+import tempfile
+from concurrent.futures import Future, ProcessPoolExecutor
+from multiprocessing import get_context
+from typing import Callable, Iterator, Optional
+
+import torch
+
+from flexmerge_core.errors import InvalidArgumentError
+from flexmerge_core.zoo import demo_training
+
+MAX_WORKERS = 8
+RENDEZVOUS_TIMEOUT = datetime.timedelta(minutes=10)  # a shard whose partner died fails instead of hanging
+
+
+def default_workers() -> int:
+    """FLEXMERGE_DEMO_WORKERS when set (1: build in this process), else one worker per usable core,
+    at most MAX_WORKERS."""
+    chosen = os.environ.get("FLEXMERGE_DEMO_WORKERS", "").strip()
+    if chosen:
+        if not chosen.isdigit() or int(chosen) < 1:
+            raise InvalidArgumentError(f"FLEXMERGE_DEMO_WORKERS={chosen!r}: expected a whole number >= 1")
+        return int(chosen)
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        cores = os.cpu_count() or 1
+    return max(1, min(cores, MAX_WORKERS))
+
+
+def _use_single_thread() -> tuple:
+    """One torch thread and deterministic kernels; returns the settings it replaced."""
+    import torch.utils.deterministic as det
+
+    saved = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled(), det.fill_uninitialized_memory
+    torch.set_num_threads(1)
+    torch.use_deterministic_algorithms(True)
+    det.fill_uninitialized_memory = False  # deterministic mode's NaN-filling of new tensors cost ~10% here
+    return saved
+
+
+@contextlib.contextmanager
+def single_thread() -> Iterator[None]:
+    """Runs a job in this process under the workers' settings, restored afterwards."""
+    import torch.utils.deterministic as det
+
+    saved = _use_single_thread()
+    try:
+        yield
+    finally:
+        torch.set_num_threads(saved[0])
+        torch.use_deterministic_algorithms(saved[1])
+        det.fill_uninitialized_memory = saved[2]
+
+
+def _pretrain_shard(config, seed: int, data, shard: int, store: str):
+    """One data-parallel pretraining process: its slice of every batch, gradients summed over all."""
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", init_method=f"file://{store}", rank=shard, world_size=config.pretrain_shards,
+                            timeout=RENDEZVOUS_TIMEOUT)
+    try:
+        def sync(grads: list[torch.Tensor]) -> list[torch.Tensor]:
+            flat = torch.cat([g.reshape(-1) for g in grads])
+            dist.all_reduce(flat)
+            return [part.view_as(g) for part, g in zip(flat.split([g.numel() for g in grads]), grads)]
+
+        return demo_training.pretrain(config, seed, data, shard, sync)
+    finally:
+        dist.destroy_process_group()
+
+
+class BuildPool:
+    """Submit jobs (module-level functions and picklable arguments); a worker count of 1 runs them here."""
+
+    def __init__(self, workers: Optional[int] = None):
+        self.workers = workers or default_workers()
+        self._pool = None
+        if self.workers > 1:
+            self._pool = ProcessPoolExecutor(self.workers, mp_context=get_context("spawn"), initializer=_use_single_thread)
+
+    def __enter__(self) -> "BuildPool":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+
+    def submit(self, fn: Callable, *args) -> Future:
+        if self._pool is not None:
+            return self._pool.submit(fn, *args)
+        done: Future = Future()
+        with single_thread():
+            done.set_result(fn(*args))
+        return done
+
+    def pretrain(self, config, seed: int, data) -> tuple[dict[str, torch.Tensor], float]:
+        """Pretraining, data-parallel over `config.pretrain_shards` workers when there are enough."""
+        if self._pool is None or self.workers < config.pretrain_shards:
+            with single_thread():
+                return demo_training.pretrain(config, seed, data)
+        with tempfile.TemporaryDirectory(prefix="flexmerge-rendezvous-") as folder:
+            store = os.path.join(folder, "store")
+            shards = [self._pool.submit(_pretrain_shard, config, seed, data, k, store)
+                      for k in range(config.pretrain_shards)]
+            return [f.result() for f in shards][0]

@@ -39,6 +39,9 @@ def test_micro_zoo_opens_with_heads_data_and_report(micro_zoo):
                                                              abs=1e-4)
     for key in ("ta_1x_avg_accuracy", "ta_2x_avg_accuracy", "within_family_cosine", "across_family_cosine"):
         assert key in report
+    assert report["ta_1x_gap"] == pytest.approx(report["finetuned_avg_accuracy"] - report["ta_1x_avg_accuracy"], abs=2e-4)
+    assert report["ta_2x_gap"] == pytest.approx(report["finetuned_avg_accuracy"] - report["ta_2x_avg_accuracy"], abs=2e-4)
+    assert report["targets_met"].split()[0] in {f"{k}/4" for k in range(5)}
     assert zoo.recipe["families"] == {t: specs[t].family for t in zoo.task_names}
 
 
@@ -155,11 +158,15 @@ def test_font_groups_split_the_dejavu_fonts_by_style():
 
 @pytest.mark.parametrize("label", range(len(demo_tasks.DIRECTIONS)))
 def test_arrow_label_is_the_compass_direction_of_its_tip(label):
-    """The tip (r, 0) turned by the label's angle points to DIRECTIONS[label] on screen (y grows down)."""
-    (x, y), = demo_tasks._turn([(10.0, 0.0)], 0.0, 0.0, label * np.pi / 4)
-    expected = {"E": (1, 0), "NE": (1, -1), "N": (0, -1), "NW": (-1, -1), "W": (-1, 0), "SW": (-1, 1),
-                "S": (0, 1), "SE": (1, 1)}[demo_tasks.DIRECTIONS[label]]
-    assert (int(np.sign(round(x, 6))), int(np.sign(round(y, 6)))) == expected
+    """The tip (r, 0) turned by the label's angle points to DIRECTIONS[label] on screen (y grows down):
+    E/W in the name fix the sign of x, N/S the sign of y, and consecutive labels are 22.5 degrees apart."""
+    angle = 2 * np.pi * label / len(demo_tasks.DIRECTIONS)
+    (x, y), = demo_tasks._turn([(10.0, 0.0)], 0.0, 0.0, angle)
+    name = demo_tasks.DIRECTIONS[label]
+    sign_x = 1 if "E" in name else -1 if "W" in name else 0
+    sign_y = -1 if "N" in name else 1 if "S" in name else 0
+    assert (int(np.sign(round(x, 6))), int(np.sign(round(y, 6)))) == (sign_x, sign_y)
+    assert np.degrees(np.arctan2(-y, x)) % 360 == pytest.approx(22.5 * label)
 
 
 def test_parallel_build_equals_the_in_process_build():
@@ -213,3 +220,30 @@ def test_cli_build_demo_prints_the_folder_and_its_report(tmp_path, monkeypatch, 
     report = open_zoo(tmp_path / "z").recipe["report"]
     assert lines[1:] == [f"  {k}: {v}" for k, v in report.items()]
     assert demo.is_current(tmp_path / "z", demo.MICRO, seed=2)
+
+
+def test_targets_met_names_the_missed_goals():
+    base = {"finetuned_avg_accuracy": 0.9, "ta_1x_gap": 0.12, "ta_2x_gap": 0.05, "cosine_ratio": 3.2}
+    assert demo._targets_met(base) == "4/4"
+    assert demo._targets_met({**base, "ta_2x_gap": 0.07}) == "3/4 (missed: 2x gap <= 1x gap / 2)"
+    assert demo._targets_met({**base, "cosine_ratio": None, "finetuned_avg_accuracy": 0.8}) == \
+        "2/4 (missed: fine-tuned >= 0.85, cosine ratio >= 3)"
+
+
+def test_workers_do_not_rerun_the_parents_main_script(tmp_path, monkeypatch):
+    """Under Streamlit, __main__ is the app page: spawned workers must not execute it again."""
+    import sys
+    import types
+
+    from flexmerge_core.zoo import demo_training
+    from flexmerge_core.zoo.demo_workers import BuildPool
+
+    marker = tmp_path / "ran"
+    page = types.ModuleType("__main__")
+    page.__file__ = str(tmp_path / "page.py")
+    (tmp_path / "page.py").write_text(f"open({str(marker)!r}, 'w').close()\n")
+    monkeypatch.setitem(sys.modules, "__main__", page)
+    with BuildPool(2) as pool:
+        images, labels = pool.submit(demo_training.render_pretraining, 4, 0, 0).result()
+    assert images.shape == (4, 3, 16, 16) and labels.shape == (4,)
+    assert not marker.exists()

@@ -7,8 +7,8 @@ block cosine), while different questions move it apart: the structure FlexMerge 
 
 - digits (which of 0-9), rendered in DejaVu's sans, condensed, serif and monospaced fonts:
   `digit-sans`, `digit-condensed`, `digit-serif`, `digit-mono`;
-- arrows (which of 8 compass directions), drawn filled, as outlines, as a line with an open head, or
-  filled on a striped background: `arrow-filled`, `arrow-outline`, `arrow-line`, `arrow-textured`.
+- arrows (which of 16 compass directions), drawn as filled silhouettes: plain, bold, blurred, or plain
+  on a striped background: `arrow-plain`, `arrow-bold`, `arrow-blurred`, `arrow-textured`.
 
 Images are drawn at 64 px, box-downsampled to 16 px, given random colours and pixel noise. Pretraining
 uses other glyphs (lowercase Latin, Greek, Cyrillic letters and symbols, no digits) in every font, so no
@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Callable
 
 import numpy as np
-from PIL import Image, ImageDraw, ImageFont
+from PIL import Image, ImageDraw, ImageFilter, ImageFont
 
 CANVAS = 64
 IMAGE_SIZE = 16
@@ -128,25 +128,27 @@ def _turn(points, cx: float, cy: float, angle: float) -> list[tuple[float, float
     return [(cx + x * c + y * s, cy - x * s + y * c) for x, y in points]
 
 
-DIRECTIONS = ("E", "NE", "N", "NW", "W", "SW", "S", "SE")
+DIRECTIONS = ("E", "ENE", "NE", "NNE", "N", "NNW", "NW", "WNW", "W", "WSW", "SW", "SSW", "S", "SSE", "SE", "ESE")
+
+
+def _arrow_body(r: float, shaft: float, head: float) -> list[tuple[float, float]]:
+    """An arrow along +x around the origin: shaft half-width and head half-width as fractions of r."""
+    return [(-r, -shaft * r), (0.1 * r, -shaft * r), (0.1 * r, -head * r), (r, 0), (0.1 * r, head * r),
+            (0.1 * r, shaft * r), (-r, shaft * r)]
 
 
 def _arrow_scene(style: str) -> Scene:
+    """Filled arrows in four domains: `plain`, `bold` (thick shaft, wide head), `blurred` (plain, out of
+    focus) and `textured` (plain, on a striped background)."""
     def scene(rng, fonts):
         k = int(rng.integers(len(DIRECTIONS)))
         img, _, fg = _canvas(rng, striped=style == "textured")
-        draw = ImageDraw.Draw(img)
         r, cx, cy = rng.uniform(20, 27), 32 + rng.uniform(-5, 5), 32 + rng.uniform(-5, 5)
-        angle = k * math.pi / 4 + rng.uniform(-0.2, 0.2)
-        if style == "line":
-            draw.line(_turn([(-r, 0), (r, 0)], cx, cy, angle), fill=fg, width=6)
-            draw.line(_turn([(0.3 * r, -0.6 * r), (r, 0), (0.3 * r, 0.6 * r)], cx, cy, angle), fill=fg, width=6,
-                      joint="curve")
-        else:
-            t, head = 0.22 * r, 0.6 * r
-            body = [(-r, -t), (0.1 * r, -t), (0.1 * r, -head), (r, 0), (0.1 * r, head), (0.1 * r, t), (-r, t)]
-            style_args = {"outline": fg, "width": 5} if style == "outline" else {"fill": fg}  # filled, textured
-            draw.polygon(_turn(body, cx, cy, angle), **style_args)
+        angle = 2 * math.pi * k / len(DIRECTIONS) + rng.uniform(-0.08, 0.08)  # 22.5 degree steps, +-4.6 jitter
+        proportions = (0.32, 0.75) if style == "bold" else (0.22, 0.6)
+        ImageDraw.Draw(img).polygon(_turn(_arrow_body(r, *proportions), cx, cy, angle), fill=fg)
+        if style == "blurred":
+            img = img.filter(ImageFilter.GaussianBlur(float(rng.uniform(2.0, 3.5))))
         return _finish(img, rng), k
     return scene
 
@@ -169,7 +171,7 @@ class TaskSpec:
     scene: Scene
 
 
-ARROW_STYLES = ("filled", "outline", "line", "textured")
+ARROW_STYLES = ("plain", "bold", "blurred", "textured")
 TASKS: tuple[TaskSpec, ...] = (
     *(TaskSpec(f"digit-{g}", "digits", tuple("0123456789"), _digit_scene(g)) for g in FONT_GROUPS),
     *(TaskSpec(f"arrow-{s}", "arrows", DIRECTIONS, _arrow_scene(s)) for s in ARROW_STYLES),

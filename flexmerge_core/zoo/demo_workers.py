@@ -13,7 +13,9 @@ from __future__ import annotations
 import contextlib
 import datetime
 import os
+import sys
 import tempfile
+import types
 from concurrent.futures import Future, ProcessPoolExecutor
 from multiprocessing import get_context
 from typing import Callable, Iterator, Optional
@@ -84,6 +86,19 @@ def _pretrain_shard(config, seed: int, data, shard: int, store: str):
         dist.destroy_process_group()
 
 
+@contextlib.contextmanager
+def _bare_main() -> Iterator[None]:
+    """A spawned worker first re-runs the parent's __main__ file (multiprocessing's preparation step).
+    Under Streamlit that file is the app page, which would run again inside every worker and build the
+    demo zoo recursively. Every job is an importable function, so workers start from a bare __main__."""
+    saved = sys.modules["__main__"]
+    sys.modules["__main__"] = types.ModuleType("__main__")
+    try:
+        yield
+    finally:
+        sys.modules["__main__"] = saved
+
+
 class BuildPool:
     """Submit jobs (module-level functions and picklable arguments); a worker count of 1 runs them here."""
 
@@ -102,7 +117,8 @@ class BuildPool:
 
     def submit(self, fn: Callable, *args) -> Future:
         if self._pool is not None:
-            return self._pool.submit(fn, *args)
+            with _bare_main():  # workers start lazily, inside submit
+                return self._pool.submit(fn, *args)
         done: Future = Future()
         with single_thread():
             done.set_result(fn(*args))
@@ -115,6 +131,5 @@ class BuildPool:
                 return demo_training.pretrain(config, seed, data)
         with tempfile.TemporaryDirectory(prefix="flexmerge-rendezvous-") as folder:
             store = os.path.join(folder, "store")
-            shards = [self._pool.submit(_pretrain_shard, config, seed, data, k, store)
-                      for k in range(config.pretrain_shards)]
+            shards = [self.submit(_pretrain_shard, config, seed, data, k, store) for k in range(config.pretrain_shards)]
             return [f.result() for f in shards][0]

@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import contextlib
 import os
-from typing import Iterator, Optional
+from typing import Iterator
 
 import streamlit as st
 
 from flexmerge_core.errors import FlexMergeError
 from flexmerge_core.studio import Studio, open_studio_zoo
+from flexmerge_core.zoo.demo import ensure_demo_zoo
 
 ZOO_KEY = "zoo_spec"
 
@@ -66,15 +67,21 @@ def progress_bar(label: str) -> Iterator[ProgressBar]:
 
 
 @st.cache_resource(show_spinner=False, max_entries=4)
-def _studio(spec: str, _progress: Optional[ProgressBar] = None) -> Studio:
-    return Studio(open_studio_zoo(spec, progress=_progress))
+def _studio(spec: str) -> Studio:
+    """No Streamlit element may be drawn in here: st.cache_resource replays the elements a cached call
+    drew, and a progress bar made outside it cannot be replayed (CacheReplayClosureError in the next
+    session); slow work with a progress bar runs before, in open_studio."""
+    return Studio(open_studio_zoo(spec))
 
 
 def open_studio() -> Studio:
-    """The Studio of the chosen zoo; on a bad zoo the page shows the engine's message and stops."""
+    """The Studio of the chosen zoo (the demo zoo is built first when needed, with a progress bar); on a
+    bad zoo the page shows the engine's message and stops."""
     spec = current_zoo_spec()
     with progress_bar(f"Opening zoo {spec}") as bar, engine_errors():
-        return _studio(spec, bar)
+        if spec == "demo":
+            ensure_demo_zoo(progress=bar)  # returns at once when the cached demo zoo is current
+        return _studio(spec)
 
 
 @contextlib.contextmanager

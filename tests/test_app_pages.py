@@ -182,3 +182,21 @@ def test_compare_baselines_and_ablations(zoo_dir):
     assert {t["name"] for t in figures["Merge order (ta, min linkage)"]["data"]} == set(ORDERS)
     rankings = next(d.value for d in at.dataframe if "ranking changed" in d.value.columns)
     assert rankings["#1"].str.len().gt(0).all()
+
+
+def test_demo_zoo_built_by_one_session_opens_in_the_next(tmp_path, monkeypatch):
+    """The first session builds the demo zoo behind a progress bar, the next reuses the cached Studio:
+    st.cache_resource must have nothing to replay that was drawn outside it (CacheReplayClosureError)."""
+    from dashboard.session import _studio
+    from flexmerge_core.zoo import demo
+
+    monkeypatch.setenv("FLEXMERGE_CACHE", str(tmp_path))
+    monkeypatch.setenv("FLEXMERGE_ZOO", "demo")
+    monkeypatch.setattr(demo, "FULL", demo.MICRO)
+    _studio.clear()
+    try:
+        for session in ("first session", "second session"):
+            _clean(_page(None), session)
+    finally:
+        _studio.clear()
+    assert demo.is_current(tmp_path / "demo-zoo", demo.MICRO)

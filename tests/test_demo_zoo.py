@@ -247,3 +247,17 @@ def test_workers_do_not_rerun_the_parents_main_script(tmp_path, monkeypatch):
         images, labels = pool.submit(demo_training.render_pretraining, 4, 0, 0).result()
     assert images.shape == (4, 3, 16, 16) and labels.shape == (4,)
     assert not marker.exists()
+
+
+def test_pretraining_falls_back_to_one_process_when_the_shards_cannot_meet(monkeypatch):
+    """A rendezvous that cannot work (its store is the root folder, not a file) costs a warning, not the
+    build: the in-process pretraining gives the same weights the shards would have."""
+    from flexmerge_core.zoo import demo_training, demo_workers
+
+    data = (*demo_training.render_pretraining(64, 0, 0), *demo_training.render_pretraining(16, 0, 0, True))
+    with demo_workers.BuildPool(1) as pool:
+        expected, expected_accuracy = pool.pretrain(demo.MICRO, 0, data)
+    monkeypatch.setattr(demo_workers, "rendezvous_store", lambda folder: "/")
+    with demo_workers.BuildPool(2) as pool, pytest.warns(UserWarning, match="data-parallel pretraining failed"):
+        state, accuracy = pool.pretrain(demo.MICRO, 0, data)
+    assert accuracy == expected_accuracy and all(torch.equal(state[k], expected[k]) for k in expected)

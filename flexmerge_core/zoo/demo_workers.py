@@ -16,7 +16,8 @@ import os
 import sys
 import tempfile
 import types
-from concurrent.futures import Future, ProcessPoolExecutor
+import warnings
+from concurrent.futures import Future, ProcessPoolExecutor, wait
 from multiprocessing import get_context
 from typing import Callable, Iterator, Optional
 
@@ -26,7 +27,9 @@ from flexmerge_core.errors import InvalidArgumentError
 from flexmerge_core.zoo import demo_training
 
 MAX_WORKERS = 8
-RENDEZVOUS_TIMEOUT = datetime.timedelta(minutes=10)  # a shard whose partner died fails instead of hanging
+# A shard whose partner died fails after this instead of hanging (partners start within seconds of each
+# other, and one all-reduce waits for one step of the partner: well under a second here).
+RENDEZVOUS_TIMEOUT = datetime.timedelta(minutes=2)
 
 
 def default_workers() -> int:
@@ -86,6 +89,11 @@ def _pretrain_shard(config, seed: int, data, shard: int, store: str):
         dist.destroy_process_group()
 
 
+def rendezvous_store(folder: str) -> str:
+    """The file through which the pretraining shards find each other."""
+    return os.path.join(folder, "store")
+
+
 @contextlib.contextmanager
 def _bare_main() -> Iterator[None]:
     """A spawned worker first re-runs the parent's __main__ file (multiprocessing's preparation step).
@@ -125,11 +133,19 @@ class BuildPool:
         return done
 
     def pretrain(self, config, seed: int, data) -> tuple[dict[str, torch.Tensor], float]:
-        """Pretraining, data-parallel over `config.pretrain_shards` workers when there are enough."""
-        if self._pool is None or self.workers < config.pretrain_shards:
-            with single_thread():
-                return demo_training.pretrain(config, seed, data)
-        with tempfile.TemporaryDirectory(prefix="flexmerge-rendezvous-") as folder:
-            store = os.path.join(folder, "store")
-            shards = [self.submit(_pretrain_shard, config, seed, data, k, store) for k in range(config.pretrain_shards)]
-            return [f.result() for f in shards][0]
+        """Pretraining, data-parallel over `config.pretrain_shards` workers when there are enough. When
+        the shards cannot talk (a sandbox without loopback sockets, say), it warns and pretrains in this
+        process instead: slower, same bits."""
+        if self._pool is not None and self.workers >= config.pretrain_shards:
+            with tempfile.TemporaryDirectory(prefix="flexmerge-rendezvous-") as folder:
+                store = rendezvous_store(folder)
+                shards = [self.submit(_pretrain_shard, config, seed, data, k, store)
+                          for k in range(config.pretrain_shards)]
+                wait(shards)  # the store's folder must outlive every shard, failed ones included
+            failure = next((f.exception() for f in shards if f.exception() is not None), None)
+            if failure is None:
+                return shards[0].result()
+            warnings.warn(f"data-parallel pretraining failed ({type(failure).__name__}: "
+                          f"{' '.join(str(failure).split())[:200]}); pretraining in one process instead", stacklevel=2)
+        with single_thread():
+            return demo_training.pretrain(config, seed, data)

@@ -180,6 +180,11 @@ FAMILY_NAMES = tuple(dict.fromkeys(t.family for t in TASKS))
 TASKS_BY_NAME = {t.name: t for t in TASKS}
 
 
+def task_index(name: str) -> int:
+    """The task's place in TASKS: seeds follow the task, not its place in a chosen subset."""
+    return list(TASKS_BY_NAME).index(name)
+
+
 def sample_task(task: TaskSpec, n: int, rng: np.random.Generator, fonts: Fonts):
     """n images float32 [n, 3, 16, 16] in [0, 1] and labels int64 [n] of one task."""
     pairs = [task.scene(rng, fonts) for _ in range(n)]

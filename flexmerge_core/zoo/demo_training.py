@@ -69,7 +69,7 @@ def train(forward, params: list[torch.Tensor], x: torch.Tensor, y: torch.Tensor,
             for k in range(1, shards):
                 total = [a + b for a, b in zip(total, grads_of(idx[k::shards]))]
         for p, g in zip(params, total):
-            p.grad = g / shards if shards > 1 else g
+            p.grad = g / shards
         torch.nn.utils.clip_grad_norm_(params, clip_norm)
         opt.step()
 
@@ -98,7 +98,7 @@ def render_pretraining(n: int, seed: int, index: int, heldout: bool = False) -> 
 def render_task(name: str, n_train: int, n_heldout: int, seed: int) -> tuple[np.ndarray, ...]:
     """A task's training and held-out images and labels (normalised), seeded by the task."""
     task, fonts = demo_tasks.TASKS_BY_NAME[name], demo_tasks.load_fonts()
-    index = list(demo_tasks.TASKS_BY_NAME).index(name)
+    index = demo_tasks.task_index(name)
     train_x, train_y = demo_tasks.sample_task(task, n_train, rng(seed, 10, index), fonts)
     test_x, test_y = demo_tasks.sample_task(task, n_heldout, rng(seed, 11, index), fonts)
     return demo_tasks.normalise(train_x), train_y, demo_tasks.normalise(test_x), test_y
@@ -130,7 +130,7 @@ def finetune(pretrained: dict[str, torch.Tensor], name: str, config, seed: int,
     which would make unrelated task vectors look alike."""
     train_x, train_y, test_x, test_y = (torch.from_numpy(np.ascontiguousarray(a)) for a in data)
     task = demo_tasks.TASKS_BY_NAME[name]
-    index = list(demo_tasks.TASKS_BY_NAME).index(name)  # seeds follow the task, not its place in a subset
+    index = demo_tasks.task_index(name)
     encoder = encoder_of(config)
     encoder.load_state_dict(pretrained)
     torch.manual_seed(int(rng(seed, 12, index).integers(2**62)))

@@ -109,17 +109,18 @@ def render_glyph(char: str, font: Font, rng: np.random.Generator) -> np.ndarray:
     return _finish(img, rng)
 
 
-def _canvas(rng: np.random.Generator, striped: bool) -> tuple[Image.Image, tuple, tuple]:
-    """A plain background, or one striped with a faint random grating (a harder domain)."""
+def _canvas(rng: np.random.Generator, striped: bool) -> tuple[Image.Image, tuple]:
+    """A plain background, or one striped with a faint random grating (a harder domain), and the
+    foreground colour to draw on it."""
     bg, fg = _colours(rng)
     if not striped:
-        return Image.new("RGB", (CANVAS, CANVAS), bg), bg, fg
+        return Image.new("RGB", (CANVAS, CANVAS), bg), fg
     yy, xx = np.mgrid[0:CANVAS, 0:CANVAS]
     period, angle = rng.uniform(6, 12), rng.uniform(0, np.pi)
     wave = np.sin(2 * np.pi * (xx * np.cos(angle) + yy * np.sin(angle)) / period) > 0
     stripe = np.array([0.7 * b + 0.3 * f for b, f in zip(bg, fg)], np.uint8)
     rgb = np.where(wave[..., None], stripe, np.array(bg, np.uint8)).astype(np.uint8)
-    return Image.fromarray(rgb, "RGB"), bg, fg
+    return Image.fromarray(rgb, "RGB"), fg
 
 
 def _turn(points, cx: float, cy: float, angle: float) -> list[tuple[float, float]]:
@@ -142,7 +143,7 @@ def _arrow_scene(style: str) -> Scene:
     focus) and `textured` (plain, on a striped background)."""
     def scene(rng, fonts):
         k = int(rng.integers(len(DIRECTIONS)))
-        img, _, fg = _canvas(rng, striped=style == "textured")
+        img, fg = _canvas(rng, striped=style == "textured")
         r, cx, cy = rng.uniform(20, 27), 32 + rng.uniform(-5, 5), 32 + rng.uniform(-5, 5)
         angle = 2 * math.pi * k / len(DIRECTIONS) + rng.uniform(-0.08, 0.08)  # 22.5 degree steps, +-4.6 jitter
         proportions = (0.32, 0.75) if style == "bold" else (0.22, 0.6)

@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import contextlib
 import os
+from pathlib import Path
 from typing import Iterator
 
 import streamlit as st
 
 from flexmerge_core.errors import FlexMergeError
 from flexmerge_core.studio import Studio, open_studio_zoo
-from flexmerge_core.zoo.demo import ensure_demo_zoo
+from flexmerge_core.zoo.demo import default_path, ensure_demo_zoo
 
 ZOO_KEY = "zoo_spec"
 
@@ -74,13 +75,24 @@ def _studio(spec: str) -> Studio:
     return Studio(open_studio_zoo(spec))
 
 
+_demo_zoos_ready: set[Path] = set()  # checked once per process: the check costs ~17 ms on every rerun
+
+
+def _ensure_demo_zoo(progress: ProgressBar) -> None:
+    """Build the demo zoo with a progress bar when it is missing or stale (once per cache folder)."""
+    folder = default_path()
+    if folder not in _demo_zoos_ready:
+        ensure_demo_zoo(progress=progress)
+        _demo_zoos_ready.add(folder)
+
+
 def open_studio() -> Studio:
     """The Studio of the chosen zoo (the demo zoo is built first when needed, with a progress bar); on a
     bad zoo the page shows the engine's message and stops."""
     spec = current_zoo_spec()
     with progress_bar(f"Opening zoo {spec}") as bar, engine_errors():
         if spec == "demo":
-            ensure_demo_zoo(progress=bar)  # returns at once when the cached demo zoo is current
+            _ensure_demo_zoo(bar)
         return _studio(spec)
 
 

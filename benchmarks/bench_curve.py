@@ -21,12 +21,12 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from flexmerge_core.algorithms import get_algorithm  # noqa: E402
-from flexmerge_core.blocks import build_blocks  # noqa: E402
-from flexmerge_core.curve import compute_curve  # noqa: E402
-from flexmerge_core.deploy import build_deployment  # noqa: E402
-from flexmerge_core.merge import GroupMerger  # noqa: E402
-from flexmerge_core.plan import build_plan  # noqa: E402
-from flexmerge_core.similarity import pick_device  # noqa: E402
+from flexmerge_core.planning.blocks import build_blocks  # noqa: E402
+from flexmerge_core.evaluation.curve import compute_curve  # noqa: E402
+from flexmerge_core.deployment.deploy import build_deployment  # noqa: E402
+from flexmerge_core.deployment.merge import GroupMerger  # noqa: E402
+from flexmerge_core.planning.plan import build_plan  # noqa: E402
+from flexmerge_core.planning.similarity import pick_device  # noqa: E402
 from flexmerge_core.zoo import open_zoo  # noqa: E402
 
 

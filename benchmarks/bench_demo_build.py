@@ -24,7 +24,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from flexmerge_core.zoo import demo  # noqa: E402
-from flexmerge_core.zoo.demo_workers import default_workers  # noqa: E402
+from flexmerge_core.demo.workers import default_workers  # noqa: E402
 
 
 def scaled_down(config: demo.DemoConfig, factor: int) -> demo.DemoConfig:

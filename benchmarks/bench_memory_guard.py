@@ -31,10 +31,10 @@ import json, sys
 sys.path.insert(0, {repo!r})
 import open_clip.transformer  # noqa: F401  (imports happen before the baseline)
 from flexmerge_core.algorithms import get_algorithm
-from flexmerge_core.blocks import build_blocks
-from flexmerge_core.curve import compute_curve
-from flexmerge_core.export import export
-from flexmerge_core.plan import build_plan
+from flexmerge_core.planning.blocks import build_blocks
+from flexmerge_core.evaluation.curve import compute_curve
+from flexmerge_core.deployment.export import export
+from flexmerge_core.planning.plan import build_plan
 from flexmerge_core.resources import estimate_memory
 from flexmerge_core.zoo import open_zoo
 

@@ -85,9 +85,9 @@ def plain_pass(folder: Path, sims_out: Path) -> dict:
 
 def plan_pass(folder: Path, sims_out: Path) -> dict:
     from flexmerge_core.algorithms import get_algorithm
-    from flexmerge_core.blocks import build_blocks
-    from flexmerge_core.plan import build_plan
-    from flexmerge_core.similarity import block_similarities
+    from flexmerge_core.planning.blocks import build_blocks
+    from flexmerge_core.planning.plan import build_plan
+    from flexmerge_core.planning.similarity import block_similarities
     from flexmerge_core.zoo import open_zoo
 
     start = time.perf_counter()
@@ -183,7 +183,7 @@ def bench(num_tasks: int, workdir: Path, naive_limit: float, repeats: int) -> No
               f" {info['blocks']} blocks, {info['events']} events, {_peaks(runs['plan'])})")
         print(f"ratio plan / plain pass         : {plan / plain:8.2f}   (goal <= 1.5)")
 
-        from flexmerge_core.plan import plan_from_similarities
+        from flexmerge_core.planning.plan import plan_from_similarities
 
         data = np.load(sims_out)
         sims, numels = data["sims"], [int(n) for n in data["numels"]]

@@ -41,7 +41,7 @@ CLASSES = 10
 
 def write_vitb32_zoo(folder: Path, num_tasks: int, images: int, seed: int = 0) -> Path:
     from flexmerge_core.zoo import write_zoo
-    from flexmerge_core.zoo.openclip_arch import build_visual, model_config
+    from flexmerge_core.architectures.open_clip import build_visual, model_config
 
     torch.manual_seed(seed)
     config = {"name": MODEL}
@@ -124,12 +124,12 @@ def main() -> None:
         return
 
     from flexmerge_core.algorithms import get_algorithm
-    from flexmerge_core.blocks import build_blocks
-    from flexmerge_core.deploy import build_deployment
-    from flexmerge_core.task_eval import Evaluators
-    from flexmerge_core.merge import GroupMerger
-    from flexmerge_core.plan import build_plan
-    from flexmerge_core.similarity import pick_device
+    from flexmerge_core.planning.blocks import build_blocks
+    from flexmerge_core.deployment.deploy import build_deployment
+    from flexmerge_core.evaluation.task_eval import Evaluators
+    from flexmerge_core.deployment.merge import GroupMerger
+    from flexmerge_core.planning.plan import build_plan
+    from flexmerge_core.planning.similarity import pick_device
     from flexmerge_core.zoo import open_zoo
 
     device = pick_device(args.device)

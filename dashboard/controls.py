@@ -11,8 +11,8 @@ from typing import Any
 import streamlit as st
 
 from flexmerge_core.algorithms import HyperParam
-from flexmerge_core.linkage import LINKAGES
-from flexmerge_core.plan import ORDERS
+from flexmerge_core.planning.linkage import LINKAGES
+from flexmerge_core.planning.plan import ORDERS
 from dashboard.session import engine_errors, progress_bar
 from flexmerge_core.studio import (DEFAULT_ALGORITHM, GRANULARITIES, Explorer, PlanChoice, Studio, algorithm_names,
                                    algorithm_options)

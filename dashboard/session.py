@@ -16,7 +16,7 @@ import streamlit as st
 
 from flexmerge_core.errors import FlexMergeError
 from flexmerge_core.studio import Studio, open_studio_zoo
-from flexmerge_core.zoo.demo import default_path, ensure_demo_zoo
+from flexmerge_core.demo.vision import default_path, ensure_demo_zoo
 
 ZOO_KEY = "zoo_spec"
 

@@ -89,7 +89,7 @@ def _add_zoo_commands(sub) -> None:
 
 
 def _cmd_zoo_import(args: argparse.Namespace) -> int:
-    from flexmerge_core.zoo.importer import import_folder
+    from flexmerge_core.importers.research import import_folder
 
     report = import_folder(args.source, args.out, args.model, pretrained=args.pretrained, data=args.data,
                            templates=args.templates, trust_pickle=args.trust_pickle,
@@ -143,7 +143,7 @@ def _cmd_zoo_build_demo(args: argparse.Namespace) -> int:
     # Idle OpenMP threads sleep instead of spinning: on a shared, loaded CPU spinning steals the cores
     # the build needs (several times slower). Read once when torch loads, hence before importing it.
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-    from flexmerge_core.zoo.demo import build_demo_zoo
+    from flexmerge_core.demo.vision import build_demo_zoo
 
     path = build_demo_zoo(out=args.out, seed=args.seed, force=args.force,
                           progress=stderr_progress("demo zoo"))
@@ -155,10 +155,10 @@ def _cmd_zoo_build_demo(args: argparse.Namespace) -> int:
 
 
 def _cmd_zoo_info(args: argparse.Namespace) -> int:
-    from flexmerge_core.zoo import open_zoo
+    from flexmerge_core.pipeline import resolve_zoo
     from flexmerge_core.zoo.summary import summary_lines, zoo_summary
 
-    summary = zoo_summary(open_zoo(args.zoo))
+    summary = zoo_summary(resolve_zoo(args.zoo))
     if args.json:
         emit_json(summary)
     else:
@@ -172,13 +172,13 @@ def _plan_from_args(args: argparse.Namespace, deploy_size=None):
     deploy_size: the largest deployment the command will build ("all" = M; None: planning only), so
     the memory guard refuses before anything is loaded."""
     from flexmerge_core.algorithms import get_algorithm
-    from flexmerge_core.blocks import build_blocks
-    from flexmerge_core.plan_cache import cached_plan
+    from flexmerge_core.planning.blocks import build_blocks
+    from flexmerge_core.planning.plan_cache import cached_plan
     from flexmerge_core.resources import check_memory
-    from flexmerge_core.zoo import open_zoo
+    from flexmerge_core.pipeline import resolve_zoo
 
     algorithm = get_algorithm(args.algorithm)
-    zoo = open_zoo(args.zoo)
+    zoo = resolve_zoo(args.zoo)
     if args.tasks:
         zoo = zoo.subset([name.strip() for name in args.tasks.split(",") if name.strip()])
     spec = build_blocks(zoo.param_names, zoo.param_shapes, args.granularity)
@@ -206,8 +206,8 @@ def _cmd_plan(args: argparse.Namespace) -> int:
 
 
 def _cmd_curve(args: argparse.Namespace) -> int:
-    from flexmerge_core.blocks import build_blocks
-    from flexmerge_core.curve import compute_curve, parse_sizes
+    from flexmerge_core.planning.blocks import build_blocks
+    from flexmerge_core.evaluation.curve import compute_curve, parse_sizes
 
     sizes = parse_sizes(args.sizes)
     zoo, algorithm, plan = _plan_from_args(args, deploy_size="all")   # a curve starts from all M models kept
@@ -225,17 +225,17 @@ def _cmd_curve(args: argparse.Namespace) -> int:
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
-    from flexmerge_core.blocks import build_blocks
-    from flexmerge_core.curve import parse_sizes
-    from flexmerge_core.export import export, recipe_path
+    from flexmerge_core.planning.blocks import build_blocks
+    from flexmerge_core.evaluation.curve import parse_sizes
+    from flexmerge_core.deployment.export import export, recipe_path
 
     sizes = parse_sizes(args.size, option="--size")
     if sizes == "all" or len(sizes) != 1:
         raise FlexMergeError(f"--size takes one number of model units, got {args.size!r}")
     if args.task is not None:   # fail before the plan is built
-        from flexmerge_core.zoo import open_zoo
+        from flexmerge_core.pipeline import resolve_zoo
 
-        known = args.tasks.split(",") if args.tasks else open_zoo(args.zoo).task_names
+        known = args.tasks.split(",") if args.tasks else resolve_zoo(args.zoo).task_names
         if args.task not in [name.strip() for name in known]:
             raise FlexMergeError(f"--task: unknown task '{args.task}' (choose from {', '.join(known)})")
     zoo, algorithm, plan = _plan_from_args(args, deploy_size=sizes[0])

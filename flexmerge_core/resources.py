@@ -90,7 +90,7 @@ def _compute_itemsize(dtype) -> int:
 def estimate_memory(zoo, size: Union[float, str, None] = None, spec=None) -> MemoryEstimate:
     """Peak bytes for planning `zoo` and, when `size` is given (a budget in model units, or "all": a
     curve over every size), building and evaluating its deployment(s). Needs only file headers."""
-    from flexmerge_core.blocks import build_blocks
+    from flexmerge_core.planning.blocks import build_blocks
 
     m = len(zoo.task_names)
     spec = spec or build_blocks(zoo.param_names, zoo.param_shapes, granularity="component")

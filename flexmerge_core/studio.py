@@ -18,8 +18,9 @@ import numpy as np
 from flexmerge_core.algorithms import ALGORITHM_NAMES, HyperParam, get_algorithm
 from flexmerge_core.cache import cache_root, content_hash
 from flexmerge_core.errors import InvalidArgumentError
-from flexmerge_core.plan import MergePlan, Partition
-from flexmerge_core.zoo import Zoo, open_zoo
+from flexmerge_core.planning.plan import MergePlan, Partition
+from flexmerge_core.pipeline import resolve_zoo
+from flexmerge_core.zoo import Zoo
 
 Progress = Callable[[int, int, str], None]
 DEFAULT_ALGORITHM = "ta"
@@ -28,11 +29,7 @@ GRANULARITIES = ("component", "layer", "parameter")   # the presets (custom rule
 
 def open_studio_zoo(spec: str, progress: Optional[Progress] = None) -> Zoo:
     """Open a zoo folder, or "demo" (built offline on first use, with progress)."""
-    if spec == "demo":
-        from flexmerge_core.zoo.demo import ensure_demo_zoo
-
-        return open_zoo(ensure_demo_zoo(progress=progress))
-    return open_zoo(spec)
+    return resolve_zoo(spec, progress)
 
 
 def algorithm_names() -> tuple[str, ...]:
@@ -94,7 +91,7 @@ def model_bytes(zoo: Zoo) -> int:
 
 
 def summarize_zoo(zoo: Zoo, granularity: str = "component") -> ZooSummary:
-    from flexmerge_core.blocks import build_blocks
+    from flexmerge_core.planning.blocks import build_blocks
 
     spec = build_blocks(zoo.param_names, zoo.param_shapes, granularity=granularity)
     return ZooSummary(name=zoo.name, root=str(zoo.root), tasks=list(zoo.task_names),
@@ -106,8 +103,8 @@ class Explorer:
     """One plan (zoo subset + algorithm + granularity/linkage/order) and everything derived from it."""
 
     def __init__(self, zoo: Zoo, choice: PlanChoice, progress: Optional[Progress] = None):
-        from flexmerge_core.blocks import build_blocks
-        from flexmerge_core.plan_cache import cached_plan
+        from flexmerge_core.planning.blocks import build_blocks
+        from flexmerge_core.planning.plan_cache import cached_plan
         from flexmerge_core.resources import check_memory
 
         self.choice = choice
@@ -153,7 +150,7 @@ class Explorer:
 
     def similarity(self, block_index: int) -> np.ndarray:
         """The M x M cosine similarity matrix the plan was built from, for one block."""
-        from flexmerge_core.similarity import block_similarities
+        from flexmerge_core.planning.similarity import block_similarities
 
         with self._lock:
             if self._similarities is None:
@@ -162,7 +159,7 @@ class Explorer:
 
     def recipe(self, budget: float) -> dict:
         """What a deployment at this budget is made of (the engine's recipe, also written on export)."""
-        from flexmerge_core.deploy import deployment_recipe
+        from flexmerge_core.deployment.deploy import deployment_recipe
 
         part = self.plan.partition_at(budget)
         return deployment_recipe(self.zoo, self.spec, self.plan, self.algorithm, part.budget, part.size)
@@ -170,7 +167,7 @@ class Explorer:
     def export_file(self, budget: float, task: Optional[str] = None, zoo_spec: Optional[str] = None) -> Path:
         """Write the deployment at `budget` (or one task's standalone model) with its recipe beside it,
         under <cache>/exports/<key>/; an export that is already there is reused."""
-        from flexmerge_core.export import export, recipe_path
+        from flexmerge_core.deployment.export import export, recipe_path
         from flexmerge_core.resources import check_memory
 
         part = self.plan.partition_at(budget)
@@ -189,7 +186,7 @@ class Explorer:
 
     def curve(self, budgets: Sequence[float], progress: Optional[Progress] = None) -> list[dict]:
         """Curve rows (DESIGN.md's JSON) at these budgets; each distinct partition is evaluated once."""
-        from flexmerge_core.curve import compute_curve
+        from flexmerge_core.evaluation.curve import compute_curve
         from flexmerge_core.resources import check_memory
 
         with self._lock:
@@ -208,8 +205,8 @@ class Explorer:
 
     def merger(self):
         """The plan's memoised group merger (shared by curves and exports; on-disk group cache)."""
-        from flexmerge_core.group_cache import GroupResultCache
-        from flexmerge_core.merge import GroupMerger
+        from flexmerge_core.deployment.group_cache import GroupResultCache
+        from flexmerge_core.deployment.merge import GroupMerger
 
         with self._lock:
             if self._merger is None:
@@ -248,12 +245,12 @@ class Studio:
     def baseline_curve(self, kind: str, algorithm: str, progress: Optional[Progress] = None) -> list[dict]:
         """Curve rows of a baseline ("channel-merging" or "whole-model") at integer sizes 1..M (k groups),
         each deployment built from the baseline's partition and evaluated like any other."""
-        from flexmerge_core.baselines import channel_merging_plan, whole_model_plan
-        from flexmerge_core.blocks import build_blocks
-        from flexmerge_core.deploy import GroupStore, deployment_from_partition
-        from flexmerge_core.evaluate import evaluate_deployment
-        from flexmerge_core.group_cache import GroupResultCache
-        from flexmerge_core.merge import GroupMerger
+        from flexmerge_core.planning.baselines import channel_merging_plan, whole_model_plan
+        from flexmerge_core.planning.blocks import build_blocks
+        from flexmerge_core.deployment.deploy import GroupStore, deployment_from_partition
+        from flexmerge_core.evaluation.evaluate import evaluate_deployment
+        from flexmerge_core.deployment.group_cache import GroupResultCache
+        from flexmerge_core.deployment.merge import GroupMerger
 
         builders = {"channel-merging": channel_merging_plan, "whole-model": whole_model_plan}
         if kind not in builders:

@@ -9,9 +9,9 @@ from dashboard import charts
 from dashboard.controls import algorithm_input
 from dashboard.rankings import highlight_changes, ranking_table
 from dashboard.session import engine_errors, open_studio, progress_bar
-from flexmerge_core.baselines import CHANNEL_ALGORITHMS
-from flexmerge_core.linkage import LINKAGES
-from flexmerge_core.plan import ORDERS
+from flexmerge_core.planning.baselines import CHANNEL_ALGORITHMS
+from flexmerge_core.planning.linkage import LINKAGES
+from flexmerge_core.planning.plan import ORDERS
 from flexmerge_core.studio import GRANULARITIES, PlanChoice, Studio, algorithm_names
 
 st.title("Compare algorithms")

@@ -8,7 +8,7 @@ import streamlit as st
 
 from dashboard.controls import explorer_from_settings
 from dashboard.session import current_zoo_spec, engine_errors, open_studio
-from flexmerge_core.export import head_path, recipe_path
+from flexmerge_core.deployment.export import head_path, recipe_path
 
 st.title("Export a deployment")
 studio = open_studio()

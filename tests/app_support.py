@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from flexmerge_core.zoo.demo import MICRO, build_demo_zoo
+from flexmerge_core.demo.vision import MICRO, build_demo_zoo
 
 
 def build_micro_zoo(folder: Path) -> Path:

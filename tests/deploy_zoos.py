@@ -71,8 +71,8 @@ def private_cache(tmp_path, monkeypatch):
 def plan_for(zoo, algorithm_name="ta", granularity="component", **hyperparameters):
     """(spec, algorithm, plan) for a zoo."""
     from flexmerge_core.algorithms import get_algorithm
-    from flexmerge_core.blocks import build_blocks
-    from flexmerge_core.plan import build_plan
+    from flexmerge_core.planning.blocks import build_blocks
+    from flexmerge_core.planning.plan import build_plan
 
     spec = build_blocks(zoo.param_names, zoo.param_shapes, granularity=granularity)
     algorithm = get_algorithm(algorithm_name, **hyperparameters)

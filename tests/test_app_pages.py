@@ -42,10 +42,10 @@ def _engine(zoo_dir, budget: float):
     """The engine's own numbers for TA, default settings, at `budget`: the partition and accuracies
     evaluated from scratch (no evaluation cache), independently of the app's facade."""
     from flexmerge_core.algorithms import get_algorithm
-    from flexmerge_core.blocks import build_blocks
-    from flexmerge_core.deploy import build_deployment
-    from flexmerge_core.evaluate import evaluate_deployment
-    from flexmerge_core.plan import build_plan
+    from flexmerge_core.planning.blocks import build_blocks
+    from flexmerge_core.deployment.deploy import build_deployment
+    from flexmerge_core.evaluation.evaluate import evaluate_deployment
+    from flexmerge_core.planning.plan import build_plan
     from flexmerge_core.zoo import open_zoo
 
     zoo = open_zoo(zoo_dir)
@@ -112,7 +112,7 @@ def test_slider_shows_the_engines_numbers_at_each_size(zoo_dir):
 
 
 def test_export_writes_files_that_load(zoo_dir):
-    from flexmerge_core.export import load_deployment, recipe_path
+    from flexmerge_core.deployment.export import load_deployment, recipe_path
     from flexmerge_core.zoo import open_zoo
 
     zoo = open_zoo(zoo_dir)
@@ -161,8 +161,8 @@ def test_unreachable_budget_is_explained(zoo_dir):
 
 
 def test_compare_baselines_and_ablations(zoo_dir):
-    from flexmerge_core.linkage import LINKAGES
-    from flexmerge_core.plan import ORDERS
+    from flexmerge_core.planning.linkage import LINKAGES
+    from flexmerge_core.planning.plan import ORDERS
     from flexmerge_core.zoo import open_zoo
 
     zoo = open_zoo(zoo_dir)
@@ -188,7 +188,7 @@ def test_demo_zoo_built_by_one_session_opens_in_the_next(tmp_path, monkeypatch):
     """The first session builds the demo zoo behind a progress bar, the next reuses the cached Studio:
     st.cache_resource must have nothing to replay that was drawn outside it (CacheReplayClosureError)."""
     from dashboard.session import _studio
-    from flexmerge_core.zoo import demo
+    from flexmerge_core.demo import vision as demo
 
     monkeypatch.setenv("FLEXMERGE_CACHE", str(tmp_path))
     monkeypatch.setenv("FLEXMERGE_ZOO", "demo")

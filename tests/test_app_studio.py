@@ -71,7 +71,7 @@ def test_grid_spans_the_achievable_range(explorer):
 
 
 def test_curve_equals_a_fresh_engine_curve_and_is_memoised(explorer):
-    from flexmerge_core.curve import compute_curve
+    from flexmerge_core.evaluation.curve import compute_curve
 
     budgets = [1.0, 1.5, 2.0]
     rows = explorer.curve(budgets)

@@ -8,10 +8,10 @@ import torch
 
 from algorithm_cases import FakeSpec, FakeZoo
 from flexmerge_core.algorithms import get_algorithm
-from flexmerge_core.baselines import _seeded_rng, channel_merging_plan, cosine_kmeans, whole_model_plan
+from flexmerge_core.planning.baselines import _seeded_rng, channel_merging_plan, cosine_kmeans, whole_model_plan
 from flexmerge_core.errors import InvalidArgumentError
-from flexmerge_core.plan import size_of_partition
-from flexmerge_core.similarity import cosine_from_gram
+from flexmerge_core.planning.plan import size_of_partition
+from flexmerge_core.planning.similarity import cosine_from_gram
 
 
 def reference_kmeans(vectors: np.ndarray, k: int, rng: np.random.Generator) -> list:

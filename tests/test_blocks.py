@@ -5,7 +5,7 @@ import math
 import pytest
 from torch import nn
 
-from flexmerge_core.blocks import build_blocks
+from flexmerge_core.planning.blocks import build_blocks
 from flexmerge_core.errors import InvalidArgumentError
 
 COMPONENTS = ("ln_1", "attn", "ln_2", "mlp")

@@ -28,9 +28,9 @@ def zoo_dir(tmp_path_factory):
 def _reference_rows(zoo_dir, algorithm: str) -> list[dict]:
     """The curve of a lone in-process run that uses no cache at all."""
     from flexmerge_core.algorithms import get_algorithm
-    from flexmerge_core.blocks import build_blocks
-    from flexmerge_core.curve import compute_curve
-    from flexmerge_core.plan import build_plan
+    from flexmerge_core.planning.blocks import build_blocks
+    from flexmerge_core.evaluation.curve import compute_curve
+    from flexmerge_core.planning.plan import build_plan
     from flexmerge_core.zoo import open_zoo
 
     zoo = open_zoo(zoo_dir)
@@ -43,9 +43,9 @@ def _reference_rows(zoo_dir, algorithm: str) -> list[dict]:
 def _warm_rows(zoo_dir, algorithm: str) -> tuple[list[dict], dict]:
     """The curve read back through every cache the processes wrote (plan, merged groups, evaluations)."""
     from flexmerge_core.algorithms import get_algorithm
-    from flexmerge_core.blocks import build_blocks
-    from flexmerge_core.curve import compute_curve
-    from flexmerge_core.plan_cache import cached_plan
+    from flexmerge_core.planning.blocks import build_blocks
+    from flexmerge_core.evaluation.curve import compute_curve
+    from flexmerge_core.planning.plan_cache import cached_plan
     from flexmerge_core.zoo import open_zoo
 
     zoo = open_zoo(zoo_dir)

@@ -6,12 +6,12 @@ import torch
 
 from deploy_zoos import evaluable_zoo, one_thread, plan_for, private_cache  # noqa: F401
 from flexmerge_core.cli import main
-from flexmerge_core.curve import accuracy_curve, compute_curve, parse_sizes, spec_for_plan
-from flexmerge_core.deploy import build_deployment
+from flexmerge_core.evaluation.curve import accuracy_curve, compute_curve, parse_sizes, spec_for_plan
+from flexmerge_core.deployment.deploy import build_deployment
 from flexmerge_core.errors import BudgetError
-from flexmerge_core.evaluate import evaluate_deployment
-from flexmerge_core.group_cache import GroupResultCache
-from flexmerge_core.task_eval import TaskEvaluator
+from flexmerge_core.evaluation.evaluate import evaluate_deployment
+from flexmerge_core.deployment.group_cache import GroupResultCache
+from flexmerge_core.evaluation.task_eval import TaskEvaluator
 
 pytestmark = pytest.mark.usefixtures("one_thread", "private_cache")
 
@@ -76,7 +76,7 @@ def test_merged_groups_come_back_from_disk_and_corrupt_files_are_rebuilt(zoo_bun
     spec, algo, plan = plan_for(zoo, "ta")
     deployment = build_deployment(zoo, plan, algo, 1.0, spec=spec)
     cache = GroupResultCache()
-    from flexmerge_core.merge import GroupMerger
+    from flexmerge_core.deployment.merge import GroupMerger
 
     first = GroupMerger(zoo, spec, algo, cache=cache).result(0, (0, 1, 2))
     files = sorted((private_cache / "groups").glob("*.safetensors"))

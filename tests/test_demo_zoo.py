@@ -7,7 +7,10 @@ import numpy as np
 import pytest
 import torch
 
-from flexmerge_core.zoo import demo, demo_tasks, open_zoo
+from flexmerge_core.pipeline import resolve_zoo
+from flexmerge_core.zoo import open_zoo
+from flexmerge_core.demo import vision as demo
+from flexmerge_core.demo import vision_tasks
 
 
 @pytest.fixture(scope="module")
@@ -26,7 +29,7 @@ def _all_tensors(zoo):
 def test_micro_zoo_opens_with_heads_data_and_report(micro_zoo):
     zoo = open_zoo(micro_zoo)
     assert zoo.task_names == list(demo.MICRO.tasks)
-    specs = {t.name: t for t in demo_tasks.TASKS}
+    specs = {t.name: t for t in vision_tasks.TASKS}
     for k, name in enumerate(zoo.task_names):
         images, labels = zoo.heldout(k)
         assert images.shape == (demo.MICRO.heldout_images, 3, 16, 16) and images.dtype == torch.float32
@@ -90,10 +93,10 @@ def test_current_zoo_is_reused_and_changed_recipe_rebuilds(tmp_path, monkeypatch
 def test_open_zoo_demo_builds_into_the_cache_once(tmp_path, monkeypatch):
     monkeypatch.setenv("FLEXMERGE_CACHE", str(tmp_path))
     monkeypatch.setattr(demo, "FULL", demo.MICRO)
-    zoo = open_zoo("demo")
+    zoo = resolve_zoo("demo")
     assert zoo.root == (tmp_path / "demo-zoo").resolve() and zoo.name == "demo"
     monkeypatch.setattr(demo, "train_demo_models", lambda *a, **k: pytest.fail("rebuilt a current zoo"))
-    assert open_zoo("demo").root == zoo.root
+    assert resolve_zoo("demo").root == zoo.root
 
 
 def test_failed_build_leaves_nothing_that_looks_valid(tmp_path, monkeypatch):
@@ -119,35 +122,35 @@ def test_incomplete_zoo_without_report_is_not_current(micro_zoo, tmp_path):
     assert not demo.is_current(copy, demo.MICRO, seed=3)
 
 
-@pytest.mark.parametrize("task", demo_tasks.TASKS, ids=lambda t: t.name)
+@pytest.mark.parametrize("task", vision_tasks.TASKS, ids=lambda t: t.name)
 def test_task_generators_give_documented_labels_and_images(task):
-    fonts = demo_tasks.load_fonts()
-    images, labels = demo_tasks.sample_task(task, 60, np.random.default_rng(7), fonts)
+    fonts = vision_tasks.load_fonts()
+    images, labels = vision_tasks.sample_task(task, 60, np.random.default_rng(7), fonts)
     assert images.shape == (60, 3, 16, 16) and images.dtype == np.float32
     assert images.min() >= 0.0 and images.max() <= 1.0
     assert labels.dtype == np.int64 and labels.min() >= 0 and labels.max() < len(task.classes)
     assert len(np.unique(labels)) >= min(len(task.classes), 4)  # classes are all drawn, not one
-    again, _ = demo_tasks.sample_task(task, 60, np.random.default_rng(7), fonts)
+    again, _ = vision_tasks.sample_task(task, 60, np.random.default_rng(7), fonts)
     assert np.array_equal(images, again)
 
 
 def test_a_family_asks_one_question_in_different_domains():
     """Members of a family share their classes (the question) but draw different images (the domain)."""
-    fonts = demo_tasks.load_fonts()
-    for family in demo_tasks.FAMILY_NAMES:
-        members = [t for t in demo_tasks.TASKS if t.family == family]
+    fonts = vision_tasks.load_fonts()
+    for family in vision_tasks.FAMILY_NAMES:
+        members = [t for t in vision_tasks.TASKS if t.family == family]
         assert len(members) >= 2 and len({t.classes for t in members}) == 1
-        draws = [demo_tasks.sample_task(t, 20, np.random.default_rng(5), fonts)[0] for t in members]
+        draws = [vision_tasks.sample_task(t, 20, np.random.default_rng(5), fonts)[0] for t in members]
         for i in range(len(draws)):
             for j in range(i + 1, len(draws)):
                 assert not np.allclose(draws[i], draws[j], atol=0.05)
-    assert {t.family for t in demo_tasks.TASKS} == set(demo_tasks.FAMILY_NAMES)
+    assert {t.family for t in vision_tasks.TASKS} == set(vision_tasks.FAMILY_NAMES)
 
 
 def test_font_groups_split_the_dejavu_fonts_by_style():
-    fonts = demo_tasks.load_fonts()
-    stems = {g: sorted(s for s, f in fonts.items() if f in demo_tasks.font_group(fonts, g))
-             for g in demo_tasks.FONT_GROUPS}
+    fonts = vision_tasks.load_fonts()
+    stems = {g: sorted(s for s, f in fonts.items() if f in vision_tasks.font_group(fonts, g))
+             for g in vision_tasks.FONT_GROUPS}
     assert stems["mono"] and all(s.startswith("DejaVuSansMono") for s in stems["mono"])
     assert stems["serif"] and all(s.startswith("DejaVuSerif") and "Condensed" not in s for s in stems["serif"])
     assert stems["condensed"] and all("Condensed" in s for s in stems["condensed"])
@@ -156,13 +159,13 @@ def test_font_groups_split_the_dejavu_fonts_by_style():
     assert all(not set(a) & set(b) for i, a in enumerate(groups) for b in groups[i + 1:])
 
 
-@pytest.mark.parametrize("label", range(len(demo_tasks.DIRECTIONS)))
+@pytest.mark.parametrize("label", range(len(vision_tasks.DIRECTIONS)))
 def test_arrow_label_is_the_compass_direction_of_its_tip(label):
     """The tip (r, 0) turned by the label's angle points to DIRECTIONS[label] on screen (y grows down):
     E/W in the name fix the sign of x, N/S the sign of y, and consecutive labels are 22.5 degrees apart."""
-    angle = 2 * np.pi * label / len(demo_tasks.DIRECTIONS)
-    (x, y), = demo_tasks._turn([(10.0, 0.0)], 0.0, 0.0, angle)
-    name = demo_tasks.DIRECTIONS[label]
+    angle = 2 * np.pi * label / len(vision_tasks.DIRECTIONS)
+    (x, y), = vision_tasks._turn([(10.0, 0.0)], 0.0, 0.0, angle)
+    name = vision_tasks.DIRECTIONS[label]
     sign_x = 1 if "E" in name else -1 if "W" in name else 0
     sign_y = -1 if "N" in name else 1 if "S" in name else 0
     assert (int(np.sign(round(x, 6))), int(np.sign(round(y, 6)))) == (sign_x, sign_y)
@@ -183,30 +186,30 @@ def test_parallel_build_equals_the_in_process_build():
 
 def test_sharded_steps_average_the_slices_gradients():
     """With 2 shards, one step equals a plain step on the whole batch (up to float rounding)."""
-    from flexmerge_core.zoo import demo_training
+    from flexmerge_core.demo import vision_training
 
     torch.manual_seed(0)
     x, y = torch.randn(16, 5), torch.randint(3, (16,))
     models = [torch.nn.Linear(5, 3) for _ in range(2)]
     models[1].load_state_dict(models[0].state_dict())
     for model, shards in zip(models, (1, 2)):
-        demo_training.train(model, list(model.parameters()), x, y, steps=1, lr=0.1, batch_size=16,
+        vision_training.train(model, list(model.parameters()), x, y, steps=1, lr=0.1, batch_size=16,
                             gen=torch.Generator().manual_seed(4), weight_decay=0.0, clip_norm=100.0, shards=shards)
     for a, b in zip(models[0].parameters(), models[1].parameters()):
         torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7)
 
 
 def test_pretraining_labels_cover_the_glyph_set():
-    images, labels = demo_tasks.sample_pretraining(300, np.random.default_rng(0), demo_tasks.load_fonts())
+    images, labels = vision_tasks.sample_pretraining(300, np.random.default_rng(0), vision_tasks.load_fonts())
     assert images.shape == (300, 3, 16, 16)
-    assert labels.min() >= 0 and labels.max() < len(demo_tasks.PRETRAIN_GLYPHS)
-    assert len(set(demo_tasks.PRETRAIN_GLYPHS)) == len(demo_tasks.PRETRAIN_GLYPHS)
+    assert labels.min() >= 0 and labels.max() < len(vision_tasks.PRETRAIN_GLYPHS)
+    assert len(set(vision_tasks.PRETRAIN_GLYPHS)) == len(vision_tasks.PRETRAIN_GLYPHS)
 
 
 def test_missing_fonts_fall_back_visibly(tmp_path):
     with pytest.warns(UserWarning, match="no DejaVu fonts"):
-        fonts = demo_tasks.load_fonts(tmp_path)
-    image = demo_tasks.render_glyph("a", next(iter(fonts.values())), np.random.default_rng(0))
+        fonts = vision_tasks.load_fonts(tmp_path)
+    image = vision_tasks.render_glyph("a", next(iter(fonts.values())), np.random.default_rng(0))
     assert image.shape == (3, 16, 16)
 
 
@@ -235,8 +238,8 @@ def test_workers_do_not_rerun_the_parents_main_script(tmp_path, monkeypatch):
     import sys
     import types
 
-    from flexmerge_core.zoo import demo_training
-    from flexmerge_core.zoo.demo_workers import BuildPool
+    from flexmerge_core.demo import vision_training
+    from flexmerge_core.demo.workers import BuildPool
 
     marker = tmp_path / "ran"
     page = types.ModuleType("__main__")
@@ -244,7 +247,7 @@ def test_workers_do_not_rerun_the_parents_main_script(tmp_path, monkeypatch):
     (tmp_path / "page.py").write_text(f"open({str(marker)!r}, 'w').close()\n")
     monkeypatch.setitem(sys.modules, "__main__", page)
     with BuildPool(2) as pool:
-        images, labels = pool.submit(demo_training.render_pretraining, 4, 0, 0).result()
+        images, labels = pool.submit(vision_training.render_pretraining, 4, 0, 0).result()
     assert images.shape == (4, 3, 16, 16) and labels.shape == (4,)
     assert not marker.exists()
 
@@ -252,9 +255,10 @@ def test_workers_do_not_rerun_the_parents_main_script(tmp_path, monkeypatch):
 def test_pretraining_falls_back_to_one_process_when_the_shards_cannot_meet(monkeypatch):
     """A rendezvous that cannot work (its store is the root folder, not a file) costs a warning, not the
     build: the in-process pretraining gives the same weights the shards would have."""
-    from flexmerge_core.zoo import demo_training, demo_workers
+    from flexmerge_core.demo import vision_training
+    from flexmerge_core.demo import workers as demo_workers
 
-    data = (*demo_training.render_pretraining(64, 0, 0), *demo_training.render_pretraining(16, 0, 0, True))
+    data = (*vision_training.render_pretraining(64, 0, 0), *vision_training.render_pretraining(16, 0, 0, True))
     with demo_workers.BuildPool(1) as pool:
         expected, expected_accuracy = pool.pretrain(demo.MICRO, 0, data)
     monkeypatch.setattr(demo_workers, "rendezvous_store", lambda folder: "/")

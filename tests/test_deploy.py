@@ -4,9 +4,9 @@ import pytest
 import torch
 
 from deploy_zoos import evaluable_zoo, one_thread, plan_for, private_cache, reference_logits  # noqa: F401
-from flexmerge_core.deploy import FINETUNED, MASKED, MERGED, build_deployment, pack_mask, unpack_mask
+from flexmerge_core.deployment.deploy import FINETUNED, MASKED, MERGED, build_deployment, pack_mask, unpack_mask
 from flexmerge_core.errors import InvalidArgumentError
-from flexmerge_core.evaluate import evaluate_deployment
+from flexmerge_core.evaluation.evaluate import evaluate_deployment
 
 pytestmark = pytest.mark.usefixtures("one_thread", "private_cache")
 

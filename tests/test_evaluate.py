@@ -5,11 +5,11 @@ import pytest
 import torch
 
 from deploy_zoos import TINY_VIT, evaluable_zoo, one_thread, plan_for, private_cache, reference_logits  # noqa: F401
-from flexmerge_core.deploy import build_deployment
+from flexmerge_core.deployment.deploy import build_deployment
 from flexmerge_core.errors import InvalidArgumentError
-from flexmerge_core.evaluate import evaluate_deployment, finetuned_accuracies
-from flexmerge_core.forward import StagedEncoder
-from flexmerge_core.task_eval import TaskEvaluator, choose_stages
+from flexmerge_core.evaluation.evaluate import evaluate_deployment, finetuned_accuracies
+from flexmerge_core.evaluation.forward import StagedEncoder
+from flexmerge_core.evaluation.task_eval import TaskEvaluator, choose_stages
 
 pytestmark = pytest.mark.usefixtures("one_thread", "private_cache")
 

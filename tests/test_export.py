@@ -8,11 +8,11 @@ from safetensors.torch import load_file
 
 from deploy_zoos import evaluable_zoo, one_thread, plan_for, private_cache  # noqa: F401
 from flexmerge_core.cli import main
-from flexmerge_core.deploy import build_deployment
+from flexmerge_core.deployment.deploy import build_deployment
 from flexmerge_core.errors import ZooError
-from flexmerge_core.evaluate import evaluate_deployment
-from flexmerge_core.export import (export, head_path, load_deployment, recipe_path, reproduce_export,
-                                   save_deployment)
+from flexmerge_core.evaluation.evaluate import evaluate_deployment
+from flexmerge_core.deployment.export import export, head_path, load_deployment, recipe_path, save_deployment
+from flexmerge_core.pipeline import reproduce_export
 
 pytestmark = pytest.mark.usefixtures("one_thread", "private_cache")
 

@@ -52,7 +52,7 @@ def test_the_checks_see_partial_files(tmp_path):
     while a temporary (hidden) file holding anything is not."""
     from flexmerge_core.algorithms.base import MergeResult
     from flexmerge_core.cache import JsonCache
-    from flexmerge_core.group_cache import GroupResultCache
+    from flexmerge_core.deployment.group_cache import GroupResultCache
     import torch
 
     reference = {"out.safetensors": b"0123456789"}

@@ -6,7 +6,7 @@ import torch
 
 from algorithm_cases import FakeSpec, FakeZoo, flat
 from flexmerge_core.algorithms import ALGORITHM_NAMES, get_algorithm
-from flexmerge_core.merge import GroupMerger
+from flexmerge_core.deployment.merge import GroupMerger
 
 
 SHAPES = {"a.weight": (4, 3), "a.bias": (4,), "b.weight": (3, 3)}

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from flexmerge_core.errors import BudgetError, InvalidArgumentError
-from flexmerge_core.plan import MergePlan, plan_from_similarities
+from flexmerge_core.planning.plan import MergePlan, plan_from_similarities
 
 
 def linkage_similarity(sim, a, b, linkage):

@@ -5,11 +5,11 @@ import weakref
 import numpy as np
 import pytest
 
-from flexmerge_core import plan_cache
+from flexmerge_core.planning import plan_cache
 from flexmerge_core.algorithms import get_algorithm
-from flexmerge_core.blocks import build_blocks
+from flexmerge_core.planning.blocks import build_blocks
 from flexmerge_core.cli import main
-from flexmerge_core.plan import build_plan, plan_from_similarities
+from flexmerge_core.planning.plan import build_plan, plan_from_similarities
 from plan_zoos import NARROW_VIT_B_32, block_rows, random_zoo, textbook_cosine
 from test_plan import event_tuples, naive_plan
 

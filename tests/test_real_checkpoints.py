@@ -192,13 +192,13 @@ def test_plan_merge_evaluate_export_and_strict_reload(imported, tmp_path, monkey
     from safetensors.torch import load_file
 
     from flexmerge_core.algorithms import get_algorithm
-    from flexmerge_core.blocks import build_blocks
-    from flexmerge_core.deploy import GroupStore, build_deployment
-    from flexmerge_core.evaluate import evaluate_deployment
-    from flexmerge_core.group_cache import GroupResultCache
-    from flexmerge_core.export import export, head_path
-    from flexmerge_core.merge import GroupMerger
-    from flexmerge_core.plan import build_plan
+    from flexmerge_core.planning.blocks import build_blocks
+    from flexmerge_core.deployment.deploy import GroupStore, build_deployment
+    from flexmerge_core.evaluation.evaluate import evaluate_deployment
+    from flexmerge_core.deployment.group_cache import GroupResultCache
+    from flexmerge_core.deployment.export import export, head_path
+    from flexmerge_core.deployment.merge import GroupMerger
+    from flexmerge_core.planning.plan import build_plan
 
     monkeypatch.setenv("FLEXMERGE_CACHE", str(tmp_path / "cache"))
     with monkeypatch.context() as patched:

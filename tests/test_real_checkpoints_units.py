@@ -7,11 +7,11 @@ from safetensors.torch import save_file
 
 from flexmerge_core.cli import main
 from flexmerge_core.errors import InvalidArgumentError, ZooError
-from flexmerge_core.zoo.imagefolder import find_task_data, load_task_data
-from flexmerge_core.zoo.openclip_arch import eval_transform, model_config
-from flexmerge_core.zoo.source_files import read_state_dict
-from flexmerge_core.zoo.visual_keys import split_visual
-from flexmerge_core.zoo.zeroshot import load_templates, named_templates
+from flexmerge_core.importers.imagefolder import find_task_data, load_task_data
+from flexmerge_core.architectures.open_clip import eval_transform, model_config
+from flexmerge_core.importers.source_files import read_state_dict
+from flexmerge_core.importers.visual_keys import split_visual
+from flexmerge_core.importers.zeroshot import load_templates, named_templates
 
 LAYOUT = {"conv1.weight": ((4, 3, 2, 2), torch.float32), "proj": ((4, 2), torch.float32)}
 
@@ -128,7 +128,7 @@ def test_templates_from_names_lists_and_files(tmp_path):
 def test_zeroshot_heads_are_cached_on_disk_and_a_damaged_entry_is_rebuilt(tmp_path, monkeypatch):
     import open_clip
 
-    from flexmerge_core.zoo import zeroshot
+    from flexmerge_core.importers import zeroshot
 
     monkeypatch.setenv("FLEXMERGE_CACHE", str(tmp_path))
     torch.manual_seed(0)

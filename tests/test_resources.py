@@ -58,7 +58,7 @@ def test_available_memory_of_this_machine_is_positive():
 
 def test_estimate_matches_sums_over_the_checkpoint_files(zoo_dir):
     """Reference: the byte sums computed from the loaded pretrained tensors themselves."""
-    from flexmerge_core.blocks import build_blocks
+    from flexmerge_core.planning.blocks import build_blocks
 
     zoo = open_zoo(zoo_dir)
     tensors = load_file(str(zoo_dir / "pretrained.safetensors"))
@@ -80,9 +80,9 @@ def test_estimate_matches_sums_over_the_checkpoint_files(zoo_dir):
 
 def test_estimate_bounds_the_tensors_a_real_deployment_stores(zoo_dir, tmp_path, monkeypatch):
     from flexmerge_core.algorithms import get_algorithm
-    from flexmerge_core.blocks import build_blocks
-    from flexmerge_core.deploy import build_deployment
-    from flexmerge_core.plan import build_plan
+    from flexmerge_core.planning.blocks import build_blocks
+    from flexmerge_core.deployment.deploy import build_deployment
+    from flexmerge_core.planning.plan import build_plan
 
     monkeypatch.setenv("FLEXMERGE_CACHE", str(tmp_path / "cache"))
     zoo = open_zoo(zoo_dir)

@@ -4,8 +4,8 @@ import pytest
 import torch
 
 from flexmerge_core.algorithms import get_algorithm
-from flexmerge_core.blocks import build_blocks
-from flexmerge_core.similarity import GRAM_CHUNK_COLUMNS, block_similarities, cosine_from_gram, gram_matrix
+from flexmerge_core.planning.blocks import build_blocks
+from flexmerge_core.planning.similarity import GRAM_CHUNK_COLUMNS, block_similarities, cosine_from_gram, gram_matrix
 from plan_zoos import block_rows, random_zoo, textbook_cosine
 
 

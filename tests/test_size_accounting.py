@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from flexmerge_core.errors import InvalidArgumentError
-from flexmerge_core.plan import plan_from_similarities, size_of_partition
+from flexmerge_core.planning.plan import plan_from_similarities, size_of_partition
 
 
 def stored_parameters(groups, numels, storage):

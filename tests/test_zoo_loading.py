@@ -8,6 +8,7 @@ import torch
 from safetensors.torch import save_file
 
 from flexmerge_core.errors import InvalidArgumentError, ZooError
+from flexmerge_core.pipeline import resolve_zoo
 from flexmerge_core.zoo import open_zoo, write_zoo
 from flexmerge_core.zoo import checkpoint as checkpoint_module
 
@@ -178,9 +179,9 @@ def test_open_demo_builds_it_lazily(zoo_dir, monkeypatch):
         calls.append(progress)
         return zoo_dir
 
-    monkeypatch.setitem(sys.modules, "flexmerge_core.zoo.demo",
+    monkeypatch.setitem(sys.modules, "flexmerge_core.demo.vision",
                         types.SimpleNamespace(ensure_demo_zoo=ensure_demo_zoo))
-    assert open_zoo("demo").root == zoo_dir.resolve()
+    assert resolve_zoo("demo").root == zoo_dir.resolve()
     assert calls == [None]
 
 

@@ -15,7 +15,7 @@ import torch
 
 from flexmerge_core.cache import content_hash
 from flexmerge_core.errors import InvalidArgumentError, ZooError
-from flexmerge_core.zoo.architectures import construct, state_layout
+from flexmerge_core.architectures.registry import construct, state_layout
 from flexmerge_core.zoo.checkpoint import CheckpointFile
 from flexmerge_core.zoo.manifest import MANIFEST_NAME, Manifest, TaskEntry, read_manifest
 
@@ -314,13 +314,10 @@ def _validate_files(root: Path, manifest: Manifest, files: _Files) -> list[str]:
     return order
 
 
-def open_zoo(path_or_demo) -> Zoo:
-    """Open and validate a zoo folder; "demo" builds (or reuses) the embedded demo zoo first."""
-    if isinstance(path_or_demo, str) and path_or_demo == "demo":
-        from flexmerge_core.zoo.demo import ensure_demo_zoo
-
-        path_or_demo = ensure_demo_zoo(progress=None)
-    root = Path(path_or_demo).resolve()
+def open_zoo(path) -> Zoo:
+    """Open and validate a zoo folder (names of embedded demos are resolved by the caller:
+    `flexmerge_core.pipeline.resolve_zoo`)."""
+    root = Path(path).resolve()
     manifest = read_manifest(root)
     files = _Files(root)
     order = _validate_files(root, manifest, files)

@@ -5,7 +5,7 @@ the two consistent, and the result is JSON-ready.
 """
 from __future__ import annotations
 
-from flexmerge_core.blocks import build_blocks
+from flexmerge_core.planning.blocks import build_blocks
 from flexmerge_core.zoo.loader import Zoo
 
 PRESETS = ("layer", "component", "parameter")

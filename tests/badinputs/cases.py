@@ -61,9 +61,9 @@ class Case:
 def plan_of(zoo_path, algorithm: str = "ta", granularity: str = "component", linkage: str = "min",
             seed: int = 0, tasks=None, cached: bool = False):
     from flexmerge_core.algorithms import get_algorithm
-    from flexmerge_core.blocks import build_blocks
-    from flexmerge_core.plan import build_plan
-    from flexmerge_core.plan_cache import cached_plan
+    from flexmerge_core.planning.blocks import build_blocks
+    from flexmerge_core.planning.plan import build_plan
+    from flexmerge_core.planning.plan_cache import cached_plan
     from flexmerge_core.zoo import open_zoo
 
     zoo = open_zoo(zoo_path)
@@ -76,7 +76,7 @@ def plan_of(zoo_path, algorithm: str = "ta", granularity: str = "component", lin
 
 def curve_of(zoo_path, sizes):
     from flexmerge_core.algorithms import get_algorithm
-    from flexmerge_core.curve import compute_curve
+    from flexmerge_core.evaluation.curve import compute_curve
 
     zoo, spec, plan = plan_of(zoo_path)
     return compute_curve(zoo, plan, get_algorithm("ta"), sizes, spec=spec, use_cache=False)
@@ -84,7 +84,7 @@ def curve_of(zoo_path, sizes):
 
 def export_of(zoo_path, size, out, task=None):
     from flexmerge_core.algorithms import get_algorithm
-    from flexmerge_core.export import export
+    from flexmerge_core.deployment.export import export
 
     zoo, spec, plan = plan_of(zoo_path)
     return export(zoo, spec, plan, get_algorithm("ta"), size, out, task=task)
@@ -465,7 +465,7 @@ def _source(root: Path, tasks=("A", "B")) -> Path:
 
 def _import_case(name: str, arrange: Callable[[Path, Path], None], culprit: tuple[str, ...]) -> Case:
     """arrange(source, data) lays out the bad input; nothing may appear at the zoo's output folder."""
-    from flexmerge_core.zoo.importer import import_research_folder
+    from flexmerge_core.importers.research import import_research_folder
 
     def build(env: Env) -> Scenario:
         source, data, out = _source(env.tmp / "src"), env.tmp / "data", env.tmp / "imported"

@@ -11,7 +11,7 @@ import os
 from pathlib import Path
 
 from flexmerge_core.cache import read_checked_json
-from flexmerge_core.group_cache import GroupResultCache
+from flexmerge_core.deployment.group_cache import GroupResultCache
 
 
 def is_temporary(path: Path, root: Path) -> bool:

@@ -31,13 +31,13 @@ import torch  # noqa: E402
 torch.set_num_threads(1)
 
 import open_clip.transformer  # noqa: E402,F401  (imported before forking: children start warm)
-import flexmerge_core.curve  # noqa: E402,F401
-import flexmerge_core.export  # noqa: E402,F401
-import flexmerge_core.plan_cache  # noqa: E402,F401
+import flexmerge_core.evaluation.curve  # noqa: E402,F401
+import flexmerge_core.deployment.export  # noqa: E402,F401
+import flexmerge_core.planning.plan_cache  # noqa: E402,F401
 from flexmerge_core.algorithms.base import MergeResult  # noqa: E402
 from flexmerge_core.cache import JsonCache  # noqa: E402
 from flexmerge_core.cli import main  # noqa: E402
-from flexmerge_core.group_cache import GroupResultCache  # noqa: E402
+from flexmerge_core.deployment.group_cache import GroupResultCache  # noqa: E402
 
 from badinputs.integrity import (differing_folder, differing_outputs, incomplete_cache_entries,  # noqa: E402
                                  temporary_files)

@@ -24,7 +24,7 @@ from typing import Callable, Iterator, Optional
 import torch
 
 from flexmerge_core.errors import InvalidArgumentError
-from flexmerge_core.zoo import demo_training
+from flexmerge_core.demo import vision_training
 
 MAX_WORKERS = 8
 # A shard whose partner died fails after this instead of hanging (partners start within seconds of each
@@ -84,7 +84,7 @@ def _pretrain_shard(config, seed: int, data, shard: int, store: str):
             dist.all_reduce(flat)
             return [part.view_as(g) for part, g in zip(flat.split([g.numel() for g in grads]), grads)]
 
-        return demo_training.pretrain(config, seed, data, shard, sync)
+        return vision_training.pretrain(config, seed, data, shard, sync)
     finally:
         dist.destroy_process_group()
 
@@ -148,4 +148,4 @@ class BuildPool:
             warnings.warn(f"data-parallel pretraining failed ({type(failure).__name__}: "
                           f"{' '.join(str(failure).split())[:200]}); pretraining in one process instead", stacklevel=2)
         with single_thread():
-            return demo_training.pretrain(config, seed, data)
+            return vision_training.pretrain(config, seed, data)

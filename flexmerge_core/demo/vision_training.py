@@ -1,6 +1,6 @@
 """The training steps of a demo zoo build: pretraining and per-task fine-tuning, one torch thread each.
 
-Why a module of its own: the builder runs these steps on worker processes (`demo_workers`), so each
+Why a module of its own: the builder runs these steps on worker processes (`demo.workers`), so each
 is a plain function of picklable inputs whose result depends on nothing else: the same job gives the
 same bits in the main process or in any worker. Pretraining can be split into data-parallel shards:
 every optimiser step averages the gradients of `shards` equal slices of one mini-batch, either in this
@@ -16,8 +16,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from flexmerge_core.zoo import demo_tasks
-from flexmerge_core.zoo.architectures import construct
+from flexmerge_core.demo import vision_tasks
+from flexmerge_core.architectures.registry import construct
 
 GradientSync = Callable[[list[torch.Tensor]], list[torch.Tensor]]  # this shard's grads -> the batch mean's
 
@@ -91,17 +91,17 @@ def encoder_of(config) -> torch.nn.Module:
 
 def render_pretraining(n: int, seed: int, index: int, heldout: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """One chunk of pretraining glyphs (normalised images, labels), seeded by its index and split."""
-    images, labels = demo_tasks.sample_pretraining(n, rng(seed, 3 if heldout else 0, index), demo_tasks.load_fonts())
-    return demo_tasks.normalise(images), labels
+    images, labels = vision_tasks.sample_pretraining(n, rng(seed, 3 if heldout else 0, index), vision_tasks.load_fonts())
+    return vision_tasks.normalise(images), labels
 
 
 def render_task(name: str, n_train: int, n_heldout: int, seed: int) -> tuple[np.ndarray, ...]:
     """A task's training and held-out images and labels (normalised), seeded by the task."""
-    task, fonts = demo_tasks.TASKS_BY_NAME[name], demo_tasks.load_fonts()
-    index = demo_tasks.task_index(name)
-    train_x, train_y = demo_tasks.sample_task(task, n_train, rng(seed, 10, index), fonts)
-    test_x, test_y = demo_tasks.sample_task(task, n_heldout, rng(seed, 11, index), fonts)
-    return demo_tasks.normalise(train_x), train_y, demo_tasks.normalise(test_x), test_y
+    task, fonts = vision_tasks.TASKS_BY_NAME[name], vision_tasks.load_fonts()
+    index = vision_tasks.task_index(name)
+    train_x, train_y = vision_tasks.sample_task(task, n_train, rng(seed, 10, index), fonts)
+    test_x, test_y = vision_tasks.sample_task(task, n_heldout, rng(seed, 11, index), fonts)
+    return vision_tasks.normalise(train_x), train_y, vision_tasks.normalise(test_x), test_y
 
 
 def pretrain(config, seed: int, data: Sequence[np.ndarray], shard: Optional[int] = None,
@@ -111,7 +111,7 @@ def pretrain(config, seed: int, data: Sequence[np.ndarray], shard: Optional[int]
     x, y, test_x, test_y = (torch.from_numpy(np.ascontiguousarray(a)) for a in data)
     torch.manual_seed(int(rng(seed, 1, 0).integers(2**62)))
     encoder = encoder_of(config)
-    head = torch.nn.Linear(config.architecture["output_dim"], len(demo_tasks.PRETRAIN_GLYPHS))
+    head = torch.nn.Linear(config.architecture["output_dim"], len(vision_tasks.PRETRAIN_GLYPHS))
     encoder.train()
     train(lambda b: head(encoder(b)), [*encoder.parameters(), *head.parameters()], x, y,
           config.pretrain_steps, config.pretrain_lr, config.batch_size, torch_generator(seed, 2, 0),
@@ -129,8 +129,8 @@ def finetune(pretrained: dict[str, torch.Tensor], name: str, config, seed: int,
     No weight decay here: decay pulls every task towards zero along the same direction (-theta_pre),
     which would make unrelated task vectors look alike."""
     train_x, train_y, test_x, test_y = (torch.from_numpy(np.ascontiguousarray(a)) for a in data)
-    task = demo_tasks.TASKS_BY_NAME[name]
-    index = demo_tasks.task_index(name)
+    task = vision_tasks.TASKS_BY_NAME[name]
+    index = vision_tasks.task_index(name)
     encoder = encoder_of(config)
     encoder.load_state_dict(pretrained)
     torch.manual_seed(int(rng(seed, 12, index).integers(2**62)))

@@ -21,7 +21,7 @@ def _open_clip_vit(config: dict) -> torch.nn.Module:
 
 
 def _open_clip_model(config: dict) -> torch.nn.Module:
-    from flexmerge_core.zoo.openclip_arch import build_visual
+    from flexmerge_core.architectures.open_clip import build_visual
 
     return build_visual(config)
 

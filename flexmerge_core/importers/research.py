@@ -19,15 +19,15 @@ from typing import Callable, Optional
 import torch
 
 from flexmerge_core.errors import InvalidArgumentError, ZooError
-from flexmerge_core.zoo.architectures import state_layout
+from flexmerge_core.architectures.registry import state_layout
 from flexmerge_core.zoo.checkpoint import SAFETENSORS_SUFFIXES, TORCH_SUFFIXES
-from flexmerge_core.zoo.imagefolder import TaskData, find_task_data, load_task_data
+from flexmerge_core.importers.imagefolder import TaskData, find_task_data, load_task_data
 from flexmerge_core.zoo.manifest import MANIFEST_NAME, read_manifest
-from flexmerge_core.zoo.openclip_arch import eval_transform, model_config
-from flexmerge_core.zoo.source_files import read_state_dict
-from flexmerge_core.zoo.visual_keys import VisualSplit, split_visual
+from flexmerge_core.architectures.open_clip import eval_transform, model_config
+from flexmerge_core.importers.source_files import read_state_dict
+from flexmerge_core.importers.visual_keys import VisualSplit, split_visual
 from flexmerge_core.zoo.writer import write_zoo
-from flexmerge_core.zoo.zeroshot import TextTower, load_templates, zeroshot_head
+from flexmerge_core.importers.zeroshot import TextTower, load_templates, zeroshot_head
 
 KIND = "open_clip_model"
 CHECKPOINT_SUFFIXES = TORCH_SUFFIXES + SAFETENSORS_SUFFIXES

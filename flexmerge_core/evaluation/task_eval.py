@@ -15,9 +15,9 @@ import numpy as np
 import torch
 
 from flexmerge_core.cache import JsonCache, cache_root, content_hash
-from flexmerge_core.deploy import FINETUNED, Deployment
+from flexmerge_core.deployment.deploy import FINETUNED, Deployment
 from flexmerge_core.errors import InvalidArgumentError
-from flexmerge_core.forward import StagedEncoder, head_logits
+from flexmerge_core.evaluation.forward import StagedEncoder, head_logits
 
 EVAL_VERSION = "eval/1"   # bump when the forward or the accuracy definition changes
 

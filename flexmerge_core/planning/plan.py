@@ -1,7 +1,7 @@
 """The merge plan: ordered merge events, their sizes, and the partition at any size budget.
 
 ALGORITHMS.md sections 1-3. A block's merges never change another block's similarities, so each
-block's merge sequence is computed on its own (flexmerge_core.linkage) and the orders only interleave
+block's merge sequence is computed on its own (flexmerge_core.planning.linkage) and the orders only interleave
 those sequences: `greedy` merges them by a heap keyed (higher similarity, earlier block), which is
 exactly the naive "each step merge the globally most similar pair" loop with its tie rule.
 For `random`, one seeded generator draws the block (uniform among blocks that still have >= 2 groups)
@@ -19,9 +19,9 @@ from typing import Callable, Optional, Sequence
 import numpy as np
 
 from flexmerge_core.errors import BudgetError, InvalidArgumentError, ZooError
-from flexmerge_core.linkage import (BlockStep, Group, GroupSimilarity, callable_sequence, check_linkage,
+from flexmerge_core.planning.linkage import (BlockStep, Group, GroupSimilarity, callable_sequence, check_linkage,
                                     matrix_sequence)
-from flexmerge_core.size_accounting import (block_cost_32nds, check_storage, size_from_32nds,
+from flexmerge_core.planning.size_accounting import (block_cost_32nds, check_storage, size_from_32nds,
                                             size_of_partition)
 
 ORDERS = ("greedy", "left-to-right", "right-to-left", "random")
@@ -253,8 +253,8 @@ def build_plan(zoo, spec, algorithm, linkage: str = "min", order: str = "greedy"
 
     Streams one block at a time from the zoo; never touches merged tensors except for `uni`, which
     needs the algorithm's merged vectors of the groups it compares."""
-    from flexmerge_core.similarity import block_similarities, block_stream, pick_device
-    from flexmerge_core.uni_linkage import uni_block_sequence
+    from flexmerge_core.planning.similarity import block_similarities, block_stream, pick_device
+    from flexmerge_core.planning.uni_linkage import uni_block_sequence
 
     check_linkage(linkage)
     check_order(order)

@@ -19,7 +19,7 @@ import torch
 from PIL import Image
 
 from flexmerge_core.errors import ZooError
-from flexmerge_core.zoo.source_files import read_state_dict
+from flexmerge_core.importers.source_files import read_state_dict
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 TENSOR_SUFFIXES = (".safetensors", ".pt", ".pth")

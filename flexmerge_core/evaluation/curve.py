@@ -13,9 +13,9 @@ import math
 from dataclasses import dataclass, field
 from typing import Callable, Optional
 
-from flexmerge_core.deploy import GroupStore, deployment_from_partition, deployment_recipe
+from flexmerge_core.deployment.deploy import GroupStore, deployment_from_partition, deployment_recipe
 from flexmerge_core.errors import BudgetError, InvalidArgumentError
-from flexmerge_core.task_eval import (AccuracyBook, Evaluators, default_activation_budget, eval_key, summarize,
+from flexmerge_core.evaluation.task_eval import (AccuracyBook, Evaluators, default_activation_budget, eval_key, summarize,
                                       task_ids_of)
 
 Progress = Optional[Callable[[int, int, str], None]]
@@ -46,7 +46,7 @@ def parse_sizes(text: str, option: str = "--sizes") -> "str | list[float]":
 
 def spec_for_plan(zoo, plan):
     """The block spec whose blocks are the plan's (plans record block names, not the granularity)."""
-    from flexmerge_core.blocks import build_blocks
+    from flexmerge_core.planning.blocks import build_blocks
 
     for granularity in ("component", "layer", "parameter"):
         spec = build_blocks(zoo.param_names, zoo.param_shapes, granularity=granularity)
@@ -101,8 +101,8 @@ def compute_curve(zoo, plan, algorithm, sizes="all", tasks=None, *, spec=None, m
 
     incremental=False evaluates every task at every size from scratch (the benchmark's baseline).
     """
-    from flexmerge_core.group_cache import GroupResultCache
-    from flexmerge_core.merge import GroupMerger
+    from flexmerge_core.deployment.group_cache import GroupResultCache
+    from flexmerge_core.deployment.merge import GroupMerger
 
     spec = spec or (merger.spec if merger is not None else spec_for_plan(zoo, plan))
     merger = merger or GroupMerger(zoo, spec, algorithm, cache=GroupResultCache() if use_cache else None,

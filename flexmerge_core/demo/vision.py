@@ -15,12 +15,12 @@ Recipe (FULL, version 3; every number below is a DemoConfig field, hashed into t
   data-parallel shards, lr 3e-3, warm-up + cosine, weight decay 0.05 on matrices only (decayed LayerNorm
   gains sprang back in every fine-tune: a direction shared by all task vectors), gradient norm clipped
   at 1. Held-out accuracy is reported.
-- tasks (demo_tasks.TASKS): two families, each one question asked in four visual domains, like MNIST /
+- tasks (vision_tasks.TASKS): two families, each one question asked in four visual domains, like MNIST /
   SVHN / USPS: digits (which of 0-9) in DejaVu's sans, condensed, serif and mono fonts; arrows (which
   of 16 directions) plain, bold, blurred and on a striped background. 4,000 training and 500 held-out
   images per task. Per task: a linear probe on frozen features (500 steps, lr 3e-2), then a full
   fine-tune (250 AdamW steps of 64, lr 6e-4, no weight decay), both with label smoothing 0.1.
-- build (`demo_workers`): rendering, the two pretraining shards and the fine-tunes run as jobs on one
+- build (`demo.workers`): rendering, the two pretraining shards and the fine-tunes run as jobs on one
   worker process per core (FLEXMERGE_DEMO_WORKERS overrides; 1 builds in-process with identical results).
 - measured (seed 0, 2026-11-23, 2 cores, load ~1.7): `zoo build-demo --force` 210 s (215 s wall, 369 CPU-s:
   both cores busy). Fine-tuned average 89.9% (digits 80-85%, arrows 93-99%); pretraining 34%. Task
@@ -56,8 +56,9 @@ import torch
 
 from flexmerge_core.cache import atomic_directory, cache_root, content_hash
 from flexmerge_core.errors import FlexMergeError
-from flexmerge_core.zoo import demo_tasks, demo_training
-from flexmerge_core.zoo.demo_workers import BuildPool
+from flexmerge_core.demo import vision_tasks
+from flexmerge_core.demo import vision_training
+from flexmerge_core.demo.workers import BuildPool
 from flexmerge_core.zoo.manifest import MANIFEST_NAME
 
 Progress = Callable[[int, int, str], None]
@@ -73,7 +74,7 @@ class DemoConfig:
     worker processes is not here: every job runs on one thread, so it does not change the result."""
 
     architecture: dict = field(default_factory=lambda: dict(ARCHITECTURE))
-    tasks: tuple[str, ...] = tuple(t.name for t in demo_tasks.TASKS)
+    tasks: tuple[str, ...] = tuple(t.name for t in vision_tasks.TASKS)
     pretrain_images: int = 16000
     pretrain_steps: int = 800
     pretrain_lr: float = 3e-3
@@ -124,21 +125,21 @@ def train_demo_models(config: DemoConfig = FULL, seed: int = 0, progress: Progre
     total = len(config.tasks) + 2
     with BuildPool(workers) as pool:
         report(0, total, f"rendering images ({pool.workers} worker{'s' if pool.workers > 1 else ''})")
-        chunks = [pool.submit(demo_training.render_pretraining, n, seed, k) for k, n in enumerate(_chunks(config.pretrain_images))]
-        heldout = pool.submit(demo_training.render_pretraining, min(PRETRAIN_HELDOUT, config.pretrain_images), seed, 0,
+        chunks = [pool.submit(vision_training.render_pretraining, n, seed, k) for k, n in enumerate(_chunks(config.pretrain_images))]
+        heldout = pool.submit(vision_training.render_pretraining, min(PRETRAIN_HELDOUT, config.pretrain_images), seed, 0,
                               True)
-        data = {name: pool.submit(demo_training.render_task, name, config.train_images, config.heldout_images, seed)
+        data = {name: pool.submit(vision_training.render_task, name, config.train_images, config.heldout_images, seed)
                 for name in config.tasks}
         glyphs = [c.result() for c in chunks]
         pretrain_data = (np.concatenate([g[0] for g in glyphs]), np.concatenate([g[1] for g in glyphs]), *heldout.result())
         report(1, total, "pretraining")
         pretrained, pretrain_accuracy = pool.pretrain(config, seed, pretrain_data)
-        jobs = {name: pool.submit(demo_training.finetune, pretrained, name, config, seed, data[name].result())
+        jobs = {name: pool.submit(vision_training.finetune, pretrained, name, config, seed, data[name].result())
                 for name in config.tasks}
         tasks = []
         for done, name in enumerate(config.tasks, start=2):
             report(done, total, f"fine-tuning {name}")
-            spec, test_x, test_y = demo_tasks.TASKS_BY_NAME[name], *data[name].result()[2:]
+            spec, test_x, test_y = vision_tasks.TASKS_BY_NAME[name], *data[name].result()[2:]
             tasks.append({"name": name, **jobs[name].result(), "classes": list(spec.classes), "family": spec.family,
                           "data": (torch.from_numpy(test_x), torch.from_numpy(test_y))})
     report(total, total, "done")
@@ -169,11 +170,11 @@ def merge_report(zoo, families: list[str]) -> dict:
     """The headline numbers of a demo zoo: fine-tuned vs Task Arithmetic at 1x and 2x on the greedy
     plan (component blocks), and the within/across-family block cosines."""
     from flexmerge_core.algorithms import get_algorithm
-    from flexmerge_core.blocks import build_blocks
-    from flexmerge_core.deploy import build_deployment
-    from flexmerge_core.evaluate import evaluate_deployment
-    from flexmerge_core.plan import plan_from_similarities
-    from flexmerge_core.similarity import block_similarities
+    from flexmerge_core.planning.blocks import build_blocks
+    from flexmerge_core.deployment.deploy import build_deployment
+    from flexmerge_core.evaluation.evaluate import evaluate_deployment
+    from flexmerge_core.planning.plan import plan_from_similarities
+    from flexmerge_core.planning.similarity import block_similarities
 
     finetuned = float(np.mean(list(zoo.finetuned_accuracy.values())))
     spec = build_blocks(zoo.param_names, zoo.param_shapes, granularity="component")

@@ -29,7 +29,7 @@ import torch
 
 from flexmerge_core.algorithms.base import MergeResult
 from flexmerge_core.errors import InvalidArgumentError
-from flexmerge_core.size_accounting import MASK_BITS
+from flexmerge_core.planning.size_accounting import MASK_BITS
 
 FINETUNED, MERGED, MASKED = "finetuned", "merged", "masked"
 
@@ -256,7 +256,7 @@ def build_deployment(zoo, plan, algorithm, budget, merger=None, spec=None, store
         if merger is None:
             if spec is None:
                 raise InvalidArgumentError("build_deployment needs the block spec: pass merger= or spec=")
-            from flexmerge_core.merge import GroupMerger
+            from flexmerge_core.deployment.merge import GroupMerger
 
             merger = GroupMerger(zoo, spec, algorithm)
         store = GroupStore(zoo, merger.spec if spec is None else spec, algorithm, merger)

@@ -12,10 +12,10 @@ from typing import Callable, Optional, Sequence
 
 import torch
 
-from flexmerge_core.deploy import Deployment
+from flexmerge_core.deployment.deploy import Deployment
 from flexmerge_core.errors import InvalidArgumentError
-from flexmerge_core.curve import accuracy_curve
-from flexmerge_core.task_eval import (AccuracyBook, Evaluators, deployment_eval_key, eval_key, summarize,
+from flexmerge_core.evaluation.curve import accuracy_curve
+from flexmerge_core.evaluation.task_eval import (AccuracyBook, Evaluators, deployment_eval_key, eval_key, summarize,
                                       task_ids_of)
 
 Progress = Optional[Callable[[int, int, str], None]]

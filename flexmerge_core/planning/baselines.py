@@ -19,9 +19,9 @@ from typing import Callable, Sequence
 
 import numpy as np
 from flexmerge_core.errors import InvalidArgumentError
-from flexmerge_core.linkage import check_linkage, matrix_sequence
-from flexmerge_core.plan import Partition, _check_budget, size_of_partition
-from flexmerge_core.similarity import cosine_from_gram, gram_matrix, pick_device
+from flexmerge_core.planning.linkage import check_linkage, matrix_sequence
+from flexmerge_core.planning.plan import Partition, _check_budget, size_of_partition
+from flexmerge_core.planning.similarity import cosine_from_gram, gram_matrix, pick_device
 
 Group = tuple
 CHANNEL_ALGORITHMS = ("avg", "ta", "ties")

@@ -11,8 +11,8 @@ from __future__ import annotations
 import torch
 
 from flexmerge_core.errors import InvalidArgumentError
-from flexmerge_core.linkage import Group, GroupSimilarity, callable_sequence
-from flexmerge_core.similarity import cosine_from_gram, gram_matrix
+from flexmerge_core.planning.linkage import Group, GroupSimilarity, callable_sequence
+from flexmerge_core.planning.similarity import cosine_from_gram, gram_matrix
 
 
 def uni_group_similarity(vectors: dict[str, torch.Tensor], algorithm, device: torch.device) -> GroupSimilarity:

@@ -5,7 +5,7 @@ thing (stored tensors, each once; routing; per-task heads and unmerged tensors) 
 with the routing and the recipe (zoo fingerprint, algorithm, hyperparameters, granularity, linkage,
 order, seed, budget, achieved size) in the metadata. `--task T` instead writes one plain state
 dict that loads strictly into the zoo's encoder (its head goes beside it, `<name>.head.safetensors`).
-The recipe JSON beside an export re-creates it byte for byte (`reproduce_export`): safetensors
+The recipe JSON beside an export re-creates it byte for byte (`pipeline.reproduce_export`): safetensors
 serialisation is deterministic and so is everything upstream (plan, merge on CPU, seeded DARE).
 """
 from __future__ import annotations
@@ -19,7 +19,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 from flexmerge_core.cache import atomic_write, atomic_write_bytes
-from flexmerge_core.deploy import MASKED, Deployment, StoredGroup
+from flexmerge_core.deployment.deploy import MASKED, Deployment, StoredGroup
 from flexmerge_core.errors import InvalidArgumentError, ZooError
 
 DEPLOYMENT_FORMAT = "flexmerge-deployment/1"
@@ -156,9 +156,9 @@ def export(zoo, spec, plan, algorithm, size, out, task: Optional[str] = None, zo
 
     zoo_path: how to re-open the zoo ("demo" or a folder; default the zoo's folder), kept in the recipe.
     """
-    from flexmerge_core.deploy import build_deployment
-    from flexmerge_core.group_cache import GroupResultCache
-    from flexmerge_core.merge import GroupMerger
+    from flexmerge_core.deployment.deploy import build_deployment
+    from flexmerge_core.deployment.group_cache import GroupResultCache
+    from flexmerge_core.deployment.merge import GroupMerger
 
     if task is not None and task not in zoo.task_names:
         raise InvalidArgumentError(f"--task: unknown task '{task}' (zoo '{zoo.name}' has {', '.join(zoo.task_names)})")
@@ -172,30 +172,3 @@ def export(zoo, spec, plan, algorithm, size, out, task: Optional[str] = None, zo
     recipe = {"format": RECIPE_FORMAT, "zoo_path": zoo_path or str(zoo.root), "task": task, **deployment.recipe}
     atomic_write_bytes(recipe_path(out), (json.dumps(recipe, indent=2, sort_keys=True) + "\n").encode())
     return recipe
-
-
-def reproduce_export(recipe_file, out, progress=None) -> dict:
-    """Re-create an export from its recipe JSON; refuses when the zoo's files changed since."""
-    from flexmerge_core.algorithms import get_algorithm
-    from flexmerge_core.blocks import build_blocks
-    from flexmerge_core.plan_cache import cached_plan
-    from flexmerge_core.zoo import open_zoo
-
-    recipe_file = Path(recipe_file)
-    try:
-        recipe = json.loads(recipe_file.read_text())
-        if recipe.get("format") != RECIPE_FORMAT:
-            raise ValueError(f"format {recipe.get('format')!r}")
-        zoo = open_zoo(recipe["zoo_path"])
-        if recipe["tasks"] != zoo.task_names:
-            zoo = zoo.subset(recipe["tasks"])
-        algorithm = get_algorithm(recipe["algorithm"], **recipe["hyperparameters"])
-    except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise InvalidArgumentError(f"{recipe_file}: not a FlexMerge export recipe ({exc})") from exc
-    if zoo.fingerprint != recipe["zoo_fingerprint"]:
-        raise InvalidArgumentError(f"{recipe_file}: zoo {recipe['zoo_path']} changed since the export "
-                                   f"(fingerprint {zoo.fingerprint} != {recipe['zoo_fingerprint']})")
-    spec = build_blocks(zoo.param_names, zoo.param_shapes, granularity=recipe["granularity"])
-    plan = cached_plan(zoo, spec, algorithm, linkage=recipe["linkage"], order=recipe["order"], seed=recipe["seed"],
-                       progress=progress)
-    return export(zoo, spec, plan, algorithm, recipe["budget"], out, task=recipe["task"], zoo_path=recipe["zoo_path"])

@@ -11,7 +11,7 @@ from typing import Optional, Sequence
 
 from flexmerge_core.algorithms.base import MergeAlgorithm, MergeResult
 from flexmerge_core.cache import content_hash
-from flexmerge_core.similarity import pick_device
+from flexmerge_core.planning.similarity import pick_device
 
 
 class GroupMerger:

@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import Optional
 
 from flexmerge_core.cache import JsonCache, cache_root, content_hash
-from flexmerge_core.plan import PLAN_FORMAT, MergePlan, build_plan
+from flexmerge_core.planning.plan import PLAN_FORMAT, MergePlan, build_plan
 
 
 def plan_cache_key(zoo, spec, algorithm, linkage: str, order: str, seed: int) -> str:

@@ -20,7 +20,7 @@ from typing import Iterable, Optional
 
 import torch
 
-from flexmerge_core.similarity import pick_device
+from flexmerge_core.planning.similarity import pick_device
 
 _RESBLOCK = re.compile(r"^transformer\.resblocks\.(\d+)\.(ln_1|attn|ls_1|ln_2|mlp|ls_2)\.")
 _FIRST_HALF = ("ln_1", "attn", "ls_1")

@@ -1,0 +1,1 @@
+"""Architecture adapters: everything model-family specific (layout, build, staged forward, inputs)."""

@@ -1,0 +1,1 @@
+"""The embedded demo zoos' builders (offline, deterministic, cached under cache/)."""

@@ -1,0 +1,1 @@
+"""Deployments: merged groups (memo + disk cache), deployments at a size, export."""

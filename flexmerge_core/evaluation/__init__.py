@@ -1,0 +1,1 @@
+"""Evaluation: staged forward with swapped tensors, per-task evaluation, curves."""

@@ -1,0 +1,1 @@
+"""Planning: blocks, block similarities, linkage, the greedy merge plan, size accounting, baselines."""

@@ -32,7 +32,8 @@ def overview() -> None:
     cols[1].metric("Merged parameters per model", f"{summary.merged_params:,}")
     cols[2].metric("Blocks (component granularity)", summary.num_blocks)
     cols[3].metric("One model", f"{summary.model_megabytes:.2f} MB")
-    finetuned = summary.finetuned or {}
+    with engine_errors(), progress_bar("Measuring the fine-tuned models") as bar:
+        finetuned = studio.finetuned(progress=bar)
     st.dataframe(pd.DataFrame({"task": summary.tasks,
                                "fine-tuned accuracy (%)": [100 * finetuned[t] if t in finetuned else None
                                                            for t in summary.tasks]}), hide_index=True,

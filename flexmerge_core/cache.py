@@ -18,6 +18,8 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
+import torch
+
 from flexmerge_core.errors import CacheError
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -180,3 +182,14 @@ class JsonCache:
         value = compute()
         self.put(key, value)
         return value
+
+
+def tensors_digest(tensors: dict) -> str:
+    """SHA-256 over names, dtypes, shapes and bytes of `tensors` in sorted name order."""
+    h = hashlib.sha256()
+    for name in sorted(tensors):
+        t = tensors[name]
+        h.update(f"{name}|{t.dtype}|{list(t.shape)}|".encode())
+        if t.numel():
+            h.update(t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()

@@ -13,6 +13,9 @@ import weakref
 from typing import Callable, Sequence
 
 from flexmerge_core.errors import FlexMergeError
+from flexmerge_core.pipeline import DEMO_ZOOS
+from flexmerge_core.planning.baselines import BASELINES
+from flexmerge_core.planning.blocks import PRESETS
 
 Handler = Callable[[argparse.Namespace], int]
 _OPEN_BARS: "weakref.WeakSet" = weakref.WeakSet()   # unfinished progress bars, erased before an error line
@@ -105,7 +108,8 @@ def _cmd_zoo_import(args: argparse.Namespace) -> int:
 def _add_plan_options(p) -> None:
     p.add_argument("--zoo", required=True, help="zoo folder, or 'demo'")
     p.add_argument("--algorithm", required=True)
-    p.add_argument("--granularity", default="component")
+    p.add_argument("--granularity", default=None, choices=list(PRESETS),
+                   help="block granularity (default: component; parameter for --baseline channel-merging)")
     p.add_argument("--linkage", default="min", choices=["min", "max", "avg", "uni"])
     p.add_argument("--order", default="greedy", choices=["greedy", "left-to-right", "right-to-left", "random"])
     p.add_argument("--seed", type=int, default=0)
@@ -125,6 +129,8 @@ def build_parser() -> argparse.ArgumentParser:
     curve = sub.add_parser("curve", help="accuracy at a list of sizes or at every achievable size")
     _add_plan_options(curve)
     curve.add_argument("--sizes", default="all", help="comma-separated budgets, or 'all'")
+    curve.add_argument("--baseline", default=None, choices=list(BASELINES),
+                       help="a baseline's curve instead of FlexMerge's plan (same cached machinery)")
     curve.add_argument("--json", action="store_true")
     curve.set_defaults(handler=_cmd_curve)
 
@@ -155,10 +161,10 @@ def _cmd_zoo_build_demo(args: argparse.Namespace) -> int:
 
 
 def _cmd_zoo_info(args: argparse.Namespace) -> int:
-    from flexmerge_core.pipeline import resolve_zoo
-    from flexmerge_core.zoo.summary import summary_lines, zoo_summary
+    from flexmerge_core.pipeline import describe_zoo, resolve_zoo
+    from flexmerge_core.zoo.summary import summary_lines
 
-    summary = zoo_summary(resolve_zoo(args.zoo))
+    summary = describe_zoo(resolve_zoo(args.zoo))
     if args.json:
         emit_json(summary)
     else:
@@ -166,30 +172,24 @@ def _cmd_zoo_info(args: argparse.Namespace) -> int:
     return 0
 
 
-def _plan_from_args(args: argparse.Namespace, deploy_size=None):
-    """(zoo, algorithm, plan) from the shared plan options; the plan comes from the on-disk cache when known.
+def _pipeline_from_args(args: argparse.Namespace, deploy_size=None):
+    """The Pipeline of the shared plan options; the plan comes from the on-disk cache when known.
 
     deploy_size: the largest deployment the command will build ("all" = M; None: planning only), so
     the memory guard refuses before anything is loaded."""
-    from flexmerge_core.algorithms import get_algorithm
-    from flexmerge_core.planning.blocks import build_blocks
-    from flexmerge_core.planning.plan_cache import cached_plan
-    from flexmerge_core.resources import check_memory
-    from flexmerge_core.pipeline import resolve_zoo
+    from flexmerge_core.pipeline import Pipeline, PlanSettings, resolve_zoo
 
-    algorithm = get_algorithm(args.algorithm)
-    zoo = resolve_zoo(args.zoo)
-    if args.tasks:
-        zoo = zoo.subset([name.strip() for name in args.tasks.split(",") if name.strip()])
-    spec = build_blocks(zoo.param_names, zoo.param_shapes, args.granularity)
-    check_memory(zoo, deploy_size, spec)
-    plan = cached_plan(zoo, spec, algorithm, args.linkage, args.order, args.seed,
-                       progress=stderr_progress("similarity"))
-    return zoo, algorithm, plan
+    settings = PlanSettings(algorithm=args.algorithm, granularity=args.granularity, linkage=args.linkage,
+                            order=args.order, seed=args.seed,
+                            tasks=tuple(n.strip() for n in (args.tasks or "").split(",") if n.strip()),
+                            baseline=getattr(args, "baseline", None))
+    settings.make_algorithm()   # an unknown algorithm or option fails before the zoo is opened
+    return Pipeline(resolve_zoo(args.zoo), settings, progress=stderr_progress("similarity"), deploy_size=deploy_size)
 
 
 def _cmd_plan(args: argparse.Namespace) -> int:
-    zoo, _, plan = _plan_from_args(args)
+    pipeline = _pipeline_from_args(args)
+    zoo, plan = pipeline.zoo, pipeline.plan
     if args.json:
         emit_json({"num_tasks": plan.num_tasks, "model_params": plan.model_params, "min_size": plan.min_size,
                    "tasks": zoo.task_names, "blocks": plan.blocks, "events": plan.to_json()["events"]})
@@ -206,13 +206,12 @@ def _cmd_plan(args: argparse.Namespace) -> int:
 
 
 def _cmd_curve(args: argparse.Namespace) -> int:
-    from flexmerge_core.planning.blocks import build_blocks
-    from flexmerge_core.evaluation.curve import compute_curve, parse_sizes
+    from flexmerge_core.evaluation.curve import parse_sizes
 
     sizes = parse_sizes(args.sizes)
-    zoo, algorithm, plan = _plan_from_args(args, deploy_size="all")   # a curve starts from all M models kept
-    spec = build_blocks(zoo.param_names, zoo.param_shapes, args.granularity)
-    result = compute_curve(zoo, plan, algorithm, sizes, spec=spec, progress=stderr_progress("curve"))
+    pipeline = _pipeline_from_args(args, deploy_size="all")   # a curve starts from all M models kept
+    zoo = pipeline.zoo
+    result = pipeline.curve(sizes, progress=stderr_progress("curve"))
     if args.json:
         emit_json({"rows": result.rows, "finetuned": result.finetuned})
         return 0
@@ -225,9 +224,8 @@ def _cmd_curve(args: argparse.Namespace) -> int:
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
-    from flexmerge_core.planning.blocks import build_blocks
+    from flexmerge_core.deployment.export import recipe_path
     from flexmerge_core.evaluation.curve import parse_sizes
-    from flexmerge_core.deployment.export import export, recipe_path
 
     sizes = parse_sizes(args.size, option="--size")
     if sizes == "all" or len(sizes) != 1:
@@ -238,11 +236,9 @@ def _cmd_export(args: argparse.Namespace) -> int:
         known = args.tasks.split(",") if args.tasks else resolve_zoo(args.zoo).task_names
         if args.task not in [name.strip() for name in known]:
             raise FlexMergeError(f"--task: unknown task '{args.task}' (choose from {', '.join(known)})")
-    zoo, algorithm, plan = _plan_from_args(args, deploy_size=sizes[0])
-    spec = build_blocks(zoo.param_names, zoo.param_shapes, args.granularity)
-    recipe = export(zoo, spec, plan, algorithm, sizes[0], args.out, task=args.task,
-                    zoo_path="demo" if args.zoo == "demo" else None)
-    what = f"task '{args.task}'" if args.task else f"{len(zoo.task_names)} tasks"
+    pipeline = _pipeline_from_args(args, deploy_size=sizes[0])
+    recipe = pipeline.export(sizes[0], args.out, task=args.task, zoo_path=args.zoo if args.zoo in DEMO_ZOOS else None)
+    what = f"task '{args.task}'" if args.task else f"{len(pipeline.zoo.task_names)} tasks"
     print(f"wrote {args.out} ({what}, size {recipe['size']:.4f} for budget {recipe['budget']:g}); "
           f"recipe {recipe_path(args.out)}")
     return 0

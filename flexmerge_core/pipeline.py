@@ -1,21 +1,26 @@
 """The one orchestration path: zoo -> blocks -> plan -> merger -> curve / export.
 
 Why one place: the command line, the dashboard's facade (studio.py) and the benchmarks all need the
-same chain of steps, wired the same way (memory guard before loading, cached plans, the shared group
-merger); when each wired it itself they drifted apart. Embedded demo names ("demo") are resolved here,
-above the zoo format, so the zoo loader never builds anything.
+same chain of steps, wired the same way (memory guard before loading, cached plans, one memoised
+group merger with the on-disk group cache, incremental cached curves); when each wired it itself they
+drifted apart (the app's baseline curves re-evaluated every size from scratch). Baselines (Channel
+Merging, whole-model clustering) are plans like any other here, so they get the same machinery.
+Embedded demo names ("demo") are resolved here, above the zoo format, so the zoo loader never builds.
 """
 from __future__ import annotations
 
 import json
+import threading
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Any, Callable, Optional, Union
 
 from flexmerge_core.errors import InvalidArgumentError
 from flexmerge_core.zoo import Zoo, open_zoo
 
 Progress = Optional[Callable[[int, int, str], None]]
 DEMO_ZOOS = ("demo",)
+DEFAULT_ALGORITHM = "ta"
 
 
 def resolve_zoo(name_or_path, progress: Progress = None) -> Zoo:
@@ -27,12 +32,114 @@ def resolve_zoo(name_or_path, progress: Progress = None) -> Zoo:
     return open_zoo(name_or_path)
 
 
+def describe_zoo(zoo: Zoo) -> dict:
+    """`zoo info`'s facts, with the block count of every granularity preset."""
+    from flexmerge_core.planning.blocks import PRESETS, build_blocks
+    from flexmerge_core.zoo.summary import zoo_summary
+
+    counts = {g: len(build_blocks(zoo.param_names, zoo.param_shapes, g).blocks) for g in PRESETS}
+    return zoo_summary(zoo, counts)
+
+
+@dataclass(frozen=True)
+class PlanSettings:
+    """Everything that determines one plan and its deployments (hashable: a memo key).
+
+    baseline: None for FlexMerge's greedy plan, else "channel-merging" or "whole-model" (ALGORITHMS.md
+    section 3), whose partitions are evaluated, cached and exported like the plan's.
+    granularity None: the preset the plan kind needs (component; parameter for Channel Merging).
+    """
+
+    algorithm: str = DEFAULT_ALGORITHM
+    hyperparameters: tuple[tuple[str, Any], ...] = ()
+    granularity: Optional[str] = None
+    linkage: str = "min"
+    order: str = "greedy"
+    seed: int = 0
+    tasks: tuple[str, ...] = ()          # () = every task of the zoo
+    baseline: Optional[str] = None
+
+    def make_algorithm(self):
+        from flexmerge_core.algorithms import get_algorithm
+
+        return get_algorithm(self.algorithm, **dict(self.hyperparameters))
+
+    def block_granularity(self) -> str:
+        from flexmerge_core.planning.baselines import BASELINES
+        from flexmerge_core.planning.blocks import DEFAULT_GRANULARITY
+
+        if self.baseline is None:
+            return self.granularity or DEFAULT_GRANULARITY
+        if self.baseline not in BASELINES:
+            raise InvalidArgumentError(f"unknown baseline {self.baseline!r} (known: {', '.join(BASELINES)})")
+        needed = BASELINES[self.baseline]
+        if needed is not None and self.granularity not in (None, needed):
+            raise InvalidArgumentError(f"baseline {self.baseline} clusters per tensor: granularity must be "
+                                       f"'{needed}', not '{self.granularity}'")
+        return self.granularity or needed or DEFAULT_GRANULARITY
+
+
+class Pipeline:
+    """One zoo (task subset) + settings: its blocks, its (cached) plan, one memoised merger, curves, exports.
+
+    deploy_size: the largest deployment the caller will build ("all" = a curve over every size; None:
+    planning only), so the memory guard refuses before anything is loaded.
+    """
+
+    def __init__(self, zoo: Zoo, settings: PlanSettings = PlanSettings(), progress: Progress = None,
+                 deploy_size: Union[float, str, None] = None):
+        from flexmerge_core.planning.blocks import build_blocks
+        from flexmerge_core.planning.plan_cache import cached_baseline_plan, cached_plan
+        from flexmerge_core.resources import check_memory
+
+        self.settings = settings
+        self.zoo = zoo.subset(list(settings.tasks)) if settings.tasks else zoo
+        self.algorithm = settings.make_algorithm()
+        self.spec = build_blocks(self.zoo.param_names, self.zoo.param_shapes, settings.block_granularity())
+        check_memory(self.zoo, deploy_size, self.spec)
+        if settings.baseline is None:
+            self.plan = cached_plan(self.zoo, self.spec, self.algorithm, settings.linkage, settings.order,
+                                    settings.seed, progress=progress)
+        else:
+            self.plan = cached_baseline_plan(self.zoo, self.spec, self.algorithm, settings.baseline,
+                                             settings.linkage, settings.seed, progress=progress)
+        self._merger = None
+        self._lock = threading.RLock()
+
+    def merger(self):
+        """The memoised group merger (on-disk group cache), shared by every curve and export of this plan."""
+        from flexmerge_core.deployment.group_cache import GroupResultCache
+        from flexmerge_core.deployment.merge import GroupMerger
+
+        with self._lock:
+            if self._merger is None:
+                self._merger = GroupMerger(self.zoo, self.spec, self.algorithm, cache=GroupResultCache())
+            return self._merger
+
+    def curve(self, sizes="all", tasks=None, progress: Progress = None, **options):
+        """compute_curve over this plan (incremental and cached): CurveResult(rows, finetuned, stats)."""
+        from flexmerge_core.evaluation.curve import compute_curve
+
+        return compute_curve(self.zoo, self.plan, self.algorithm, sizes, tasks, spec=self.spec,
+                             merger=self.merger(), progress=progress, **options)
+
+    def export(self, size: float, out, task: Optional[str] = None, zoo_path: Optional[str] = None) -> dict:
+        """Write the deployment at `size` (or one task's model) with its recipe beside it."""
+        from flexmerge_core.deployment.export import export
+
+        return export(self.zoo, self.spec, self.plan, self.algorithm, size, out, task=task, zoo_path=zoo_path)
+
+
+def finetuned_scores(zoo: Zoo, progress: Progress = None) -> dict[str, float]:
+    """Each individual fine-tuned model's score on its held-out data, measured (and cached) like any deployment."""
+    from flexmerge_core.evaluation.evaluate import finetuned_accuracies
+
+    return finetuned_accuracies(zoo, progress=progress)
+
+
 def reproduce_export(recipe_file, out, progress=None) -> dict:
     """Re-create an export from its recipe JSON; refuses when the zoo's files changed since."""
-    from flexmerge_core.algorithms import get_algorithm
-    from flexmerge_core.deployment.export import RECIPE_FORMAT, export
-    from flexmerge_core.planning.blocks import build_blocks
-    from flexmerge_core.planning.plan_cache import cached_plan
+    from flexmerge_core.deployment.export import RECIPE_FORMAT
 
     recipe_file = Path(recipe_file)
     try:
@@ -40,15 +147,14 @@ def reproduce_export(recipe_file, out, progress=None) -> dict:
         if recipe.get("format") != RECIPE_FORMAT:
             raise ValueError(f"format {recipe.get('format')!r}")
         zoo = resolve_zoo(recipe["zoo_path"])
-        if recipe["tasks"] != zoo.task_names:
-            zoo = zoo.subset(recipe["tasks"])
-        algorithm = get_algorithm(recipe["algorithm"], **recipe["hyperparameters"])
+        settings = PlanSettings(recipe["algorithm"], tuple(recipe["hyperparameters"].items()),
+                                recipe["granularity"], recipe["linkage"], recipe["order"], recipe["seed"],
+                                tuple(recipe["tasks"]) if recipe["tasks"] != zoo.task_names else ())
+        settings.make_algorithm()
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise InvalidArgumentError(f"{recipe_file}: not a FlexMerge export recipe ({exc})") from exc
-    if zoo.fingerprint != recipe["zoo_fingerprint"]:
+    if zoo.subset(recipe["tasks"]).fingerprint != recipe["zoo_fingerprint"]:
         raise InvalidArgumentError(f"{recipe_file}: zoo {recipe['zoo_path']} changed since the export "
                                    f"(fingerprint {zoo.fingerprint} != {recipe['zoo_fingerprint']})")
-    spec = build_blocks(zoo.param_names, zoo.param_shapes, granularity=recipe["granularity"])
-    plan = cached_plan(zoo, spec, algorithm, linkage=recipe["linkage"], order=recipe["order"], seed=recipe["seed"],
-                       progress=progress)
-    return export(zoo, spec, plan, algorithm, recipe["budget"], out, task=recipe["task"], zoo_path=recipe["zoo_path"])
+    pipeline = Pipeline(zoo, settings, progress=progress, deploy_size=recipe["budget"])
+    return pipeline.export(recipe["budget"], out, task=recipe["task"], zoo_path=recipe["zoo_path"])

@@ -1,9 +1,10 @@
 """A thin facade over the engine for interactive front ends (the Streamlit dashboard).
 
 Why: a dashboard asks the same questions again and again (the partition, accuracies and charts at a
-size, for one set of plan settings) and must answer known ones instantly. This module opens zoos,
-builds plans, deployments, curves and exports through the engine's public functions and memoises
-them per settings in memory (the engine's own on-disk cache keeps results across restarts).
+size, for one set of plan settings) and must answer known ones instantly. This module drives the
+engine through the one orchestration path (pipeline.Pipeline: plans, merger, curves, exports; baselines
+too) and memoises what it answers per settings in memory (the engine's on-disk cache keeps results
+across restarts).
 It adds no math and imports no UI library; long work reports through `progress(done, total, msg)`.
 """
 from __future__ import annotations
@@ -18,13 +19,15 @@ import numpy as np
 from flexmerge_core.algorithms import ALGORITHM_NAMES, HyperParam, get_algorithm
 from flexmerge_core.cache import cache_root, content_hash
 from flexmerge_core.errors import InvalidArgumentError
+from flexmerge_core.pipeline import DEFAULT_ALGORITHM, Pipeline, PlanSettings, finetuned_scores, resolve_zoo
+from flexmerge_core.planning.blocks import DEFAULT_GRANULARITY, PRESETS, build_blocks
 from flexmerge_core.planning.plan import MergePlan, Partition
-from flexmerge_core.pipeline import resolve_zoo
 from flexmerge_core.zoo import Zoo
 
 Progress = Callable[[int, int, str], None]
-DEFAULT_ALGORITHM = "ta"
-GRANULARITIES = ("component", "layer", "parameter")   # the presets (custom rules need a rules file)
+# the presets in the dashboard's order, default first (custom rules need a rules file)
+GRANULARITIES = (DEFAULT_GRANULARITY,) + tuple(g for g in PRESETS if g != DEFAULT_GRANULARITY)
+PlanChoice = PlanSettings   # the dashboard's name for the settings of one plan
 
 
 def open_studio_zoo(spec: str, progress: Optional[Progress] = None) -> Zoo:
@@ -39,22 +42,6 @@ def algorithm_names() -> tuple[str, ...]:
 def algorithm_options(name: str) -> tuple[HyperParam, ...]:
     """The declared hyperparameters (with paper defaults) of one algorithm."""
     return tuple(type(get_algorithm(name)).params)
-
-
-@dataclass(frozen=True)
-class PlanChoice:
-    """Everything that determines one plan and its deployments (hashable: a memo key)."""
-
-    algorithm: str = DEFAULT_ALGORITHM
-    hyperparameters: tuple[tuple[str, Any], ...] = ()
-    granularity: str = "component"
-    linkage: str = "min"
-    order: str = "greedy"
-    seed: int = 0
-    tasks: tuple[str, ...] = ()          # () = every task of the zoo
-
-    def make_algorithm(self):
-        return get_algorithm(self.algorithm, **dict(self.hyperparameters))
 
 
 @dataclass(frozen=True)
@@ -90,9 +77,7 @@ def model_bytes(zoo: Zoo) -> int:
     return total
 
 
-def summarize_zoo(zoo: Zoo, granularity: str = "component") -> ZooSummary:
-    from flexmerge_core.planning.blocks import build_blocks
-
+def summarize_zoo(zoo: Zoo, granularity: str = DEFAULT_GRANULARITY) -> ZooSummary:
     spec = build_blocks(zoo.param_names, zoo.param_shapes, granularity=granularity)
     return ZooSummary(name=zoo.name, root=str(zoo.root), tasks=list(zoo.task_names),
                       finetuned=zoo.finetuned_accuracy, merged_params=int(spec.total_params),
@@ -103,23 +88,15 @@ class Explorer:
     """One plan (zoo subset + algorithm + granularity/linkage/order) and everything derived from it."""
 
     def __init__(self, zoo: Zoo, choice: PlanChoice, progress: Optional[Progress] = None):
-        from flexmerge_core.planning.blocks import build_blocks
-        from flexmerge_core.planning.plan_cache import cached_plan
-        from flexmerge_core.resources import check_memory
-
         self.choice = choice
-        self.zoo = zoo.subset(list(choice.tasks)) if choice.tasks else zoo
-        self.algorithm = choice.make_algorithm()
-        self.spec = build_blocks(self.zoo.param_names, self.zoo.param_shapes, granularity=choice.granularity)
-        check_memory(self.zoo, None, self.spec)
-        self.plan: MergePlan = cached_plan(self.zoo, self.spec, self.algorithm, linkage=choice.linkage,
-                                           order=choice.order, seed=choice.seed, progress=progress)
+        self.pipeline = Pipeline(zoo, choice, progress=progress)
+        self.zoo, self.algorithm, self.spec = self.pipeline.zoo, self.pipeline.algorithm, self.pipeline.spec
+        self.plan: MergePlan = self.pipeline.plan    # a baseline's ClusteringPlan when choice.baseline is set
         self._bytes_per_model = model_bytes(self.zoo)
         self._lock = threading.RLock()
         self._rows: dict[int, dict] = {}            # num_events -> curve row
         self._similarities: Optional[np.ndarray] = None
-        self._merger = None
-        self.finetuned: Optional[dict[str, float]] = None   # measured fine-tuned accuracies, once a curve ran
+        self._finetuned: Optional[dict[str, float]] = None
 
     @property
     def task_names(self) -> list[str]:
@@ -167,7 +144,7 @@ class Explorer:
     def export_file(self, budget: float, task: Optional[str] = None, zoo_spec: Optional[str] = None) -> Path:
         """Write the deployment at `budget` (or one task's standalone model) with its recipe beside it,
         under <cache>/exports/<key>/; an export that is already there is reused."""
-        from flexmerge_core.deployment.export import export, recipe_path
+        from flexmerge_core.deployment.export import recipe_path
         from flexmerge_core.resources import check_memory
 
         part = self.plan.partition_at(budget)
@@ -177,7 +154,7 @@ class Explorer:
         out = cache_root() / "exports" / key / f"{name}.safetensors"
         with self._lock:
             if not (out.exists() and recipe_path(out).exists()):
-                export(self.zoo, self.spec, self.plan, self.algorithm, budget, out, task=task, zoo_path=zoo_spec)
+                self.pipeline.export(budget, out, task=task, zoo_path=zoo_spec)
         return out
 
     def known(self, budget: float) -> bool:
@@ -186,7 +163,6 @@ class Explorer:
 
     def curve(self, budgets: Sequence[float], progress: Optional[Progress] = None) -> list[dict]:
         """Curve rows (DESIGN.md's JSON) at these budgets; each distinct partition is evaluated once."""
-        from flexmerge_core.evaluation.curve import compute_curve
         from flexmerge_core.resources import check_memory
 
         with self._lock:
@@ -196,22 +172,22 @@ class Explorer:
             missing = [b for e, b in wanted.items() if e not in self._rows]
             if missing:
                 check_memory(self.zoo, "all", self.spec)   # a curve starts from all M models kept
-                result = compute_curve(self.zoo, self.plan, self.algorithm, sizes=missing, spec=self.spec,
-                                       merger=self.merger(), progress=progress)
-                self.finetuned = result.finetuned
+                result = self.pipeline.curve(missing, progress=progress)
+                self._finetuned = result.finetuned
                 for row in result.rows:
                     self._rows[self.plan.partition_at(row["size_budget"]).num_events] = row
             return [{**self._rows[self.plan.partition_at(b).num_events], "size_budget": float(b)} for b in budgets]
 
     def merger(self):
         """The plan's memoised group merger (shared by curves and exports; on-disk group cache)."""
-        from flexmerge_core.deployment.group_cache import GroupResultCache
-        from flexmerge_core.deployment.merge import GroupMerger
+        return self.pipeline.merger()
 
+    def finetuned(self, progress: Optional[Progress] = None) -> dict[str, float]:
+        """Each task's fine-tuned score, measured through the engine (cached), for the reference lines."""
         with self._lock:
-            if self._merger is None:
-                self._merger = GroupMerger(self.zoo, self.spec, self.algorithm, cache=GroupResultCache())
-            return self._merger
+            if self._finetuned is None:
+                self._finetuned = finetuned_scores(self.zoo, progress=progress)
+            return self._finetuned
 
     def row_at(self, budget: float, progress: Optional[Progress] = None) -> dict:
         return self.curve([budget], progress=progress)[0]
@@ -227,10 +203,10 @@ class Studio:
     def __init__(self, zoo: Zoo):
         self.zoo = zoo
         self._explorers: dict[PlanChoice, Explorer] = {}
-        self._baselines: dict[tuple[str, str], list[dict]] = {}
+        self._finetuned: Optional[dict[str, float]] = None
         self._lock = threading.RLock()
 
-    def summary(self, granularity: str = "component") -> ZooSummary:
+    def summary(self, granularity: str = DEFAULT_GRANULARITY) -> ZooSummary:
         return summarize_zoo(self.zoo, granularity)
 
     def explorer(self, choice: PlanChoice, progress: Optional[Progress] = None) -> Explorer:
@@ -242,35 +218,15 @@ class Studio:
                 self._explorers[choice] = Explorer(self.zoo, choice, progress)
             return self._explorers[choice]
 
+    def finetuned(self, progress: Optional[Progress] = None) -> dict[str, float]:
+        """Each task's fine-tuned score on its held-out data, measured through the engine (cached on disk)."""
+        with self._lock:
+            if self._finetuned is None:
+                self._finetuned = finetuned_scores(self.zoo, progress=progress)
+            return self._finetuned
+
     def baseline_curve(self, kind: str, algorithm: str, progress: Optional[Progress] = None) -> list[dict]:
         """Curve rows of a baseline ("channel-merging" or "whole-model") at integer sizes 1..M (k groups),
-        each deployment built from the baseline's partition and evaluated like any other."""
-        from flexmerge_core.planning.baselines import channel_merging_plan, whole_model_plan
-        from flexmerge_core.planning.blocks import build_blocks
-        from flexmerge_core.deployment.deploy import GroupStore, deployment_from_partition
-        from flexmerge_core.evaluation.evaluate import evaluate_deployment
-        from flexmerge_core.deployment.group_cache import GroupResultCache
-        from flexmerge_core.deployment.merge import GroupMerger
-
-        builders = {"channel-merging": channel_merging_plan, "whole-model": whole_model_plan}
-        if kind not in builders:
-            raise InvalidArgumentError(f"unknown baseline {kind!r} (known: {', '.join(builders)})")
-        with self._lock:
-            if (kind, algorithm) not in self._baselines:
-                algo = get_algorithm(algorithm)
-                spec = build_blocks(self.zoo.param_names, self.zoo.param_shapes, granularity="parameter")
-                plan = builders[kind](self.zoo, spec, algo)
-                store = GroupStore(self.zoo, spec, algo, GroupMerger(self.zoo, spec, algo, cache=GroupResultCache()))
-                rows, m = [], len(self.zoo.task_names)
-                for k in range(1, m + 1):
-                    part = plan.partition_at(float(k))
-                    recipe = {"baseline": kind, "algorithm": algo.name, "groups_per_block": k}
-                    result = evaluate_deployment(self.zoo, deployment_from_partition(self.zoo, spec, algo, part,
-                                                                                     store, recipe))
-                    rows.append({"size_budget": float(k), "size": part.size, "avg_accuracy": result.avg_accuracy,
-                                 "avg_normalized_accuracy": result.avg_normalized_accuracy,
-                                 "accuracy": dict(result.accuracy)})
-                    if progress is not None:
-                        progress(k, m, f"{kind}: {k} group(s) per block")
-                self._baselines[kind, algorithm] = rows
-            return self._baselines[kind, algorithm]
+        through the same incremental, cached curve machinery as the plan (parameter granularity)."""
+        explorer = self.explorer(PlanChoice(algorithm=algorithm, granularity="parameter", baseline=kind), progress)
+        return explorer.curve([float(k) for k in range(1, len(self.zoo.task_names) + 1)], progress=progress)

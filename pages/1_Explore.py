@@ -30,7 +30,7 @@ def size_figures(explorer: Explorer, budget: float, view: PartitionView, row: di
     if key not in memo:
         if len(memo) >= FIGURE_MEMO_LIMIT:
             memo.clear()
-        finetuned = explorer.zoo.finetuned_accuracy
+        finetuned = explorer.finetuned()
         memo[key] = (
             charts.task_accuracy_figure(explorer.task_names, row["accuracy"], finetuned, view.size),
             charts.curve_figure({explorer.algorithm.name: charts.accuracy_points(explorer.known_rows())},

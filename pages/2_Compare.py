@@ -40,7 +40,8 @@ if not chosen:
     st.stop()
 curves = curves_for(studio, {a: PlanChoice(algorithm=a, granularity=granularity) for a in chosen}, GRID_STEP,
                     "Algorithm")
-finetuned = studio.zoo.finetuned_accuracy
+with engine_errors(), progress_bar("Measuring the fine-tuned models") as bar:
+    finetuned = studio.finetuned(progress=bar)
 ft_avg = None if not finetuned else 100 * sum(finetuned.values()) / len(finetuned)
 st.plotly_chart(charts.curve_figure({a: charts.accuracy_points(rows)
                                      for a, rows in curves.items()}, finetuned=ft_avg,

@@ -8,7 +8,6 @@ and recomputed, never trusted.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 from typing import Optional
@@ -18,20 +17,9 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
 from flexmerge_core.algorithms.base import MergeResult
-from flexmerge_core.cache import atomic_write, cache_root
+from flexmerge_core.cache import atomic_write, cache_root, tensors_digest
 
 _FORMAT = "flexmerge-group/1"
-
-
-def tensors_digest(tensors: dict[str, torch.Tensor]) -> str:
-    """SHA-256 over names, dtypes, shapes and bytes of `tensors` in sorted name order."""
-    h = hashlib.sha256()
-    for name in sorted(tensors):
-        t = tensors[name]
-        h.update(f"{name}|{t.dtype}|{list(t.shape)}|".encode())
-        if t.numel():
-            h.update(t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
-    return h.hexdigest()
 
 
 def _flatten(result: MergeResult) -> dict[str, torch.Tensor]:

@@ -46,9 +46,9 @@ def parse_sizes(text: str, option: str = "--sizes") -> "str | list[float]":
 
 def spec_for_plan(zoo, plan):
     """The block spec whose blocks are the plan's (plans record block names, not the granularity)."""
-    from flexmerge_core.planning.blocks import build_blocks
+    from flexmerge_core.planning.blocks import PRESETS, build_blocks
 
-    for granularity in ("component", "layer", "parameter"):
+    for granularity in PRESETS:
         spec = build_blocks(zoo.param_names, zoo.param_shapes, granularity=granularity)
         layout = [(b.name, b.numel) for b in spec.blocks]
         if layout == list(zip(plan.blocks, plan.block_numels)):

@@ -18,9 +18,8 @@ import torch.nn.functional as F
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from flexmerge_core.cache import atomic_write, cache_root, content_hash
+from flexmerge_core.cache import atomic_write, cache_root, content_hash, tensors_digest
 from flexmerge_core.errors import InvalidArgumentError
-from flexmerge_core.deployment.group_cache import tensors_digest
 from flexmerge_core.architectures.open_clip import build_clip
 
 ZEROSHOT_VERSION = "zeroshot/1"

@@ -103,9 +103,10 @@ class ClusteringPlan:
     """Plan-like view of a baseline: one partition per group count k = M..1, sizes from the storage rule."""
 
     def __init__(self, num_tasks: int, blocks: Sequence[str], block_numels: Sequence[int], storage: str,
-                 clustering: Callable[[int], list], kind: str):
+                 clustering: Callable[[int], list], kind: str, linkage=None, seed: int = 0):
         self.num_tasks, self.blocks, self.block_numels = num_tasks, list(blocks), list(block_numels)
         self.storage, self.kind, self._clustering = storage, kind, clustering
+        self.linkage, self.order, self.seed = linkage, kind, seed   # what a deployment recipe records
         self.model_params, self.max_size = int(sum(self.block_numels)), float(num_tasks)
         self._partitions: dict = {}
 
@@ -161,7 +162,7 @@ def channel_merging_plan(zoo, spec, algorithm, seed: int = 0, device=None, progr
                 for b, unit in zip(spec.blocks, units)]
 
     return ClusteringPlan(num_tasks, [b.name for b in spec.blocks], [b.numel for b in spec.blocks],
-                          algorithm.storage, clustering, kind="channel-merging")
+                          algorithm.storage, clustering, kind="channel-merging", seed=seed)
 
 
 def whole_model_plan(zoo, spec, algorithm, linkage: str = "min", device=None, progress=None) -> ClusteringPlan:
@@ -180,4 +181,17 @@ def whole_model_plan(zoo, spec, algorithm, linkage: str = "min", device=None, pr
         return [sorted(groups) for _ in spec.blocks]
 
     return ClusteringPlan(num_tasks, [b.name for b in spec.blocks], [b.numel for b in spec.blocks],
-                          algorithm.storage, clustering, kind="whole-model")
+                          algorithm.storage, clustering, kind="whole-model", linkage=linkage)
+
+
+BASELINES = {"channel-merging": "parameter", "whole-model": None}   # kind -> the granularity it needs (None: any)
+
+
+def baseline_plan(kind: str, zoo, spec, algorithm, linkage: str = "min", seed: int = 0, device=None,
+                  progress=None) -> ClusteringPlan:
+    """The plan of baseline `kind` ("channel-merging" or "whole-model")."""
+    if kind == "channel-merging":
+        return channel_merging_plan(zoo, spec, algorithm, seed=seed, device=device, progress=progress)
+    if kind == "whole-model":
+        return whole_model_plan(zoo, spec, algorithm, linkage=linkage, device=device, progress=progress)
+    raise InvalidArgumentError(f"unknown baseline {kind!r} (known: {', '.join(BASELINES)})")

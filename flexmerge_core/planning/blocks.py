@@ -26,7 +26,9 @@ from dataclasses import dataclass
 
 from flexmerge_core.errors import InvalidArgumentError
 
-GRANULARITIES = ("layer", "component", "parameter", "custom")
+PRESETS = ("layer", "component", "parameter")   # the one list of granularity presets
+DEFAULT_GRANULARITY = "component"               # the paper's default
+GRANULARITIES = PRESETS + ("custom",)           # custom = block rules given by the caller
 
 _LAYER = re.compile(r"^(?P<owner>(?:.*?\.)??)(?P<stack>transformer\.resblocks|resblocks|blocks|layers|layer)"
                     r"\.(?P<index>\d+)\.(?P<rest>.+)$")
@@ -219,7 +221,7 @@ def build_blocks(param_names, shapes, granularity: str = "component", rules=None
     if missing:
         raise InvalidArgumentError(f"no shape given for parameter '{missing[0]}'")
     if granularity not in GRANULARITIES:
-        raise InvalidArgumentError(f"unknown granularity '{granularity}' (choose {', '.join(GRANULARITIES[:3])})")
+        raise InvalidArgumentError(f"unknown granularity '{granularity}' (choose {', '.join(PRESETS)})")
     if rules is not None and granularity not in ("component", "custom"):
         raise InvalidArgumentError(f"custom block rules replace granularity '{granularity}'; pass one or the other")
     if granularity == "custom" and rules is None:

@@ -5,27 +5,26 @@ the two consistent, and the result is JSON-ready.
 """
 from __future__ import annotations
 
-from flexmerge_core.planning.blocks import build_blocks
+import math
+
 from flexmerge_core.zoo.loader import Zoo
 
-PRESETS = ("layer", "component", "parameter")
 
-
-def zoo_summary(zoo: Zoo) -> dict:
-    """Tasks, merged parameter counts, blocks per preset, fine-tuned accuracies, the recipe's report."""
+def zoo_summary(zoo: Zoo, blocks: dict[str, int]) -> dict:
+    """Tasks, merged parameter counts, `blocks` (block count per granularity preset, from the planning
+    stage: `pipeline.describe_zoo` fills it in), fine-tuned accuracies, the recipe's report."""
     tasks = [{"name": t.name, "finetuned_accuracy": t.finetuned_accuracy,
               "num_classes": None if t.classes is None else len(t.classes),
               "has_head": t.head is not None, "has_heldout_data": t.data is not None}
              for t in zoo.manifest.tasks]
-    specs = {g: build_blocks(zoo.param_names, zoo.param_shapes, g) for g in PRESETS}
     report = zoo.recipe.get("report") if isinstance(zoo.recipe.get("report"), dict) else {}
     return {
         "name": zoo.name, "root": str(zoo.root), "fingerprint": zoo.fingerprint,
         "architecture": zoo.manifest.architecture_kind, "head_input": zoo.head_input,
         "num_tasks": len(tasks), "tasks": tasks,
-        "merged_tensors": len(zoo.param_names), "merged_params": specs["parameter"].total_params,
+        "merged_tensors": len(zoo.param_names), "merged_params": sum(math.prod(zoo.param_shapes[n]) for n in zoo.param_names),
         "unmerged_tensors": list(zoo.unmerged_names),
-        "blocks": {g: len(spec.blocks) for g, spec in specs.items()},
+        "blocks": dict(blocks),
         "finetuned_accuracy": zoo.finetuned_accuracy, "report": report,
     }
 

@@ -30,16 +30,13 @@ def brute_smallest_within(curves, finetuned, points, key="avg_accuracy"):
 
 
 def brute_best_under(curves, max_mb):
-    best = None
-    for algorithm, curve in curves.items():
-        for row in curve:
-            if row["megabytes"] > max_mb:
-                continue
-            better = best is None or (row["avg_accuracy"], -row["size"]) > (best[1]["avg_accuracy"], -best[1]["size"]) \
-                or ((row["avg_accuracy"], row["size"]) == (best[1]["avg_accuracy"], best[1]["size"]) and algorithm < best[0])
-            if better:
-                best = (algorithm, row)
-    return best
+    """Filter by size, keep the top accuracy, then the smallest size, then the first name."""
+    fitting = [(algorithm, row) for algorithm, curve in curves.items() for row in curve if row["megabytes"] <= max_mb]
+    if not fitting:
+        return None
+    top = [(a, r) for a, r in fitting if r["avg_accuracy"] == max(r["avg_accuracy"] for _, r in fitting)]
+    smallest = [(a, r) for a, r in top if r["size"] == min(r["size"] for _, r in top)]
+    return sorted(smallest, key=lambda item: item[0])[0]
 
 
 def brute_knee(curve):
@@ -100,7 +97,8 @@ def test_picks_match_brute_force_on_random_curves():
                               for s in rng.choice([1, 1.5, 2, 3, 4, 6], size=rng.integers(1, 6), replace=False)],
                              half_width=float(rng.uniform(0, 0.05)))
                   for name in rng.choice(["ta", "ties", "dare", "pcb"], size=rng.integers(1, 4), replace=False)}
-        finetuned, points, max_mb = float(rng.uniform(0.8, 0.97)), float(rng.integers(0, 15)), float(rng.uniform(50, 700))
+        finetuned, points = float(rng.uniform(0.8, 0.97)), float(rng.integers(0, 15))
+        max_mb = float(rng.uniform(50, 700))
         for conservative, key in ((False, "avg_accuracy"), (True, "ci_low")):
             pick = smallest_within(curves, finetuned, points, conservative)
             expected = brute_smallest_within(curves, finetuned, points, key)

@@ -59,7 +59,7 @@ def test_wilson_coverage_is_close_to_nominal_on_average():
     assert 0.94 <= np.mean(coverage) <= 0.96 and min(coverage) > 0.85
 
 
-@pytest.mark.parametrize("args", [(0, 0), (3, 2), (-1, 5), (1, 5.0), (1, 5, 1.0), (1, 5, 0)])
+@pytest.mark.parametrize("args", [(0, 0), (3, 2), (-1, 5), ("1", 5), (1, 5.0), (1, 5, 1.0), (1, 5, 0)])
 def test_wilson_rejects_bad_arguments(args):
     with pytest.raises(InvalidArgumentError):
         st.wilson_interval(*args)

@@ -46,7 +46,7 @@ def wilson_interval(successes: float, n: int, confidence: float = 0.95) -> tuple
     z = _z(confidence)
     if not isinstance(n, (int, np.integer)) or n < 1:
         raise InvalidArgumentError(f"n must be a positive whole number of examples, got {n!r}")
-    if not 0 <= successes <= n:
+    if not isinstance(successes, numbers.Real) or not 0 <= successes <= n:
         raise InvalidArgumentError(f"successes must lie in [0, n={n}], got {successes!r}")
     p = successes / n
     shrink = 1 + z * z / n

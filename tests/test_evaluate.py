@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from deploy_zoos import TINY_VIT, evaluable_zoo, one_thread, plan_for, private_cache, reference_logits  # noqa: F401
+from flexmerge_core.architectures.registry import get_architecture
 from flexmerge_core.deployment.deploy import build_deployment
 from flexmerge_core.errors import InvalidArgumentError
 from flexmerge_core.evaluation.evaluate import evaluate_deployment, finetuned_accuracies
@@ -28,7 +29,7 @@ def _random_vit(seed):
 
 def test_staged_forward_matches_the_module_and_resumes_from_any_stage():
     encoder, other = _random_vit(0), _random_vit(1)
-    runner = StagedEncoder(encoder, device="cpu")
+    runner = StagedEncoder(encoder, device="cpu", adapter=get_architecture("open_clip_vit"))
     layers = TINY_VIT["layers"]
     assert runner.num_stages == 2 * layers + 2          # stem, attention and MLP half per block, pool
     assert runner.stage_of("conv1.weight") == 0 and runner.stage_of("proj") == 2 * layers + 1
@@ -102,7 +103,7 @@ def test_results_are_cached_and_a_corrupt_entry_is_recomputed(zoo_bundle, privat
 
 def test_evaluator_reuses_kept_stage_inputs_only_before_the_first_change(zoo_bundle):
     zoo, states, pretrained, heads = zoo_bundle
-    runner = StagedEncoder(zoo.build_encoder(), device="cpu")
+    runner = StagedEncoder(zoo.build_encoder(), device="cpu", adapter=zoo.architecture)
     images, labels = zoo.heldout(0)
     fresh = lambda state: TaskEvaluator(runner, images, labels, heads["task0"], False, 16).count_correct(state)
     evaluator = TaskEvaluator(runner, images, labels, heads["task0"], False, batch_size=16, budget_bytes=1 << 30)

@@ -193,7 +193,7 @@ class Evaluators:
     @property
     def runner(self) -> StagedEncoder:
         if self._runner is None:
-            self._runner = StagedEncoder(self.zoo.build_encoder(), self.device)
+            self._runner = StagedEncoder(self.zoo.build_encoder(), self.device, self.zoo.architecture)
         return self._runner
 
     def task(self, task_id: int, share: int = 1) -> TaskEvaluator:

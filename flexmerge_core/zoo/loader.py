@@ -15,7 +15,8 @@ import torch
 
 from flexmerge_core.cache import content_hash
 from flexmerge_core.errors import InvalidArgumentError, ZooError
-from flexmerge_core.architectures.registry import construct, state_layout
+from flexmerge_core.architectures.base import ArchitectureAdapter
+from flexmerge_core.architectures.registry import construct, get_architecture, state_layout
 from flexmerge_core.zoo.checkpoint import CheckpointFile
 from flexmerge_core.zoo.manifest import MANIFEST_NAME, Manifest, TaskEntry, read_manifest
 
@@ -81,10 +82,13 @@ def _check_architecture(manifest: Manifest, pretrained: CheckpointFile) -> list[
 
 
 def _merged_names(manifest: Manifest, ordered: list[str]) -> list[str]:
+    """Parameters not matched by the manifest's `unmerged` patterns nor the architecture's own."""
     patterns = [re.compile(p) for p in manifest.unmerged]
     for pattern in patterns:
         if not any(pattern.search(n) for n in ordered):
             raise ZooError(f"zoo.json: unmerged pattern '{pattern.pattern}' matches no parameter")
+    adapter = get_architecture(manifest.architecture_kind)
+    patterns += [re.compile(p) for p in adapter.unmerged(manifest.architecture_config)]
     merged = [n for n in ordered if not any(p.search(n) for p in patterns)]
     if not merged:
         raise ZooError("zoo.json: the 'unmerged' patterns exclude every parameter")
@@ -132,12 +136,6 @@ def _check_labels(data: CheckpointFile, task: TaskEntry, labels: torch.Tensor, n
                        f"{num_classes} classes (0..{num_classes - 1})")
 
 
-def _feature_dim(shapes: dict[str, tuple[int, ...]]) -> int | None:
-    """Encoder output width of an open_clip ViT: the projection's columns (None when unknown)."""
-    proj = shapes.get("proj")
-    return proj[1] if proj is not None and len(proj) == 2 else None
-
-
 class Zoo:
     """A validated zoo: a pretrained model, M fine-tuned task models, optional heads and held-out data.
 
@@ -167,6 +165,11 @@ class Zoo:
     @property
     def task_names(self) -> list[str]:
         return [t.name for t in self.manifest.tasks]
+
+    @property
+    def architecture(self) -> ArchitectureAdapter:
+        """The adapter of the manifest's architecture kind (build, forward, stages, inputs)."""
+        return get_architecture(self.manifest.architecture_kind)
 
     @property
     def head_input(self) -> str:
@@ -303,7 +306,8 @@ def _validate_files(root: Path, manifest: Manifest, files: _Files) -> list[str]:
     """Header-level checks of every referenced file; returns the state_dict order."""
     pretrained = files.get(manifest.pretrained, "pretrained")
     order = _check_architecture(manifest, pretrained)
-    feature_dim = _feature_dim(pretrained.shapes)
+    adapter = get_architecture(manifest.architecture_kind)
+    feature_dim = adapter.feature_dim(manifest.architecture_config, pretrained.shapes)
     for task in manifest.tasks:
         _check_same_layout(pretrained, files.get(task.checkpoint, _task_role(task)),
                            f"the pretrained checkpoint ({manifest.pretrained})")

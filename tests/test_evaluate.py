@@ -4,7 +4,7 @@ import json
 import pytest
 import torch
 
-from deploy_zoos import TINY_VIT, evaluable_zoo, one_thread, plan_for, private_cache, reference_logits  # noqa: F401
+from deploy_zoos import TINY_VIT, evaluable_zoo, plan_for, reference_logits
 from flexmerge_core.deployment.deploy import build_deployment
 from flexmerge_core.errors import InvalidArgumentError
 from flexmerge_core.evaluation.evaluate import evaluate_deployment, finetuned_accuracies
@@ -82,7 +82,7 @@ def test_normalized_head_input_and_unmerged_parameters_are_honoured(tmp_path):
         assert finetuned[name] == int((logits.argmax(-1) == labels).sum()) / len(labels)
 
 
-def test_results_are_cached_and_a_corrupt_entry_is_recomputed(zoo_bundle, private_cache, monkeypatch):
+def test_results_are_cached_and_a_corrupt_entry_is_recomputed(zoo_bundle, monkeypatch):
     zoo, *_ = zoo_bundle
     spec, algo, plan = plan_for(zoo, "ta")
     deployment = build_deployment(zoo, plan, algo, 2.0, spec=spec)

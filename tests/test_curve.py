@@ -71,7 +71,7 @@ def test_second_cli_curve_run_with_a_warm_cache_merges_and_evaluates_nothing(zoo
     assert warm.stats["evaluated"] == 0 and warm.rows == cold["rows"]
 
 
-def test_merged_groups_come_back_from_disk_and_corrupt_files_are_rebuilt(zoo_bundle, monkeypatch):
+def test_merged_groups_come_back_from_disk_and_corrupt_files_are_rebuilt(zoo_bundle, private_cache, monkeypatch):
     zoo, *_ = zoo_bundle
     spec, algo, plan = plan_for(zoo, "ta")
     deployment = build_deployment(zoo, plan, algo, 1.0, spec=spec)

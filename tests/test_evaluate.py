@@ -82,7 +82,7 @@ def test_normalized_head_input_and_unmerged_parameters_are_honoured(tmp_path):
         assert finetuned[name] == int((logits.argmax(-1) == labels).sum()) / len(labels)
 
 
-def test_results_are_cached_and_a_corrupt_entry_is_recomputed(zoo_bundle, monkeypatch):
+def test_results_are_cached_and_a_corrupt_entry_is_recomputed(zoo_bundle, private_cache, monkeypatch):
     zoo, *_ = zoo_bundle
     spec, algo, plan = plan_for(zoo, "ta")
     deployment = build_deployment(zoo, plan, algo, 2.0, spec=spec)

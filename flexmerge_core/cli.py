@@ -1,6 +1,6 @@
 """The command line: `python -m flexmerge_core <command> ...`.
 
-Contract (DESIGN.md): `--json` prints exactly one JSON document on stdout; progress goes to stderr;
+Contract (docs/ARCHITECTURE.md): `--json` prints exactly one JSON document on stdout; progress goes to stderr;
 exit 0 on success, 2 with a one-line `error: ...` on bad input (any FlexMergeError or argparse error).
 Each command is a small handler that parses options and calls the library; no engine logic lives here.
 """

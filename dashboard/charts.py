@@ -33,7 +33,7 @@ def _reference_line(y: float, label: str) -> tuple[dict, dict]:
 
 
 def accuracy_points(rows: Sequence[Mapping]) -> list[tuple[float, float]]:
-    """(size achieved, average accuracy in %) of curve rows (DESIGN.md's curve JSON)."""
+    """(size achieved, average accuracy in %) of curve rows (the curve JSON of docs/ARCHITECTURE.md)."""
     return [(r["size"], 100 * r["avg_accuracy"]) for r in rows]
 
 

@@ -1,6 +1,6 @@
 """The command line: `python -m flexmerge_core <command> ...`.
 
-Contract (DESIGN.md): `--json` prints exactly one JSON document on stdout; progress goes to stderr;
+Contract (docs/ARCHITECTURE.md): `--json` prints exactly one JSON document on stdout; progress goes to stderr;
 exit 0 on success, 2 with a one-line `error: ...` on bad input (any FlexMergeError or argparse error).
 Each command is a small handler that parses options and calls the library; no engine logic lives here.
 """
@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import weakref
 from typing import Callable, Sequence
@@ -144,8 +145,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _cmd_zoo_build_demo(args: argparse.Namespace) -> int:
-    import os
-
     # Idle OpenMP threads sleep instead of spinning: on a shared, loaded CPU spinning steals the cores
     # the build needs (several times slower). Read once when torch loads, hence before importing it.
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
@@ -254,3 +253,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         message = " ".join(str(exc).split())
         print(f"error: {message}", file=sys.stderr)
         return 2
+
+
+def run() -> int:
+    """The `flexmerge` command and `python -m flexmerge_core`: `main` with the process set up first.
+
+    Idle OpenMP threads sleep instead of spinning (read once when torch loads; the handlers import it
+    later): on small shared machines spinning threads of concurrent processes slowed torch down many
+    times over.
+    """
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    return main()

@@ -162,7 +162,7 @@ class Explorer:
         return self.plan.partition_at(budget).num_events in self._rows
 
     def curve(self, budgets: Sequence[float], progress: Optional[Progress] = None) -> list[dict]:
-        """Curve rows (DESIGN.md's JSON) at these budgets; each distinct partition is evaluated once."""
+        """Curve rows (docs/ARCHITECTURE.md's JSON) at these budgets; each distinct partition is evaluated once."""
         from flexmerge_core.resources import check_memory
 
         with self._lock:

@@ -11,18 +11,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from app_support import zoo_dir  # noqa: E402,F401  (fixture)
 from dashboard import charts  # noqa: E402
 from dashboard.rankings import ranking_table  # noqa: E402
 
 
 @pytest.fixture(scope="module")
-def studio(zoo_dir):
+def studio(app_zoo):
     from flexmerge_core.studio import Studio, open_studio_zoo
 
-    return Studio(open_studio_zoo(str(zoo_dir)))
+    return Studio(open_studio_zoo(str(app_zoo)))
 
 
 @pytest.fixture(scope="module")
@@ -49,10 +47,10 @@ def test_groups_by_step_matches_the_plans_partitions(explorer):
     assert (table[:, 0] == plan.num_tasks).all() and (table[:, -1] == 1).all()
 
 
-def test_partition_view_reports_size_and_megabytes(zoo_dir, explorer):
+def test_partition_view_reports_size_and_megabytes(app_zoo, explorer):
     from flexmerge_core.zoo import open_zoo
 
-    zoo = open_zoo(zoo_dir)
+    zoo = open_zoo(app_zoo)
     one_model_bytes = sum(int(np.prod(zoo.param_shapes[n])) * zoo.param_dtypes[n].itemsize for n in zoo.param_names)
     for budget in (1.0, 1.4, 2.0, float(explorer.plan.num_tasks)):
         view = explorer.partition(budget)

@@ -4,7 +4,7 @@ import json
 import pytest
 import torch
 
-from deploy_zoos import evaluable_zoo, one_thread, plan_for, private_cache  # noqa: F401
+from deploy_zoos import evaluable_zoo, plan_for
 from flexmerge_core.cli import main
 from flexmerge_core.evaluation.curve import accuracy_curve, compute_curve, parse_sizes, spec_for_plan
 from flexmerge_core.deployment.deploy import build_deployment

@@ -4,7 +4,7 @@ import json
 import pytest
 import torch
 
-from deploy_zoos import TINY_VIT, evaluable_zoo, one_thread, plan_for, private_cache, reference_logits  # noqa: F401
+from deploy_zoos import TINY_VIT, evaluable_zoo, plan_for, reference_logits
 from flexmerge_core.architectures.registry import get_architecture
 from flexmerge_core.deployment.deploy import build_deployment
 from flexmerge_core.errors import InvalidArgumentError

@@ -23,7 +23,7 @@ Progress = Optional[Callable[[int, int, str], None]]
 
 @dataclass
 class CurveResult:
-    rows: list[dict]                       # DESIGN.md's curve rows, in the order of the requested sizes
+    rows: list[dict]                       # curve rows (docs/ARCHITECTURE.md), in requested size order
     finetuned: dict[str, float]            # accuracy of each individual fine-tuned model
     stats: dict = field(default_factory=dict)
 

@@ -204,8 +204,9 @@ class Zoo:
         """
         stats = []
         for rel in self._referenced_files():
-            st = (self.root / rel).stat()
-            stats.append([rel, st.st_size, st.st_mtime_ns])
+            for path in self._files.get(rel, "a file of the zoo").files:   # shards of an index too
+                st = path.stat()
+                stats.append([str(path.relative_to(self.root)), st.st_size, st.st_mtime_ns])
         return content_hash(self.manifest.to_json(), stats)
 
     # -- tensors --------------------------------------------------------------------------------

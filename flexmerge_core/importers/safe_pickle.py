@@ -42,6 +42,7 @@ class StandIn:
     `pickled_name` is e.g. "src.modeling.ImageEncoder"; the pickled `__dict__` state (`_parameters`,
     `_buffers`, `_modules`, other attributes) is this object's `__dict__`. The slots keep what the
     pickle passed on creation, a non-dict state, and what it added as dict or list items.
+    Nothing here runs code from the file: the reader never looks up a method on a StandIn.
     """
     __slots__ = ("__dict__", "pickled_name", "pickle_args", "pickle_kwargs", "pickle_state",
                  "pickle_items", "pickle_list")
@@ -49,6 +50,14 @@ class StandIn:
     def __init__(self, pickled_name: str, args: tuple, kwargs: dict | None = None):
         self.pickled_name, self.pickle_args, self.pickle_kwargs = pickled_name, args, kwargs or {}
         self.pickle_state, self.pickle_items, self.pickle_list = None, {}, []
+
+    def __getattr__(self, name):
+        """As torch.nn.Module does: `encoder.model.visual` finds submodules, parameters and buffers."""
+        for group in ("_parameters", "_buffers", "_modules"):
+            members = self.__dict__.get(group)
+            if isinstance(members, dict) and name in members:
+                return members[name]
+        raise AttributeError(f"{self!r} has no attribute {name!r}")
 
     def __repr__(self):
         return f"<StandIn {self.pickled_name}>"
@@ -172,6 +181,11 @@ def _encode(text, encoding):
     return text.encode("latin-1")
 
 
+def _bytes():
+    """How pickle protocol 2 writes empty bytes: `bytes()`."""
+    return b""
+
+
 def _reconstructor(cls, base, state):
     """copyreg._reconstructor (protocols 0 and 1): an object of `cls`; `base` is never called."""
     return _new(cls, () if state is None else (state,))
@@ -198,6 +212,7 @@ _CALLS = {
     "builtins.slice": _slice,
     "builtins.complex": _complex,
     "_codecs.encode": _encode,
+    "builtins.bytes": _bytes,
     "copyreg._reconstructor": _reconstructor,
     "copyreg.__newobj__": _newobj,
     "copyreg.__newobj_ex__": _newobj_ex,

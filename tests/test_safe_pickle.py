@@ -87,7 +87,7 @@ class Point:
 
 
 class Tower(torch.nn.Module):
-    def __init__(self):
+    def __init__(self, raw_storage):
         super().__init__()
         g = torch.Generator().manual_seed(0)
         self.proj = torch.nn.Linear(6, 4, bias=False)
@@ -109,9 +109,12 @@ class Tower(torch.nn.Module):
         self.blob, self.empty = b"\\x00\\xffbytes", b""
         self.where, self.kind = torch.device("cpu"), torch.float16
         self.span, self.z = slice(1, 5, 2), complex(1, 2)
+        self.shape, self.frozen = torch.Size([2, 3]), frozenset({1})
+        if raw_storage:   # torch's own reader of legacy files fails on an UntypedStorage
+            self.raw = torch.arange(4, dtype=torch.int16).untyped_storage()
 '''
 
-FORMATS = {"zip": {}, "zip, pickle protocol 1": {"pickle_protocol": 1},
+FORMATS = {"zip": {}, "zip, pickle protocol 1": {"pickle_protocol": 1}, "zip, pickle protocol 4": {"pickle_protocol": 4},
            "legacy": {"_use_new_zipfile_serialization": False}}
 
 
@@ -170,10 +173,11 @@ def probe_module(tmp_path):
         sys.modules.pop(PROBE_MODULE, None)
 
 
+@pytest.mark.filterwarnings("ignore:TypedStorage is deprecated")
 @pytest.mark.parametrize("fmt", FORMATS)
 def test_unknown_classes_read_as_a_full_unpickle_gives(tmp_path, probe_module, fmt):
     path = tmp_path / "tower.pt"
-    torch.save(probe_module.Tower(), path, **FORMATS[fmt])
+    torch.save(probe_module.Tower(raw_storage=fmt != "legacy"), path, **FORMATS[fmt])
     sys.modules.pop(PROBE_MODULE)
     got = load_structural(path)
     assert PROBE_MODULE not in sys.modules and "torch.nn.modules.linear" in got.proj.pickled_name
@@ -194,6 +198,9 @@ def test_unknown_classes_read_as_a_full_unpickle_gives(tmp_path, probe_module, f
     assert got.point.pickle_args == (3,) and vars(got.point) == {"x": 3}
     assert (got.kinds, got.blob, got.empty) == ({"a", "b"}, full.blob, b"")
     assert (got.where, got.kind, got.span, got.z) == (torch.device("cpu"), torch.float16, slice(1, 5, 2), 1 + 2j)
+    assert (got.shape, got.frozen) == (torch.Size([2, 3]), frozenset({1}))
+    if fmt != "legacy":
+        assert got.raw.tolist() == full.raw.tolist()
 
 
 class _Calls:
@@ -226,7 +233,8 @@ def _refused(path, name, marker):
 
 @pytest.mark.parametrize("name", list(_payloads("m")))
 @pytest.mark.parametrize("where", ["top level", "in a dict in the module state"])
-def test_pickled_calls_are_refused_and_never_run(tmp_path, name, where):
+@pytest.mark.parametrize("fmt", ["zip", "legacy"])
+def test_pickled_calls_are_refused_and_never_run(tmp_path, name, where, fmt):
     marker = tmp_path / "MARKER"
     payload = _payloads(marker)[name]
     if where != "top level":
@@ -234,15 +242,24 @@ def test_pickled_calls_are_refused_and_never_run(tmp_path, name, where):
         module.config = {"hooks": [payload]}
         payload = module
     path = tmp_path / "evil.pt"
-    torch.save(payload, path)
+    torch.save(payload, path, **FORMATS[fmt])
     _refused(path, name, marker)
 
 
-def _torch_zip(path, data_pkl: bytes):
-    """A torch zip checkpoint around a hand-written data.pkl."""
+def test_a_bare_pickle_is_refused_before_it_runs(tmp_path):
+    """Not a torch file: read as the first pickle of a legacy file, which must not run either."""
+    marker, path = tmp_path / "MARKER", tmp_path / "bare.pkl"
+    path.write_bytes(pickle.dumps(_Calls(os.system, f"touch {marker}"), protocol=2))
+    _refused(path, f"{os.system.__module__}.system", marker)
+
+
+def _torch_zip(path, data_pkl: bytes, storages=None):
+    """A torch zip checkpoint around a hand-written data.pkl (and storages {key: bytes})."""
     with zipfile.ZipFile(path, "w") as archive:
         archive.writestr("archive/data.pkl", data_pkl)
         archive.writestr("archive/byteorder", "little")
+        for key, data in (storages or {}).items():
+            archive.writestr(f"archive/data/{key}", data)
     return path
 
 
@@ -263,6 +280,39 @@ def test_hand_written_pickles_cannot_reach_code(tmp_path):
     obj = load_structural(_torch_zip(tmp_path / "hooks.pt", hooks))
     assert isinstance(obj, StandIn) and obj.pickle_list == [f"touch {marker}"] and not marker.exists()
 
+    # Other ways of making objects give StandIns too: NEWOBJ_EX (protocol 4), INST (protocol 0), ADDITEMS.
+    made = {
+        pickle.PROTO + b"\x04" + _text("m") + _text("Cls") + pickle.STACK_GLOBAL + pickle.MARK + pickle.BININT1
+        + b"\x07" + pickle.TUPLE + pickle.EMPTY_DICT + _text("k") + pickle.NONE + pickle.SETITEM + pickle.NEWOBJ_EX:
+            ("m.Cls", (7,), {"k": None}),
+        pickle.MARK + pickle.INST + b"m\nOld\n": ("m.Old", (), {}),
+    }
+    for body, (name, args, kwargs) in made.items():
+        obj = load_structural(_torch_zip(tmp_path / "made.pt", body + pickle.STOP))
+        assert (obj.pickled_name, obj.pickle_args, obj.pickle_kwargs) == (name, args, kwargs)
+    body = pickle.PROTO + b"\x04" + pickle.EMPTY_SET + pickle.MARK + _text("a") + pickle.ADDITEMS + pickle.STOP
+    assert load_structural(_torch_zip(tmp_path / "set.pt", body)) == {"a"}
+    body = pickle.GLOBAL + b"m\nCls\n" + pickle.EMPTY_TUPLE + pickle.NEWOBJ + pickle.BININT1 + b"\x05" + pickle.BUILD
+    assert load_structural(_torch_zip(tmp_path / "state.pt", body + pickle.STOP)).pickle_state == 5
+
+
+def _tensor_pickle(numel: int) -> bytes:
+    """_rebuild_tensor_v2 of a float32 tensor of `numel` elements over storage "0" of one element."""
+    storage = (pickle.MARK + _text("storage") + pickle.GLOBAL + b"torch\nFloatStorage\n" + _text("0") + _text("cpu")
+               + pickle.BININT1 + b"\x01" + pickle.TUPLE + pickle.BINPERSID)
+    return (pickle.PROTO + b"\x02" + pickle.GLOBAL + b"torch._utils\n_rebuild_tensor_v2\n" + pickle.MARK + storage
+            + pickle.BININT1 + b"\x00" + pickle.BININT1 + bytes([numel]) + pickle.TUPLE1 + pickle.BININT1 + b"\x01"
+            + pickle.TUPLE1 + pickle.NEWFALSE + pickle.EMPTY_DICT + pickle.TUPLE + pickle.REDUCE + pickle.STOP)
+
+
+def test_a_tensor_must_fit_in_its_storage(tmp_path):
+    """torch would silently grow the storage of a tensor that overruns it; the reader refuses the file."""
+    one_float = {"0": struct.pack("<f", 1.5)}
+    assert torch.equal(load_structural(_torch_zip(tmp_path / "ok.pt", _tensor_pickle(1), one_float)),
+                       torch.tensor([1.5]))
+    with pytest.raises(ZooError, match="overruns its storage of 4 bytes"):
+        load_structural(_torch_zip(tmp_path / "overrun.pt", _tensor_pickle(4), one_float))
+
     cases = {
         "sets the state of a function": pickle.GLOBAL + b"torch._utils\n_rebuild_tensor_v2\n" + pickle.EMPTY_DICT
         + pickle.BUILD,
@@ -271,6 +321,9 @@ def test_hand_written_pickles_cannot_reach_code(tmp_path):
         + pickle.SETITEM,
         "calls os x.system": _text("os\nx") + _text("system") + pickle.STACK_GLOBAL + pickle.EMPTY_TUPLE
         + pickle.REDUCE,
+        "calls posix.system": pickle.MARK + pickle.GLOBAL + b"posix\nsystem\n" + _text("touch x") + pickle.OBJ,
+        "appends to a dict": pickle.EMPTY_DICT + pickle.MARK + _text("x") + pickle.APPENDS,
+        "adds items to a list": pickle.EMPTY_LIST + pickle.MARK + _text("x") + pickle.ADDITEMS,
     }
     for phrase, body in cases.items():
         path = _torch_zip(tmp_path / "crafted.pt", pickle.PROTO + b"\x04" + body + pickle.STOP)
@@ -288,6 +341,11 @@ def test_plain_and_wrapped_state_dicts(tmp_path):
         assert list(got) == list(want) and all(torch.equal(got[k], want[k]) for k in want)
     with pytest.raises(ZooError, match="holds no module or state dict"):
         module_state_dict({"epoch": 3})
+    loop = torch.nn.Sequential(torch.nn.Linear(2, 2))
+    loop[0]._modules["back"] = loop
+    torch.save(loop, tmp_path / "loop.pt")
+    with pytest.raises(ZooError, match=r"module 0\.back \(torch.nn.modules.container.Sequential\) contains itself"):
+        module_state_dict(load_structural(tmp_path / "loop.pt"))
     torch.save(torch.nn.Linear(3, 2), tmp_path / "lin.pt")
     assert classification_head(load_structural(tmp_path / "lin.pt"))["normalize"] is False
     with pytest.raises(ZooError, match="not a linear classification head"):
@@ -308,13 +366,18 @@ def test_big_endian_records_are_byte_swapped_as_torch_does(tmp_path):
         assert_same_tensor(got[key], want[key])
 
 
-@pytest.mark.parametrize("damage", ["truncated", "flipped storage byte", "not a checkpoint", "empty"])
+@pytest.mark.parametrize("damage", ["truncated", "truncated legacy", "flipped storage byte", "zip without data.pkl",
+                                    "foreign persistent id", "not a checkpoint", "empty"])
 def test_damaged_files_give_one_line_errors(tmp_path, damage):
     path = tmp_path / "model.pt"
-    torch.save(torch.nn.Linear(64, 64), path)
+    torch.save(torch.nn.Linear(64, 64), path, **FORMATS["legacy" if damage == "truncated legacy" else "zip"])
     data = bytearray(path.read_bytes())
-    if damage == "truncated":
+    if damage.startswith("truncated"):
         data = data[:len(data) // 2]
+    elif damage == "zip without data.pkl":
+        data = bytearray(_torch_zip(tmp_path / "other.zip", b"").read_bytes().replace(b"data.pkl", b"data.txt"))
+    elif damage == "foreign persistent id":
+        data = bytearray(_torch_zip(tmp_path / "other.zip", _text("x") + pickle.BINPERSID + pickle.STOP).read_bytes())
     elif damage == "flipped storage byte":
         with zipfile.ZipFile(path) as archive:
             start = archive.getinfo(next(n for n in archive.namelist() if "/data/" in n)).header_offset

@@ -63,12 +63,16 @@ class StandIn:
         return f"<StandIn {self.pickled_name}>"
 
 
-class _Global:
-    """A global the pickle names but the reader does not import; `makes_objects` if it may become a StandIn."""
+class GlobalRef:
+    """A class or function the pickle names but the reader neither imports nor calls (e.g. a function in a
+    list of transforms); `makes_objects` if it looks like a class, so that creating one gives a StandIn."""
     __slots__ = ("qualname", "makes_objects")
 
     def __init__(self, qualname: str, makes_objects: bool):
         self.qualname, self.makes_objects = qualname, makes_objects
+
+    def __repr__(self):
+        return f"<GlobalRef {self.qualname}>"
 
 
 class _Refused(Exception):
@@ -76,7 +80,7 @@ class _Refused(Exception):
 
 
 def _new(cls, args, kwargs=None) -> StandIn:
-    if not isinstance(cls, _Global):
+    if not isinstance(cls, GlobalRef):
         raise _Refused(f"creates an object of a {type(cls).__name__}")
     if not cls.makes_objects:
         raise _Refused(f"calls {cls.qualname}")
@@ -195,10 +199,6 @@ def _newobj(cls, *args):
     return _new(cls, args)
 
 
-def _newobj_ex(cls, args, kwargs):
-    return _new(cls, args, kwargs)
-
-
 _CALLS = {
     "torch._utils._rebuild_tensor_v2": _rebuild_tensor_v2,
     "torch._utils._rebuild_parameter": _rebuild_parameter,
@@ -215,7 +215,6 @@ _CALLS = {
     "builtins.bytes": _bytes,
     "copyreg._reconstructor": _reconstructor,
     "copyreg.__newobj__": _newobj,
-    "copyreg.__newobj_ex__": _newobj_ex,
 }
 _CALL_IDS = frozenset(map(id, _CALLS.values()))
 
@@ -246,23 +245,22 @@ class _Unpickler(pickle._Unpickler):
         self._fetch, self._roots = fetch, {}
 
     def find_class(self, module, name):
-        if (module, name) in _compat_pickle.NAME_MAPPING:   # Python 2 names, which protocol 2 writes
-            module, name = _compat_pickle.NAME_MAPPING[(module, name)]
-        module = _compat_pickle.IMPORT_MAPPING.get(module, module)
+        module = _compat_pickle.IMPORT_MAPPING.get(module, module)   # protocols < 3 write __builtin__, copy_reg
         qualname = f"{module}.{name}"
         for found in (_CALLS.get(qualname), _DTYPES.get(qualname), _storage_dtype(module, name)):
             if found is not None:
                 return found
         refused = any(module == m or module.startswith(m + ".") for m in _REFUSED_MODULES)
         looks_like_class = name.rpartition(".")[2].lstrip("_")[:1].isupper()
-        return _Global(qualname, looks_like_class and not refused)
+        return GlobalRef(qualname, looks_like_class and not refused)
 
     def persistent_load(self, pid):
         """Storages ('storage', dtype, key, location, numel[, view]) on the CPU; legacy files also name
-        module classes ('module', class, source file, source)."""
+        module classes ('module', class, source file, source). A storage is read once, however many
+        tensors share it."""
         _check(isinstance(pid, tuple) and len(pid) > 0, "a persistent id")
         kind = pid[0].decode("ascii", "replace") if isinstance(pid[0], bytes) else pid[0]
-        if kind == "module" and len(pid) == 4 and isinstance(pid[1], _Global):
+        if kind == "module" and len(pid) == 4 and isinstance(pid[1], GlobalRef):
             return pid[1]
         if kind != "storage" or len(pid) not in (5, 6) or self._fetch is None:
             raise ValueError(f"unexpected persistent id {str(pid)[:80]}")
@@ -275,15 +273,12 @@ class _Unpickler(pickle._Unpickler):
             root = self._roots[key] = self._fetch(key, dtype, nbytes)
         elif root.nbytes() != nbytes:
             raise ValueError(f"storage {key} is referenced with {nbytes} and {root.nbytes()} bytes")
-        if len(pid) == 6 and pid[5] is not None:   # legacy view: (view key, offset, numel) in elements
-            _check(isinstance(pid[5], tuple) and len(pid[5]) == 3 and _ints(pid[5][1:]), "a storage view")
-            start, count = pid[5][1] * dtype.itemsize, pid[5][2] * dtype.itemsize
-            _check(start + count <= nbytes, "a storage view")
-            root = root[start:start + count]
+        if len(pid) == 6 and pid[5] is not None:
+            raise ValueError("storage views (files of torch < 1.0) are not supported")
         return TypedStorage(wrap_storage=root, dtype=dtype, _internal=True)
 
     def _make(self, target, args, kwargs=None):
-        if isinstance(target, _Global):
+        if isinstance(target, GlobalRef):
             return _new(target, args, kwargs)
         if id(target) not in _CALL_IDS:
             raise _Refused(f"calls a {type(target).__name__} object")
@@ -330,7 +325,8 @@ class _Unpickler(pickle._Unpickler):
     def _set_items(self, items):
         target = self.stack[-1]
         mapping = target.pickle_items if type(target) is StandIn else target
-        if type(mapping) not in (dict, OrderedDict) or len(items) % 2:
+        _check(len(items) % 2 == 0, "SETITEMS")
+        if type(mapping) not in (dict, OrderedDict):
             raise _Refused(f"sets items of a {type(target).__name__} object")
         for i in range(0, len(items), 2):
             mapping[items[i]] = items[i + 1]
@@ -441,10 +437,14 @@ def _is_module(obj) -> bool:
     return all(isinstance(state.get(key), dict) for key in ("_parameters", "_buffers", "_modules"))
 
 
-def _module_tensors(module: StandIn, prefix: str, out: OrderedDict, source: str) -> None:
+def _module_tensors(module: StandIn, prefix: str, out: OrderedDict, source: str, ancestors=()) -> None:
     """What torch.nn.Module.state_dict collects: parameters, persistent buffers, then submodules."""
     state = vars(module)
     skip = state.get("_non_persistent_buffers_set") or set()
+    if module in ancestors:   # torch would recurse forever
+        raise ZooError(f"{source}: module {prefix[:-1]} ({module.pickled_name}) contains itself")
+    if not isinstance(skip, (set, frozenset)):
+        raise ZooError(f"{source}: {prefix}_non_persistent_buffers_set of {module.pickled_name} is not a set")
     entries = [*state["_parameters"].items(), *((k, v) for k, v in state["_buffers"].items() if k not in skip)]
     for name, tensor in entries:
         if tensor is not None:
@@ -455,7 +455,7 @@ def _module_tensors(module: StandIn, prefix: str, out: OrderedDict, source: str)
         if child is not None:
             if not _is_module(child):
                 raise ZooError(f"{source}: submodule {prefix}{name} of {module.pickled_name} is not a module")
-            _module_tensors(child, f"{prefix}{name}.", out, source)
+            _module_tensors(child, f"{prefix}{name}.", out, source, (*ancestors, module))
 
 
 def module_state_dict(obj, source: str = "checkpoint") -> OrderedDict[str, torch.Tensor]:

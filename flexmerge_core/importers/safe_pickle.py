@@ -387,9 +387,11 @@ def _read_legacy(file, path: Path):
     if magic != _LEGACY_MAGIC or protocol != _LEGACY_PROTOCOL:
         raise ZooError(f"{path}: neither a torch zip checkpoint nor a legacy torch file")
     _Unpickler(file).load()   # system information (endianness, type sizes)
-    pending = {}
+    pending, file_size = {}, path.stat().st_size
 
     def fetch(key, dtype, nbytes):
+        if nbytes > file_size:   # storages are allocated before their bytes are read: bound the claim
+            raise ValueError(f"storage {key} claims {nbytes} bytes, more than the whole file")
         pending[key] = (torch.UntypedStorage(nbytes), dtype)
         return pending[key][0]
 

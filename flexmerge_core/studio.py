@@ -248,6 +248,7 @@ class Studio:
         from flexmerge_core.planning.baselines import channel_merging_plan, whole_model_plan
         from flexmerge_core.planning.blocks import build_blocks
         from flexmerge_core.deployment.deploy import GroupStore, deployment_from_partition
+        from flexmerge_core.evaluation.curve import curve_row
         from flexmerge_core.evaluation.evaluate import evaluate_deployment
         from flexmerge_core.deployment.group_cache import GroupResultCache
         from flexmerge_core.deployment.merge import GroupMerger
@@ -267,9 +268,7 @@ class Studio:
                     recipe = {"baseline": kind, "algorithm": algo.name, "groups_per_block": k}
                     result = evaluate_deployment(self.zoo, deployment_from_partition(self.zoo, spec, algo, part,
                                                                                      store, recipe))
-                    rows.append({"size_budget": float(k), "size": part.size, "avg_accuracy": result.avg_accuracy,
-                                 "avg_normalized_accuracy": result.avg_normalized_accuracy,
-                                 "accuracy": dict(result.accuracy)})
+                    rows.append(curve_row(k, part.size, vars(result)))
                     if progress is not None:
                         progress(k, m, f"{kind}: {k} group(s) per block")
                 self._baselines[kind, algorithm] = rows

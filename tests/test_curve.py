@@ -63,7 +63,7 @@ def test_second_cli_curve_run_with_a_warm_cache_merges_and_evaluates_nothing(zoo
         raise AssertionError("no merging or evaluation expected with a warm cache")
 
     monkeypatch.setattr(type(algo), "merge", forbidden)
-    monkeypatch.setattr(TaskEvaluator, "count_correct", forbidden)
+    monkeypatch.setattr(TaskEvaluator, "evaluate", forbidden)
     monkeypatch.setattr(GroupResultCache, "load", forbidden)
     assert main(argv) == 0
     assert json.loads(capsys.readouterr().out) == cold

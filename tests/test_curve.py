@@ -106,7 +106,10 @@ def test_cli_curve_json_document_and_one_line_errors(zoo_bundle, capsys):
     doc = json.loads(capsys.readouterr().out)
     assert set(doc) == {"rows", "finetuned"} and set(doc["finetuned"]) == set(zoo.task_names)
     assert [set(r) for r in doc["rows"]] == [{"size_budget", "size", "avg_accuracy", "avg_normalized_accuracy",
-                                             "accuracy"}] * 2
+                                             "accuracy", "metric", "n", "higher_is_better"}] * 2
+    assert doc["rows"][0]["metric"] == {t: "accuracy" for t in zoo.task_names}
+    assert doc["rows"][0]["higher_is_better"] == {t: True for t in zoo.task_names}
+    assert doc["rows"][0]["n"] == {t: len(zoo.heldout(i)[1]) for i, t in enumerate(zoo.task_names)}
     assert doc["rows"][1]["accuracy"] == doc["finetuned"]
     for argv in (["--sizes", "1,abc"], ["--tasks", "task0,nope"], ["--algorithm", "nope"]):
         args = ["curve", "--zoo", str(zoo.root), "--algorithm", "ta", *argv]

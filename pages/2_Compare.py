@@ -99,5 +99,6 @@ if requested("Run the ablations", "ablation_run",
                                           finetuned=ft_avg, axis=axis, title=f"Linkage ({algorithm}, greedy order)"),
                       key="chart_ablation_linkage")
     right.plotly_chart(charts.curve_figure({k: charts.curve_points(rows, axis) for k, rows in by_order.items()},
-                                           finetuned=ft_avg, axis=axis, title=f"Merge order ({algorithm}, min linkage)"),
+                                           finetuned=ft_avg, axis=axis,
+                                           title=f"Merge order ({algorithm}, min linkage)"),
                        key="chart_ablation_order")

@@ -258,3 +258,23 @@ def test_a_manifest_without_kind_opens_as_image_classification_and_an_unknown_ki
     (zoo.root / "zoo.json").write_text(json.dumps(doc))
     with pytest.raises(ZooError, match="head of task 'task1' needs weight"):
         open_zoo(zoo.root)
+
+
+def test_installed_plugins_are_loaded_from_the_entry_point_group(monkeypatch):
+    from flexmerge_core.tasks import registry
+
+    class Plugin(SquaredError):
+        name = "plugin_regression"
+
+    class Point:
+        name = "plugin_regression"
+
+        def load(self):
+            return Plugin
+
+    groups = []
+    monkeypatch.setattr(registry, "entry_points", lambda group: groups.append(group) or [Point()])
+    monkeypatch.setattr(registry, "_plugins_loaded", False)
+    monkeypatch.setattr(registry, "_KINDS", dict(registry._KINDS))   # the plug-in leaves with the test
+    kind = get_task_kind("plugin_regression")
+    assert groups == ["flexmerge.task_kinds"] and isinstance(kind, Plugin) and kind.metric == "MSE"

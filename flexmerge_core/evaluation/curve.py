@@ -153,7 +153,8 @@ def compute_curve(zoo, plan, algorithm, sizes="all", tasks=None, *, spec=None, m
         if progress:
             progress(step + 1, len(walk), f"size {part.size:.3f}")
     finetuned = {task: score.value for task, score in by_events[0].items()}
-    rows = [curve_row(b, partitions[b].size, summarize(by_events[partitions[b].num_events], finetuned)) for b in budgets]
+    rows = [curve_row(b, partitions[b].size, summarize(by_events[partitions[b].num_events], finetuned))
+            for b in budgets]
     stats = {"evaluated": book.evaluated, "stages_run": evaluators.stages_run,
              "activation_bytes": evaluators.kept_bytes, "partitions": len(walk)}
     return CurveResult(rows=rows, finetuned=finetuned, stats=stats)

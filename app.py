@@ -9,14 +9,9 @@ import pandas as pd
 import streamlit as st
 
 from dashboard import charts
+from dashboard.recommendation import knee_text
 from dashboard.session import engine_errors, open_studio, progress_bar, zoo_picker
 from flexmerge_core.studio import DEFAULT_ALGORITHM, PlanChoice
-
-
-def _within_one_point(rows: list[dict], target: float) -> dict | None:
-    """The smallest evaluated deployment whose average accuracy is within 1 point of `target`."""
-    close = [r for r in rows if r["avg_accuracy"] >= target - 0.01]
-    return min(close, key=lambda r: r["size"]) if close else None
 
 
 def overview() -> None:
@@ -57,12 +52,15 @@ def overview() -> None:
         f"({100 * two['avg_normalized_accuracy']:.1f}% of fine-tuned).",
         f"- **{full['size']:.0f}x** (all {m} fine-tuned models kept): **{100 * full['avg_accuracy']:.1f}%**.",
     ]
-    near = _within_one_point(rows, ft_avg)
+    near = explorer.smallest_within(rows, ft_avg, 1)   # Mx itself always qualifies
+    near_mb = explorer.partition(near["size_budget"]).megabytes
     lines.append(f"- Accuracy comes within 1 point of the fine-tuned models' {100 * ft_avg:.1f}% at "
-                 f"**{near['size']:.2f}x** ({near['size'] * summary.model_megabytes:.2f} MB instead of "
+                 f"**{near['size']:.2f}x** ({near_mb:.2f} MB instead of "
                  f"{m * summary.model_megabytes:.2f} MB for all {m} models; sizes tried every "
                  f"{explorer.grid()[-1] - explorer.grid()[-2]:g}x).")
     st.markdown("\n".join(lines))
+    with engine_errors():
+        st.info(knee_text(explorer.recommendation(rows)))
     st.plotly_chart(charts.curve_figure({DEFAULT_ALGORITHM: charts.accuracy_points(rows)},
                                         finetuned=100 * ft_avg), key="chart_overview_curve")
     st.caption("Explore a size interactively on the Explore page; compare algorithms on Compare; "

@@ -18,6 +18,7 @@ import numpy as np
 
 from flexmerge_core.algorithms import ALGORITHM_NAMES, HyperParam, get_algorithm
 from flexmerge_core.cache import cache_root, content_hash
+from flexmerge_core.deployment.footprint import megabytes
 from flexmerge_core.errors import InvalidArgumentError
 from flexmerge_core.pipeline import DEFAULT_ALGORITHM, Pipeline, PlanSettings, finetuned_scores, resolve_zoo
 from flexmerge_core.planning.blocks import DEFAULT_GRANULARITY, PRESETS, build_blocks
@@ -92,7 +93,8 @@ class Explorer:
         self.pipeline = Pipeline(zoo, choice, progress=progress)
         self.zoo, self.algorithm, self.spec = self.pipeline.zoo, self.pipeline.algorithm, self.pipeline.spec
         self.plan: MergePlan = self.pipeline.plan    # a baseline's ClusteringPlan when choice.baseline is set
-        self._bytes_per_model = model_bytes(self.zoo)
+        self.footprint = self.pipeline.footprint()     # exact bytes of any partition, at the zoo's dtypes
+        self._counts: Optional[dict[str, int]] = None  # held-out examples per task (interval widths)
         self._lock = threading.RLock()
         self._rows: dict[int, dict] = {}            # num_events -> curve row
         self._similarities: Optional[np.ndarray] = None
@@ -116,7 +118,33 @@ class Explorer:
         part = self.plan.partition_at(budget)
         return PartitionView(budget=float(budget), size=part.size, budget_met=part.budget_met,
                              num_events=part.num_events, cluster_counts=[len(g) for g in part.groups],
-                             megabytes=part.size * self._bytes_per_model / 1e6, partition=part)
+                             megabytes=megabytes(self.footprint.partition_bytes(part)), partition=part)
+
+    def budget_for_megabytes(self, mb: float) -> float:
+        """The size budget (model units) of the largest deployment of at most `mb` MB."""
+        return self.pipeline.budget_for_megabytes(mb)
+
+    def smallest_within(self, rows: list[dict], target: float, points: float) -> Optional[dict]:
+        """The smallest of these rows at most `points` accuracy points below `target` (None if none)."""
+        from flexmerge_core.evaluation.recommend import smallest_within
+
+        pick = smallest_within({self.algorithm.name: list(rows)}, target, points)
+        return None if pick is None else pick.row
+
+    def recommendation(self, rows: list[dict]) -> Optional[dict]:
+        """The knee of these curve rows (where more size stops buying much accuracy; None if there is
+        none), with its `bytes`, `megabytes` and the 95% interval of its average accuracy (`ci_low`,
+        `ci_high`, `n`: held-out examples per task)."""
+        from flexmerge_core.evaluation.intervals import example_counts, with_interval
+        from flexmerge_core.evaluation.recommend import knee
+
+        row = knee(rows)
+        if row is None:
+            return None
+        with self._lock:
+            if self._counts is None and "n" not in row:
+                self._counts = example_counts(self.zoo)
+        return with_interval(self.pipeline.with_bytes([row])[0], self._counts)
 
     def groups_by_step(self) -> np.ndarray:
         """[B, E+1]: groups of each block after the first e merge events (the merge-order heatmap)."""

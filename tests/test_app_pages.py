@@ -77,6 +77,48 @@ def test_overview_summarises_the_zoo(zoo_dir):
     assert "within 1 point" in at.markdown[0].value or "1.00x" in at.markdown[0].value
 
 
+def test_overview_and_explore_show_the_knee_with_its_interval(zoo_dir):
+    for page in (None, "pages/1_Explore.py"):
+        at = _page(page)
+        notes = [i.value for i in at.info]
+        assert any(n.startswith("Recommended: **") and "95% interval" in n or n.startswith("No knee") for n in notes)
+
+
+def test_slider_in_megabytes_picks_the_largest_deployment_that_fits(zoo_dir):
+    """TA stores one model's bytes per model unit: the MB slider's deployment is the largest achievable
+    size whose bytes fit, computed here from the zoo's tensor sizes."""
+    import math
+
+    from flexmerge_core.zoo import open_zoo
+
+    zoo = open_zoo(zoo_dir)
+    one_model = sum(math.prod(zoo.param_shapes[n]) * zoo.param_dtypes[n].itemsize for n in zoo.param_names)
+    at = _page("pages/1_Explore.py")
+    at.radio(key="explore_unit").set_value("MB").run()
+    _clean(at, "Explore in MB")
+    slider = at.slider(key="explore_size_mb")
+    for mb in (slider.min, 1.7 * one_model / 1e6, slider.max):
+        at.slider(key="explore_size_mb").set_value(mb).run()
+        _clean(at, f"Explore at {mb} MB")
+        plan = _ta_plan(zoo_dir)
+        fitting = [s for s in plan.achievable_sizes() if s * one_model <= mb * 1e6]
+        partition = plan.partition_at(max(fitting) if fitting else plan.min_size / 2)
+        assert _metric(at, "Size achieved") == f"{partition.size:.3f}x"
+        assert _metric(at, "Memory") == f"{partition.size * one_model / 1e6:.2f} MB"
+        assert _metric(at, "Budget asked").endswith(" MB")
+
+
+def _ta_plan(zoo_dir):
+    from flexmerge_core.algorithms import get_algorithm
+    from flexmerge_core.planning.blocks import build_blocks
+    from flexmerge_core.planning.plan import build_plan
+    from flexmerge_core.zoo import open_zoo
+
+    zoo = open_zoo(zoo_dir)
+    spec = build_blocks(zoo.param_names, zoo.param_shapes, granularity="component")
+    return build_plan(zoo, spec, get_algorithm("ta"))
+
+
 def _figures(at: AppTest) -> dict[str, dict]:
     """The page's Plotly figures as JSON documents, by title."""
     specs = [json.loads(chart.proto.spec) for chart in at.get("plotly_chart")]

@@ -123,3 +123,43 @@ def test_curve_figure_marks_the_current_budget():
 def test_accuracy_points_are_percent_of_achieved_size():
     rows = [{"size": 1.25, "avg_accuracy": 0.5, "size_budget": 1.3}]
     assert charts.accuracy_points(rows) == [(1.25, 50.0)]
+
+
+@pytest.mark.parametrize("count", [3, 41, 150])
+def test_merge_heatmap_names_every_block(count):
+    names = [f"transformer.resblocks.{i // 6}.part{i % 6}" for i in range(count)]
+    fig = charts.merge_heatmap_figure(names, np.arange(count * 5).reshape(count, 5))
+    axis = fig.layout.yaxis
+    assert axis.tickmode == "array" and list(axis.tickvals) == names and list(axis.ticktext) == names
+    assert axis.showticklabels is not False
+    assert fig.layout.height >= 16 * count   # one label height per block: none is dropped for overlap
+
+
+def test_megabyte_budgets_select_the_largest_fitting_partition(explorer):
+    plan = explorer.plan
+    views = [explorer.partition(size) for size in plan.achievable_sizes()]
+    for view in views[1:-1]:
+        # exactly the MB of an achievable deployment selects it; a byte less selects a smaller one
+        assert explorer.partition(explorer.budget_for_megabytes(view.megabytes)).num_events == view.num_events
+        smaller = explorer.partition(explorer.budget_for_megabytes(view.megabytes - 1e-6))
+        assert smaller.num_events > view.num_events and smaller.megabytes < view.megabytes
+    below = explorer.partition(explorer.budget_for_megabytes(views[-1].megabytes / 2))
+    assert not below.budget_met and below.num_events == len(plan.events)
+
+
+def test_recommendation_is_the_knee_with_its_interval(zoo_dir, explorer):
+    from flexmerge_core.evaluation.recommend import knee
+    from flexmerge_core.evaluation.statistics import average_interval
+    from flexmerge_core.zoo import open_zoo
+
+    zoo = open_zoo(zoo_dir)
+    rows = explorer.curve(explorer.grid())
+    expected = knee(rows)
+    got = explorer.recommendation(rows)
+    if expected is None:
+        assert got is None
+        return
+    counts = {t: len(zoo.heldout(i)[1]) for i, t in enumerate(zoo.task_names)}
+    assert got["size"] == expected["size"] and got["n"] == counts
+    assert (got["ci_low"], got["ci_high"]) == average_interval([(expected["accuracy"][t], counts[t]) for t in counts])
+    assert got["megabytes"] == explorer.partition(expected["size_budget"]).megabytes

@@ -169,20 +169,27 @@ class Explorer:
         part = self.plan.partition_at(budget)
         return deployment_recipe(self.zoo, self.spec, self.plan, self.algorithm, part.budget, part.size)
 
-    def export_file(self, budget: float, task: Optional[str] = None, zoo_spec: Optional[str] = None) -> Path:
-        """Write the deployment at `budget` (or one task's standalone model) with its recipe beside it,
-        under <cache>/exports/<key>/; an export that is already there is reused."""
+    def stored_megabytes(self, budget: float, dtype: Optional[str] = None) -> float:
+        """MB of the merged-parameter tensors the deployment at `budget` stores in `dtype` (None: the zoo's)."""
+        return megabytes(self.pipeline.footprint(dtype).budget_bytes(self.plan, budget))
+
+    def export_file(self, budget: float, task: Optional[str] = None, zoo_spec: Optional[str] = None,
+                    dtype: Optional[str] = None) -> Path:
+        """Write the deployment at `budget` (or one task's standalone model, in `dtype`) with its recipe
+        beside it, under <cache>/exports/<key>/; an export that is already there is reused."""
         from flexmerge_core.deployment.export import recipe_path
         from flexmerge_core.resources import check_memory
 
         part = self.plan.partition_at(budget)
         check_memory(self.zoo, budget, self.spec)
-        key = content_hash("export", self.zoo.fingerprint, self.task_names, repr(self.choice), part.num_events, task)
-        name = f"{self.zoo.name}-{self.algorithm.name}-{part.size:.3f}x" + (f"-{task}" if task else "")
+        key = content_hash("export", self.zoo.fingerprint, self.task_names, repr(self.choice), part.num_events, task,
+                           *([dtype] if dtype else []))   # no dtype: the key exports had before dtypes existed
+        name = (f"{self.zoo.name}-{self.algorithm.name}-{part.size:.3f}x" + (f"-{task}" if task else "")
+                + (f"-{dtype}" if dtype else ""))
         out = cache_root() / "exports" / key / f"{name}.safetensors"
         with self._lock:
             if not (out.exists() and recipe_path(out).exists()):
-                self.pipeline.export(budget, out, task=task, zoo_path=zoo_spec)
+                self.pipeline.export(budget, out, task=task, zoo_path=zoo_spec, dtype=dtype)
         return out
 
     def known(self, budget: float) -> bool:

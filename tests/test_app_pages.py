@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 from safetensors.torch import load_file
 from streamlit.testing.v1 import AppTest
 
@@ -182,6 +183,19 @@ def test_export_writes_files_that_load(zoo_dir):
     loaded = load_file(task_file)
     for name, tensor in expected.items():
         assert (loaded[name] == tensor).all(), name
+
+
+def test_export_in_half_precision_holds_the_megabytes_shown(zoo_dir):
+    at = _page("pages/3_Export.py")
+    at.number_input(key="export_size").set_value(1.5).run()
+    at.selectbox(key="export_dtype").set_value("bf16").run()
+    at.button(key="export_write_deployment").click().run()
+    _clean(at, "Export in bf16")
+    path = at.session_state["exports"][next(k for k in at.session_state["exports"] if k[3] == "bf16")]
+    tensors = load_file(path)
+    merged = sum(v.numel() * v.element_size() for k, v in tensors.items() if not k.startswith("tasks/"))
+    assert _metric(at, "Stored parameters") == f"{merged / 1e6:.2f} MB"
+    assert {v.dtype for v in tensors.values() if v.is_floating_point()} == {torch.bfloat16}
 
 
 def test_bad_zoo_folder_is_a_one_line_error(zoo_dir, tmp_path):

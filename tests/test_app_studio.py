@@ -154,12 +154,26 @@ def test_recommendation_is_the_knee_with_its_interval(zoo_dir, explorer):
 
     zoo = open_zoo(zoo_dir)
     rows = explorer.curve(explorer.grid())
+    assert (explorer.recommendation(rows) is None) == (knee(rows) is None)
+    # the same sizes with a concave curve (accuracy 1 - 0.5 / size): a knee exists
+    rows = [{**row, "accuracy": {t: 1 - 0.5 / row["size"] for t in row["accuracy"]},
+             "avg_accuracy": 1 - 0.5 / row["size"]} for row in rows]
     expected = knee(rows)
     got = explorer.recommendation(rows)
-    if expected is None:
-        assert got is None
-        return
+    assert expected is not None and 1 < expected["size"] < explorer.plan.max_size
     counts = {t: len(zoo.heldout(i)[1]) for i, t in enumerate(zoo.task_names)}
     assert got["size"] == expected["size"] and got["n"] == counts
     assert (got["ci_low"], got["ci_high"]) == average_interval([(expected["accuracy"][t], counts[t]) for t in counts])
     assert got["megabytes"] == explorer.partition(expected["size_budget"]).megabytes
+
+
+def test_knee_text_states_size_megabytes_and_interval():
+    from dashboard.recommendation import knee_text
+
+    knee = {"size": 1.5, "megabytes": 12.345, "avg_accuracy": 0.8512, "ci_low": 0.8301, "ci_high": 0.8699,
+            "n": {"a": 1000, "b": 500}}
+    text = knee_text(knee)
+    assert "**1.50x** (12.35 MB)" in text and "**85.1%**" in text
+    assert "95% interval 83.0-87.0% over 1,500 held-out examples" in text
+    assert "interval" not in knee_text({**knee, "ci_low": None, "ci_high": None})
+    assert knee_text(None).startswith("No knee")

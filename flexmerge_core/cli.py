@@ -1,6 +1,6 @@
 """The command line: `python -m flexmerge_core <command> ...`.
 
-Contract (DESIGN.md): `--json` prints exactly one JSON document on stdout; progress goes to stderr;
+Contract (docs/ARCHITECTURE.md): `--json` prints exactly one JSON document on stdout; progress goes to stderr;
 exit 0 on success, 2 with a one-line `error: ...` on bad input (any FlexMergeError or argparse error).
 Each command is a small handler that parses options and calls the library; no engine logic lives here.
 """
@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import weakref
 from typing import Callable, Sequence
@@ -77,11 +78,11 @@ def _add_zoo_commands(sub) -> None:
     info.add_argument("--json", action="store_true")
     info.set_defaults(handler=_cmd_zoo_info)
 
-    imp = zoo_sub.add_parser("import", help="convert a research-layout folder of open_clip checkpoints into a zoo")
+    imp = zoo_sub.add_parser("import", help="convert a research-layout folder of image-encoder checkpoints into a zoo")
     imp.add_argument("source", help="folder with <Task>/finetuned.pt, <Task>/zeroshot.pt, optional head_<Task>.pt; "
                                     "or a folder with a zoo.json naming torch/prefixed/pickled files")
     imp.add_argument("--out", required=True, help="zoo folder to write (replaced atomically)")
-    imp.add_argument("--model", default=None, help="open_clip architecture name, e.g. ViT-B-32 (research layout)")
+    imp.add_argument("--model", default=None, help="the checkpoints' model name, e.g. ViT-B-32 (research layout)")
     imp.add_argument("--pretrained", default=None, help="pretrained checkpoint (default: the <Task>/zeroshot.pt files)")
     imp.add_argument("--data", default=None, help="held-out data: <DATA>/<Task>/<class>/*.png or <DATA>/<Task>.safetensors")
     imp.add_argument("--templates", default=None, help="zero-shot prompts: 'simple' (default), 'openai' or a file")
@@ -175,8 +176,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _cmd_zoo_build_demo(args: argparse.Namespace) -> int:
-    import os
-
     # Idle OpenMP threads sleep instead of spinning: on a shared, loaded CPU spinning steals the cores
     # the build needs (several times slower). Read once when torch loads, hence before importing it.
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
@@ -376,3 +375,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         message = " ".join(str(exc).split())
         print(f"error: {message}", file=sys.stderr)
         return 2
+
+
+def run() -> int:
+    """The `flexmerge` command and `python -m flexmerge_core`: `main` with the process set up first.
+
+    Idle OpenMP threads sleep instead of spinning (read once when torch loads; the handlers import it
+    later): on small shared machines spinning threads of concurrent processes slowed torch down many
+    times over.
+    """
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    return main()

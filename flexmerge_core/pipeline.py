@@ -184,6 +184,9 @@ def recommend(zoo: Zoo, choices: Sequence[PlanSettings], *, within_points: Optio
         result = pipeline.curve("all", progress=progress)
         if counts is None and any("n" not in row for row in result.rows):
             counts = example_counts(pipeline.zoo)
+        other = sorted({m for row in result.rows for m in row.get("metric", {}).values()} - {"accuracy"})
+        if other:
+            raise InvalidArgumentError(f"recommend compares accuracies; zoo '{zoo.name}' has tasks scored by {other[0]}")
         curves[choice.algorithm] = [with_interval(row, counts) for row in pipeline.with_bytes(result.rows, dtype)]
         finetuned = result.finetuned
     finetuned_avg = sum(finetuned.values()) / len(finetuned)

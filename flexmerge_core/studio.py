@@ -51,6 +51,7 @@ class ZooSummary:
     root: str
     tasks: list[str]
     finetuned: Optional[dict[str, float]]
+    metrics: dict[str, str]              # task -> its task kind's metric name (what `finetuned` holds)
     merged_params: int
     num_blocks: int
     model_megabytes: float
@@ -82,6 +83,7 @@ def summarize_zoo(zoo: Zoo, granularity: str = DEFAULT_GRANULARITY) -> ZooSummar
     spec = build_blocks(zoo.param_names, zoo.param_shapes, granularity=granularity)
     return ZooSummary(name=zoo.name, root=str(zoo.root), tasks=list(zoo.task_names),
                       finetuned=zoo.finetuned_accuracy, merged_params=int(spec.total_params),
+                      metrics={name: zoo.task_kind(t).metric for t, name in enumerate(zoo.task_names)},
                       num_blocks=len(spec.blocks), model_megabytes=model_bytes(zoo) / 1e6)
 
 
@@ -124,23 +126,21 @@ class Explorer:
         """The size budget (model units) of the largest deployment of at most `mb` MB."""
         return self.pipeline.budget_for_megabytes(mb)
 
-    def smallest_within(self, rows: list[dict], target: float, points: float) -> Optional[dict]:
-        """The smallest of these rows at most `points` accuracy points below `target` (None if none)."""
-        from flexmerge_core.evaluation.recommend import smallest_within
-
-        pick = smallest_within({self.algorithm.name: list(rows)}, target, points)
-        return None if pick is None else pick.row
-
     def recommendation(self, rows: list[dict]) -> Optional[dict]:
-        """The knee of these curve rows (where more size stops buying much accuracy; None if there is
-        none), with its `bytes`, `megabytes` and the 95% interval of its average accuracy (`ci_low`,
+        """The knee of these curve rows (where more size stops buying much accuracy, or normalised score
+        for other metrics; None if there is none), with its `bytes`, `megabytes` and the 95% interval of its average accuracy (`ci_low`,
         `ci_high`, `n`: held-out examples per task)."""
         from flexmerge_core.evaluation.intervals import example_counts, with_interval
         from flexmerge_core.evaluation.recommend import knee
 
-        row = knee(rows)
-        if row is None:
+        # other metrics (errors: lower is better) bend the other way: their knee is on normalised scores
+        key = "avg_accuracy" if all(m == "accuracy" for r in rows for m in r.get("metric", {}).values()) \
+            else "avg_normalized_accuracy"
+        proxies = [{**r, "avg_accuracy": r[key]} for r in rows]
+        picked = knee(proxies)
+        if picked is None:
             return None
+        row = rows[next(i for i, p in enumerate(proxies) if p is picked)]
         with self._lock:
             if self._counts is None and "n" not in row:
                 self._counts = example_counts(self.zoo)
@@ -197,7 +197,7 @@ class Explorer:
         return self.plan.partition_at(budget).num_events in self._rows
 
     def curve(self, budgets: Sequence[float], progress: Optional[Progress] = None) -> list[dict]:
-        """Curve rows (DESIGN.md's JSON) at these budgets; each distinct partition is evaluated once."""
+        """Curve rows (docs/ARCHITECTURE.md's JSON) at these budgets; each distinct partition is evaluated once."""
         from flexmerge_core.resources import check_memory
 
         with self._lock:

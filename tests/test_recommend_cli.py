@@ -4,7 +4,7 @@ import math
 
 import pytest
 
-from deploy_zoos import HELDOUT, evaluable_zoo, one_thread, private_cache  # noqa: F401
+from deploy_zoos import HELDOUT, evaluable_zoo
 from flexmerge_core.algorithms import get_algorithm
 from flexmerge_core.cli import main
 from flexmerge_core.evaluation.statistics import average_interval

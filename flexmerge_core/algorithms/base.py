@@ -177,7 +177,7 @@ class MergeAlgorithm:
         return self.preprocess_block(block, tasks)
 
     def preprocess(self, task_vectors: Block) -> dict:
-        """DESIGN.md's whole-model interface: prepare on one chunk, then preprocess it."""
+        """The whole-model interface of docs/ARCHITECTURE.md: prepare on one chunk, then preprocess it."""
         self.prepare(lambda: iter([task_vectors]))
         return self.preprocess_block(task_vectors)
 

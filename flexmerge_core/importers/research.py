@@ -19,11 +19,10 @@ from typing import Callable, Optional
 import torch
 
 from flexmerge_core.errors import InvalidArgumentError, ZooError
-from flexmerge_core.architectures.registry import state_layout
+from flexmerge_core.architectures.registry import get_architecture, state_layout
 from flexmerge_core.zoo.checkpoint import SAFETENSORS_SUFFIXES, TORCH_SUFFIXES
 from flexmerge_core.importers.imagefolder import TaskData, find_task_data, load_task_data
 from flexmerge_core.zoo.manifest import MANIFEST_NAME, read_manifest
-from flexmerge_core.architectures.open_clip import eval_transform, model_config
 from flexmerge_core.importers.source_files import read_state_dict
 from flexmerge_core.importers.visual_keys import VisualSplit, split_visual
 from flexmerge_core.zoo.writer import write_zoo
@@ -140,13 +139,14 @@ def _pretrained(reader: _Reader, tasks: dict[str, Path], pretrained: Optional[Pa
 
 
 def input_transform(architecture: dict) -> tuple[Callable, int]:
-    """(open_clip's inference transform, input size) for a zoo architecture."""
-    config = architecture["config"]
-    if architecture["kind"] == KIND:
-        return eval_transform(config), model_config(config)["vision_cfg"].get("image_size", 224)
-    from open_clip import image_transform
-
-    return image_transform(config["image_size"], is_train=False), config["image_size"]
+    """(the architecture's inference transform, input size): image files become what the encoder reads."""
+    adapter = get_architecture(architecture["kind"])
+    config = adapter.check_config(architecture["config"])
+    transform, expected = adapter.input_transform(config), adapter.expected_input(config)
+    if transform is None or expected is None or "image_size" not in expected:
+        raise ZooError(f"architecture '{adapter.kind}' declares no image preprocessing (input_transform, "
+                       f"expected_input['image_size']): its held-out data cannot be imported")
+    return transform, expected["image_size"]
 
 
 def _task_data(data_root: Optional[Path], tasks: list[str], architecture: dict) -> dict[str, TaskData]:

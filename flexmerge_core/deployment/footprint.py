@@ -62,10 +62,10 @@ class Footprint:
     """Bytes of any partition of one block spec under one algorithm's storage, at one dtype."""
 
     def __init__(self, spec, param_shapes, param_dtypes, storage: str, dtype: Optional[torch.dtype] = None):
-        self.storage, self.dtype = storage, dtype
+        self.storage = storage
         self._copy, self._mask_row = [], []     # per block: one copy of its parameters; one member's masks
         for block in spec.blocks:
-            numels = [_numel(param_shapes[n]) for n in block.params]
+            numels = [math.prod(int(d) for d in param_shapes[n]) for n in block.params]
             self._copy.append(sum(k * stored_dtype(param_dtypes[n], dtype).itemsize
                                   for k, n in zip(numels, block.params)))
             self._mask_row.append(sum((k + 7) // 8 for k in numels))
@@ -98,20 +98,24 @@ class Footprint:
     def budget_for(self, plan, max_bytes: float) -> float:
         """The size budget (model units) selecting the largest deployment of at most `max_bytes`.
 
-        Applying merge events never adds bytes, so this is the shortest event prefix that fits, as
-        partition_at picks for a size. When nothing fits, a budget below the smallest size: partition_at
-        then gives the smallest deployment with budget_met False, like an unreachable size does.
+        Applying merge events never adds bytes (a merge replaces stored copies by one; for mask methods
+        the masks and rescalers it adds are smaller than the copies it drops for any block of 16 or more
+        entries), so bytes fall with size and a bisection over the achievable sizes finds the shortest event prefix that fits,
+        as partition_at picks for a size: O(log E) partitions, fast enough for a slider in MB. When
+        nothing fits, a budget below the smallest size: partition_at then gives the smallest deployment
+        with budget_met False, like an unreachable size does.
         """
         if isinstance(max_bytes, bool) or not isinstance(max_bytes, numbers.Real) or not 0 < max_bytes < math.inf:
             raise BudgetError(f"size budget must be a finite positive number of bytes, got {max_bytes!r}")
-        for size in sorted(plan.achievable_sizes(), reverse=True):
-            if self.budget_bytes(plan, size) <= max_bytes:
-                return float(size)
-        return plan.min_size * max_bytes / self.budget_bytes(plan, plan.min_size)
+        sizes = sorted(plan.achievable_sizes())
+        if self.budget_bytes(plan, sizes[0]) > max_bytes:
+            return plan.min_size * max_bytes / self.budget_bytes(plan, plan.min_size)
+        low, high = 0, len(sizes) - 1       # invariant: sizes[low] fits
+        while low < high:
+            mid = (low + high + 1) // 2
+            if self.budget_bytes(plan, sizes[mid]) <= max_bytes:
+                low = mid
+            else:
+                high = mid - 1
+        return float(sizes[low])
 
-
-def _numel(shape) -> int:
-    count = 1
-    for d in shape:
-        count *= int(d)
-    return count

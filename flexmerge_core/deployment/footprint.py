@@ -34,19 +34,24 @@ def parse_dtype(name: Optional[str]) -> Optional[torch.dtype]:
     return DTYPES[name]
 
 
-def parse_megabytes(text: str, option: str = "--budget-mb", single: bool = False) -> list[float]:
-    """A comma-separated list of positive finite megabyte budgets (one when `single`), named in errors."""
-    parts = [text] if single else text.split(",")
+def positive_numbers(parts, option: str, unit: str, hint: str = "") -> list[float]:
+    """Each text of `parts` as a positive finite number of `unit` (BudgetError naming the CLI `option`)."""
     values = []
     for part in parts:
         try:
             value = float(part)
         except ValueError:
-            raise BudgetError(f"{option}: '{part.strip()}' is not a number of megabytes") from None
+            raise BudgetError(f"{option}: '{part.strip()}' is not a number{hint}") from None
         if not math.isfinite(value) or value <= 0:
-            raise BudgetError(f"{option}: {part.strip()} is not a finite positive number of megabytes")
+            raise BudgetError(f"{option}: {part.strip()} is not a finite positive {unit}")
         values.append(value)
     return values
+
+
+def parse_megabytes(text: str, option: str = "--budget-mb", single: bool = False) -> list[float]:
+    """A comma-separated list of positive finite megabyte budgets (one when `single`), named in errors."""
+    return positive_numbers([text] if single else text.split(","), option, "number of megabytes",
+                            " of megabytes")
 
 
 def stored_dtype(own: torch.dtype, dtype: Optional[torch.dtype]) -> torch.dtype:

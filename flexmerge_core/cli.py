@@ -77,7 +77,8 @@ def _add_zoo_commands(sub) -> None:
     imp = zoo_sub.add_parser("import", help="convert a research-layout folder of open_clip checkpoints into a zoo")
     imp.add_argument("source", help="folder with <Task>/finetuned.pt, <Task>/zeroshot.pt, optional head_<Task>.pt; "
                                     "or a folder with a zoo.json naming torch/prefixed/pickled files")
-    imp.add_argument("--out", required=True, help="zoo folder to write (replaced atomically)")
+    imp.add_argument("--out", required=True, help="zoo folder to write (replaced atomically; an existing folder "
+                                                   "only when it is empty or a zoo, unless --force)")
     imp.add_argument("--model", default=None, help="open_clip architecture name, e.g. ViT-B-32 (research layout)")
     imp.add_argument("--pretrained", default=None, help="pretrained checkpoint (default: the <Task>/zeroshot.pt files)")
     imp.add_argument("--data", default=None, help="held-out data: <DATA>/<Task>/<class>/*.png or <DATA>/<Task>.safetensors")
@@ -87,6 +88,7 @@ def _add_zoo_commands(sub) -> None:
     imp.add_argument("--trust-pickle", action="store_true",
                      help="allow pickled whole-module files (unpickling runs code from the file); converted once")
     imp.add_argument("--name", default=None)
+    imp.add_argument("--force", action="store_true", help="replace an existing --out folder that is not a zoo")
     imp.add_argument("--json", action="store_true")
     imp.set_defaults(handler=_cmd_zoo_import)
 
@@ -97,7 +99,7 @@ def _cmd_zoo_import(args: argparse.Namespace) -> int:
     report = import_folder(args.source, args.out, args.model, pretrained=args.pretrained, data=args.data,
                            templates=args.templates, trust_pickle=args.trust_pickle,
                            quick_gelu=True if args.quick_gelu else None, head_input=args.head_input,
-                           name=args.name, progress=stderr_progress("import"))
+                           name=args.name, progress=stderr_progress("import"), force=args.force)
     if args.json:
         emit_json(report.to_json())
     else:

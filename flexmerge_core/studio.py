@@ -19,6 +19,7 @@ import numpy as np
 from flexmerge_core.algorithms import ALGORITHM_NAMES, HyperParam, get_algorithm
 from flexmerge_core.cache import cache_root, content_hash
 from flexmerge_core.errors import InvalidArgumentError
+from flexmerge_core.outputs import child_path
 from flexmerge_core.pipeline import DEFAULT_ALGORITHM, Pipeline, PlanSettings, finetuned_scores, resolve_zoo
 from flexmerge_core.planning.blocks import DEFAULT_GRANULARITY, PRESETS, build_blocks
 from flexmerge_core.planning.plan import MergePlan, Partition
@@ -151,7 +152,7 @@ class Explorer:
         check_memory(self.zoo, budget, self.spec)
         key = content_hash("export", self.zoo.fingerprint, self.task_names, repr(self.choice), part.num_events, task)
         name = f"{self.zoo.name}-{self.algorithm.name}-{part.size:.3f}x" + (f"-{task}" if task else "")
-        out = cache_root() / "exports" / key / f"{name}.safetensors"
+        out = child_path(cache_root() / "exports" / key, name, ".safetensors", what="export named after the zoo")
         with self._lock:
             if not (out.exists() and recipe_path(out).exists()):
                 self.pipeline.export(budget, out, task=task, zoo_path=zoo_spec)

@@ -8,8 +8,8 @@ import pytest
 from safetensors.torch import load_file
 
 from flexmerge_core.errors import InvalidArgumentError, ResourceError
-from flexmerge_core.resources import (LIMIT_ENV, SAFETY_MARGIN, available_memory, check_memory, estimate_memory,
-                                      parse_bytes)
+from flexmerge_core.machine import available_memory, parse_bytes
+from flexmerge_core.resources import LIMIT_ENV, SAFETY_MARGIN, check_memory, estimate_memory
 from flexmerge_core.zoo import open_zoo
 
 from badinputs.zoos import TASKS, write_template

@@ -11,7 +11,8 @@ from typing import Callable
 
 import torch
 
-from flexmerge_core.errors import ZooError
+from flexmerge_core.architectures.build_guard import bounded_build
+from flexmerge_core.errors import FlexMergeError, ZooError
 
 
 def _open_clip_vit(config: dict) -> torch.nn.Module:
@@ -37,10 +38,13 @@ def construct(kind: str, config: dict, device: str | torch.device = "cpu") -> to
     if kind not in ARCHITECTURES:
         raise ZooError(f"zoo.json: unknown architecture kind '{kind}' (known: {', '.join(ARCHITECTURES)})")
     try:
-        with torch.device(device):
+        with torch.device(device), bounded_build(f"architecture '{kind}'"):
             return ARCHITECTURES[kind](config)
-    except (TypeError, ValueError, AssertionError, RuntimeError) as exc:
-        raise ZooError(f"zoo.json: architecture '{kind}' cannot be built from its config: {exc}") from exc
+    except FlexMergeError:
+        raise
+    except Exception as exc:   # a constructor fed a hostile config raises anything (ZeroDivisionError for patch_size 0)
+        raise ZooError(f"zoo.json: architecture '{kind}' cannot be built from its config: "
+                       f"{type(exc).__name__}: {' '.join(str(exc).split())}") from exc
 
 
 def state_layout(kind: str, config: dict) -> dict[str, tuple[tuple[int, ...], torch.dtype]]:

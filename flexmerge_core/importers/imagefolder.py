@@ -19,6 +19,7 @@ import torch
 from PIL import Image
 
 from flexmerge_core.errors import ZooError
+from flexmerge_core.inputs import decode_image, read_text
 from flexmerge_core.importers.source_files import read_state_dict
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
@@ -54,11 +55,7 @@ def _image_folder(folder: Path, transform: Callable) -> TaskData:
     for label, name in enumerate(classes):
         files = sorted(p for p in (folder / name).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
         for file in files:
-            try:
-                with Image.open(file) as img:
-                    images.append(transform(img.convert("RGB")))
-            except OSError as exc:
-                raise ZooError(f"{file}: cannot read image: {exc}") from exc
+            images.append(decode_image(file, lambda img: transform(img.convert("RGB"))))
             labels.append(label)
     if not images:
         raise ZooError(f"{folder}: no .png/.jpg/.jpeg images under its class folders")
@@ -86,8 +83,8 @@ def _tensor_file(path: Path, transform: Callable, size: int) -> TaskData:
         raise ZooError(f"{path}: float images are taken as preprocessed and must be [N, 3, {size}, {size}], "
                        f"found {list(images.shape)} (store raw pixels as uint8 to have them preprocessed)")
     names_file = path.with_suffix(".classes.txt")
-    classes = [line.strip() for line in names_file.read_text().splitlines() if line.strip()] \
-        if names_file.is_file() else None
+    classes = [line.strip() for line in read_text(names_file, "class names file").splitlines() if line.strip()] \
+        if names_file.exists() else None
     return TaskData(images.float().contiguous(), labels.to(torch.int64), classes, path)
 
 

@@ -26,7 +26,7 @@ from flexmerge_core.zoo.manifest import MANIFEST_NAME, read_manifest
 from flexmerge_core.architectures.open_clip import eval_transform, model_config
 from flexmerge_core.importers.source_files import read_state_dict
 from flexmerge_core.importers.visual_keys import VisualSplit, split_visual
-from flexmerge_core.zoo.writer import write_zoo
+from flexmerge_core.zoo.writer import check_zoo_output, write_zoo
 from flexmerge_core.importers.zeroshot import TextTower, load_templates, zeroshot_head
 
 KIND = "open_clip_model"
@@ -159,6 +159,11 @@ def _task_data(data_root: Optional[Path], tasks: list[str], architecture: dict) 
     return {t: load_task_data(p, transform, size) for t, p in found.items() if p is not None}
 
 
+def _template_file(templates) -> Optional[Path]:
+    """The templates option when it names a file (an input the output must not overwrite)."""
+    return Path(templates) if isinstance(templates, (str, Path)) and Path(templates).is_file() else None
+
+
 @dataclass
 class _SourceTask:
     name: str
@@ -169,7 +174,7 @@ class _SourceTask:
 
 
 def _convert(reader: _Reader, base: VisualSplit, tasks: list[_SourceTask], out, head_input: str, prompts: list[str],
-             name: Optional[str], progress) -> ImportReport:
+             name: Optional[str], progress, force: bool) -> ImportReport:
     """Heads (given or zero-shot), checkpoints and data of every task -> one validated safetensors zoo."""
     report, architecture = reader.report, reader.report.architecture
     wants_zeroshot = architecture["kind"] == KIND and head_input == "normalized" and any(
@@ -194,7 +199,7 @@ def _convert(reader: _Reader, base: VisualSplit, tasks: list[_SourceTask], out, 
         progress(len(tasks) + 1, len(tasks) + 2, "writing the zoo")
     recipe = {"imported_from": str(reader.source), "prefixes": report.prefixes, "heads": report.heads}
     write_zoo(out, architecture, base.visual, entries, recipe=recipe, head_input=head_input,
-              name=name or Path(out).name)
+              name=name or Path(out).name, force=force)
     if progress:
         progress(len(tasks) + 2, len(tasks) + 2, "done")
     return report
@@ -203,8 +208,10 @@ def _convert(reader: _Reader, base: VisualSplit, tasks: list[_SourceTask], out, 
 def import_research_folder(source, out, model: str, pretrained=None, data=None, templates=None,
                            trust_pickle: bool = False, quick_gelu: Optional[bool] = None,
                            head_input: str = "normalized", name: Optional[str] = None,
-                           progress: Optional[Callable[[int, int, str], None]] = None) -> ImportReport:
+                           progress: Optional[Callable[[int, int, str], None]] = None,
+                           force: bool = False) -> ImportReport:
     """Convert SOURCE (see the module docstring) into a validated safetensors zoo at `out`."""
+    check_zoo_output(out, [source, data, pretrained, _template_file(templates)], force)
     source = Path(source).resolve()
     config = {"name": model} if quick_gelu is None else {"name": model, "quick_gelu": bool(quick_gelu)}
     architecture = {"kind": KIND, "config": config}
@@ -218,14 +225,16 @@ def import_research_folder(source, out, model: str, pretrained=None, data=None, 
     base = _pretrained(reader, found, None if pretrained is None else Path(pretrained))
     tasks = [_SourceTask(task, file, _one_file(source, f"head_{task}"), data.get(task),
                          data[task].classes if task in data else None) for task, file in found.items()]
-    return _convert(reader, base, tasks, out, head_input, prompts, name, progress)
+    return _convert(reader, base, tasks, out, head_input, prompts, name, progress, force)
 
 
 def import_manifest_folder(source, out, templates=None, trust_pickle: bool = False, name: Optional[str] = None,
-                           progress: Optional[Callable[[int, int, str], None]] = None) -> ImportReport:
+                           progress: Optional[Callable[[int, int, str], None]] = None,
+                           force: bool = False) -> ImportReport:
     """A hand-written zoo.json whose files may be torch files, pickled modules or prefixed state dicts
     (e.g. a whole CLIP as the pretrained file): the same detection and conversion as the research layout.
     A task's `data` may be a tensor file or an image folder; `classes` default to the folder's."""
+    check_zoo_output(out, [source, _template_file(templates)], force)
     source = Path(source).resolve()
     manifest = read_manifest(source)
     architecture = {"kind": manifest.architecture_kind, "config": manifest.architecture_config}
@@ -240,7 +249,7 @@ def import_manifest_folder(source, out, templates=None, trust_pickle: bool = Fal
         tasks.append(_SourceTask(task.name, source / task.checkpoint,
                                  None if task.head is None else source / task.head, data, classes))
     base = reader.visual(source / manifest.pretrained, "pretrained")
-    return _convert(reader, base, tasks, out, manifest.head_input, prompts, name or manifest.name, progress)
+    return _convert(reader, base, tasks, out, manifest.head_input, prompts, name or manifest.name, progress, force)
 
 
 def import_folder(source, out, model: Optional[str] = None, **options) -> ImportReport:

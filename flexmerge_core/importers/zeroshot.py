@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from flexmerge_core.cache import cache_root, content_hash, read_tensor_entry, tensors_digest, write_tensor_entry
 from flexmerge_core.errors import InvalidArgumentError
 from flexmerge_core.inputs import parse_json, read_text
-from flexmerge_core.architectures.open_clip import build_clip
+from flexmerge_core.architectures.open_clip import build_clip, tokenizer
 
 ZEROSHOT_VERSION = "zeroshot/1"
 
@@ -79,12 +79,10 @@ def prompt_label(class_name: str) -> str:
 
 @torch.no_grad()
 def _encode(tower: TextTower, classes: list[str], templates: list[str]) -> torch.Tensor:
-    import open_clip
-
-    tokenizer = open_clip.get_tokenizer(tower.config["name"])
+    tokenize = tokenizer(tower.config)
     rows = []
     for name in classes:
-        tokens = tokenizer([t.format(prompt_label(name)) for t in templates])
+        tokens = tokenize([t.format(prompt_label(name)) for t in templates])
         embedded = F.normalize(tower.model.encode_text(tokens).float(), dim=-1).mean(dim=0)
         rows.append(embedded / embedded.norm())
     return torch.stack(rows) * tower.model.logit_scale.exp().float()

@@ -80,6 +80,21 @@ def _check_architecture(manifest: Manifest, pretrained: CheckpointFile) -> list[
     return list(layout)
 
 
+# Merging adds and scales task vectors, and evaluation computes in float32: float checkpoints of any
+# width are converted for compute (exports keep the zoo's dtype), integer index buffers (int64:
+# positions, counts) are kept as they are. Quantized or boolean weights (int8, uint8, bool, float8)
+# would merge as if they were values: refused, with how to get a usable zoo.
+COMPUTE_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64, torch.int64)
+
+
+def _check_dtypes(pretrained: CheckpointFile) -> None:
+    for name, dtype in pretrained.dtypes.items():
+        if dtype not in COMPUTE_DTYPES:
+            raise ZooError(f"{pretrained.path}: tensor '{name}' of the pretrained checkpoint has dtype "
+                           f"{str(dtype).removeprefix('torch.')}; a zoo holds float16, bfloat16, float32 or "
+                           f"float64 weights (dequantize quantized checkpoints first)")
+
+
 def _merged_names(manifest: Manifest, ordered: list[str]) -> list[str]:
     patterns = [re.compile(p) for p in manifest.unmerged]
     for pattern in patterns:
@@ -303,6 +318,7 @@ def _validate_files(root: Path, manifest: Manifest, files: _Files) -> list[str]:
     """Header-level checks of every referenced file; returns the state_dict order."""
     pretrained = files.get(manifest.pretrained, "pretrained")
     order = _check_architecture(manifest, pretrained)
+    _check_dtypes(pretrained)
     feature_dim = _feature_dim(pretrained.shapes)
     for task in manifest.tasks:
         _check_same_layout(pretrained, files.get(task.checkpoint, _task_role(task)),

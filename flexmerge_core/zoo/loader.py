@@ -132,19 +132,54 @@ def _check_data(files: _Files, task: TaskEntry) -> None:
     if len(images) != 4 or len(labels) != 1 or images[0] != labels[0]:
         raise ZooError(f"{data.path}: data of task '{task.name}' needs images [N, C, H, W] and labels [N], "
                        f"found {list(images)} and {list(labels)}")
-    if not data.dtypes["images"].is_floating_point or data.dtypes["labels"] != torch.int64:
-        raise ZooError(f"{data.path}: data of task '{task.name}' needs float images and int64 labels, "
+    if images[0] == 0:
+        raise ZooError(f"{data.path}: data of task '{task.name}' holds no images (N = 0)")
+    if data.dtypes["images"] != torch.float32 or data.dtypes["labels"] != torch.int64:
+        raise ZooError(f"{data.path}: data of task '{task.name}' needs float32 images and int64 labels, "
                        f"found {data.dtypes['images']} and {data.dtypes['labels']}")
+    _check_labels(data, task, _num_classes(files, task))
 
 
-def _check_labels(data: CheckpointFile, task: TaskEntry, labels: torch.Tensor, num_classes: int | None) -> None:
-    """Label values are only known once read: one outside the head's classes would be silently 'wrong'."""
+def _num_classes(files: _Files, task: TaskEntry) -> int | None:
+    """Outputs of the task's head (else the manifest's class list): the valid labels are 0..C-1."""
+    if task.head is not None:
+        return files.get(task.head, f"head of task '{task.name}'").shapes["weight"][0]
+    return None if task.classes is None else len(task.classes)
+
+
+def _check_labels(data: CheckpointFile, task: TaskEntry, num_classes: int | None) -> None:
+    """Label values are only known once read (labels are small: [N] integers); one outside the head's
+    classes would make accuracy silently wrong."""
     if num_classes is None:
         return
+    labels = data.read("labels")
     bad = labels[(labels < 0) | (labels >= num_classes)]
     if bad.numel():
         raise ZooError(f"{data.path}: data of task '{task.name}' has label {int(bad[0])} outside the head's "
                        f"{num_classes} classes (0..{num_classes - 1})")
+
+
+def _check_images_fit(manifest: Manifest, files: _Files) -> None:
+    """Held-out images must be what the encoder takes (channels, resolution): one forward pass of a single
+    image on the meta device (shapes only: no memory, no compute) per distinct image shape, whatever the
+    architecture, instead of a shape error deep inside the first evaluation."""
+    encoder, outcome = None, {}
+    for task in manifest.tasks:
+        if task.data is None:
+            continue
+        data = files.get(task.data, f"data of task '{task.name}'")
+        shape = data.shapes["images"][1:]
+        if shape not in outcome:
+            encoder = encoder or construct(manifest.architecture_kind, manifest.architecture_config, "meta").eval()
+            try:
+                with torch.no_grad():
+                    encoder(torch.empty((1, *shape), device="meta"))
+                outcome[shape] = None
+            except Exception as exc:   # whatever the module raises on an input it cannot take
+                outcome[shape] = " ".join(str(exc).split())[:160] or type(exc).__name__
+        if outcome[shape] is not None:
+            raise ZooError(f"{data.path}: data of task '{task.name}' has images [N, {', '.join(map(str, shape))}] "
+                           f"that the encoder ('{manifest.architecture_kind}') cannot take: {outcome[shape]}")
 
 
 def _feature_dim(shapes: dict[str, tuple[int, ...]]) -> int | None:
@@ -274,15 +309,7 @@ class Zoo:
         if task.data is None:
             return None
         f = self._files.get(task.data, f"data of task '{task.name}'")
-        images, labels = f.read("images"), f.read("labels")
-        _check_labels(f, task, labels, self._num_classes(task))
-        return images, labels
-
-    def _num_classes(self, task: TaskEntry) -> int | None:
-        """Outputs of the task's head (else the manifest's class list): the valid labels are 0..C-1."""
-        if task.head is not None:
-            return self._files.get(task.head, f"head of task '{task.name}'").shapes["weight"][0]
-        return None if task.classes is None else len(task.classes)
+        return f.read("images"), f.read("labels")   # labels were checked against the head at open
 
     @property
     def tensors_read(self) -> int:
@@ -327,6 +354,7 @@ def _validate_files(root: Path, manifest: Manifest, files: _Files) -> list[str]:
             _check_head(files, task, feature_dim)
         if task.data is not None:
             _check_data(files, task)
+    _check_images_fit(manifest, files)
     return order
 
 

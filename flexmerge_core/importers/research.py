@@ -19,6 +19,7 @@ from typing import Callable, Optional
 import torch
 
 from flexmerge_core.errors import InvalidArgumentError, ZooError
+from flexmerge_core.machine import require_memory
 from flexmerge_core.architectures.registry import state_layout
 from flexmerge_core.zoo.checkpoint import SAFETENSORS_SUFFIXES, TORCH_SUFFIXES
 from flexmerge_core.importers.imagefolder import TaskData, find_task_data, load_task_data
@@ -164,6 +165,17 @@ def _template_file(templates) -> Optional[Path]:
     return Path(templates) if isinstance(templates, (str, Path)) and Path(templates).is_file() else None
 
 
+IMPORT_PEAK_FILES = 3   # the pretrained state, a second full checkpoint (the next zeroshot file compared
+                        # with it, or the whole CLIP for the text tower) and the task being written
+
+
+def _check_memory(files, source: Path) -> None:
+    """Memory guard of `zoo import`: its peak holds about the IMPORT_PEAK_FILES largest checkpoints (read
+    whole: torch files unpickled, safetensors loaded), with the usual 1.25 margin."""
+    sizes = sorted((Path(f).stat().st_size for f in files if f is not None and Path(f).is_file()), reverse=True)
+    require_memory(int(1.25 * sum(sizes[:IMPORT_PEAK_FILES])), f"importing {source}", "import on a larger machine")
+
+
 @dataclass
 class _SourceTask:
     name: str
@@ -222,6 +234,7 @@ def import_research_folder(source, out, model: str, pretrained=None, data=None, 
     if progress:
         progress(0, len(found) + 2, "pretrained")
     data = _task_data(None if data is None else Path(data), list(found), architecture)   # fails before GBs are read
+    _check_memory([*found.values(), pretrained, *(_one_file(f.parent, "zeroshot") for f in found.values())], source)
     base = _pretrained(reader, found, None if pretrained is None else Path(pretrained))
     tasks = [_SourceTask(task, file, _one_file(source, f"head_{task}"), data.get(task),
                          data[task].classes if task in data else None) for task, file in found.items()]
@@ -248,6 +261,7 @@ def import_manifest_folder(source, out, templates=None, trust_pickle: bool = Fal
         classes = list(task.classes) if task.classes is not None else (data.classes if data is not None else None)
         tasks.append(_SourceTask(task.name, source / task.checkpoint,
                                  None if task.head is None else source / task.head, data, classes))
+    _check_memory([source / manifest.pretrained, *(source / t.checkpoint for t in manifest.tasks)], source)
     base = reader.visual(source / manifest.pretrained, "pretrained")
     return _convert(reader, base, tasks, out, manifest.head_input, prompts, name or manifest.name, progress, force)
 

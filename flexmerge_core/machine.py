@@ -1,8 +1,7 @@
 """What this machine can give right now: host memory (RAM, cgroup, $FLEXMERGE_MEMORY_LIMIT) and GPU memory.
 
-Why its own module, at the bottom of the stages: the memory guard of deployments (resources.py), the
-bound on building architectures from a manifest's config (architectures/build_guard.py) and the guard
-of `zoo import` all compare against the same numbers, read from /proc/meminfo and the cgroup limit
+Why its own module, at the bottom of the stages: the memory guard of deployments (resources.py) and
+the guard of `zoo import` (importers/) compare against the same numbers, read from /proc/meminfo and the cgroup limit
 (no psutil) and, for CUDA, from torch.cuda.mem_get_info.
 `FLEXMERGE_MEMORY_LIMIT` (bytes, or with a K/M/G/T suffix) caps the memory considered available.
 """

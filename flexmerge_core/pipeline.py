@@ -9,7 +9,6 @@ Embedded demo names ("demo") are resolved here, above the zoo format, so the zoo
 """
 from __future__ import annotations
 
-import json
 import threading
 from dataclasses import dataclass
 from pathlib import Path

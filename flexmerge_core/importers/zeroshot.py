@@ -9,7 +9,6 @@ re-importing a zoo (or importing another zoo on the same CLIP) does not re-encod
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Sequence
 

@@ -20,6 +20,7 @@ from flexmerge_core.algorithms import ALGORITHM_NAMES, HyperParam, get_algorithm
 from flexmerge_core.cache import cache_root, content_hash
 from flexmerge_core.deployment.footprint import megabytes
 from flexmerge_core.errors import InvalidArgumentError
+from flexmerge_core.outputs import child_path
 from flexmerge_core.pipeline import DEFAULT_ALGORITHM, Pipeline, PlanSettings, finetuned_scores, resolve_zoo
 from flexmerge_core.planning.blocks import DEFAULT_GRANULARITY, PRESETS, build_blocks
 from flexmerge_core.planning.plan import MergePlan, Partition
@@ -186,7 +187,7 @@ class Explorer:
                            *([dtype] if dtype else []))   # no dtype: the key exports had before dtypes existed
         name = (f"{self.zoo.name}-{self.algorithm.name}-{part.size:.3f}x" + (f"-{task}" if task else "")
                 + (f"-{dtype}" if dtype else ""))
-        out = cache_root() / "exports" / key / f"{name}.safetensors"
+        out = child_path(cache_root() / "exports" / key, name, ".safetensors", what="export named after the zoo")
         with self._lock:
             if not (out.exists() and recipe_path(out).exists()):
                 self.pipeline.export(budget, out, task=task, zoo_path=zoo_spec, dtype=dtype)

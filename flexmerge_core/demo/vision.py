@@ -56,6 +56,8 @@ import torch
 
 from flexmerge_core.cache import atomic_directory, cache_root, content_hash
 from flexmerge_core.errors import FlexMergeError
+from flexmerge_core.planning.plan import check_seed
+from flexmerge_core.zoo.writer import check_zoo_output
 from flexmerge_core.demo import vision_tasks
 from flexmerge_core.demo import vision_training
 from flexmerge_core.demo.workers import BuildPool
@@ -245,7 +247,9 @@ def build_demo_zoo(out=None, seed: int = 0, force: bool = False, progress: Progr
     under a hidden temporary name that is renamed into place at the end.
     """
     config = config or FULL
+    check_seed(seed)
     out = Path(out) if out is not None else default_path()
+    check_zoo_output(out, force=force)
     if not force and is_current(out, config, seed):
         return out
     start = time.perf_counter()

@@ -20,12 +20,13 @@ import torch
 
 from flexmerge_core.errors import InvalidArgumentError, ZooError
 from flexmerge_core.architectures.registry import get_architecture, state_layout
+from flexmerge_core.machine import require_memory
 from flexmerge_core.zoo.checkpoint import SAFETENSORS_SUFFIXES, TORCH_SUFFIXES
 from flexmerge_core.importers.imagefolder import TaskData, find_task_data, load_task_data
 from flexmerge_core.zoo.manifest import MANIFEST_NAME, read_manifest
 from flexmerge_core.importers.source_files import read_state_dict
 from flexmerge_core.importers.visual_keys import VisualSplit, split_visual
-from flexmerge_core.zoo.writer import write_zoo
+from flexmerge_core.zoo.writer import check_zoo_output, write_zoo
 from flexmerge_core.importers.zeroshot import TextTower, load_templates, zeroshot_head
 
 KIND = "open_clip_model"
@@ -159,6 +160,22 @@ def _task_data(data_root: Optional[Path], tasks: list[str], architecture: dict) 
     return {t: load_task_data(p, transform, size) for t, p in found.items() if p is not None}
 
 
+def _template_file(templates) -> Optional[Path]:
+    """The templates option when it names a file (an input the output must not overwrite)."""
+    return Path(templates) if isinstance(templates, (str, Path)) and Path(templates).is_file() else None
+
+
+IMPORT_PEAK_FILES = 3   # the pretrained state, a second full checkpoint (the next zeroshot file compared
+                        # with it, or the whole CLIP for the text tower) and the task being written
+
+
+def _check_memory(files, source: Path) -> None:
+    """Memory guard of `zoo import`: its peak holds about the IMPORT_PEAK_FILES largest checkpoints (read
+    whole: torch files unpickled, safetensors loaded), with the usual 1.25 margin."""
+    sizes = sorted((Path(f).stat().st_size for f in files if f is not None and Path(f).is_file()), reverse=True)
+    require_memory(int(1.25 * sum(sizes[:IMPORT_PEAK_FILES])), f"importing {source}", "import on a larger machine")
+
+
 @dataclass
 class _SourceTask:
     name: str
@@ -169,7 +186,7 @@ class _SourceTask:
 
 
 def _convert(reader: _Reader, base: VisualSplit, tasks: list[_SourceTask], out, head_input: str, prompts: list[str],
-             name: Optional[str], progress) -> ImportReport:
+             name: Optional[str], progress, force: bool) -> ImportReport:
     """Heads (given or zero-shot), checkpoints and data of every task -> one validated safetensors zoo."""
     report, architecture = reader.report, reader.report.architecture
     wants_zeroshot = architecture["kind"] == KIND and head_input == "normalized" and any(
@@ -194,7 +211,7 @@ def _convert(reader: _Reader, base: VisualSplit, tasks: list[_SourceTask], out, 
         progress(len(tasks) + 1, len(tasks) + 2, "writing the zoo")
     recipe = {"imported_from": str(reader.source), "prefixes": report.prefixes, "heads": report.heads}
     write_zoo(out, architecture, base.visual, entries, recipe=recipe, head_input=head_input,
-              name=name or Path(out).name)
+              name=name or Path(out).name, force=force)
     if progress:
         progress(len(tasks) + 2, len(tasks) + 2, "done")
     return report
@@ -203,8 +220,10 @@ def _convert(reader: _Reader, base: VisualSplit, tasks: list[_SourceTask], out, 
 def import_research_folder(source, out, model: str, pretrained=None, data=None, templates=None,
                            trust_pickle: bool = False, quick_gelu: Optional[bool] = None,
                            head_input: str = "normalized", name: Optional[str] = None,
-                           progress: Optional[Callable[[int, int, str], None]] = None) -> ImportReport:
+                           progress: Optional[Callable[[int, int, str], None]] = None,
+                           force: bool = False) -> ImportReport:
     """Convert SOURCE (see the module docstring) into a validated safetensors zoo at `out`."""
+    check_zoo_output(out, [source, data, pretrained, _template_file(templates)], force)
     source = Path(source).resolve()
     config = {"name": model} if quick_gelu is None else {"name": model, "quick_gelu": bool(quick_gelu)}
     architecture = {"kind": KIND, "config": config}
@@ -215,17 +234,20 @@ def import_research_folder(source, out, model: str, pretrained=None, data=None, 
     if progress:
         progress(0, len(found) + 2, "pretrained")
     data = _task_data(None if data is None else Path(data), list(found), architecture)   # fails before GBs are read
+    _check_memory([*found.values(), pretrained, *(_one_file(f.parent, "zeroshot") for f in found.values())], source)
     base = _pretrained(reader, found, None if pretrained is None else Path(pretrained))
     tasks = [_SourceTask(task, file, _one_file(source, f"head_{task}"), data.get(task),
                          data[task].classes if task in data else None) for task, file in found.items()]
-    return _convert(reader, base, tasks, out, head_input, prompts, name, progress)
+    return _convert(reader, base, tasks, out, head_input, prompts, name, progress, force)
 
 
 def import_manifest_folder(source, out, templates=None, trust_pickle: bool = False, name: Optional[str] = None,
-                           progress: Optional[Callable[[int, int, str], None]] = None) -> ImportReport:
+                           progress: Optional[Callable[[int, int, str], None]] = None,
+                           force: bool = False) -> ImportReport:
     """A hand-written zoo.json whose files may be torch files, pickled modules or prefixed state dicts
     (e.g. a whole CLIP as the pretrained file): the same detection and conversion as the research layout.
     A task's `data` may be a tensor file or an image folder; `classes` default to the folder's."""
+    check_zoo_output(out, [source, _template_file(templates)], force)
     source = Path(source).resolve()
     manifest = read_manifest(source)
     architecture = {"kind": manifest.architecture_kind, "config": manifest.architecture_config}
@@ -239,8 +261,9 @@ def import_manifest_folder(source, out, templates=None, trust_pickle: bool = Fal
         classes = list(task.classes) if task.classes is not None else (data.classes if data is not None else None)
         tasks.append(_SourceTask(task.name, source / task.checkpoint,
                                  None if task.head is None else source / task.head, data, classes))
+    _check_memory([source / manifest.pretrained, *(source / t.checkpoint for t in manifest.tasks)], source)
     base = reader.visual(source / manifest.pretrained, "pretrained")
-    return _convert(reader, base, tasks, out, manifest.head_input, prompts, name or manifest.name, progress)
+    return _convert(reader, base, tasks, out, manifest.head_input, prompts, name or manifest.name, progress, force)
 
 
 def import_folder(source, out, model: Optional[str] = None, **options) -> ImportReport:

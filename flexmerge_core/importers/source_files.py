@@ -14,6 +14,7 @@ import torch
 from safetensors.torch import load_file
 
 from flexmerge_core.errors import ZooError
+from flexmerge_core.inputs import check_regular_file
 from flexmerge_core.zoo.checkpoint import SAFETENSORS_SUFFIXES, TORCH_SUFFIXES
 
 _WRAPPER_KEYS = ("state_dict", "model_state_dict", "model")
@@ -56,9 +57,7 @@ def _flat_tensors(path: Path, role: str, obj) -> dict[str, torch.Tensor]:
 
 def read_state_dict(path, role: str, trust_pickle: bool = False) -> dict[str, torch.Tensor]:
     """{name: tensor} of a safetensors or torch file; pickled objects only with `trust_pickle`."""
-    path = Path(path)
-    if not path.is_file():
-        raise ZooError(f"{path}: {role} not found")
+    path = check_regular_file(path, role)
     suffix = path.suffix.lower()
     if suffix in SAFETENSORS_SUFFIXES:
         try:

@@ -9,18 +9,15 @@ re-importing a zoo (or importing another zoo on the same CLIP) does not re-encod
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Sequence
 
 import torch
 import torch.nn.functional as F
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
-
-from flexmerge_core.cache import atomic_write, cache_root, content_hash, tensors_digest
+from flexmerge_core.cache import cache_root, content_hash, read_tensor_entry, tensors_digest, write_tensor_entry
 from flexmerge_core.errors import InvalidArgumentError
-from flexmerge_core.architectures.open_clip import build_clip
+from flexmerge_core.inputs import parse_json, read_text
+from flexmerge_core.architectures.open_clip import build_clip, tokenizer
 
 ZEROSHOT_VERSION = "zeroshot/1"
 
@@ -41,13 +38,11 @@ def load_templates(spec: str | Sequence[str] | None) -> list[str]:
         if spec in ("simple", "openai"):
             return named_templates(spec)
         path = Path(spec)
-        if not path.is_file():
+        if not path.exists():
             raise InvalidArgumentError(f"--templates: '{spec}' is neither 'simple', 'openai' nor a file")
-        text = path.read_text()
-        try:
-            spec = json.loads(text)
-        except ValueError:
-            spec = [line.strip() for line in text.splitlines() if line.strip()]
+        text = read_text(path, "templates file", InvalidArgumentError)
+        spec = parse_json(text, str(path), InvalidArgumentError) if text.lstrip().startswith("[") else \
+            [line.strip() for line in text.splitlines() if line.strip()]
     templates = list(spec)
     bad = [t for t in templates if not isinstance(t, str) or t.count("{}") != 1]
     if not templates or bad:
@@ -83,12 +78,10 @@ def prompt_label(class_name: str) -> str:
 
 @torch.no_grad()
 def _encode(tower: TextTower, classes: list[str], templates: list[str]) -> torch.Tensor:
-    import open_clip
-
-    tokenizer = open_clip.get_tokenizer(tower.config["name"])
+    tokenize = tokenizer(tower.config)
     rows = []
     for name in classes:
-        tokens = tokenizer([t.format(prompt_label(name)) for t in templates])
+        tokens = tokenize([t.format(prompt_label(name)) for t in templates])
         embedded = F.normalize(tower.model.encode_text(tokens).float(), dim=-1).mean(dim=0)
         rows.append(embedded / embedded.norm())
     return torch.stack(rows) * tower.model.logit_scale.exp().float()
@@ -99,14 +92,11 @@ def zeroshot_head(tower: TextTower, classes: list[str], templates: list[str]) ->
     key = content_hash(ZEROSHOT_VERSION, tower.config.get("name"), bool(tower.config.get("quick_gelu", False)),
                        tower.digest, list(classes), list(templates))
     path = cache_root() / "zeroshot" / f"{key}.safetensors"
-    if path.is_file():
-        try:
-            cached = load_file(str(path))
-            if cached["weight"].shape[0] == len(classes) and bool(torch.isfinite(cached["weight"]).all()):
-                return {"weight": cached["weight"], "bias": cached["bias"]}
-        except (SafetensorError, OSError, KeyError):
-            pass   # a damaged entry is recomputed and overwritten
+    entry = read_tensor_entry(path, key)   # a damaged or mislabeled entry is recomputed and overwritten
+    if entry is not None and entry[0].get("weight") is not None and entry[0]["weight"].shape[0] == len(classes) \
+            and "bias" in entry[0]:
+        return {"weight": entry[0]["weight"], "bias": entry[0]["bias"]}
     weight = _encode(tower, list(classes), list(templates))
     head = {"weight": weight.contiguous(), "bias": torch.zeros(len(classes))}
-    atomic_write(path, lambda tmp: save_file(head, str(tmp)))
+    write_tensor_entry(path, key, head)
     return head

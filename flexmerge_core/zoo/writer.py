@@ -3,18 +3,22 @@
 Why: the demo builder, importers and tests all produce zoos; one writer keeps the layout in one
 place, and building under a temporary name then renaming means a killed process never leaves a
 half-written zoo that looks valid. The result is opened (validated) before it is renamed into place.
+Renaming replaces what was there, so an existing folder is only replaced when it is empty or a zoo
+(`--force` for anything else), and never when it is, holds or lies inside an input of the zoo.
 """
 from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Iterable
 
 import torch
 from safetensors.torch import save_file
 
 from flexmerge_core.cache import atomic_directory
 from flexmerge_core.errors import ZooError
-from flexmerge_core.zoo.manifest import FORMAT, MANIFEST_NAME, check_task_name
+from flexmerge_core.outputs import check_apart, check_replaceable
+from flexmerge_core.zoo.manifest import FORMAT, MANIFEST_NAME, check_name, check_task_name
 
 _TASK_KEYS = {"name", "state_dict", "kind", "head", "data", "classes", "finetuned_accuracy"}
 
@@ -30,6 +34,20 @@ def _data_tensors(data) -> dict[str, torch.Tensor]:
         return data
     images, labels = data
     return {"images": images.to(torch.float32), "labels": labels.to(torch.int64)}
+
+
+def is_zoo_folder(folder: Path) -> bool:
+    """Whether `folder` holds a zoo this tool wrote (its manifest names our format)."""
+    try:
+        return json.loads((Path(folder) / MANIFEST_NAME).read_text()).get("format") == FORMAT
+    except (OSError, ValueError, AttributeError, RecursionError):
+        return False
+
+
+def check_zoo_output(folder, inputs: Iterable = (), force: bool = False) -> None:
+    """Refuse a zoo output folder that overlaps an input or would replace a folder of other files."""
+    check_apart([folder], inputs)
+    check_replaceable(folder, is_zoo_folder, force)
 
 
 def _task_entry(folder: Path, task: dict) -> dict:
@@ -57,17 +75,21 @@ def _task_entry(folder: Path, task: dict) -> dict:
 
 def write_zoo(folder, architecture: dict, pretrained_state: dict[str, torch.Tensor], tasks: list[dict],
               recipe: dict | None = None, head_input: str = "raw", name: str | None = None,
-              unmerged: list[str] | None = None) -> Path:
+              unmerged: list[str] | None = None, force: bool = False) -> Path:
     """Write a zoo to `folder` (replacing it atomically) and return its path.
+
+    An existing non-empty `folder` that is not a zoo is refused unless `force` (check_zoo_output).
 
     tasks: [{name, state_dict, kind (a task kind's name; default image_classification), head ({name: tensor},
     e.g. {weight, bias}, or None), data ((images, labels), or {name: tensor} for other kinds, or None),
     classes (list or None), finetuned_accuracy (float or None)}].
     """
     folder = Path(folder)
+    name = check_name(name or folder.name, "zoo name")
+    check_zoo_output(folder, force=force)
 
     def build(tmp: Path) -> None:
-        manifest = {"format": FORMAT, "name": name or folder.name, "architecture": architecture,
+        manifest = {"format": FORMAT, "name": name, "architecture": architecture,
                     "pretrained": "pretrained.safetensors", "head_input": head_input,
                     "tasks": [_task_entry(tmp, task) for task in tasks], "recipe": recipe or {}}
         if unmerged:

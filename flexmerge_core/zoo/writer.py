@@ -3,6 +3,9 @@
 Why: the demo builder, importers and tests all produce zoos; one writer keeps the layout in one
 place, and building under a temporary name then renaming means a killed process never leaves a
 half-written zoo that looks valid. The result is opened (validated) before it is renamed into place.
+A model or data file may also come as a `FileSource`, which puts its own files into the folder being
+built: importers link checkpoints that are already safetensors instead of rewriting gigabytes, and
+stream held-out images batch by batch.
 """
 from __future__ import annotations
 
@@ -19,9 +22,27 @@ from flexmerge_core.zoo.manifest import FORMAT, MANIFEST_NAME, check_task_name
 _TASK_KEYS = {"name", "state_dict", "head", "data", "classes", "finetuned_accuracy"}
 
 
+class FileSource:
+    """Content that writes its own file(s) into a zoo being built (instead of a dict of tensors)."""
+
+    def write(self, folder: Path, stem: str) -> str:
+        """Write under `folder` and return the path, relative to it, that the manifest names.
+
+        `stem` is where write_zoo would have put the file ("tasks/<name>", without suffix)."""
+        raise NotImplementedError
+
+
 def _save(tensors: dict[str, torch.Tensor], path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     save_file({k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}, str(path))
+
+
+def _put(content, folder: Path, stem: str) -> str:
+    """A FileSource writes itself; tensors become `<stem>.safetensors`."""
+    if isinstance(content, FileSource):
+        return content.write(folder, stem)
+    _save(content, folder / f"{stem}.safetensors")
+    return f"{stem}.safetensors"
 
 
 def _task_entry(folder: Path, task: dict) -> dict:
@@ -30,12 +51,13 @@ def _task_entry(folder: Path, task: dict) -> dict:
         raise ZooError(f"write_zoo: a task needs 'name' and 'state_dict' (optional: head, data, classes, "
                        f"finetuned_accuracy); got keys {', '.join(sorted(task))}")
     name = check_task_name(task["name"])
-    entry = {"name": name, "checkpoint": f"tasks/{name}.safetensors"}
-    _save(task["state_dict"], folder / entry["checkpoint"])
+    entry = {"name": name, "checkpoint": _put(task["state_dict"], folder, f"tasks/{name}")}
     if task.get("head") is not None:
         entry["head"] = f"heads/{name}.safetensors"
         _save({"weight": task["head"]["weight"], "bias": task["head"]["bias"]}, folder / entry["head"])
-    if task.get("data") is not None:
+    if isinstance(task.get("data"), FileSource):
+        entry["data"] = task["data"].write(folder, f"data/{name}")
+    elif task.get("data") is not None:
         images, labels = task["data"]
         entry["data"] = f"data/{name}.safetensors"
         _save({"images": images.to(torch.float32), "labels": labels.to(torch.int64)}, folder / entry["data"])
@@ -52,17 +74,18 @@ def write_zoo(folder, architecture: dict, pretrained_state: dict[str, torch.Tens
     """Write a zoo to `folder` (replacing it atomically) and return its path.
 
     tasks: [{name, state_dict, head ({weight, bias} or None), data ((images, labels) or None),
-    classes (list or None), finetuned_accuracy (float or None)}].
+    classes (list or None), finetuned_accuracy (float or None)}]. `pretrained_state`, a task's
+    `state_dict` and `data` may instead be FileSources.
     """
     folder = Path(folder)
 
     def build(tmp: Path) -> None:
+        pretrained = _put(pretrained_state, tmp, "pretrained")
         manifest = {"format": FORMAT, "name": name or folder.name, "architecture": architecture,
-                    "pretrained": "pretrained.safetensors", "head_input": head_input,
+                    "pretrained": pretrained, "head_input": head_input,
                     "tasks": [_task_entry(tmp, task) for task in tasks], "recipe": recipe or {}}
         if unmerged:
             manifest["unmerged"] = list(unmerged)
-        _save(pretrained_state, tmp / manifest["pretrained"])
         (tmp / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2) + "\n")
         from flexmerge_core.zoo.loader import open_zoo
 

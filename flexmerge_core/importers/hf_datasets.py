@@ -137,7 +137,7 @@ class HFDataset:
 
     def labels(self) -> torch.Tensor:
         """Every label of the split (one small column: cheap to hold)."""
-        parts = [torch.as_tensor(array.to_numpy(zero_copy_only=False)) for array in self.batches(self.label_column)]
+        parts = [torch.tensor(array.to_numpy(zero_copy_only=False)) for array in self.batches(self.label_column)]
         if not parts:
             raise ZooError(f"{self.where}: {self.path} holds no rows")
         labels = torch.cat(parts)

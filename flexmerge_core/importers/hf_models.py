@@ -154,7 +154,7 @@ def select_tensors(model: ModelFolder, layout: dict, prefixes: tuple[str, ...], 
     """Map every layout name to a tensor of `model` (names tried with each of `prefixes` stripped then
     re-added), `fallback_names` missing from it to `fallback`'s same-named tensor.
 
-    Returns (mapping, the prefix found, count of the model's tensors not used); ZooError naming the
+    Returns (mapping, the prefix the folder's names carry, count of the model's tensors not used); ZooError naming the
     first missing tensor or the first shape/dtype mismatch."""
     def candidates(name: str) -> list[str]:
         out = [name]
@@ -164,7 +164,7 @@ def select_tensors(model: ModelFolder, layout: dict, prefixes: tuple[str, ...], 
         return out
 
     found: dict[str, tuple[ModelFolder, str]] = {}
-    chosen = ""
+    chosen = None
     for name, (shape, _dtype) in layout.items():
         hit = next((c for c in candidates(name) if c in model.tensors), None)
         if hit is None and fallback is not None and name in fallback_names and name in fallback.tensors:
@@ -176,7 +176,8 @@ def select_tensors(model: ModelFolder, layout: dict, prefixes: tuple[str, ...], 
         if tuple(model.tensors[hit].shape) != tuple(shape):
             raise ZooError(f"{model.tensors[hit].file}: tensor '{hit}' of {model.role} has shape "
                            f"{list(model.tensors[hit].shape)}, the pretrained config expects {list(shape)}")
-        chosen = chosen or name[: len(name) - len(hit)]
+        if chosen is None and len(candidates(name)) > 1:   # the first prefixable name tells the folder's naming
+            chosen = next(p for p in prefixes if name.startswith(p)) if hit == name else ""
         found[name] = (model, hit)
     used = {hit for m, hit in found.values() if m is model}
-    return found, chosen, len(model.tensors) - len(used)
+    return found, chosen or "", len(model.tensors) - len(used)

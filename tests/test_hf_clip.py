@@ -110,6 +110,10 @@ def test_forward_and_stages_equal_get_image_features(sources, one_thread):
     assert torch.allclose(staged, expected, atol=1e-5)
 
 
+def _zeroshot_logits(features, head):
+    return F.normalize(features, dim=-1) @ head["weight"].t() + head["bias"]
+
+
 def _reference_logits(sources, task, visual_state, images):
     """Zero-shot logits of a CLIP with `visual_state`: textbook prompts -> normalised class embeddings."""
     from transformers import CLIPTokenizer
@@ -129,7 +133,7 @@ def _reference_logits(sources, task, visual_state, images):
 
 def test_spec_import_plan_curve_export(sources, tmp_path, monkeypatch, private_cache, one_thread):
     from flexmerge_core.deployment.deploy import build_deployment
-    from flexmerge_core.evaluation.forward import StagedEncoder, head_logits
+    from flexmerge_core.evaluation.forward import StagedEncoder
     from flexmerge_core.pipeline import Pipeline, PlanSettings
     from flexmerge_core.zoo import open_zoo
 
@@ -173,7 +177,7 @@ def test_spec_import_plan_curve_export(sources, tmp_path, monkeypatch, private_c
         module = zoo.build_encoder()
         module.load_state_dict(state, strict=True)
         images, _ = zoo.heldout(t)
-        ours = head_logits(zoo.architecture.forward(module, images), zoo.head(t), normalized=True)
+        ours = _zeroshot_logits(zoo.architecture.forward(module, images), zoo.head(t))
         reference = _reference_logits(sources, task, state, images)
         assert torch.allclose(ours, reference, atol=1e-4)
 
@@ -201,13 +205,13 @@ def test_spec_import_plan_curve_export(sources, tmp_path, monkeypatch, private_c
     with torch.no_grad():
         features = tower(pixel_values=images).pooler_output @ exported["visual_projection.weight"].t()
     head = load_file(str(export.with_suffix(".head.safetensors")))
-    reloaded = head_logits(features, head, normalized=True)
+    reloaded = _zeroshot_logits(features, head)
     pipeline = Pipeline(zoo, PlanSettings(algorithm="ta"))
     deployment = build_deployment(zoo, pipeline.plan, pipeline.algorithm, 1.0, merger=pipeline.merger())
     runner = StagedEncoder(zoo.build_encoder(), device="cpu", adapter=zoo.architecture)
     task = zoo.task_names.index("beta")
     engine, _ = runner.features(runner.split(deployment.encoder_state_dict(task)), images)
-    assert torch.allclose(reloaded, head_logits(engine, zoo.head(task), normalized=True), atol=1e-5)
+    assert torch.allclose(reloaded, _zeroshot_logits(engine, zoo.head(task)), atol=1e-5)
 
 
 def test_folder_layout_without_spec(sources, tmp_path, private_cache, one_thread):

@@ -78,14 +78,15 @@ def _task_entry(folder: Path, task: dict) -> dict:
 
 
 def write_zoo(folder, architecture: dict, pretrained_state: dict[str, torch.Tensor], tasks: list[dict],
-              recipe: dict | None = None, head_input: str = "raw", name: str | None = None,
+              recipe=None, head_input: str = "raw", name: str | None = None,
               unmerged: list[str] | None = None) -> Path:
     """Write a zoo to `folder` (replacing it atomically) and return its path.
 
     tasks: [{name, state_dict, kind (a task kind's name; default image_classification), head ({name: tensor},
     e.g. {weight, bias}, or None), data ((images, labels), or {name: tensor} for other kinds, or None),
     classes (list or None), finetuned_accuracy (float or None)}]. `pretrained_state`, a task's
-    `state_dict` and `data` may instead be FileSources.
+    `state_dict` and `data` may instead be FileSources. `recipe` may be a function, called once every
+    file is written (importers that read sources while writing record what they found).
     """
     folder = Path(folder)
 
@@ -93,7 +94,8 @@ def write_zoo(folder, architecture: dict, pretrained_state: dict[str, torch.Tens
         pretrained = _put(pretrained_state, tmp, "pretrained")
         manifest = {"format": FORMAT, "name": name or folder.name, "architecture": architecture,
                     "pretrained": pretrained, "head_input": head_input,
-                    "tasks": [_task_entry(tmp, task) for task in tasks], "recipe": recipe or {}}
+                    "tasks": [_task_entry(tmp, task) for task in tasks],
+                    "recipe": (recipe() if callable(recipe) else recipe) or {}}
         if unmerged:
             manifest["unmerged"] = list(unmerged)
         (tmp / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2) + "\n")

@@ -173,7 +173,7 @@ def import_hf_clip(models: dict[str, Path], out, datasets: Optional[dict[str, Ta
     unknown = sorted(set(datasets) - set(tasks))
     if unknown:
         raise ZooError(f"dataset for '{unknown[0]}', which names no fine-tuned model")
-    prompts = load_templates(templates)
+    prompts = load_templates(templates) if datasets else None   # the named sets import open_clip (seconds)
     steps = len(tasks) + 2
     pretrained = ModelFolder(models[PRETRAINED], "the pretrained model", PRETRAINED)
     vision = _vision_config(pretrained)

@@ -92,7 +92,8 @@ def _add_zoo_commands(sub) -> None:
     imp.add_argument("--head-input", default="normalized", choices=["normalized", "raw"])
     imp.add_argument("--quick-gelu", action="store_true", help="QuickGELU activations (OpenAI-trained weights)")
     imp.add_argument("--trust-pickle", action="store_true",
-                     help="allow pickled whole-module files (unpickling runs code from the file); converted once")
+                     help="allow pickles that call code outside the structural reader's allow-list (unpickling "
+                          "runs code from the file); converted once. Pickled modules and heads need no flag")
     imp.add_argument("--name", default=None)
     imp.add_argument("--json", action="store_true")
     imp.set_defaults(handler=_cmd_zoo_import)

@@ -214,6 +214,36 @@ def test_spec_import_plan_curve_export(sources, tmp_path, monkeypatch, private_c
     assert torch.allclose(reloaded, _zeroshot_logits(engine, zoo.head(task)), atol=1e-5)
 
 
+def test_prefixed_sharded_folders_are_linked_and_an_own_projection_is_merged(sources, tmp_path):
+    """A sharded CLIPVisionModelWithProjection (names `vision_model.*` + its own projection) is linked shard by
+    shard; with a task bringing its own projection, the projection is merged, the others' being the pretrained."""
+    from transformers import CLIPVisionModelWithProjection
+
+    from flexmerge_core.importers.dispatch import import_source
+    from flexmerge_core.zoo import open_zoo
+
+    src = tmp_path / "src"
+    shutil.copytree(sources["root"] / "src", src)
+    shutil.rmtree(src / "gamma")
+    clip = _reference_clip(sources)
+    own = CLIPVisionModelWithProjection(clip.config.vision_config.__class__(
+        **{**clip.config.vision_config.to_dict(), "projection_dim": clip.config.projection_dim}))
+    own.load_state_dict({k: v + 0.01 for k, v in clip.state_dict().items()
+                         if k.startswith(("vision_model.", "visual_projection."))}, strict=True)
+    own.save_pretrained(src / "gamma", max_shard_size="20KB")
+    assert len(list((src / "gamma").glob("model-*.safetensors"))) > 1
+    report = import_source(src, tmp_path / "zoo")
+    assert report.models["gamma"]["mode"] == "link" and report.models["alpha"]["mode"] == "rewrite"
+    zoo = open_zoo(tmp_path / "zoo")
+    assert zoo.unmerged_names == [] and "visual_projection.weight" in zoo.param_names
+    gamma, alpha = zoo.task_names.index("gamma"), zoo.task_names.index("alpha")
+    for name, tensor in own.state_dict().items():
+        assert torch.equal(zoo.task_tensor(gamma, name), tensor)
+    assert torch.equal(zoo.task_tensor(alpha, "visual_projection.weight"), clip.visual_projection.weight.detach())
+    shard = next((src / "gamma").glob("model-*.safetensors"))
+    assert os.stat(tmp_path / "zoo" / "models" / f"gamma--{shard.name}").st_ino == os.stat(shard).st_ino
+
+
 def test_folder_layout_without_spec(sources, tmp_path, private_cache, one_thread):
     """SRC/pretrained + SRC/<task> save_pretrained folders, --data with parquet and save_to_disk entries."""
     from flexmerge_core.zoo import open_zoo

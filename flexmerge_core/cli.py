@@ -80,19 +80,26 @@ def _add_zoo_commands(sub) -> None:
     info.add_argument("--json", action="store_true")
     info.set_defaults(handler=_cmd_zoo_info)
 
-    imp = zoo_sub.add_parser("import", help="convert a research-layout folder of image-encoder checkpoints into a zoo")
-    imp.add_argument("source", help="folder with <Task>/finetuned.pt, <Task>/zeroshot.pt, optional head_<Task>.pt; "
+    imp = zoo_sub.add_parser("import", help="convert a zoo spec, HuggingFace folders or research checkpoints into a zoo")
+    imp.add_argument("source", help="a zoo spec (SPEC.yaml: models + datasets by local path or HF id in the local cache); "
+                                    "a folder with pretrained/ and <task>/ HuggingFace save_pretrained folders; "
+                                    "a folder with <Task>/finetuned.pt, <Task>/zeroshot.pt, optional head_<Task>.pt; "
                                     "or a folder with a zoo.json naming torch/prefixed/pickled files")
     imp.add_argument("--out", required=True, help="zoo folder to write (replaced atomically; an existing folder "
                                                    "only when it is empty or a zoo, unless --force)")
     imp.add_argument("--model", default=None, help="the checkpoints' model name, e.g. ViT-B-32 (research layout)")
     imp.add_argument("--pretrained", default=None, help="pretrained checkpoint (default: the <Task>/zeroshot.pt files)")
-    imp.add_argument("--data", default=None, help="held-out data: <DATA>/<Task>/<class>/*.png or <DATA>/<Task>.safetensors")
+    imp.add_argument("--data", default=None, help="held-out data: <DATA>/<Task>/<class>/*.png or <DATA>/<Task>.safetensors "
+                                                  "(HuggingFace folders also <DATA>/<Task>.parquet or save_to_disk folders)")
+    imp.add_argument("--max-examples", type=int, default=None,
+                     help="HuggingFace sources: a seeded random subset of at most N held-out examples per task")
+    imp.add_argument("--seed", type=int, default=None, help="seed of --max-examples' subset (default 0)")
     imp.add_argument("--templates", default=None, help="zero-shot prompts: 'simple' (default), 'openai' or a file")
     imp.add_argument("--head-input", default="normalized", choices=["normalized", "raw"])
     imp.add_argument("--quick-gelu", action="store_true", help="QuickGELU activations (OpenAI-trained weights)")
     imp.add_argument("--trust-pickle", action="store_true",
-                     help="allow pickled whole-module files (unpickling runs code from the file); converted once")
+                     help="allow pickles that call code outside the structural reader's allow-list (unpickling "
+                          "runs code from the file); converted once. Pickled modules and heads need no flag")
     imp.add_argument("--name", default=None)
     imp.add_argument("--force", action="store_true", help="replace an existing --out folder that is not a zoo")
     imp.add_argument("--json", action="store_true")
@@ -100,11 +107,14 @@ def _add_zoo_commands(sub) -> None:
 
 
 def _cmd_zoo_import(args: argparse.Namespace) -> int:
-    from flexmerge_core.importers.research import import_folder
+    from flexmerge_core.importers.dispatch import import_source
 
-    report = import_folder(args.source, args.out, args.model, pretrained=args.pretrained, data=args.data,
+    if args.max_examples is not None and args.max_examples < 1:
+        raise FlexMergeError(f"--max-examples must be >= 1, got {args.max_examples}")
+    report = import_source(args.source, args.out, args.model, pretrained=args.pretrained, data=args.data,
                            templates=args.templates, trust_pickle=args.trust_pickle,
                            quick_gelu=True if args.quick_gelu else None, head_input=args.head_input,
+                           max_examples=args.max_examples, seed=args.seed,
                            name=args.name, progress=stderr_progress("import"), force=args.force)
     if args.json:
         emit_json(report.to_json())

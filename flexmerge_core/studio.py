@@ -25,6 +25,7 @@ from flexmerge_core.pipeline import DEFAULT_ALGORITHM, Pipeline, PlanSettings, f
 from flexmerge_core.planning.blocks import DEFAULT_GRANULARITY, PRESETS, build_blocks
 from flexmerge_core.planning.plan import MergePlan, Partition
 from flexmerge_core.zoo import Zoo
+from flexmerge_core.zoo.summary import source_format
 
 Progress = Callable[[int, int, str], None]
 # the presets in the dashboard's order, default first (custom rules need a rules file)
@@ -56,6 +57,8 @@ class ZooSummary:
     merged_params: int
     num_blocks: int
     model_megabytes: float
+    source: Optional[str] = None         # the format the zoo came from (zoo/summary.py source_format)
+    architecture: str = ""
 
 
 @dataclass(frozen=True)
@@ -85,7 +88,8 @@ def summarize_zoo(zoo: Zoo, granularity: str = DEFAULT_GRANULARITY) -> ZooSummar
     return ZooSummary(name=zoo.name, root=str(zoo.root), tasks=list(zoo.task_names),
                       finetuned=zoo.finetuned_accuracy, merged_params=int(spec.total_params),
                       metrics={name: zoo.task_kind(t).metric for t, name in enumerate(zoo.task_names)},
-                      num_blocks=len(spec.blocks), model_megabytes=model_bytes(zoo) / 1e6)
+                      num_blocks=len(spec.blocks), model_megabytes=model_bytes(zoo) / 1e6,
+                      source=source_format(zoo.recipe), architecture=zoo.manifest.architecture_kind)
 
 
 class Explorer:

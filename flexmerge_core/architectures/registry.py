@@ -12,7 +12,7 @@ from contextlib import contextmanager
 
 import torch
 
-from flexmerge_core.architectures import open_clip
+from flexmerge_core.architectures import hf_clip_vision, open_clip
 from flexmerge_core.architectures.base import ArchitectureAdapter
 from flexmerge_core.architectures.build_guard import bounded_build
 from flexmerge_core.errors import FlexMergeError, ZooError
@@ -69,5 +69,5 @@ def state_layout(kind: str, config: dict) -> dict[str, tuple[tuple[int, ...], to
         return adapter.layout(config)
 
 
-for _adapter in open_clip.ADAPTERS:
+for _adapter in open_clip.ADAPTERS + hf_clip_vision.ADAPTERS:
     register_architecture(_adapter)

@@ -152,7 +152,8 @@ def _write(folder: Path, config: DemoConfig, seed: int, pretrained, tasks, repor
     """The zoo files into `folder` (already a temporary folder of the caller)."""
     from flexmerge_core.zoo.writer import write_zoo
 
-    recipe = {"name": RECIPE_NAME, "version": RECIPE_VERSION, "hash": recipe_hash(config, seed),
+    recipe = {"name": RECIPE_NAME, "source": {"format": "demo"}, "version": RECIPE_VERSION,
+              "hash": recipe_hash(config, seed),
               "seed": seed, "config": asdict(config),
               "families": {t["name"]: t["family"] for t in tasks}, "report": report}
     write_zoo(folder, {"kind": "open_clip_vit", "config": dict(config.architecture)}, pretrained,

@@ -24,7 +24,7 @@ from flexmerge_core.machine import require_memory
 from flexmerge_core.zoo.checkpoint import SAFETENSORS_SUFFIXES, TORCH_SUFFIXES
 from flexmerge_core.importers.imagefolder import TaskData, find_task_data, load_task_data
 from flexmerge_core.zoo.manifest import MANIFEST_NAME, read_manifest
-from flexmerge_core.importers.source_files import read_state_dict
+from flexmerge_core.importers.source_files import read_checkpoint, read_head
 from flexmerge_core.importers.visual_keys import VisualSplit, split_visual
 from flexmerge_core.zoo.writer import check_zoo_output, write_zoo
 from flexmerge_core.importers.zeroshot import TextTower, load_templates, zeroshot_head
@@ -43,11 +43,19 @@ class ImportReport:
     heads: dict[str, str] = field(default_factory=dict)        # task -> "file" | "zero-shot" | "none"
     data: dict[str, int] = field(default_factory=dict)         # task -> held-out images
     text_tower: bool = False
+    read_as: dict[str, str] = field(default_factory=dict)      # file -> safetensors | state_dict | pickle | ...
+
+    @property
+    def source_format(self) -> str:
+        """`task_vectors_pickle` when any file was a pickled module (read structurally or trusted)."""
+        return "task_vectors_pickle" if any("pickle" in how for how in self.read_as.values()) \
+            else "open_clip_research"
 
     def to_json(self) -> dict:
         return {"out": str(self.out), "architecture": self.architecture, "tasks": self.tasks,
                 "prefixes": self.prefixes, "ignored_tensors": self.ignored, "heads": self.heads,
-                "data": self.data, "text_tower": self.text_tower}
+                "data": self.data, "text_tower": self.text_tower, "read_as": self.read_as,
+                "source_format": self.source_format}
 
     def lines(self) -> list[str]:
         model = self.architecture["config"].get("name", self.architecture["kind"])
@@ -89,14 +97,18 @@ class _Reader:
         return str(path.relative_to(self.source)) if path.is_relative_to(self.source) else str(path)
 
     def visual(self, path: Path, role: str) -> VisualSplit:
-        state = read_state_dict(path, role, self.trust_pickle)
+        state, self.report.read_as[self._label(path)] = read_checkpoint(path, role, self.trust_pickle)
         split = split_visual(state, self.layout, path, role)
         self.report.prefixes[self._label(path)] = split.prefix
         self.report.ignored[self._label(path)] = split.ignored + (len(split.clip_rest) if role != "pretrained" else 0)
         return split
 
-    def head(self, path: Path, task: str) -> dict[str, torch.Tensor]:
-        state = read_state_dict(path, f"head of task '{task}'", self.trust_pickle)
+    def head(self, path: Path, task: str, head_input: str) -> dict[str, torch.Tensor]:
+        state, normalize, self.report.read_as[self._label(path)] = read_head(path, f"head of task '{task}'",
+                                                                             self.trust_pickle)
+        if normalize is not None and normalize != (head_input == "normalized"):
+            raise ZooError(f"{path}: head of task '{task}' has normalize={normalize}, but the zoo's head input is "
+                           f"'{head_input}' (use --head-input {'normalized' if normalize else 'raw'})")
         weight = state.get("weight")
         if weight is None or weight.ndim != 2:
             raise ZooError(f"{path}: head of task '{task}' needs a 2-d 'weight' [C, D], found {', '.join(sorted(state))}")
@@ -199,7 +211,7 @@ def _convert(reader: _Reader, base: VisualSplit, tasks: list[_SourceTask], out, 
             progress(i + 1, len(tasks) + 2, task.name)
         head, report.heads[task.name] = None, "none"
         if task.head is not None:
-            head, report.heads[task.name] = reader.head(task.head, task.name), "file"
+            head, report.heads[task.name] = reader.head(task.head, task.name, head_input), "file"
         elif tower is not None and task.classes is not None:
             head, report.heads[task.name] = zeroshot_head(tower, task.classes, prompts), "zero-shot"
         if task.data is not None:
@@ -209,7 +221,10 @@ def _convert(reader: _Reader, base: VisualSplit, tasks: list[_SourceTask], out, 
                         "classes": task.classes})
     if progress:
         progress(len(tasks) + 1, len(tasks) + 2, "writing the zoo")
-    recipe = {"imported_from": str(reader.source), "prefixes": report.prefixes, "heads": report.heads}
+    def recipe() -> dict:   # after writing: task files are read while the zoo is written
+        return {"source": {"format": report.source_format, "path": str(reader.source), "read_as": report.read_as},
+                "imported_from": str(reader.source), "prefixes": report.prefixes, "heads": report.heads}
+
     write_zoo(out, architecture, base.visual, entries, recipe=recipe, head_input=head_input,
               name=name or Path(out).name, force=force)
     if progress:

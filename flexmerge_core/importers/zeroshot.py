@@ -4,8 +4,9 @@ Why: many tasks come without a trained head; CLIP's text tower turns "a photo of
 class embedding, which is a linear head over L2-normalised image features (zoo `head_input =
 "normalized"`). Per class: embed every template, normalise each, average, normalise again; the
 head is those rows times exp(logit_scale), bias 0 (the usual CLIP zero-shot recipe). Heads are
-cached on disk keyed by the text tower's tensor bytes, the model name, classes and templates, so
-re-importing a zoo (or importing another zoo on the same CLIP) does not re-encode prompts.
+cached on disk keyed by the text tower's identity (model name, tensor bytes), classes and templates,
+so re-importing a zoo (or importing another zoo on the same CLIP) does not re-encode prompts. A text
+tower is any `PromptEncoder` (open_clip's here; HuggingFace CLIP's in hf_clip.py).
 """
 from __future__ import annotations
 
@@ -50,8 +51,24 @@ def load_templates(spec: str | Sequence[str] | None) -> list[str]:
     return templates
 
 
-class TextTower:
-    """A CLIP model whose text tower holds a checkpoint's weights (its visual tower is unused)."""
+class PromptEncoder:
+    """What a zero-shot head needs of a text tower."""
+
+    def identity(self) -> list:
+        """JSON-able facts that determine the tower's embeddings (the head cache's key)."""
+        raise NotImplementedError
+
+    def encode(self, texts: list[str]) -> torch.Tensor:
+        """[len(texts), D] text embeddings in the image features' space (not normalised)."""
+        raise NotImplementedError
+
+    def logit_scale(self) -> torch.Tensor:
+        """exp(logit_scale): the scale of the head's rows."""
+        raise NotImplementedError
+
+
+class TextTower(PromptEncoder):
+    """An open_clip CLIP model whose text tower holds a checkpoint's weights (its visual tower is unused)."""
 
     def __init__(self, config: dict, model: torch.nn.Module, text_state: dict[str, torch.Tensor]):
         self.config, self.model = config, model.eval()
@@ -70,6 +87,15 @@ class TextTower:
         model.load_state_dict(text_state, strict=False)
         return cls(config, model, text_state)
 
+    def identity(self) -> list:
+        return [self.config.get("name"), bool(self.config.get("quick_gelu", False)), self.digest]
+
+    def encode(self, texts: list[str]) -> torch.Tensor:
+        return self.model.encode_text(tokenizer(self.config)(texts))
+
+    def logit_scale(self) -> torch.Tensor:
+        return self.model.logit_scale.exp()
+
 
 def prompt_label(class_name: str) -> str:
     """Folder names often use underscores for spaces ("golden_retriever")."""
@@ -77,20 +103,18 @@ def prompt_label(class_name: str) -> str:
 
 
 @torch.no_grad()
-def _encode(tower: TextTower, classes: list[str], templates: list[str]) -> torch.Tensor:
-    tokenize = tokenizer(tower.config)
+def _encode(tower: PromptEncoder, classes: list[str], templates: list[str]) -> torch.Tensor:
     rows = []
     for name in classes:
-        tokens = tokenize([t.format(prompt_label(name)) for t in templates])
-        embedded = F.normalize(tower.model.encode_text(tokens).float(), dim=-1).mean(dim=0)
+        embedded = F.normalize(tower.encode([t.format(prompt_label(name)) for t in templates]).float(), dim=-1)
+        embedded = embedded.mean(dim=0)
         rows.append(embedded / embedded.norm())
-    return torch.stack(rows) * tower.model.logit_scale.exp().float()
+    return torch.stack(rows) * tower.logit_scale().float()
 
 
-def zeroshot_head(tower: TextTower, classes: list[str], templates: list[str]) -> dict[str, torch.Tensor]:
+def zeroshot_head(tower: PromptEncoder, classes: list[str], templates: list[str]) -> dict[str, torch.Tensor]:
     """{weight [C, D], bias [C]} for `classes`, from the disk cache when known."""
-    key = content_hash(ZEROSHOT_VERSION, tower.config.get("name"), bool(tower.config.get("quick_gelu", False)),
-                       tower.digest, list(classes), list(templates))
+    key = content_hash(ZEROSHOT_VERSION, *tower.identity(), list(classes), list(templates))
     path = cache_root() / "zeroshot" / f"{key}.safetensors"
     entry = read_tensor_entry(path, key)   # a damaged or mislabeled entry is recomputed and overwritten
     if entry is not None and entry[0].get("weight") is not None and entry[0]["weight"].shape[0] == len(classes) \

@@ -47,24 +47,6 @@ from flexmerge_core.importers.dispatch import import_source
 import_source({source!r}, {out!r}, **{options!r})
 """
 
-_MODELING = """
-import sys, types, torch
-modeling = types.ModuleType("src.modeling")
-class ImageEncoder(torch.nn.Module):
-    def __init__(self, model):
-        super().__init__()
-        self.model = model
-class ClassificationHead(torch.nn.Linear):
-    def __init__(self, normalize, weights):
-        super().__init__(weights.shape[1], weights.shape[0])
-        self.normalize = normalize
-        self.weight = torch.nn.Parameter(weights.clone())
-        self.bias = torch.nn.Parameter(torch.zeros(weights.shape[0]))
-for cls in (ImageEncoder, ClassificationHead):
-    cls.__module__, cls.__qualname__ = "src.modeling", cls.__name__
-    setattr(modeling, cls.__name__, cls)
-sys.modules["src"] = types.ModuleType("src"); sys.modules["src.modeling"] = modeling
-"""
 
 
 def _run(code: str) -> dict:
@@ -92,17 +74,19 @@ def _write_pickles(src: Path, tasks: list[str]) -> dict:
     import open_clip
     import torch
 
-    exec(_MODELING, globals())
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+    from task_vectors_modeling import ClassificationHead, ImageEncoder, authors_modeling
+
     clip = open_clip.create_model("ViT-B-32", pretrained=None)
-    torch.save(ImageEncoder(clip), src / "pretrained.pt")   # noqa: F821 (defined by _MODELING)
-    for t in tasks:
-        (src / t).mkdir(parents=True)
-        with torch.no_grad():
-            for p in clip.visual.parameters():
-                p.add_(1e-3 * torch.randn_like(p))
-        torch.save(ImageEncoder(clip), src / t / "finetuned.pt")   # noqa: F821
-        torch.save(ClassificationHead(True, torch.randn(10, 512)), src / f"head_{t}.pt")   # noqa: F821
-    del sys.modules["src.modeling"], sys.modules["src"]
+    with authors_modeling():
+        torch.save(ImageEncoder(clip), src / "pretrained.pt")
+        for t in tasks:
+            (src / t).mkdir(parents=True)
+            with torch.no_grad():
+                for p in clip.visual.parameters():
+                    p.add_(1e-3 * torch.randn_like(p))
+            torch.save(ImageEncoder(clip), src / t / "finetuned.pt")
+            torch.save(ClassificationHead(True, torch.randn(10, 512)), src / f"head_{t}.pt")
     return {"model": "ViT-B-32", "pretrained": str(src / "pretrained.pt")}
 
 

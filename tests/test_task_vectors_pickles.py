@@ -4,64 +4,40 @@ weight/bias/normalize) are not importable here. They import WITHOUT --trust-pick
 the zoo records the format `task_vectors_pickle`, and the tensors are exactly the saved ones.
 """
 import json
-import sys
-import types
 
 import torch
 
 from flexmerge_core.cli import main
+from task_vectors_modeling import ClassificationHead, ImageEncoder, authors_modeling
 from flexmerge_core.zoo import open_zoo
 
 TOWER = {"image_size": 16, "patch_size": 8, "width": 32, "layers": 2, "heads": 2, "mlp_ratio": 2.0, "output_dim": 8}
 
 
-def _modeling_module():
-    """A stand-in for the authors' `src.modeling`, importable only while the files are saved."""
-    module = types.ModuleType("src.modeling")
+class CLIPLike(torch.nn.Module):
+    """What the release's ImageEncoder wraps: a CLIP model (its text tower does not matter here)."""
 
-    class CLIPLike(torch.nn.Module):
-        def __init__(self):
-            super().__init__()
-            from open_clip.transformer import VisionTransformer
+    def __init__(self):
+        super().__init__()
+        from open_clip.transformer import VisionTransformer
 
-            self.visual = VisionTransformer(**TOWER)
-            self.logit_scale = torch.nn.Parameter(torch.ones([]))
-
-    class ImageEncoder(torch.nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.model = CLIPLike()
-            self.train_preprocess = None
-
-    class ClassificationHead(torch.nn.Linear):
-        def __init__(self, normalize, weights):
-            super().__init__(weights.shape[1], weights.shape[0])
-            self.normalize = normalize
-            self.weight = torch.nn.Parameter(weights.clone())
-            self.bias = torch.nn.Parameter(torch.zeros(weights.shape[0]))
-
-    for cls in (CLIPLike, ImageEncoder, ClassificationHead):
-        cls.__module__, cls.__qualname__ = "src.modeling", cls.__name__
-        setattr(module, cls.__name__, cls)
-    return module
+        self.visual = VisionTransformer(**TOWER)
+        self.logit_scale = torch.nn.Parameter(torch.ones([]))
 
 
-def test_task_vectors_pickles_import_without_trust_pickle(tmp_path, monkeypatch, private_cache, one_thread):
-    modeling = _modeling_module()
-    monkeypatch.setitem(sys.modules, "src", types.ModuleType("src"))
-    monkeypatch.setitem(sys.modules, "src.modeling", modeling)
+def test_task_vectors_pickles_import_without_trust_pickle(tmp_path, private_cache, one_thread):
     torch.manual_seed(0)
     src = tmp_path / "src"
     src.mkdir()
     encoders, heads = {}, {}
-    for name in ("pretrained", "A", "B"):
-        encoders[name] = modeling.ImageEncoder().eval()
-        torch.save(encoders[name], src / f"{name}.pt")
-        if name != "pretrained":
-            heads[name] = modeling.ClassificationHead(True, torch.randn(3, 8))
-            torch.save(heads[name], src / f"head_{name}.pt")
-    monkeypatch.delitem(sys.modules, "src.modeling")   # the authors' code is not importable at import time
-    monkeypatch.delitem(sys.modules, "src")
+    with authors_modeling(CLIPLike):
+        for name in ("pretrained", "A", "B"):
+            encoders[name] = ImageEncoder(CLIPLike()).eval()
+            torch.save(encoders[name], src / f"{name}.pt")
+            if name != "pretrained":
+                heads[name] = ClassificationHead(True, torch.randn(3, 8))
+                torch.save(heads[name], src / f"head_{name}.pt")
+    # the authors' code is not importable from here on
     manifest = {"format": "flexmerge-zoo/1", "architecture": {"kind": "open_clip_vit", "config": TOWER},
                 "pretrained": "pretrained.pt", "head_input": "normalized",
                 "tasks": [{"name": t, "checkpoint": f"{t}.pt", "head": f"head_{t}.pt"} for t in ("A", "B")]}

@@ -14,7 +14,6 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file
 
-from deploy_zoos import one_thread, private_cache  # noqa: F401
 from flexmerge_core.architectures import registry
 from flexmerge_core.architectures.base import ArchitectureAdapter, StageSplit
 from flexmerge_core.architectures.registry import architecture_kinds, get_architecture, register_architecture

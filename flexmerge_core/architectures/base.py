@@ -34,6 +34,7 @@ class ArchitectureAdapter:
     """One model family. Subclasses set `kind` and implement `build`; the rest has safe defaults."""
 
     kind: str = ""
+    native_export: bool = False     # True: a task's model is exported by `save_native` (a folder), not as a state dict
 
     def check_config(self, config: dict) -> dict:
         """The manifest's config, validated (ZooError naming the bad key); default: any object."""
@@ -84,14 +85,13 @@ class ArchitectureAdapter:
         """What one preprocessed input looks like, e.g. {"channels": 3, "image_size": 224}; None = unknown."""
         return None
 
-    def save_native(self, config: dict, state: dict[str, torch.Tensor], out: Path, source: Path) -> bool:
-        """Write one task's model in the family's own format (e.g. a `from_pretrained` folder) at `out`.
+    def save_native(self, config: dict, state: dict[str, torch.Tensor], folder: Path, source: Path) -> None:
+        """Write one task's model into the empty `folder` in the family's own format (`native_export`).
 
         `state` holds the stored names (no tied aliases); `source` is the folder of the zoo's pretrained
-        checkpoint (tokenizer and other side files live there). False: the family has no own format, and
-        the caller writes a plain safetensors state dict instead.
+        checkpoint (tokenizer and other side files live there).
         """
-        return False
+        raise NotImplementedError
 
 
 def tied_aliases(module: torch.nn.Module) -> dict[str, str]:

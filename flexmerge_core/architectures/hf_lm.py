@@ -50,6 +50,7 @@ class HFLanguageModel(ArchitectureAdapter):
     """A transformers model class (`auto_class`) from a config.json dict; `forward` answers lm_requests."""
 
     auto_class = ""
+    native_export = True
 
     def check_config(self, config: dict) -> dict:
         hf_config(self.kind, config)
@@ -79,19 +80,17 @@ class HFLanguageModel(ArchitectureAdapter):
         """[B, T] greedy continuation ids of each context (T <= max_new)."""
         raise NotImplementedError
 
-    def save_native(self, config: dict, state: dict[str, torch.Tensor], out: Path, source: Path) -> bool:
+    def save_native(self, config: dict, state: dict[str, torch.Tensor], folder: Path, source: Path) -> None:
         """A `from_pretrained` folder: config.json, model.safetensors (tied tensors once), tokenizer files."""
         from safetensors.torch import save_file
 
-        out = Path(out)
-        out.mkdir(parents=True, exist_ok=True)
+        out = Path(folder)
         hf_config(self.kind, config).save_pretrained(out)
         save_file({n: t.detach().to("cpu").contiguous() for n, t in state.items()}, str(out / "model.safetensors"),
                   metadata={"format": "pt"})
         for name in SIDE_FILES:
             if (Path(source) / name).is_file():
                 shutil.copyfile(Path(source) / name, out / name)
-        return True
 
 
 def pad_id(module) -> int:

@@ -21,10 +21,17 @@ from flexmerge_core.architectures import lm_requests as rq
 from flexmerge_core.architectures.base import ArchitectureAdapter
 from flexmerge_core.errors import ZooError
 
-os.environ["HF_HUB_OFFLINE"] = "1"
-os.environ["TRANSFORMERS_OFFLINE"] = "1"
+
+def force_offline() -> None:
+    """No hub access, ever: set before transformers / huggingface_hub read their settings at import."""
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    os.environ["TRANSFORMERS_OFFLINE"] = "1"
+
+
+force_offline()
 
 _NOT_CONFIG = ("transformers_version", "_name_or_path")
+LOGITS_BUDGET = 1 << 27   # float32 logits per forward chunk (512 MiB): bounds memory whatever the batch size
 # files beside a model's weights that from_pretrained (model and tokenizer) reads
 SIDE_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json",
               "vocab.json", "vocab.txt", "merges.txt", "spiece.model", "tokenizer.model", "sentencepiece.bpe.model",
@@ -63,13 +70,20 @@ class HFLanguageModel(ArchitectureAdapter):
         return model.eval()
 
     def forward(self, module: torch.nn.Module, inputs: torch.Tensor) -> torch.Tensor:
+        """SCORE or GENERATE requests (lm_requests), run in row chunks whose logits fit LOGITS_BUDGET."""
         mode, max_new, contexts, continuations = rq.unpack(inputs)
-        if mode == rq.SCORE:
-            return rq.scored(*self.continuation_logits(module, contexts, continuations), inputs.shape)
-        if mode == rq.GENERATE:
-            generated = self.generate(module, contexts, max_new)
-            return rq.cut_generations(generated, _eos_ids(module), inputs.shape)
-        raise ValueError(f"unknown language-model request mode {mode}")
+        if mode not in (rq.SCORE, rq.GENERATE):
+            raise ValueError(f"unknown language-model request mode {mode}")
+        width = contexts.shape[1] + continuations.shape[1] + max_new + 1
+        step = max(1, LOGITS_BUDGET // (width * module.config.get_text_config().vocab_size))
+        parts = []
+        for start in range(0, len(contexts), step):
+            ctx, cont = rq.trim(contexts[start:start + step]), rq.trim(continuations[start:start + step])
+            if mode == rq.SCORE:
+                parts.append(rq.scored(*self.continuation_logits(module, ctx, cont)))
+            else:
+                parts.append(rq.cut_generations(self.generate(module, ctx, max_new), _eos_ids(module), max_new))
+        return torch.cat(parts).reshape(inputs.shape[0], inputs.shape[1], *parts[0].shape[1:])
 
     def continuation_logits(self, module, contexts: torch.Tensor,
                             continuations: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -11,7 +11,8 @@ Layout: int64 [N, C, 2, 1 + L] (C requests per example, e.g. one per answer choi
     [..., 0, 0] the mode (SCORE or GENERATE); [..., 1, 0] max new tokens (GENERATE);
     [..., 0, 1:] context token ids, [..., 1, 1:] continuation token ids (SCORE), both PAD at the right.
 Outputs: SCORE -> float32 [N, C, 2] = (sum of the continuation tokens' log-probabilities, their count);
-GENERATE -> int64 [N, C, T] generated ids (end-of-sequence and what follows dropped), PAD at the right.
+GENERATE -> int64 [N, C, max new tokens] generated ids (end-of-sequence and what follows dropped), PAD
+at the right. Requests are independent: any split of the rows gives the same outputs.
 """
 from __future__ import annotations
 
@@ -47,11 +48,12 @@ def unpack(requests: torch.Tensor) -> tuple[int, int, torch.Tensor, torch.Tensor
                          f"{requests.dtype}")
     mode, max_new = int(requests[0, 0, 0, 0]), int(requests[0, 0, 1, 0])
     flat = requests.reshape(-1, 2, requests.shape[-1])[..., 1:]
-    return mode, max_new, _trim(flat[:, 0]), _trim(flat[:, 1])
+    return mode, max_new, trim(flat[:, 0]), trim(flat[:, 1])
 
 
-def _trim(rows: torch.Tensor) -> torch.Tensor:
-    used = int((rows != PAD).sum(dim=1).max()) if rows.numel() else 0
+def trim(rows: torch.Tensor) -> torch.Tensor:
+    """Right-padded rows without their all-PAD columns."""
+    used = int(lengths(rows).max()) if rows.numel() else 0
     return rows[:, :used]
 
 
@@ -67,17 +69,15 @@ def token_logprobs(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     return picked.masked_fill(targets == PAD, 0.0)
 
 
-def scored(logits: torch.Tensor, targets: torch.Tensor, shape: torch.Size) -> torch.Tensor:
-    """float32 [N, C, 2] of (summed log-probabilities, number) of the scored tokens (`targets` not PAD)."""
-    out = torch.stack([token_logprobs(logits, targets).sum(dim=1), lengths(targets).float()], dim=-1)
-    return out.reshape(shape[0], shape[1], 2)
+def scored(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """float32 [B, 2] of (summed log-probabilities, number) of the scored tokens (`targets` not PAD)."""
+    return torch.stack([token_logprobs(logits, targets).sum(dim=1), lengths(targets).float()], dim=-1)
 
 
-def cut_generations(generated: torch.Tensor, eos: set[int], shape: torch.Size) -> torch.Tensor:
-    """Generated ids [N*C, T] -> [N, C, T] with the first end-of-sequence token and all after it set to PAD."""
-    out = generated.clone()
-    stop = torch.zeros(out.shape[0], dtype=torch.bool, device=out.device)
-    for t in range(out.shape[1]):
-        stop |= torch.isin(out[:, t], torch.tensor(sorted(eos), device=out.device)) if eos else stop
-        out[stop, t] = PAD
-    return out.reshape(shape[0], shape[1], -1)
+def cut_generations(generated: torch.Tensor, eos: set[int], width: int) -> torch.Tensor:
+    """Generated ids [B, T] -> [B, width]: the first end-of-sequence token and all after it set to PAD."""
+    out = torch.full((generated.shape[0], width), PAD, dtype=torch.int64, device=generated.device)
+    out[:, :generated.shape[1]] = generated[:, :width]
+    stops = torch.isin(out, torch.tensor(sorted(eos), dtype=torch.int64, device=out.device))
+    out[stops.cumsum(dim=1) > 0] = PAD
+    return out

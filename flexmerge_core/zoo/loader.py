@@ -30,14 +30,17 @@ class _Files:
         self.root, self.pretrained = root, pretrained
         self._open: dict[str, CheckpointFile | LoraCheckpoint] = {}
 
-    def get(self, relative: str, role: str) -> CheckpointFile | LoraCheckpoint:
-        """The opened file; a PEFT LoRA adapter (adapter_config.json beside it) reads as the dense
-        pretrained + adapter checkpoint."""
+    def get(self, relative: str, role: str, kind: TaskKind | None = None):
+        """The opened file: a CheckpointFile; a PEFT LoRA adapter (adapter_config.json beside it) reads as
+        the dense pretrained + adapter checkpoint; a data file in a task kind's own format as `kind` opens it."""
         if relative not in self._open:
             path = self.root / relative
             if not path.is_file():
                 raise ZooError(f"{path}: file of {role} not found")
-            if relative != self.pretrained and is_lora_adapter(path):
+            own = kind.open_data(path, role) if kind is not None else None
+            if own is not None:
+                self._open[relative] = own
+            elif relative != self.pretrained and is_lora_adapter(path):
                 self._open[relative] = LoraCheckpoint(path, role, self.get(self.pretrained, "pretrained"))
             else:
                 self._open[relative] = CheckpointFile(path, role)
@@ -300,7 +303,8 @@ class Zoo:
 def _task_files(files: _Files, manifest: Manifest, task: TaskEntry, feature_dim: int | None) -> TaskFiles:
     return TaskFiles(task=task.name, classes=task.classes, feature_dim=feature_dim, head_input=manifest.head_input,
                      head=None if task.head is None else files.get(task.head, f"head of task '{task.name}'"),
-                     data=None if task.data is None else files.get(task.data, f"data of task '{task.name}'"))
+                     data=None if task.data is None else files.get(task.data, f"data of task '{task.name}'",
+                                                                   get_task_kind(task.kind)))
 
 
 def _validate_files(root: Path, manifest: Manifest, files: _Files) -> list[str]:

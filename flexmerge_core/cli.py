@@ -75,9 +75,11 @@ def _add_zoo_commands(sub) -> None:
     info.add_argument("--json", action="store_true")
     info.set_defaults(handler=_cmd_zoo_info)
 
-    imp = zoo_sub.add_parser("import", help="convert a research-layout folder of image-encoder checkpoints into a zoo")
+    imp = zoo_sub.add_parser("import", help="convert a folder of checkpoints (image encoders or language models) into a zoo")
     imp.add_argument("source", help="folder with <Task>/finetuned.pt, <Task>/zeroshot.pt, optional head_<Task>.pt; "
-                                    "or a folder with a zoo.json naming torch/prefixed/pickled files")
+                                    "or a folder with a zoo.json naming torch/prefixed/pickled files; "
+                                    "or language models: pretrained/ + <task>/ HF or PEFT LoRA folders "
+                                    "(+ data/<task>.json text data specs), or a model-pool YAML spec")
     imp.add_argument("--out", required=True, help="zoo folder to write (replaced atomically)")
     imp.add_argument("--model", default=None, help="the checkpoints' model name, e.g. ViT-B-32 (research layout)")
     imp.add_argument("--pretrained", default=None, help="pretrained checkpoint (default: the <Task>/zeroshot.pt files)")
@@ -93,12 +95,23 @@ def _add_zoo_commands(sub) -> None:
 
 
 def _cmd_zoo_import(args: argparse.Namespace) -> int:
+    from flexmerge_core.importers.hf_lm import import_lm_folder, is_lm_folder
+    from flexmerge_core.importers.lm_spec import import_lm_spec, is_lm_spec
     from flexmerge_core.importers.research import import_folder
 
-    report = import_folder(args.source, args.out, args.model, pretrained=args.pretrained, data=args.data,
-                           templates=args.templates, trust_pickle=args.trust_pickle,
-                           quick_gelu=True if args.quick_gelu else None, head_input=args.head_input,
-                           name=args.name, progress=stderr_progress("import"))
+    if is_lm_folder(args.source) or is_lm_spec(args.source):
+        vision = [o for o in ("model", "pretrained", "templates") if getattr(args, o) is not None] \
+            + [o for o in ("quick_gelu", "trust_pickle") if getattr(args, o)]
+        if vision:
+            raise FlexMergeError(f"{args.source}: language-model sources name their own models and data; "
+                                 f"drop --{', --'.join(o.replace('_', '-') for o in vision)}")
+        report = (import_lm_spec(args.source, args.out, name=args.name) if is_lm_spec(args.source)
+                  else import_lm_folder(args.source, args.out, data=args.data, name=args.name))
+    else:
+        report = import_folder(args.source, args.out, args.model, pretrained=args.pretrained, data=args.data,
+                               templates=args.templates, trust_pickle=args.trust_pickle,
+                               quick_gelu=True if args.quick_gelu else None, head_input=args.head_input,
+                               name=args.name, progress=stderr_progress("import"))
     if args.json:
         emit_json(report.to_json())
     else:

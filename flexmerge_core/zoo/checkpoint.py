@@ -129,8 +129,24 @@ class CheckpointFile:
         else:
             tensor = self._handles[name].get_tensor(name)
         self.reads += 1
-        if name not in self._checked_finite and tensor.is_floating_point():
-            if not bool(torch.isfinite(tensor).all()):
-                raise ZooError(f"{self.path}: non-finite values (NaN/Inf) in tensor '{name}' of {self.role}")
+        if name not in self._checked_finite:
+            self._check_finite(name, tensor)
             self._checked_finite.add(name)
         return tensor
+
+    def read_rows(self, name: str, start: int, stop: int) -> torch.Tensor:
+        """Rows start:stop (along dim 0) of one tensor, read alone (planning streams large tensors in slabs)."""
+        if name not in self.shapes:
+            raise ZooError(f"{self.path}: tensor '{name}' missing from {self.role}")
+        if self._state is not None:
+            tensor = self._state[name][start:stop]
+        else:
+            tensor = self._handles[name].get_slice(name)[start:stop]
+        self.reads += 1
+        if name not in self._checked_finite:
+            self._check_finite(name, tensor)
+        return tensor
+
+    def _check_finite(self, name: str, tensor: torch.Tensor) -> None:
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            raise ZooError(f"{self.path}: non-finite values (NaN/Inf) in tensor '{name}' of {self.role}")

@@ -76,7 +76,8 @@ def model_tensors(layout: dict, dtype: torch.dtype, task=None):
     for i, (name, (shape, _)) in enumerate(layout.items()):
         tensor = torch.ones(shape) if len(shape) == 1 else torch.randn(shape, generator=_seeded(0, i)) * 0.02
         if task is not None:
-            tensor += 1e-3 * (torch.randn(shape, generator=_seeded(1, i)) + torch.randn(shape, generator=_seeded(task + 2, i)))
+            shared, own = _seeded(1, i), _seeded(task + 2, i)
+            tensor += 1e-3 * (torch.randn(shape, generator=shared) + torch.randn(shape, generator=own))
         yield name, tensor.to(dtype)
 
 

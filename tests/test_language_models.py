@@ -172,7 +172,8 @@ def test_lora_task_vectors_equal_merge_and_unload(lora_source, tmp_path):
             expected = merged[name] - base_state[name]
             torch.testing.assert_close(vectors[name][t], expected, atol=1e-6, rtol=0)
             adapted += bool(expected.abs().sum() > 0)
-        assert adapted == len(json.loads((lora_source / task / "adapter_config.json").read_text())["target_modules"]) * 2
+        targets = json.loads((lora_source / task / "adapter_config.json").read_text())["target_modules"]
+        assert adapted == len(targets) * 2      # every target module of both layers, nothing else
         for name in zoo.param_names:
             torch.testing.assert_close(zoo.task_tensor(t, name), merged[name], atol=1e-6, rtol=0)
 
@@ -262,3 +263,16 @@ def test_streamed_gram_is_bit_identical_to_whole_blocks(llama_source, lora_sourc
         for block in build_blocks(zoo.param_names, zoo.param_shapes).blocks:
             whole = similarity.gram_matrix(zoo.task_vectors(block.params), torch.device("cpu"))
             assert torch.equal(similarity._streamed_gram(zoo, block.params, torch.device("cpu")), whole)
+
+
+def test_dashboard_axis_for_text_metrics():
+    """Charts label text zoos from the rows' metrics: exact match alone in %, mixed metrics normalised."""
+    from dashboard.metric_axis import axis_for
+
+    def row(metrics):
+        return {"metric": metrics, "higher_is_better": {t: True for t in metrics}}
+
+    alone = axis_for([row({"a": "exact match", "b": "exact match"})])
+    assert (alone.title, alone.percent) == ("exact match (%)", True)
+    mixed = axis_for([row({"a": "accuracy", "b": "exact match"})])
+    assert mixed.normalized and mixed.title == "normalised score (% of fine-tuned)"

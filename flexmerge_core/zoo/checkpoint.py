@@ -150,5 +150,6 @@ class CheckpointFile:
     def _check_finite(self, name: str, tensor: torch.Tensor) -> None:
         """NaN/Inf check by the extremes: aminmax propagates NaN and reads the data once without a bool
         copy (20x faster than isfinite(t).all() on bf16: 15 ms vs 290 ms for 16M values)."""
-        if tensor.is_floating_point() and tensor.numel() and not bool(torch.isfinite(torch.stack(torch.aminmax(tensor))).all()):
+        if tensor.is_floating_point() and tensor.numel() \
+                and not bool(torch.isfinite(torch.stack(torch.aminmax(tensor))).all()):
             raise ZooError(f"{self.path}: non-finite values (NaN/Inf) in tensor '{name}' of {self.role}")

@@ -124,7 +124,8 @@ class LoraCheckpoint:
         return (product.T if transpose else product) * scale
 
     def read(self, name: str) -> torch.Tensor:
-        """The fine-tuned tensor: base + delta in the base dtype (as PEFT's merge_and_unload), a replacement, or base."""
+        """The fine-tuned tensor: base + delta in the base dtype (as PEFT's merge_and_unload), a replacement,
+        or the base tensor."""
         if name in self._whole:
             return self.adapter.read(self._whole[name])
         base = self.base.read(name)

@@ -276,3 +276,21 @@ def test_dashboard_axis_for_text_metrics():
     assert (alone.title, alone.percent) == ("exact match (%)", True)
     mixed = axis_for([row({"a": "accuracy", "b": "exact match"})])
     assert mixed.normalized and mixed.title == "normalised score (% of fine-tuned)"
+
+
+@pytest.mark.parametrize("page", [None, "pages/1_Explore.py", "pages/2_Compare.py"])
+def test_dashboard_pages_render_a_text_zoo(page, llama_source, tmp_path, monkeypatch):
+    """The app opens a language-model zoo; its charts are labelled from the tasks' metrics (mixed: normalised)."""
+    from pathlib import Path
+
+    from streamlit.testing.v1 import AppTest
+
+    _import(llama_source, tmp_path / "zoo")
+    monkeypatch.setenv("FLEXMERGE_ZOO", str(tmp_path / "zoo"))
+    at = AppTest.from_file(str(Path(__file__).resolve().parents[1] / "app.py"), default_timeout=300)
+    if page:
+        at.switch_page(page)
+    at.run()
+    assert not at.exception and not at.error, [e.value for e in list(at.exception) + list(at.error)]
+    if page == "pages/1_Explore.py":
+        assert "normalised score" in json.dumps([str(e.proto) for e in at.get("plotly_chart")] + [m.label for m in at.metric])

@@ -5,8 +5,8 @@ A Llama-shaped model (hidden 2048, intermediate 5632, 16 layers, 16 heads / 4 KV
 (`model.safetensors.index.json` + 500 MB shards, as save_pretrained writes them), the pretrained model
 and M fine-tunes (pretrained + small noise), into a zoo of kind `hf_causal_lm`. Then, each in a fresh
 process (alternating, `--repeats` times, best run):
-- plain pass: every tensor of every model read once with safetensors (no zoo), task vectors formed in
-  float32, the M x M Gram matrix accumulated; nothing else;
+- plain pass: every tensor of every model read once with safetensors slices (no zoo) in row slabs of 4M
+  values, task vectors formed in float32, the M x M Gram matrix accumulated; nothing else;
 - plan: open_zoo + component blocks + build_plan("ta", min linkage, greedy), no plan cache.
 Peak memory: the process's anonymous RSS (sampled every 20 ms) above its level before the pass; pages of
 the memory-mapped checkpoints are the kernel's page cache (reported separately as VmHWM).
@@ -14,7 +14,7 @@ Goals: plan <= 1.5x the plain pass; plan's peak anonymous RSS above baseline <= 
 Disk: (M + 1) models are written; free disk is checked first (fewer --layers / --tasks when short).
 
 Usage: .venv/bin/python benchmarks/bench_llm_plan.py [--tasks 8] [--layers 16] [--hidden 2048]
-       [--dtype bf16|fp16] [--repeats 2] [--workdir /tmp] [--keep]
+       [--dtype bf16|fp16] [--repeats 2] [--workdir /tmp] [--keep] [--zoo DIR (reuse a kept zoo)]
 """
 from __future__ import annotations
 
@@ -35,6 +35,7 @@ import torch
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 SHARD_BYTES = 500 << 20
+SLAB = 1 << 22          # values per read in the plain pass (the engine's planning slab, similarity.STREAM_SLAB)
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
@@ -102,7 +103,8 @@ def write_zoo(folder: Path, config: dict, num_tasks: int, dtype: torch.dtype) ->
 
 
 def plain_pass(folder: Path) -> dict:
-    """Each tensor of each model read once; the task vectors' Gram matrix accumulated (one product per tensor)."""
+    """Each tensor of each model read once, in row slabs of SLAB values (safetensors slices, no zoo); the task
+    vectors' Gram matrix accumulated with one product per slab: the least any plan from these files must do."""
     from safetensors import safe_open
 
     manifest = json.loads((folder / "zoo.json").read_text())
@@ -111,18 +113,20 @@ def plain_pass(folder: Path) -> dict:
         path = folder / index
         weight_map = json.loads(path.read_text())["weight_map"]
         files = {s: safe_open(str(path.parent / s), framework="pt") for s in set(weight_map.values())}
-        return {n: files[s] for n, s in weight_map.items()}
+        return {n: files[s].get_slice(n) for n, s in weight_map.items()}
 
     start = time.perf_counter()
     base = handles(manifest["pretrained"])
     tasks = [handles(t["checkpoint"]) for t in manifest["tasks"]]
     m = len(tasks)
     gram = torch.zeros((m, m), dtype=torch.float64)
-    for name, handle in base.items():
-        theta = handle.get_tensor(name).float()
-        rows = torch.stack([t[name].get_tensor(name).float() - theta for t in tasks]).reshape(m, -1)
-        gram += (rows @ rows.T).double()
-        del rows, theta
+    for name, view in base.items():
+        shape = view.get_shape()
+        step = max(1, SLAB // max(1, math.prod(shape[1:])))
+        for row in range(0, shape[0], step):
+            theta = view[row:row + step].float()
+            rows = torch.stack([t[name][row:row + step].float() - theta for t in tasks]).reshape(m, -1)
+            gram += (rows @ rows.T).double()
     return {"seconds": time.perf_counter() - start, "trace": float(gram.trace())}
 
 
@@ -184,6 +188,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--workdir", default=tempfile.gettempdir())
     parser.add_argument("--keep", action="store_true", help="keep the written zoo")
+    parser.add_argument("--zoo", default=None, help="reuse a zoo written by an earlier --keep run (same options)")
     parser.add_argument("--child", nargs=2, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
@@ -197,16 +202,18 @@ def main() -> None:
     needed, free = (args.tasks + 1) * model_bytes * 1.02, shutil.disk_usage(args.workdir).free
     print(f"{params / 1e9:.2f} B parameters, {model_bytes / 1e9:.2f} GB per model ({args.dtype}); "
           f"{args.tasks + 1} models need {needed / 1e9:.1f} GB, {free / 1e9:.1f} GB free in {args.workdir}")
-    if needed > free * 0.8:
+    if args.zoo is None and needed > free * 0.8:
         sys.exit("not enough free disk: pass fewer --layers or --tasks")
     work = Path(tempfile.mkdtemp(prefix="bench_llm_plan_", dir=args.workdir))
+    zoo = Path(args.zoo) if args.zoo else work / "zoo"
     try:
-        start = time.perf_counter()
-        write_zoo(work / "zoo", config, args.tasks, DTYPES[args.dtype])
-        print(f"zoo written in {time.perf_counter() - start:.0f} s")
+        if args.zoo is None:
+            start = time.perf_counter()
+            write_zoo(zoo, config, args.tasks, DTYPES[args.dtype])
+            print(f"zoo written in {time.perf_counter() - start:.0f} s")
         runs = {"plain": [], "plan": []}
         for kind in ("plain", "plan") * args.repeats:
-            runs[kind].append(run_child(kind, work / "zoo", work / "cache"))
+            runs[kind].append(run_child(kind, zoo, work / "cache"))
             print(f"  {kind}: {runs[kind][-1]}", flush=True)
         plain, plan = (min(runs[k], key=lambda r: r["seconds"]) for k in ("plain", "plan"))
         anon = max(r["anon_above_baseline_mb"] for r in runs["plan"])
@@ -219,8 +226,9 @@ def main() -> None:
               f"({model_bytes / 2**20:.0f} MB)   (goal <= 0.25; VmHWM incl. mapped files "
               f"{max(r['vm_hwm_mb'] for r in runs['plan']):.0f} MB)")
     finally:
-        if args.keep:
-            print(f"zoo kept at {work / 'zoo'}")
+        if args.keep and args.zoo is None:
+            shutil.rmtree(work / "cache", ignore_errors=True)
+            print(f"zoo kept at {zoo}")
         else:
             shutil.rmtree(work, ignore_errors=True)
 

@@ -156,7 +156,8 @@ def import_lm_models(models: dict[str, Path], out, data: dict[str, tuple[dict, P
     unknown = sorted(set(data) - set(models))
     if unknown:
         raise ZooError(f"held-out data names task '{unknown[0]}', which has no model")
-    check_zoo_output(out, [*models.values(), *(folder for _, folder in data.values())], force)
+    sources = [(folder / str(spec.get("source", ""))).resolve() for spec, folder in data.values()]
+    check_zoo_output(out, [*models.values(), *sources], force)
     config = read_config(models[PRETRAINED], "the pretrained model")
     report = LMImportReport(Path(out), family(config), config["model_type"])
 

@@ -82,7 +82,8 @@ def _add_zoo_commands(sub) -> None:
 
     imp = zoo_sub.add_parser("import", help="convert a zoo spec, HuggingFace folders or research checkpoints into a zoo")
     imp.add_argument("source", help="a zoo spec (SPEC.yaml: models + datasets by local path or HF id in the local cache); "
-                                    "a folder with pretrained/ and <task>/ HuggingFace save_pretrained folders; "
+                                    "a folder with pretrained/ and <task>/ HuggingFace save_pretrained folders "
+                                    "(image encoders; language models, also PEFT LoRA adapters, data/<task>.json); "
                                     "a folder with <Task>/finetuned.pt, <Task>/zeroshot.pt, optional head_<Task>.pt; "
                                     "or a folder with a zoo.json naming torch/prefixed/pickled files")
     imp.add_argument("--out", required=True, help="zoo folder to write (replaced atomically; an existing folder "

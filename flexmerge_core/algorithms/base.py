@@ -161,6 +161,14 @@ class MergeAlgorithm:
         """True when `similarity_block` depends on prepared (global) state."""
         return self.has_preprocessing
 
+    @property
+    def raw_similarity(self) -> bool:
+        """True when similarity is computed on the task vectors as they are (no per-block or global
+        preprocessing), so planning may stream a tensor's vectors in slices instead of whole blocks."""
+        cls, base = type(self), MergeAlgorithm
+        return (not self.has_preprocessing and cls.similarity_block is base.similarity_block
+                and cls.preprocess_block is base.preprocess_block and cls._input_vectors is base._input_vectors)
+
     def prepare(self, stream: BlockStream) -> None:
         """Record global state from the whole model; stream() gives a fresh block iterator."""
 

@@ -12,7 +12,7 @@ from contextlib import contextmanager
 
 import torch
 
-from flexmerge_core.architectures import hf_clip_vision, open_clip
+from flexmerge_core.architectures import hf_causal_lm, hf_clip_vision, hf_seq2seq, open_clip
 from flexmerge_core.architectures.base import ArchitectureAdapter
 from flexmerge_core.architectures.build_guard import bounded_build
 from flexmerge_core.errors import FlexMergeError, ZooError
@@ -69,5 +69,13 @@ def state_layout(kind: str, config: dict) -> dict[str, tuple[tuple[int, ...], to
         return adapter.layout(config)
 
 
-for _adapter in open_clip.ADAPTERS + hf_clip_vision.ADAPTERS:
+def state_aliases(kind: str, config: dict) -> dict[str, str]:
+    """{alias: stored name} of the architecture's tied state_dict entries (no memory used)."""
+    adapter = get_architecture(kind)
+    config = adapter.check_config(config)
+    with _building(kind):
+        return adapter.tied(config)
+
+
+for _adapter in open_clip.ADAPTERS + hf_clip_vision.ADAPTERS + hf_seq2seq.ADAPTERS + hf_causal_lm.ADAPTERS:
     register_architecture(_adapter)

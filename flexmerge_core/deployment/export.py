@@ -167,6 +167,18 @@ def task_model_writes(deployment: Deployment, task: int, out, encoder_order: lis
     return writes
 
 
+def task_writes(zoo, deployment: Deployment, task: int, out) -> Writes:
+    """One task's model in its family's own format (`out` becomes a folder, e.g. for `from_pretrained`),
+    else as task_model_writes; the stored names only (tied aliases are restored by the family's loader)."""
+    adapter = zoo.architecture
+    if not adapter.native_export:
+        return task_model_writes(deployment, task, out, zoo.state_names)
+    state = deployment.encoder_state_dict(task)
+    files = adapter.native_files(zoo.manifest.architecture_config, {n: state[n] for n in zoo.state_names},
+                                 zoo.pretrained_path.parent)
+    return {Path(out) / name: write for name, write in files.items()}
+
+
 def file_tensor_bytes(path, skip_prefix: Optional[str] = None) -> int:
     """Sum of numel * itemsize over the tensors of a safetensors file (read from its header only),
     leaving out keys starting with `skip_prefix` (e.g. "tasks/": heads and unmerged tensors)."""
@@ -207,7 +219,7 @@ def export(zoo, spec, plan, algorithm, size, out, task: Optional[str] = None, zo
     if task is None:
         writes = deployment_writes(deployment, out)
     else:
-        writes = task_model_writes(deployment, zoo.task_names.index(task), out, list(zoo.build_encoder().state_dict()))
+        writes = task_writes(zoo, deployment, zoo.task_names.index(task), out)
     recipe = {"format": RECIPE_FORMAT, "zoo_path": zoo_path or str(zoo.root), "task": task, **deployment.recipe}
     text = (json.dumps(recipe, indent=2, sort_keys=True) + "\n").encode()
     writes[recipe_path(out)] = lambda tmp: tmp.write_bytes(text)   # last: a recipe means the export is whole

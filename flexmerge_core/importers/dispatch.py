@@ -7,6 +7,8 @@ being silently ignored:
   - a folder with `pretrained/config.json`: HuggingFace `save_pretrained` folders, `pretrained/` and one
     `<task>/` per fine-tuned model, family read from config.json (`--data D`: `D/<task>` or
     `D/<task>.parquet`, any format of hf_datasets.py or imagefolder.py);
+  - language models (hf_lm.py, lm_spec.py), checked first: a model-pool YAML or pretrained/ + <task>/ folders
+    whose pretrained config.json is a text model's (tasks may be PEFT LoRA adapters; data/<task>.json specs);
   - otherwise a folder with `zoo.json` (manifest import) or in the research layout (research.py).
 """
 from __future__ import annotations
@@ -16,6 +18,8 @@ from typing import Optional
 
 from flexmerge_core.errors import InvalidArgumentError, ZooError
 from flexmerge_core.importers.hf_clip import PRETRAINED, TaskData, import_hf_clip, is_hf_clip
+from flexmerge_core.importers.hf_lm import import_lm_folder, is_lm_folder
+from flexmerge_core.importers.lm_spec import import_lm_spec, is_lm_spec
 from flexmerge_core.importers.hf_models import read_json
 from flexmerge_core.importers.imagefolder import find_task_data
 from flexmerge_core.importers.research import import_folder
@@ -65,6 +69,16 @@ def import_source(source, out, model: Optional[str] = None, data=None, templates
     path = Path(source)
     force = bool(research_options.pop("force", False))
     options = {"model": model, **research_options}
+    if is_lm_spec(path) or is_lm_folder(path):
+        _refuse(path, "a language-model source", options)
+        if templates is not None or max_examples is not None or seed is not None:
+            raise InvalidArgumentError(f"{path}: language-model sources take no --templates/--max-examples/--seed "
+                                       f"(text data specs name their rows)")
+        if is_lm_spec(path):
+            if data is not None:
+                raise InvalidArgumentError(f"{path}: a model-pool spec names its data; drop --data")
+            return import_lm_spec(path, out, name=name, force=force)
+        return import_lm_folder(path, out, data=data, name=name, force=force)
     if path.suffix.lower() in SPEC_SUFFIXES:
         if not path.is_file():
             raise ZooError(f"{path}: zoo spec not found")

@@ -67,6 +67,12 @@ class TaskKind:
         """Header-level checks when the zoo opens (ZooError naming the file and task); reads no tensor."""
         raise NotImplementedError
 
+    def open_data(self, path: Path, role: str) -> Optional[Header]:
+        """Open a data file in the kind's own format (e.g. a text data spec); None: a tensor file, opened
+        lazily by the zoo. Whatever is returned needs `path`, `files` (every file it reads, for the zoo's
+        fingerprint) and `reads`."""
+        return None
+
     def input_shape(self, files: TaskFiles) -> Optional[tuple[int, ...]]:
         """One example's input shape from the data file's header, when fixed (the zoo checks at open that
         the model takes it); None when there is nothing to check."""

@@ -9,6 +9,8 @@ from __future__ import annotations
 from flexmerge_core.plugins import PluginRegistry
 from flexmerge_core.tasks.base import TaskKind
 from flexmerge_core.tasks.image_classification import ImageClassification
+from flexmerge_core.tasks.text_exact_match import TextGenerationExactMatch
+from flexmerge_core.tasks.text_rank import TextClassificationRank
 
 ENTRY_POINT_GROUP = "flexmerge.task_kinds"
 _REGISTRY: PluginRegistry[TaskKind] = PluginRegistry(
@@ -31,4 +33,5 @@ def task_kind_names() -> list[str]:
     return _REGISTRY.names()
 
 
-register_task_kind(ImageClassification())
+for _kind in (ImageClassification(), TextClassificationRank(), TextGenerationExactMatch()):
+    register_task_kind(_kind)

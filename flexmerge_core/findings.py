@@ -85,4 +85,5 @@ def reproduce_findings(zoo: Zoo, algorithms: Sequence[str] = DEFAULT_ALGORITHMS,
                        "min", main, {lk: curves[("linkage", lk)] for lk in OTHER_LINKAGES}, integers, alpha),
     ]
     return {"zoo": zoo.name, "tasks": list(zoo.task_names), "algorithm": algorithm, "algorithms": names,
-            "alpha": alpha, "confidence": 0.95, "finetuned": main.finetuned, "findings": findings}
+            "alpha": alpha, "confidence": 0.95, "metric": main.rows[0]["metric"],
+            "higher_is_better": main.rows[0]["higher_is_better"], "finetuned": main.finetuned, "findings": findings}

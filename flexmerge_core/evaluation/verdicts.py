@@ -29,7 +29,6 @@ from flexmerge_core.evaluation.statistics import flips_along, holm
 
 REPRODUCED, NOT_REPRODUCED, INCONCLUSIVE = "reproduced", "not reproduced", "inconclusive"
 VERDICTS = (REPRODUCED, NOT_REPRODUCED, INCONCLUSIVE)
-SIZE_TOLERANCE = 1e-9
 
 
 def _row(curve: CurveResult, budget: float) -> dict:
@@ -40,7 +39,7 @@ def _row(curve: CurveResult, budget: float) -> dict:
 
 
 def _meets(curve: CurveResult, budget: float) -> bool:
-    return _row(curve, budget)["size"] <= budget + SIZE_TOLERANCE
+    return _row(curve, budget)["size"] <= budget     # as Partition.budget_met
 
 
 def point(row: Mapping) -> dict:

@@ -75,7 +75,7 @@ def rankings(finding: dict) -> None:
     values = {a: {s["size_budget"]: s["points"][a]["avg_accuracy"] for s in steps if a in s["points"]}
               for a in finding["algorithms"]}
     table = ranking_table(values, {s["size_budget"]: s["groups"] for s in steps}, budgets,
-                          fmt=lambda v: value(v))
+                          fmt=value)
     st.dataframe(highlight_changes(table), hide_index=True, key="findings_rankings")
 
 
@@ -84,7 +84,7 @@ def versus(finding: dict) -> None:
     series = {a["label"]: [(c["size_budget"], scale * c["difference"], scale * c["ci_low"], scale * c["ci_high"],
                             c["ahead"] != "tie") for c in a["comparisons"]] for a in finding["alternatives"]}
     st.plotly_chart(charts.difference_figure(series, title=f"{reference} minus each alternative",
-                                             y_title=f"difference{unit or ''} (95% interval)"),
+                                             y_title=f"difference ({unit.strip() + ', ' if unit else ''}95% interval)"),
                     key=f"chart_findings_{finding['id']}")
     rows = [{"alternative": a["label"], "size": f"{c['size_budget']:g}x", reference: point_text(c["reference"]),
              "alternative average": point_text(c["alternative"]),

@@ -13,7 +13,8 @@ from dashboard.session import engine_errors, open_studio, progress_bar, requeste
 from flexmerge_core.findings import DEFAULT_ALGORITHMS
 from flexmerge_core.studio import algorithm_names
 
-VERDICT_BOXES = {"reproduced": st.success, "not reproduced": st.error, "inconclusive": st.warning}
+# a verdict is a result, not an error: "not reproduced" is a warning, st.error stays for failures
+VERDICT_BOXES = {"reproduced": st.success, "not reproduced": st.warning, "inconclusive": st.info}
 
 st.title("The paper's findings on this zoo")
 studio = open_studio()

@@ -235,10 +235,13 @@ def test_compare_page_labels_and_ranks_by_the_metric(bundle, monkeypatch):
     assert not at.exception and not at.error, [e.value for e in list(at.exception) + list(at.error)]
     specs = [json.loads(chart.proto.spec) for chart in at.get("plotly_chart")]
     assert all("MSE (lower is better)" in s["layout"]["yaxis"]["title"]["text"] for s in specs) and specs
-    curves = {t["name"]: dict(zip(t["x"], t["y"])) for t in specs[0]["data"]}
+    curves = {t["name"]: dict(zip(t["x"], t["y"])) for t in specs[0]["data"] if t.get("fill") != "toself"}
+    bands = [t["name"] for t in specs[0]["data"] if t.get("fill") == "toself"]
+    assert bands == [f"{a} (95% interval)" for a in curves]      # the t intervals of the MSE averages
     rankings = next(d.value for d in at.dataframe if "ranking changed" in d.value.columns)
     first = rankings.iloc[0]                                     # the smallest budget every algorithm meets
-    ranked = [first[f"#{k}"].split(" (")[0] for k in range(1, len(curves) + 1) if first[f"#{k}"]]
+    ranked = [cell.split(" (")[0] for k in range(1, len(curves) + 1) if first.get(f"#{k}")
+              for cell in first[f"#{k}"].split(" = ")]           # one rank's algorithms are joined by " = "
     at_budget = {a: curves[a].get(1.0) for a in ranked}
     assert [at_budget[a] for a in ranked] == sorted(at_budget[a] for a in ranked)   # lowest MSE first
 

@@ -374,7 +374,8 @@ def _cmd_findings(args: argparse.Namespace) -> int:
     from flexmerge_core.findings import DEFAULT_ALGORITHMS, check_options, reproduce_findings
     from flexmerge_core.pipeline import DEFAULT_ALGORITHM, resolve_zoo
 
-    names = DEFAULT_ALGORITHMS if args.algorithms is None else [n.strip() for n in args.algorithms.split(",") if n.strip()]
+    names = (DEFAULT_ALGORITHMS if args.algorithms is None
+             else [n.strip() for n in args.algorithms.split(",") if n.strip()])
     algorithm = args.algorithm or DEFAULT_ALGORITHM
     check_options(names, algorithm, args.alpha)
     doc = reproduce_findings(resolve_zoo(args.zoo), names, algorithm, args.alpha, progress=stderr_progress("findings"))
@@ -384,7 +385,8 @@ def _cmd_findings(args: argparse.Namespace) -> int:
     print(f"zoo {doc['zoo']} ({len(doc['tasks'])} tasks), paired tests at alpha = {doc['alpha']:g}, "
           f"95% intervals")
     for finding in doc["findings"]:
-        print(f"\n{finding['title']}: {finding['verdict'].upper()}\n  claim: {finding['claim']}\n  {finding['summary']}")
+        print(f"\n{finding['title']}: {finding['verdict'].upper()}\n  claim: {finding['claim']}\n"
+              f"  {finding['summary']}")
     return 0
 
 

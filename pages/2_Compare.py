@@ -90,7 +90,9 @@ if requested("Run the ablations", "ablation_run",
     by_linkage = curves_for(studio, {lk: replace(base, linkage=lk) for lk in LINKAGES}, 1.0, "Linkage")
     by_order = curves_for(studio, {o: replace(base, order=o) for o in ORDERS}, 1.0, "Order")
     left, right = st.columns(2)
-    left.plotly_chart(charts.rows_figure(by_linkage, axis, finetuned=ft_avg, title=f"Linkage ({algorithm}, greedy order)"),
+    left.plotly_chart(charts.rows_figure(by_linkage, axis, finetuned=ft_avg,
+                                         title=f"Linkage ({algorithm}, greedy order)"),
                       key="chart_ablation_linkage")
-    right.plotly_chart(charts.rows_figure(by_order, axis, finetuned=ft_avg, title=f"Merge order ({algorithm}, min linkage)"),
+    right.plotly_chart(charts.rows_figure(by_order, axis, finetuned=ft_avg,
+                                          title=f"Merge order ({algorithm}, min linkage)"),
                        key="chart_ablation_order")

@@ -65,7 +65,8 @@ def test_rows_carry_the_interval_of_their_average_and_the_per_example_scores_beh
         per_task = []
         for t, name in enumerate(zoo.task_names):
             images, labels = zoo.heldout(t)
-            correct = reference_logits(TINY_VIT, deployment.encoder_state_dict(t), heads[name], images).argmax(-1) == labels
+            logits = reference_logits(TINY_VIT, deployment.encoder_state_dict(t), heads[name], images)
+            correct = logits.argmax(-1) == labels
             score = result.scores[row["size_budget"]][name]
             assert torch.equal(score.scores, correct.float()) and score.n == len(labels)
             per_task.append((int(correct.sum()) / len(labels), len(labels)))

@@ -103,7 +103,8 @@ def rank_finding(curves: Mapping[str, CurveResult], budgets: Sequence[float], al
     flips = flips_along([s["groups"] for s in steps])
     for step, found in zip(steps, flips):
         step["flips"] = [list(f) for f in found]
-    where = [f"{s['size_budget']:g}x ({', '.join(f'{y} over {x}' for x, y in s['flips'])})" for s in steps if s["flips"]]
+    where = [f"{s['size_budget']:g}x ({', '.join(f'{y} over {x}' for x, y in s['flips'])})"
+             for s in steps if s["flips"]]
     if where:
         verdict = REPRODUCED
         summary = "Significant order flips (now-above over formerly-above) at " + "; ".join(where) + "."
@@ -156,7 +157,8 @@ def versus_finding(finding_id: str, title: str, claim: str, reference: str, refe
             "every example scored identically at every size." if largest is None else
             f"{reference} significantly ahead at {_sizes(mine)}, {label} at {_sizes(theirs)}; largest gap "
             f"{_text(largest['difference'], pct, True)} (95% interval {_text(largest['ci_low'], pct, True)} to "
-            f"{_text(largest['ci_high'], pct, True)}) at {largest['size_budget']:g}x, Holm p = {largest['p_holm']:.2g}."))
+            f"{_text(largest['ci_high'], pct, True)}) at {largest['size_budget']:g}x, "
+            f"Holm p = {largest['p_holm']:.2g}."))
         out.append({"label": label, "verdict": _sub_verdict(len(mine), len(theirs)), "summary": text,
                     "reference_ahead_at": mine, "alternative_ahead_at": theirs, "comparisons": comparisons})
     verdicts = {a["verdict"] for a in out}

@@ -285,9 +285,12 @@ class Studio:
 
         key = tuple(algorithms)
         with self._lock:
-            if key not in self._findings:
-                self._findings[key] = reproduce_findings(self.zoo, key, progress=progress)
-            return self._findings[key]
+            known = self._findings.get(key)
+        if known is None:   # minutes when cold: computed outside the lock, so other pages stay responsive
+            known = reproduce_findings(self.zoo, key, progress=progress)
+            with self._lock:
+                self._findings[key] = known
+        return known
 
     def baseline_curve(self, kind: str, algorithm: str, progress: Optional[Progress] = None) -> list[dict]:
         """Curve rows of a baseline ("channel-merging" or "whole-model") at integer sizes 1..M (k groups),

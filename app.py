@@ -29,6 +29,10 @@ def _near_finetuned(rows: list[dict], axis: MetricAxis) -> tuple[dict | None, st
     return (min(close, key=lambda r: r["size"]) if close else None), how
 
 
+SOURCE_LABELS = {"hf_clip": "HuggingFace CLIP folders", "task_vectors_pickle": "task-vectors pickles",
+                 "open_clip_research": "open_clip research checkpoints", "demo": "the embedded demo"}
+
+
 def overview() -> None:
     """The open zoo, and the headline numbers of its trade-off in plain words."""
     st.title("FlexMerge Studio")
@@ -52,7 +56,8 @@ def overview() -> None:
     else:
         st.dataframe(pd.DataFrame({"task": summary.tasks, "metric": [summary.metrics[t] for t in summary.tasks],
                                    "fine-tuned value": [finetuned.get(t) for t in summary.tasks]}), hide_index=True)
-    st.caption(f"Folder: {summary.root}")
+    st.caption(f"Folder: {summary.root} · architecture {summary.architecture} · imported from: "
+               f"{SOURCE_LABELS.get(summary.source, summary.source or 'an unrecorded source (hand-written zoo.json)')}")
 
     st.header(f"The trade-off with {DEFAULT_ALGORITHM.upper()} (default settings)")
     with engine_errors():

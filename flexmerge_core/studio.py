@@ -20,11 +20,13 @@ from flexmerge_core.algorithms import ALGORITHM_NAMES, HyperParam, get_algorithm
 from flexmerge_core.cache import cache_root, content_hash
 from flexmerge_core.deployment.footprint import megabytes
 from flexmerge_core.errors import InvalidArgumentError
+from flexmerge_core.outputs import child_path
 from flexmerge_core.evaluation.paired import ALPHA
 from flexmerge_core.pipeline import DEFAULT_ALGORITHM, Pipeline, PlanSettings, finetuned_scores, resolve_zoo
 from flexmerge_core.planning.blocks import DEFAULT_GRANULARITY, PRESETS, build_blocks
 from flexmerge_core.planning.plan import MergePlan, Partition
 from flexmerge_core.zoo import Zoo
+from flexmerge_core.zoo.summary import source_format
 
 Progress = Callable[[int, int, str], None]
 # the presets in the dashboard's order, default first (custom rules need a rules file)
@@ -56,6 +58,8 @@ class ZooSummary:
     merged_params: int
     num_blocks: int
     model_megabytes: float
+    source: Optional[str] = None         # the format the zoo came from (zoo/summary.py source_format)
+    architecture: str = ""
 
 
 @dataclass(frozen=True)
@@ -85,7 +89,8 @@ def summarize_zoo(zoo: Zoo, granularity: str = DEFAULT_GRANULARITY) -> ZooSummar
     return ZooSummary(name=zoo.name, root=str(zoo.root), tasks=list(zoo.task_names),
                       finetuned=zoo.finetuned_accuracy, merged_params=int(spec.total_params),
                       metrics={name: zoo.task_kind(t).metric for t, name in enumerate(zoo.task_names)},
-                      num_blocks=len(spec.blocks), model_megabytes=model_bytes(zoo) / 1e6)
+                      num_blocks=len(spec.blocks), model_megabytes=model_bytes(zoo) / 1e6,
+                      source=source_format(zoo.recipe), architecture=zoo.manifest.architecture_kind)
 
 
 class Explorer:
@@ -188,7 +193,7 @@ class Explorer:
                            *([dtype] if dtype else []))   # no dtype: the key exports had before dtypes existed
         name = (f"{self.zoo.name}-{self.algorithm.name}-{part.size:.3f}x" + (f"-{task}" if task else "")
                 + (f"-{dtype}" if dtype else ""))
-        out = cache_root() / "exports" / key / f"{name}.safetensors"
+        out = child_path(cache_root() / "exports" / key, name, ".safetensors", what="export named after the zoo")
         with self._lock:
             if not (out.exists() and recipe_path(out).exists()):
                 self.pipeline.export(budget, out, task=task, zoo_path=zoo_spec, dtype=dtype)

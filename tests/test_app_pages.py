@@ -73,6 +73,7 @@ def test_overview_summarises_the_zoo(app_zoo):
     for task, acc in zip(table["task"], table["fine-tuned accuracy (%)"]):
         assert acc == pytest.approx(100 * zoo.finetuned_accuracy[task])
     assert "within 1 point" in at.markdown[0].value or "1.00x" in at.markdown[0].value
+    assert any("imported from: the embedded demo" in c.value for c in at.caption)
 
 
 def test_overview_and_explore_show_the_knee_with_its_interval(app_zoo):

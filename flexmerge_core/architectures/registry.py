@@ -12,9 +12,10 @@ from contextlib import contextmanager
 
 import torch
 
-from flexmerge_core.architectures import open_clip
+from flexmerge_core.architectures import hf_clip_vision, open_clip
 from flexmerge_core.architectures.base import ArchitectureAdapter
-from flexmerge_core.errors import ZooError
+from flexmerge_core.architectures.build_guard import bounded_build
+from flexmerge_core.errors import FlexMergeError, ZooError
 from flexmerge_core.plugins import PluginRegistry
 
 ENTRY_POINT_GROUP = "flexmerge.architectures"
@@ -43,9 +44,13 @@ def architecture_kinds() -> list[str]:
 def _building(kind: str):
     """A constructor's own complaint about the config becomes one ZooError naming the kind."""
     try:
-        yield
-    except (TypeError, ValueError, AssertionError, RuntimeError) as exc:
-        raise ZooError(f"zoo.json: architecture '{kind}' cannot be built from its config: {exc}") from exc
+        with bounded_build(f"architecture '{kind}'"):
+            yield
+    except FlexMergeError:
+        raise
+    except Exception as exc:   # a constructor fed a hostile config raises anything (ZeroDivisionError for patch_size 0)
+        raise ZooError(f"zoo.json: architecture '{kind}' cannot be built from its config: "
+                       f"{type(exc).__name__}: {' '.join(str(exc).split())}") from exc
 
 
 def construct(kind: str, config: dict, device: str | torch.device = "cpu") -> torch.nn.Module:
@@ -64,5 +69,5 @@ def state_layout(kind: str, config: dict) -> dict[str, tuple[tuple[int, ...], to
         return adapter.layout(config)
 
 
-for _adapter in open_clip.ADAPTERS:
+for _adapter in open_clip.ADAPTERS + hf_clip_vision.ADAPTERS:
     register_architecture(_adapter)

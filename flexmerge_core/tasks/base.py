@@ -67,6 +67,11 @@ class TaskKind:
         """Header-level checks when the zoo opens (ZooError naming the file and task); reads no tensor."""
         raise NotImplementedError
 
+    def input_shape(self, files: TaskFiles) -> Optional[tuple[int, ...]]:
+        """One example's input shape from the data file's header, when fixed (the zoo checks at open that
+        the model takes it); None when there is nothing to check."""
+        return None
+
     def load(self, zoo, task_id: int) -> Optional[HeldOut]:
         """The task's held-out examples (value checks that need the data go here); None without data."""
         raise NotImplementedError

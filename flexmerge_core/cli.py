@@ -187,6 +187,16 @@ def build_parser() -> argparse.ArgumentParser:
     goal.add_argument("--max-mb", type=float, default=None, help="most accurate deployment of at most this many MB")
     rec.add_argument("--json", action="store_true")
     rec.set_defaults(handler=_cmd_recommend)
+
+    found = sub.add_parser("findings", help="the paper's findings on this zoo: reproduced, not reproduced or inconclusive")
+    found.add_argument("--zoo", required=True, help="zoo folder, or 'demo'")
+    found.add_argument("--algorithms", default=None,
+                       help="comma-separated algorithms whose rankings are compared (default: ta,ties,emr)")
+    found.add_argument("--algorithm", default=None,
+                       help="the algorithm of the gain, baseline, order and linkage findings (default: ta)")
+    found.add_argument("--alpha", type=float, default=0.05, help="significance level of the paired tests")
+    found.add_argument("--json", action="store_true")
+    found.set_defaults(handler=_cmd_findings)
     return parser
 
 
@@ -372,6 +382,26 @@ def _cmd_recommend(args: argparse.Namespace) -> int:
     for name, row in doc["knees"].items():
         print(f"knee of {name}: " + ("none (no point above the chord)" if row is None else
                                      f"{row['size']:.4f}x ({row['megabytes']:.2f} MB), {_accuracy_text(row)}"))
+    return 0
+
+
+def _cmd_findings(args: argparse.Namespace) -> int:
+    from flexmerge_core.findings import DEFAULT_ALGORITHMS, check_options, reproduce_findings
+    from flexmerge_core.pipeline import DEFAULT_ALGORITHM, resolve_zoo
+
+    names = (DEFAULT_ALGORITHMS if args.algorithms is None
+             else [n.strip() for n in args.algorithms.split(",") if n.strip()])
+    algorithm = args.algorithm or DEFAULT_ALGORITHM
+    check_options(names, algorithm, args.alpha)
+    doc = reproduce_findings(resolve_zoo(args.zoo), names, algorithm, args.alpha, progress=stderr_progress("findings"))
+    if args.json:
+        emit_json(doc)
+        return 0
+    print(f"zoo {doc['zoo']} ({len(doc['tasks'])} tasks), paired tests at alpha = {doc['alpha']:g}, "
+          f"95% intervals")
+    for finding in doc["findings"]:
+        print(f"\n{finding['title']}: {finding['verdict'].upper()}\n  claim: {finding['claim']}\n"
+              f"  {finding['summary']}")
     return 0
 
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Optional, Sequence
+from typing import Any, Callable, Mapping, Optional, Sequence
 
 import numpy as np
 
@@ -21,6 +21,7 @@ from flexmerge_core.cache import cache_root, content_hash
 from flexmerge_core.deployment.footprint import megabytes
 from flexmerge_core.errors import InvalidArgumentError
 from flexmerge_core.outputs import child_path
+from flexmerge_core.evaluation.paired import ALPHA
 from flexmerge_core.pipeline import DEFAULT_ALGORITHM, Pipeline, PlanSettings, finetuned_scores, resolve_zoo
 from flexmerge_core.planning.blocks import DEFAULT_GRANULARITY, PRESETS, build_blocks
 from flexmerge_core.planning.plan import MergePlan, Partition
@@ -104,6 +105,7 @@ class Explorer:
         self._counts: Optional[dict[str, int]] = None  # held-out examples per task (interval widths)
         self._lock = threading.RLock()
         self._rows: dict[int, dict] = {}            # num_events -> curve row
+        self._scores: dict[int, dict] = {}          # num_events -> {task: TaskScore} (paired tests)
         self._similarities: Optional[np.ndarray] = None
         self._finetuned: Optional[dict[str, float]] = None
 
@@ -215,8 +217,15 @@ class Explorer:
                 result = self.pipeline.curve(missing, progress=progress)
                 self._finetuned = result.finetuned
                 for row in result.rows:
-                    self._rows[self.plan.partition_at(row["size_budget"]).num_events] = row
+                    events = self.plan.partition_at(row["size_budget"]).num_events
+                    self._rows[events], self._scores[events] = row, result.scores[row["size_budget"]]
             return [{**self._rows[self.plan.partition_at(b).num_events], "size_budget": float(b)} for b in budgets]
+
+    def example_scores(self, budget: float, progress: Optional[Progress] = None) -> dict:
+        """{task: TaskScore}: the per-example scores of the deployment at `budget` (for paired tests)."""
+        with self._lock:
+            self.curve([budget], progress=progress)
+            return self._scores[self.plan.partition_at(budget).num_events]
 
     def merger(self):
         """The plan's memoised group merger (shared by curves and exports; on-disk group cache)."""
@@ -244,6 +253,7 @@ class Studio:
         self.zoo = zoo
         self._explorers: dict[PlanChoice, Explorer] = {}
         self._finetuned: Optional[dict[str, float]] = None
+        self._findings: dict[tuple[str, ...], dict] = {}
         self._lock = threading.RLock()
 
     def summary(self, granularity: str = DEFAULT_GRANULARITY) -> ZooSummary:
@@ -264,6 +274,28 @@ class Studio:
             if self._finetuned is None:
                 self._finetuned = finetuned_scores(self.zoo, progress=progress)
             return self._finetuned
+
+    def rank_at(self, choices: Mapping[str, PlanChoice], budget: float, alpha: float = ALPHA,
+                progress: Optional[Progress] = None) -> list[list[str]]:
+        """The labels of `choices` in rank groups at `budget`, best first: paired tests on the same
+        held-out examples (paired.rank), so labels whose difference is not significant share a rank."""
+        from flexmerge_core.evaluation.paired import rank
+
+        return rank({label: self.explorer(choice, progress).example_scores(budget, progress)
+                     for label, choice in choices.items()}, alpha)
+
+    def findings(self, algorithms: Sequence[str], progress: Optional[Progress] = None) -> dict:
+        """The paper's findings on this zoo (findings.reproduce_findings), memoised per algorithm list."""
+        from flexmerge_core.findings import reproduce_findings
+
+        key = tuple(algorithms)
+        with self._lock:
+            known = self._findings.get(key)
+        if known is None:   # minutes when cold: computed outside the lock, so other pages stay responsive
+            known = reproduce_findings(self.zoo, key, progress=progress)
+            with self._lock:
+                self._findings[key] = known
+        return known
 
     def baseline_curve(self, kind: str, algorithm: str, progress: Optional[Progress] = None) -> list[dict]:
         """Curve rows of a baseline ("channel-merging" or "whole-model") at integer sizes 1..M (k groups),

@@ -34,16 +34,16 @@ class MemoryEstimate:
     encoder: int           # one assembled encoder for evaluation (0 when only planning)
 
 
-def parse_bytes(text: str) -> int:
-    """'1500', '512M', '2G', '1.5g' -> bytes."""
+def parse_bytes(text: str, option: str = LIMIT_ENV) -> int:
+    """'1500', '512M', '2G', '1.5g' -> bytes (`option`: the setting named in errors)."""
     value = text.strip().upper().removesuffix("B")
     suffix = value[-1:] if value[-1:] in _SUFFIXES and not value[-1:].isdigit() else ""
     try:
         number = float(value[: len(value) - len(suffix)])
     except ValueError:
-        raise InvalidArgumentError(f"{LIMIT_ENV}={text!r} is not a number of bytes (e.g. 4G, 512M)") from None
+        raise InvalidArgumentError(f"{option}={text!r} is not a number of bytes (e.g. 4G, 512M)") from None
     if not math.isfinite(number) or number <= 0:
-        raise InvalidArgumentError(f"{LIMIT_ENV}={text!r} must be a positive number of bytes")
+        raise InvalidArgumentError(f"{option}={text!r} must be a positive number of bytes")
     return int(number * _SUFFIXES[suffix])
 
 

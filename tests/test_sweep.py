@@ -137,3 +137,61 @@ def test_cli_sweep_refuses_bad_input_with_one_line(zoo_path, tmp_path, capsys, a
     assert main(["sweep", "--zoo", str(zoo_path), "--out", str(tmp_path / "t.parquet"), *argv]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: ") and message in err and "\n" not in err
+
+
+def _start_ray(**options):
+    """ray.init, or skip with the reason when Ray cannot start in this sandbox."""
+    ray = pytest.importorskip("ray")
+    try:
+        ray.init(include_dashboard=False, log_to_driver=False, **options)
+    except Exception as exc:  # any start-up failure means: no Ray here
+        pytest.skip(f"Ray cannot start here: {type(exc).__name__}: {' '.join(str(exc).split())[:200]}")
+    return ray
+
+
+@pytest.mark.slow
+def test_local_ray_gives_the_serial_table_even_when_a_worker_is_killed(zoo_path, reference, tmp_path, monkeypatch):
+    from flexmerge_core.backend.ray_executor import RayExecutor
+
+    monkeypatch.setenv("FLEXMERGE_CACHE", str(tmp_path / "cache"))
+    ray = _start_ray(num_cpus=2)
+    killed = []
+
+    def kill_the_first_worker(outcome):
+        if outcome.computed and not killed and outcome.pid != os.getpid():
+            os.kill(outcome.pid, signal.SIGKILL)      # Ray replaces the worker and retries what it ran
+            killed.append(outcome.pid)
+
+    try:
+        executor = RayExecutor("auto")
+        result = run_sweep(str(zoo_path), ALGORITHMS, "all", BASELINES, executor=executor,
+                           on_outcome=kill_the_first_worker)
+    finally:
+        ray.shutdown()
+    assert killed
+    assert_same_table(result.table, reference)
+    assert result.stats["executor"] == "ray" and result.stats["workers"] == 2
+
+
+@pytest.mark.slow
+def test_a_two_node_ray_cluster_runs_jobs_on_both_nodes(zoo_path, reference, tmp_path, monkeypatch):
+    pytest.importorskip("ray")
+    from ray.cluster_utils import Cluster
+
+    from flexmerge_core.backend.ray_executor import RayExecutor
+
+    monkeypatch.setenv("FLEXMERGE_CACHE", str(tmp_path / "cache"))
+    try:
+        cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1})
+        cluster.add_node(num_cpus=1)
+    except Exception as exc:  # any start-up failure means: no Ray cluster here
+        pytest.skip(f"a Ray cluster cannot start here: {type(exc).__name__}: {' '.join(str(exc).split())[:200]}")
+    ray = _start_ray(address=cluster.address)
+    try:
+        nodes = {node["NodeID"] for node in ray.nodes() if node["Alive"]}
+        result = run_sweep(str(zoo_path), ALGORITHMS, "all", BASELINES, executor=RayExecutor("auto"))
+    finally:
+        ray.shutdown()
+        cluster.shutdown()
+    assert len(nodes) == 2 and set(result.stats["nodes"]) == nodes
+    assert_same_table(result.table, reference)

@@ -20,14 +20,11 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from flexmerge_core.algorithms import get_algorithm  # noqa: E402
-from flexmerge_core.planning.blocks import build_blocks  # noqa: E402
-from flexmerge_core.evaluation.curve import compute_curve  # noqa: E402
 from flexmerge_core.deployment.deploy import build_deployment  # noqa: E402
 from flexmerge_core.deployment.merge import GroupMerger  # noqa: E402
-from flexmerge_core.planning.plan import build_plan  # noqa: E402
+from flexmerge_core.evaluation.curve import compute_curve  # noqa: E402
+from flexmerge_core.pipeline import Pipeline, PlanSettings, resolve_zoo  # noqa: E402
 from flexmerge_core.planning.similarity import pick_device  # noqa: E402
-from flexmerge_core.zoo import open_zoo  # noqa: E402
 
 
 def curve_seconds(zoo, spec, plan, algorithm, sizes, incremental: bool) -> tuple[tuple[float, float], object]:
@@ -78,11 +75,9 @@ def main() -> None:
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    zoo = open_zoo(args.zoo)
+    pipeline = Pipeline(resolve_zoo(args.zoo), PlanSettings(algorithm="ta"))
+    zoo, spec, plan, algorithm = pipeline.zoo, pipeline.spec, pipeline.plan, pipeline.algorithm
     device = pick_device()
-    algorithm = get_algorithm("ta")
-    spec = build_blocks(zoo.param_names, zoo.param_shapes, "component")
-    plan = build_plan(zoo, spec, algorithm)
     M = len(zoo.task_names)
     print(f"zoo {zoo.name}: {M} tasks, {len(spec.blocks)} blocks, {plan.model_params} parameters, "
           f"{len(plan.achievable_sizes())} achievable sizes; device {device}, {torch.get_num_threads()} CPU threads")

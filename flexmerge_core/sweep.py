@@ -49,16 +49,9 @@ def plan_sizes(zoo_path: str, fingerprint: str, settings: PlanSettings) -> dict:
 
 def evaluate_cell(zoo_path: str, fingerprint: str, settings: PlanSettings, budget: float) -> dict:
     """Job: every task's score at one size (through the cached curve machinery)."""
-    from flexmerge_core.evaluation.curve import partition_eval_keys
-    from flexmerge_core.evaluation.task_eval import eval_cache
-
-    pipeline = _pipeline(zoo_path, fingerprint, settings)
-    row = pipeline.curve([budget]).rows[0]
-    zoo = pipeline.zoo
-    ids = range(len(zoo.task_names))
-    keys = partition_eval_keys(zoo, pipeline.spec, pipeline.algorithm, pipeline.plan.partition_at(budget), ids)
-    return {"tasks": [{"task": zoo.task_names[t], "metric": "accuracy", "value": row["accuracy"][zoo.task_names[t]],
-                       "n": eval_cache().get(keys[t])["total"]} for t in ids]}
+    row = _pipeline(zoo_path, fingerprint, settings).curve([budget]).rows[0]
+    return {"tasks": [{"task": task, "metric": row["metric"][task], "value": value, "n": row["n"][task]}
+                      for task, value in row["accuracy"].items()]}
 
 
 def plan_job(zoo_path: str, zoo, settings: PlanSettings) -> Job:

@@ -7,6 +7,8 @@ import streamlit as st
 
 from dashboard import charts
 from dashboard.controls import explorer_from_settings
+from dashboard.metric_axis import MetricAxis, axis_for
+from dashboard.recommendation import knee_text
 from dashboard.session import engine_errors, open_studio, progress_bar
 from flexmerge_core.studio import Explorer, PartitionView
 
@@ -15,13 +17,17 @@ studio = open_studio()
 
 explorer = explorer_from_settings(studio, "explore")
 with engine_errors(), progress_bar("Evaluating the overview curve") as bar:
-    explorer.curve(explorer.grid(), progress=bar)
+    overview_rows = explorer.curve(explorer.grid(), progress=bar)
+with engine_errors():
+    st.info(knee_text(explorer.recommendation(overview_rows), axis_for(overview_rows)))
 
 SLIDER_STEP = 0.05
+MB_SLIDER_STEPS = 200     # the MB slider moves in about this many steps from the smallest deployment to Mx
 FIGURE_MEMO_LIMIT = 512
+UNITS = ("x one model", "MB")
 
 
-def size_figures(explorer: Explorer, budget: float, view: PartitionView, row: dict) -> tuple:
+def size_figures(explorer: Explorer, budget: float, view: PartitionView, row: dict, axis: MetricAxis) -> tuple:
     """The three size-dependent figures, memoised per (plan, budget, curve points known) in this
     session: building Plotly figures is the slowest part of a slider move, so a size seen before is
     redrawn from the figures already built."""
@@ -32,35 +38,59 @@ def size_figures(explorer: Explorer, budget: float, view: PartitionView, row: di
             memo.clear()
         finetuned = explorer.finetuned()
         memo[key] = (
-            charts.task_accuracy_figure(explorer.task_names, row["accuracy"], finetuned, view.size),
-            charts.curve_figure({explorer.algorithm.name: charts.accuracy_points(explorer.known_rows())},
-                                finetuned=None if not finetuned else 100 * sum(finetuned.values()) / len(finetuned),
-                                current=(view.size, 100 * row["avg_accuracy"]), current_budget=budget),
+            charts.task_figure(explorer.task_names, axis.task_values(row, finetuned),
+                               axis.finetuned_values(finetuned), view.size, axis),
+            charts.curve_figure({explorer.algorithm.name: charts.curve_points(explorer.known_rows(), axis)},
+                                finetuned=axis.finetuned_average(finetuned), axis=axis,
+                                current=(view.size, axis.average(row)), current_budget=budget),
             charts.cluster_count_figure(explorer.block_names, view.cluster_counts, explorer.plan.num_tasks))
     return memo[key]
+
+
+def megabyte_slider(explorer: Explorer) -> tuple[float, str]:
+    """A slider in MB from the smallest deployment to all M models; (MB asked, how it reads)."""
+    low = explorer.partition(explorer.plan.min_size).megabytes
+    high = explorer.partition(explorer.plan.max_size).megabytes
+    step = 10.0 ** math.floor(math.log10((high - low) / MB_SLIDER_STEPS)) if high > low else 0.01
+    decimals = max(0, -round(math.log10(step)))
+    low, high = math.floor(low / step) * step, math.ceil(high / step) * step
+    mb = st.slider("Size budget (MB)", min_value=round(low, decimals), max_value=round(high, decimals),
+                   value=round(min(high, max(low, 2 * high / explorer.plan.max_size)), decimals),
+                   step=step, format=f"%.{decimals}f MB", key="explore_size_mb")
+    return mb, f"{mb:.{decimals}f} MB"
 
 
 @st.fragment
 def size_view(explorer: Explorer) -> None:
     """Everything that depends on the size: re-run alone when the slider moves (fast for known sizes)."""
     plan = explorer.plan
-    low = math.floor(plan.min_size / SLIDER_STEP) * SLIDER_STEP
-    budget = st.slider("Size budget (x one model)", min_value=round(low, 2), max_value=float(plan.max_size),
-                       value=float(min(2.0, plan.max_size)), step=SLIDER_STEP, format="%.2fx", key="explore_size")
+    unit = st.radio("Size in", UNITS, horizontal=True, key="explore_unit",
+                    help="The budget as a multiple of one model's merged parameters, or in megabytes "
+                         "(exact bytes of the stored tensors at the zoo's dtypes; heads excluded)")
+    if unit == UNITS[0]:
+        low = math.floor(plan.min_size / SLIDER_STEP) * SLIDER_STEP
+        budget = st.slider("Size budget (x one model)", min_value=round(low, 2), max_value=float(plan.max_size),
+                           value=float(min(2.0, plan.max_size)), step=SLIDER_STEP, format="%.2fx",
+                           key="explore_size")
+        asked = f"{budget:.2f}x"
+    else:
+        mb, asked = megabyte_slider(explorer)
+        budget = explorer.budget_for_megabytes(mb)
     view = explorer.partition(budget)
     with engine_errors(), progress_bar("Evaluating this size") as bar:
         row = explorer.row_at(budget, progress=bar)
+    axis = axis_for([row])
     cols = st.columns(5)
-    cols[0].metric("Budget asked", f"{budget:.2f}x")
+    cols[0].metric("Budget asked", asked)
     cols[1].metric("Size achieved", f"{view.size:.3f}x")
     cols[2].metric("Memory", f"{view.megabytes:.2f} MB")
-    cols[3].metric("Average accuracy", f"{100 * row['avg_accuracy']:.2f}%",
+    cols[3].metric(f"Average {axis.name}", axis.format(axis.average(row), decimals=2),
                    help=f"{100 * row['avg_normalized_accuracy']:.1f}% of the fine-tuned models")
     cols[4].metric("Merge events applied", f"{view.num_events} of {len(plan.events)}")
     if not view.budget_met:
-        st.warning(f"A budget of {budget:.2f}x cannot be met with {explorer.algorithm.name}: the smallest "
+        st.warning(f"A budget of {asked} cannot be met with {explorer.algorithm.name}: the smallest "
                    f"achievable size is {plan.min_size:.3f}x, shown here.")
-    tasks, curve, clusters = size_figures(explorer, budget, view, row)
+    tasks, curve, clusters = size_figures(explorer, budget, view, row, axis)
     left, right = st.columns(2)
     left.plotly_chart(tasks, key="chart_explore_tasks")
     right.plotly_chart(curve, key="chart_explore_curve")

@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Creates or reuses .venv at the repository root and (re)installs requirements.txt only when it
-# changed since the last successful install (its hash is stored inside .venv). Sourced by the
-# README's two commands so that a fresh machine needs nothing else.
+# changed since the last successful install (its hash is stored inside .venv), then installs this
+# repository itself in editable mode (the `flexmerge` command) when pyproject.toml or the
+# repository's location changed. Sourced by the README's two commands so that a fresh machine
+# needs nothing else.
 set -euo pipefail
 repo_root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 venv="$repo_root/.venv"
@@ -17,6 +19,16 @@ if [ "$(cat "$stamp" 2>/dev/null || true)" != "$want" ]; then
   "$venv/bin/python" -m pip install --quiet --upgrade pip >&2
   "$venv/bin/python" -m pip install --quiet -r "$repo_root/requirements.txt" >&2
   echo "$want" > "$stamp"
+fi
+project_stamp="$venv/.project.sha256"
+project_want="$( (sha256sum "$repo_root/pyproject.toml"; echo "$repo_root") | sha256sum | cut -d' ' -f1)"
+if [ ! -x "$venv/bin/flexmerge" ] || [ "$(cat "$project_stamp" 2>/dev/null || true)" != "$project_want" ]; then
+  echo "[setup] installing this repository into .venv in editable mode (the flexmerge command)" >&2
+  if "$venv/bin/python" -m pip install --quiet --no-deps -e "$repo_root" >&2; then
+    echo "$project_want" > "$project_stamp"
+  else  # a convenience only: everything also runs as `python -m flexmerge_core` from the repository
+    echo "[setup] could not install the flexmerge command; use .venv/bin/python -m flexmerge_core" >&2
+  fi
 fi
 
 # Fonts for the demo zoo's rendered tasks (Debian's DejaVu). Installed when missing and possible;

@@ -6,8 +6,6 @@ from dataclasses import dataclass
 
 import torch
 
-from flexmerge_core.algorithms.base import flatten_rows as flat, unflatten_row as unflat  # noqa: F401 (layout only)
-
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 SHAPES = [{"w": (5, 3), "b": (5,)}, {"w": (4, 6)}, {"k": (2, 3, 2, 2), "b": (7,)}]
 GROUP_SIZES = [2, 3, 4, 5, 6]

@@ -1,4 +1,6 @@
-"""Suite-wide set-up: no test may read or write the repository's own cache/ folder.
+"""Suite-wide set-up and the fixtures several test files share.
+
+No test may read or write the repository's own cache/ folder.
 
 Why: a developer's warm cache (a built demo zoo, cached curves) would make tests pass or fail for
 reasons outside the test, and tests must never leave entries behind. Every test starts with
@@ -10,6 +12,9 @@ more time starting worker processes than training; one test builds with workers 
 import os
 import shutil
 import tempfile
+from pathlib import Path
+
+import pytest
 
 _SESSION_CACHE = None
 
@@ -24,3 +29,38 @@ def pytest_configure(config):
 def pytest_unconfigure(config):
     if _SESSION_CACHE:
         shutil.rmtree(_SESSION_CACHE, ignore_errors=True)
+
+
+@pytest.fixture
+def one_thread():
+    """Tiny tensors on a shared 2-core machine: one torch thread is much faster (and deterministic)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture
+def private_cache(tmp_path, monkeypatch) -> Path:
+    """Every cache write of a test goes to its own temp folder."""
+    monkeypatch.setenv("FLEXMERGE_CACHE", str(tmp_path / "cache"))
+    return tmp_path / "cache"
+
+
+@pytest.fixture(scope="module")
+def app_zoo(request, tmp_path_factory):
+    """The micro demo zoo, opened by the app (FLEXMERGE_ZOO) with a fresh engine cache (FLEXMERGE_CACHE)."""
+    from app_support import micro_zoo_for
+
+    zoo = micro_zoo_for(request)
+    saved = {k: os.environ.get(k) for k in ("FLEXMERGE_CACHE", "FLEXMERGE_ZOO")}
+    os.environ["FLEXMERGE_CACHE"] = str(tmp_path_factory.mktemp("engine-cache"))
+    os.environ["FLEXMERGE_ZOO"] = str(zoo)
+    yield zoo
+    for key, value in saved.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value

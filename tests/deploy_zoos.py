@@ -3,7 +3,6 @@
 Labels are the fine-tuned model's own predictions with every fifth one replaced by a random class,
 so fine-tuned accuracy is high but below 1 and merging visibly changes predictions.
 """
-import pytest
 import torch
 
 from flexmerge_core.zoo import open_zoo, write_zoo
@@ -50,22 +49,6 @@ def evaluable_zoo(folder, num_tasks=4, seed=0, head_input="raw", unmerged=None, 
     path = write_zoo(folder, {"kind": "open_clip_vit", "config": config}, pretrained, tasks,
                      head_input=head_input, unmerged=unmerged)
     return open_zoo(path), states, pretrained, heads
-
-
-@pytest.fixture(autouse=False)
-def one_thread():
-    """Tiny tensors on a shared 2-core machine: one torch thread is much faster (and deterministic)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-@pytest.fixture
-def private_cache(tmp_path, monkeypatch):
-    """Every cache write of a test goes to its own temp folder."""
-    monkeypatch.setenv("FLEXMERGE_CACHE", str(tmp_path / "cache"))
-    return tmp_path / "cache"
 
 
 def plan_for(zoo, algorithm_name="ta", granularity="component", **hyperparameters):

@@ -6,8 +6,9 @@ import hashlib
 import pytest
 import torch
 
-from algorithm_cases import DEVICES, GROUP_SIZES, SHAPES, dyadic_block, flat, reference_ties_merge, unflat
+from algorithm_cases import DEVICES, GROUP_SIZES, SHAPES, dyadic_block, reference_ties_merge
 from flexmerge_core.algorithms import ALGORITHM_NAMES, get_algorithm
+from flexmerge_core.algorithms.base import flatten_rows as flat, unflatten_row as unflat
 from flexmerge_core.errors import InvalidArgumentError
 
 

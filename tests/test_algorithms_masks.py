@@ -4,8 +4,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from algorithm_cases import DEVICES, GROUP_SIZES, SHAPES, dyadic_block, flat, reference_ties_merge, unflat
+from algorithm_cases import DEVICES, GROUP_SIZES, SHAPES, dyadic_block, reference_ties_merge
 from flexmerge_core.algorithms import get_algorithm
+from flexmerge_core.algorithms.base import flatten_rows as flat, unflatten_row as unflat
 
 
 def test_emr_check_values():

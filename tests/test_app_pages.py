@@ -8,15 +8,12 @@ traceback.
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import pytest
+import torch
 from safetensors.torch import load_file
 from streamlit.testing.v1 import AppTest
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from app_support import zoo_dir  # noqa: E402,F401  (fixture)
 
 REPO = Path(__file__).resolve().parents[1]
 TIMEOUT = 180
@@ -38,7 +35,7 @@ def _metric(at: AppTest, label: str) -> str:
     return next(m.value for m in at.metric if m.label == label)
 
 
-def _engine(zoo_dir, budget: float):
+def _engine(app_zoo, budget: float):
     """The engine's own numbers for TA, default settings, at `budget`: the partition and accuracies
     evaluated from scratch (no evaluation cache), independently of the app's facade."""
     from flexmerge_core.algorithms import get_algorithm
@@ -48,7 +45,7 @@ def _engine(zoo_dir, budget: float):
     from flexmerge_core.planning.plan import build_plan
     from flexmerge_core.zoo import open_zoo
 
-    zoo = open_zoo(zoo_dir)
+    zoo = open_zoo(app_zoo)
     spec = build_blocks(zoo.param_names, zoo.param_shapes, granularity="component")
     algorithm = get_algorithm("ta")
     plan = build_plan(zoo, spec, algorithm)
@@ -58,16 +55,16 @@ def _engine(zoo_dir, budget: float):
 
 
 @pytest.mark.parametrize("page", [None, "pages/1_Explore.py", "pages/2_Compare.py", "pages/3_Export.py"])
-def test_page_renders_without_exceptions(zoo_dir, page):
+def test_page_renders_without_exceptions(app_zoo, page):
     at = _page(page)
     _clean(at, page or "Overview")
     assert at.title, "every page has a title"
 
 
-def test_overview_summarises_the_zoo(zoo_dir):
+def test_overview_summarises_the_zoo(app_zoo):
     from flexmerge_core.zoo import open_zoo
 
-    zoo = open_zoo(zoo_dir)
+    zoo = open_zoo(app_zoo)
     at = _page(None)
     assert _metric(at, "Tasks") == str(len(zoo.task_names))
     table = at.dataframe[0].value
@@ -75,6 +72,49 @@ def test_overview_summarises_the_zoo(zoo_dir):
     for task, acc in zip(table["task"], table["fine-tuned accuracy (%)"]):
         assert acc == pytest.approx(100 * zoo.finetuned_accuracy[task])
     assert "within 1 point" in at.markdown[0].value or "1.00x" in at.markdown[0].value
+    assert any("imported from: the embedded demo" in c.value for c in at.caption)
+
+
+def test_overview_and_explore_show_the_knee_with_its_interval(app_zoo):
+    for page in (None, "pages/1_Explore.py"):
+        at = _page(page)
+        notes = [i.value for i in at.info]
+        assert any(n.startswith("Recommended: **") and "95% interval" in n or n.startswith("No knee") for n in notes)
+
+
+def test_slider_in_megabytes_picks_the_largest_deployment_that_fits(app_zoo):
+    """TA stores one model's bytes per model unit: the MB slider's deployment is the largest achievable
+    size whose bytes fit, computed here from the zoo's tensor sizes."""
+    import math
+
+    from flexmerge_core.zoo import open_zoo
+
+    zoo = open_zoo(app_zoo)
+    one_model = sum(math.prod(zoo.param_shapes[n]) * zoo.param_dtypes[n].itemsize for n in zoo.param_names)
+    at = _page("pages/1_Explore.py")
+    at.radio(key="explore_unit").set_value("MB").run()
+    _clean(at, "Explore in MB")
+    slider = at.slider(key="explore_size_mb")
+    for mb in (slider.min, 1.7 * one_model / 1e6, slider.max):
+        at.slider(key="explore_size_mb").set_value(mb).run()
+        _clean(at, f"Explore at {mb} MB")
+        plan = _ta_plan(app_zoo)
+        fitting = [s for s in plan.achievable_sizes() if s * one_model <= mb * 1e6]
+        partition = plan.partition_at(max(fitting) if fitting else plan.min_size / 2)
+        assert _metric(at, "Size achieved") == f"{partition.size:.3f}x"
+        assert _metric(at, "Memory") == f"{partition.size * one_model / 1e6:.2f} MB"
+        assert _metric(at, "Budget asked").endswith(" MB")
+
+
+def _ta_plan(app_zoo):
+    from flexmerge_core.algorithms import get_algorithm
+    from flexmerge_core.planning.blocks import build_blocks
+    from flexmerge_core.planning.plan import build_plan
+    from flexmerge_core.zoo import open_zoo
+
+    zoo = open_zoo(app_zoo)
+    spec = build_blocks(zoo.param_names, zoo.param_shapes, granularity="component")
+    return build_plan(zoo, spec, get_algorithm("ta"))
 
 
 def _figures(at: AppTest) -> dict[str, dict]:
@@ -91,14 +131,14 @@ def _explore_numbers(at: AppTest) -> tuple[dict, list[int], list[str]]:
     return dict(zip(tasks["x"], tasks["y"])), blocks["y"], blocks["customdata"]
 
 
-def test_slider_shows_the_engines_numbers_at_each_size(zoo_dir):
+def test_slider_shows_the_engines_numbers_at_each_size(app_zoo):
     at = _page("pages/1_Explore.py")
     seen = {}
     for budget in (1.0, 1.5, at.slider(key="explore_size").max):
         at.slider(key="explore_size").set_value(budget).run()
         _clean(at, f"Explore at {budget}")
         accuracy, counts, block_names = _explore_numbers(at)
-        partition, engine_accuracy, engine_blocks = _engine(zoo_dir, budget)
+        partition, engine_accuracy, engine_blocks = _engine(app_zoo, budget)
         assert block_names == engine_blocks
         assert counts == [len(groups) for groups in partition.groups]
         assert _metric(at, "Size achieved") == f"{partition.size:.3f}x"
@@ -111,11 +151,11 @@ def test_slider_shows_the_engines_numbers_at_each_size(zoo_dir):
     assert acc_low != acc_high, "moving the slider from 1x to Mx must change the per-task accuracies"
 
 
-def test_export_writes_files_that_load(zoo_dir):
+def test_export_writes_files_that_load(app_zoo):
     from flexmerge_core.deployment.export import load_deployment, recipe_path
     from flexmerge_core.zoo import open_zoo
 
-    zoo = open_zoo(zoo_dir)
+    zoo = open_zoo(app_zoo)
     at = _page("pages/3_Export.py")
     at.number_input(key="export_size").set_value(1.5).run()
     at.button(key="export_write_deployment").click().run()
@@ -123,7 +163,7 @@ def test_export_writes_files_that_load(zoo_dir):
     assert [b.key for b in at.get("download_button")][:2] == ["download_deployment", "download_recipe"]
     deployment_file = at.session_state["exports"][next(k for k in at.session_state["exports"] if k[2] is None)]
     deployment = load_deployment(deployment_file)
-    partition, _, _ = _engine(zoo_dir, 1.5)
+    partition, _, _ = _engine(app_zoo, 1.5)
     assert deployment.task_names == zoo.task_names
     assert deployment.size == pytest.approx(partition.size)
     recipe = json.loads(recipe_path(deployment_file).read_text())
@@ -142,17 +182,30 @@ def test_export_writes_files_that_load(zoo_dir):
         assert (loaded[name] == tensor).all(), name
 
 
-def test_bad_zoo_folder_is_a_one_line_error(zoo_dir, tmp_path):
+def test_export_in_half_precision_holds_the_megabytes_shown(app_zoo):
+    at = _page("pages/3_Export.py")
+    at.number_input(key="export_size").set_value(1.5).run()
+    at.selectbox(key="export_dtype").set_value("bf16").run()
+    at.button(key="export_write_deployment").click().run()
+    _clean(at, "Export in bf16")
+    path = at.session_state["exports"][next(k for k in at.session_state["exports"] if k[3] == "bf16")]
+    tensors = load_file(path)
+    merged = sum(v.numel() * v.element_size() for k, v in tensors.items() if not k.startswith("tasks/"))
+    assert _metric(at, "Stored parameters") == f"{merged / 1e6:.2f} MB"
+    assert {v.dtype for v in tensors.values() if v.is_floating_point()} == {torch.bfloat16}
+
+
+def test_bad_zoo_folder_is_a_one_line_error(app_zoo, tmp_path):
     at = _page(None)
     at.sidebar.text_input(key="zoo_input").input(str(tmp_path / "no-such-zoo")).run()
     assert not at.exception
     assert len(at.error) == 1 and "\n" not in at.error[0].value
     assert "no-such-zoo" in at.error[0].value
-    at.sidebar.text_input(key="zoo_input").input(str(zoo_dir)).run()
+    at.sidebar.text_input(key="zoo_input").input(str(app_zoo)).run()
     _clean(at, "Overview after going back to a good zoo")
 
 
-def test_unreachable_budget_is_explained(zoo_dir):
+def test_unreachable_budget_is_explained(app_zoo):
     at = _page("pages/3_Export.py")
     at.number_input(key="export_size").set_value(0.5).run()
     _clean(at, "Export below the minimum size")
@@ -160,12 +213,12 @@ def test_unreachable_budget_is_explained(zoo_dir):
     assert _metric(at, "Size achieved") == "1.000x"
 
 
-def test_compare_baselines_and_ablations(zoo_dir):
+def test_compare_baselines_and_ablations(app_zoo):
     from flexmerge_core.planning.linkage import LINKAGES
     from flexmerge_core.planning.plan import ORDERS
     from flexmerge_core.zoo import open_zoo
 
-    zoo = open_zoo(zoo_dir)
+    zoo = open_zoo(app_zoo)
     m = len(zoo.task_names)
     at = _page("pages/2_Compare.py")
     at.button(key="baseline_run").click().run()

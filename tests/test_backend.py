@@ -8,7 +8,6 @@ from pathlib import Path
 import pytest
 
 from backend_jobs import failing, marked
-from deploy_zoos import private_cache  # noqa: F401
 from flexmerge_core.backend.claims import claim
 from flexmerge_core.backend.executors import InlineExecutor, LocalExecutor, make_executor
 from flexmerge_core.backend.jobs import JOB_LOG_ENV, Job, job_store

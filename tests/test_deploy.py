@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 import torch
 
-from deploy_zoos import evaluable_zoo, one_thread, plan_for, private_cache, reference_logits  # noqa: F401
+from deploy_zoos import evaluable_zoo, plan_for, reference_logits
 from flexmerge_core.deployment.deploy import FINETUNED, MASKED, MERGED, build_deployment, pack_mask, unpack_mask
 from flexmerge_core.errors import InvalidArgumentError
 from flexmerge_core.evaluation.evaluate import evaluate_deployment

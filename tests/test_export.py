@@ -6,7 +6,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file
 
-from deploy_zoos import evaluable_zoo, one_thread, plan_for, private_cache  # noqa: F401
+from deploy_zoos import evaluable_zoo, plan_for
 from flexmerge_core.cli import main
 from flexmerge_core.deployment.deploy import build_deployment
 from flexmerge_core.errors import ZooError

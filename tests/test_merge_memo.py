@@ -4,8 +4,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from algorithm_cases import FakeSpec, FakeZoo, flat
+from algorithm_cases import FakeSpec, FakeZoo
 from flexmerge_core.algorithms import ALGORITHM_NAMES, get_algorithm
+from flexmerge_core.algorithms.base import flatten_rows as flat
 from flexmerge_core.deployment.merge import GroupMerger
 
 

@@ -47,6 +47,7 @@ def reference(zoo_path, tmp_path_factory):
                 for row in pipeline.curve("all", use_cache=False).rows:
                     rows += [[algorithm, hyperparameters, baseline, row["size_budget"], row["size"], task, "accuracy",
                               value, HELDOUT] for task, value in row["accuracy"].items()]
+                    assert set(row["metric"].values()) == {"accuracy"} and set(row["n"].values()) == {HELDOUT}
     finally:
         os.environ["FLEXMERGE_CACHE"] = saved_cache
         torch.set_num_threads(saved_threads)

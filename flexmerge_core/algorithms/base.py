@@ -54,6 +54,16 @@ class HyperParam:
             raise InvalidArgumentError(f"option {self.name!r}={value} is out of range {self.range_text()}")
         return value
 
+    def parse(self, text: str) -> Any:
+        """A command-line value ('0.3', '5', 'mean') read as this option's kind, then validated."""
+        if self.kind is not str:
+            try:
+                value = float(text) if self.kind is float else int(text)
+            except ValueError:
+                raise InvalidArgumentError(f"option {self.name!r} must be a {self.kind.__name__}, got {text!r}") from None
+            return self.validate(value)
+        return self.validate(text)
+
     def range_text(self) -> str:
         left = "[" if self.low_inclusive else "("
         right = "]" if self.high_inclusive else ")"
@@ -167,7 +177,7 @@ class MergeAlgorithm:
         return self.preprocess_block(block, tasks)
 
     def preprocess(self, task_vectors: Block) -> dict:
-        """DESIGN.md's whole-model interface: prepare on one chunk, then preprocess it."""
+        """The whole-model interface of docs/ARCHITECTURE.md: prepare on one chunk, then preprocess it."""
         self.prepare(lambda: iter([task_vectors]))
         return self.preprocess_block(task_vectors)
 

@@ -7,20 +7,24 @@ order, seed, budget, achieved size) in the metadata. `--task T` instead writes o
 dict that loads strictly into the zoo's encoder (its head goes beside it, `<name>.head.safetensors`).
 The recipe JSON beside an export re-creates it byte for byte (`pipeline.reproduce_export`): safetensors
 serialisation is deterministic and so is everything upstream (plan, merge on CPU, seeded DARE).
+An export's files are published together (cache.atomic_write_all: the recipe last, all or none), and
+never onto the zoo they come from (outputs.check_apart).
 """
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional
 
 import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
-from flexmerge_core.cache import atomic_write, atomic_write_bytes
+from flexmerge_core.cache import atomic_write_all
 from flexmerge_core.deployment.deploy import MASKED, Deployment, StoredGroup
 from flexmerge_core.errors import InvalidArgumentError, ZooError
+from flexmerge_core.outputs import check_apart
 
 DEPLOYMENT_FORMAT = "flexmerge-deployment/1"
 TASK_FORMAT = "flexmerge-task-model/1"
@@ -77,11 +81,24 @@ def _metadata(**documents) -> dict[str, str]:
     return {_META_KEY: json.dumps(documents, sort_keys=True)}
 
 
-def save_deployment(deployment: Deployment, out) -> Path:
-    """Write the whole deployment to one safetensors file (atomically)."""
+Writes = dict[Path, Callable[[Path], None]]
+
+
+def _safetensors_writer(tensors: dict[str, torch.Tensor], meta: dict) -> Callable[[Path], None]:
+    return lambda tmp: save_file(tensors, str(tmp), metadata=meta)
+
+
+def deployment_writes(deployment: Deployment, out) -> Writes:
+    """{path: writer} of the whole deployment as one safetensors file."""
     tensors = deployment_tensors(deployment)
     meta = _metadata(format=DEPLOYMENT_FORMAT, recipe=deployment.recipe, layout=deployment_layout(deployment))
-    return atomic_write(Path(out), lambda tmp: save_file(tensors, str(tmp), metadata=meta))
+    return {Path(out): _safetensors_writer(tensors, meta)}
+
+
+def save_deployment(deployment: Deployment, out) -> Path:
+    """Write the whole deployment to one safetensors file (atomically)."""
+    atomic_write_all(deployment_writes(deployment, out))
+    return Path(out)
 
 
 def _read(path: Path) -> tuple[dict, dict[str, torch.Tensor]]:
@@ -138,37 +155,61 @@ def _entry(tensors, b: int, j: int, entry: dict, params) -> StoredGroup:
                        scales=own.get("scales"))
 
 
-def save_task_model(deployment: Deployment, task: int, out, encoder_order: list[str]) -> Path:
-    """One task's standalone encoder state dict (strict-loadable), and its head beside it."""
+def task_model_writes(deployment: Deployment, task: int, out, encoder_order: list[str]) -> Writes:
+    """{path: writer} of one task's standalone encoder state dict (strict-loadable) and its head beside it."""
     state = deployment.encoder_state_dict(task)
     tensors = {n: state[n].contiguous() for n in encoder_order}
     meta = _metadata(format=TASK_FORMAT, recipe=deployment.recipe, task=deployment.task_names[task])
-    atomic_write(Path(out), lambda tmp: save_file(tensors, str(tmp), metadata=meta))
+    writes = {Path(out): _safetensors_writer(tensors, meta)}
     head = deployment.heads[task]
     if head is not None:
-        atomic_write(head_path(out), lambda tmp: save_file({k: v.contiguous() for k, v in head.items()}, str(tmp),
-                                                           metadata=meta))
-    return Path(out)
+        writes[head_path(out)] = _safetensors_writer({k: v.contiguous() for k, v in head.items()}, meta)
+    return writes
 
 
-def export(zoo, spec, plan, algorithm, size, out, task: Optional[str] = None, zoo_path: Optional[str] = None) -> dict:
+def file_tensor_bytes(path, skip_prefix: Optional[str] = None) -> int:
+    """Sum of numel * itemsize over the tensors of a safetensors file (read from its header only),
+    leaving out keys starting with `skip_prefix` (e.g. "tasks/": heads and unmerged tensors)."""
+    total = 0
+    with safe_open(str(path), framework="pt") as f:
+        for key in f.keys():
+            if skip_prefix is None or not key.startswith(skip_prefix):
+                view = f.get_slice(key)
+                total += math.prod(view.get_shape()) * _ITEMSIZE[view.get_dtype()]
+    return total
+
+
+_ITEMSIZE = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1, "BOOL": 1}
+
+
+def export(zoo, spec, plan, algorithm, size, out, task: Optional[str] = None, zoo_path: Optional[str] = None,
+           dtype: Optional[str] = None) -> dict:
     """Build the deployment at `size` and write it (or one task's model) plus its recipe; returns the recipe.
 
     zoo_path: how to re-open the zoo ("demo" or a folder; default the zoo's folder), kept in the recipe.
+    dtype: 'fp32' | 'fp16' | 'bf16' writes every floating tensor in that dtype (recorded in the recipe);
+    None keeps the zoo's dtypes.
     """
     from flexmerge_core.deployment.deploy import build_deployment
+    from flexmerge_core.deployment.footprint import parse_dtype
     from flexmerge_core.deployment.group_cache import GroupResultCache
     from flexmerge_core.deployment.merge import GroupMerger
 
     if task is not None and task not in zoo.task_names:
         raise InvalidArgumentError(f"--task: unknown task '{task}' (zoo '{zoo.name}' has {', '.join(zoo.task_names)})")
+    # inside the zoo folder is refused too: a rebuilt or re-imported zoo replaces its whole folder
+    check_apart([out, recipe_path(out), head_path(out)], [zoo.root])
     # merged on CPU: bit-reproducible, so the recipe re-creates the same bytes on any machine
     merger = GroupMerger(zoo, spec, algorithm, cache=GroupResultCache(), device="cpu")
     deployment = build_deployment(zoo, plan, algorithm, size, merger=merger)
+    if dtype is not None:
+        deployment = deployment.with_dtype(parse_dtype(dtype), dtype)
     if task is None:
-        save_deployment(deployment, out)
+        writes = deployment_writes(deployment, out)
     else:
-        save_task_model(deployment, zoo.task_names.index(task), out, list(zoo.build_encoder().state_dict()))
+        writes = task_model_writes(deployment, zoo.task_names.index(task), out, list(zoo.build_encoder().state_dict()))
     recipe = {"format": RECIPE_FORMAT, "zoo_path": zoo_path or str(zoo.root), "task": task, **deployment.recipe}
-    atomic_write_bytes(recipe_path(out), (json.dumps(recipe, indent=2, sort_keys=True) + "\n").encode())
+    text = (json.dumps(recipe, indent=2, sort_keys=True) + "\n").encode()
+    writes[recipe_path(out)] = lambda tmp: tmp.write_bytes(text)   # last: a recipe means the export is whole
+    atomic_write_all(writes)
     return recipe

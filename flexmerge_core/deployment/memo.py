@@ -5,7 +5,7 @@ many algorithms would keep every one of them; unbounded, that is what ends a lon
 session in the OOM killer. The on-disk group cache sits behind the memo, so an evicted group costs a
 file read when it comes back, never a wrong or missing result.
 Budget: $FLEXMERGE_MEMO_BYTES (bytes, or with a K/M/G suffix), else a quarter of the memory this
-process can still get (resources.available_memory), else 1 GiB when that cannot be read.
+process can still get (machine.available_memory), else 1 GiB when that cannot be read.
 """
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import os
 from collections import OrderedDict
 from typing import Any, Hashable, Optional
 
-from flexmerge_core.resources import available_memory, parse_bytes
+from flexmerge_core.machine import available_memory, parse_bytes
 
 MEMO_ENV = "FLEXMERGE_MEMO_BYTES"
 _FALLBACK_BYTES = 1 << 30

@@ -1,6 +1,6 @@
 """Partition of merged parameter names into ordered blocks (the unit FlexMerge merges at).
 
-Why derived from names: the same code must serve open_clip ViTs of any depth, other transformer
+Why derived from names: the same code must serve ViTs of any depth, other transformer
 naming styles and arbitrary state dicts, without a table per model. Transformer layers are found by
 name (`transformer.resblocks.N.`, `blocks.N.`, `layers.N.`, `layer.N.`); everything else around a
 stack of layers is placed before it (embeddings, pre-norm) or after it (final norm, projection/head).
@@ -8,7 +8,7 @@ stack of layers is placed before it (embeddings, pre-norm) or after it (final no
 Model order = forward-pass order, not state_dict order: a ViT's state_dict lists `proj` before
 `conv1`, but `proj` runs last. Order: per stack of layers (stacks in order of first appearance):
 pre blocks (embeddings, then other pre parts, then the pre-norm), layers by numeric index (inside a
-layer, components in the given order, which for open_clip is ln_1, attn, ln_2, mlp), post blocks
+layer, components in the given order, e.g. ln_1, attn, ln_2, mlp), post blocks
 (final norm, other post parts, projection/head). Names outside any recognised pattern that sit
 before a stack's first layer in the given order count as pre, the others as post.
 Without any layer stack, the generic fallback groups by module prefix in the given order

@@ -1,8 +1,11 @@
-"""Lazy, safe readers for one checkpoint file (safetensors or torch state dict).
+"""Lazy, safe readers for one checkpoint (safetensors, sharded safetensors, or torch state dict).
 
 Why: a zoo may hold dozens of multi-GB models, so opening one must only read headers, and a
 tensor is read on demand, one at a time, from a memory map. Torch files are loaded with
 `weights_only=True` (never runs pickled code) and `mmap=True` (tensors stay on disk until touched).
+Sharded HuggingFace checkpoints are named by their index (`model.safetensors.index.json`, whose
+`weight_map` names each tensor's shard): every shard is memory-mapped and only headers are read at
+open, so a 7B model never sits whole in memory.
 """
 from __future__ import annotations
 
@@ -15,9 +18,10 @@ from flexmerge_core.errors import ZooError
 
 SAFETENSORS_SUFFIXES = (".safetensors",)
 TORCH_SUFFIXES = (".pt", ".pth", ".bin")
+INDEX_SUFFIX = ".safetensors.index.json"
 
 # safetensors header dtype codes -> torch dtypes
-_SAFETENSORS_DTYPES = {
+SAFETENSORS_DTYPES = {
     "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
     "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
     "BOOL": torch.bool, "F8_E4M3": torch.float8_e4m3fn, "F8_E5M2": torch.float8_e5m2,
@@ -38,27 +42,62 @@ class CheckpointFile:
         self.path = Path(path)
         self.role = role
         self.reads = 0
+        self.files = [self.path]          # every file this checkpoint reads (an index adds its shards)
         self._checked_finite: set[str] = set()
         suffix = self.path.suffix.lower()
-        if suffix in SAFETENSORS_SUFFIXES:
+        if self.path.name.lower().endswith(INDEX_SUFFIX):
+            self._open_index()
+        elif suffix in SAFETENSORS_SUFFIXES:
             self._open_safetensors()
         elif suffix in TORCH_SUFFIXES:
             self._open_torch()
         else:
             raise ZooError(f"{self.path}: unsupported checkpoint format '{suffix}' for {role} "
-                           f"(use .safetensors, .pt, .pth or .bin)")
+                           f"(use .safetensors, {INDEX_SUFFIX}, .pt, .pth or .bin)")
 
     def _open_safetensors(self) -> None:
-        try:
-            self._handle = safe_open(str(self.path), framework="pt", device="cpu")
-            self.shapes, self.dtypes = {}, {}
-            for name in self._handle.keys():
-                view = self._handle.get_slice(name)
-                self.shapes[name] = tuple(view.get_shape())
-                self.dtypes[name] = _SAFETENSORS_DTYPES[view.get_dtype()]
-        except Exception as exc:  # OSError, a bad header (SafetensorError), an unknown dtype (KeyError)
-            raise ZooError(f"{self.path}: cannot read safetensors file of {self.role}: {exc}") from exc
+        self.shapes, self.dtypes, self._handles = {}, {}, {}
+        self._add_shard(self.path, None)
         self._state = None
+
+    def _add_shard(self, path: Path, wanted) -> None:
+        """Memory-map one safetensors file; record the headers of its tensors (those in `wanted`, or all)."""
+        try:
+            handle = safe_open(str(path), framework="pt", device="cpu")
+            for name in handle.keys():
+                if wanted is not None and name not in wanted:
+                    continue
+                view = handle.get_slice(name)
+                self.shapes[name] = tuple(view.get_shape())
+                self.dtypes[name] = SAFETENSORS_DTYPES[view.get_dtype()]
+                self._handles[name] = handle
+        except Exception as exc:  # OSError, a bad header (SafetensorError), an unknown dtype (KeyError)
+            raise ZooError(f"{path}: cannot read safetensors file of {self.role}: {exc}") from exc
+
+    def _open_index(self) -> None:
+        import json
+
+        try:
+            weight_map = json.loads(self.path.read_text())["weight_map"]
+            if not isinstance(weight_map, dict) or not all(
+                    isinstance(k, str) and isinstance(v, str) for k, v in weight_map.items()):
+                raise ValueError("'weight_map' must map tensor names to shard file names")
+        except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError) as exc:
+            raise ZooError(f"{self.path}: not a safetensors index of {self.role}: {exc}") from exc
+        self.shapes, self.dtypes, self._handles, self._state = {}, {}, {}, None
+        by_shard: dict[str, set] = {}
+        for name, shard in weight_map.items():
+            by_shard.setdefault(shard, set()).add(name)
+        for shard, names in by_shard.items():
+            shard_path = self.path.parent / shard
+            if "/" in shard or "\\" in shard or not shard_path.is_file():
+                raise ZooError(f"{self.path}: shard '{shard}' of {self.role} not found beside the index")
+            self._add_shard(shard_path, names)
+            self.files.append(shard_path)
+            missing = sorted(names - set(self.shapes))
+            if missing:
+                raise ZooError(f"{shard_path}: tensor '{missing[0]}' of {self.role} is named by the index "
+                               f"but missing from its shard")
 
     def _open_torch(self) -> None:
         try:
@@ -73,7 +112,7 @@ class CheckpointFile:
             raise ZooError(f"{self.path}: the torch checkpoint of {self.role} is not a flat state dict "
                            f"of named tensors")
         self._state = state
-        self._handle = None
+        self._handles = {}
         self.shapes = {name: tuple(t.shape) for name, t in state.items()}
         self.dtypes = {name: t.dtype for name, t in state.items()}
 
@@ -88,7 +127,7 @@ class CheckpointFile:
         if self._state is not None:
             tensor = self._state[name]
         else:
-            tensor = self._handle.get_tensor(name)
+            tensor = self._handles[name].get_tensor(name)
         self.reads += 1
         if name not in self._checked_finite and tensor.is_floating_point():
             if not bool(torch.isfinite(tensor).all()):

@@ -15,7 +15,9 @@ import torch
 
 from flexmerge_core.cache import content_hash
 from flexmerge_core.errors import InvalidArgumentError, ZooError
-from flexmerge_core.architectures.registry import construct, state_layout
+from flexmerge_core.architectures.base import ArchitectureAdapter
+from flexmerge_core.architectures.registry import construct, get_architecture, state_layout
+from flexmerge_core.tasks import HeldOut, TaskFiles, TaskKind, get_task_kind
 from flexmerge_core.zoo.checkpoint import CheckpointFile
 from flexmerge_core.zoo.manifest import MANIFEST_NAME, Manifest, TaskEntry, read_manifest
 
@@ -80,62 +82,58 @@ def _check_architecture(manifest: Manifest, pretrained: CheckpointFile) -> list[
     return list(layout)
 
 
+# Merging adds and scales task vectors, and evaluation computes in float32: float checkpoints of any
+# width are converted for compute (exports keep the zoo's dtype), integer index buffers (int64:
+# positions, counts) are kept as they are. Quantized or boolean weights (int8, uint8, bool, float8)
+# would merge as if they were values: refused, with how to get a usable zoo.
+COMPUTE_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64, torch.int64)
+
+
+def _check_dtypes(pretrained: CheckpointFile) -> None:
+    for name, dtype in pretrained.dtypes.items():
+        if dtype not in COMPUTE_DTYPES:
+            raise ZooError(f"{pretrained.path}: tensor '{name}' of the pretrained checkpoint has dtype "
+                           f"{str(dtype).removeprefix('torch.')}; a zoo holds float16, bfloat16, float32 or "
+                           f"float64 weights (dequantize quantized checkpoints first)")
+
+
 def _merged_names(manifest: Manifest, ordered: list[str]) -> list[str]:
+    """Parameters not matched by the manifest's `unmerged` patterns nor the architecture's own."""
     patterns = [re.compile(p) for p in manifest.unmerged]
     for pattern in patterns:
         if not any(pattern.search(n) for n in ordered):
             raise ZooError(f"zoo.json: unmerged pattern '{pattern.pattern}' matches no parameter")
+    adapter = get_architecture(manifest.architecture_kind)
+    patterns += [re.compile(p) for p in adapter.unmerged(manifest.architecture_config)]
     merged = [n for n in ordered if not any(p.search(n) for p in patterns)]
     if not merged:
         raise ZooError("zoo.json: the 'unmerged' patterns exclude every parameter")
     return merged
 
 
-def _check_head(files: _Files, task: TaskEntry, feature_dim: int | None) -> None:
-    head = files.get(task.head, f"head of task '{task.name}'")
-    if set(head.names) != {"weight", "bias"}:
-        raise ZooError(f"{head.path}: head of task '{task.name}' must hold exactly 'weight' and 'bias', "
-                       f"found {', '.join(sorted(head.names))}")
-    weight, bias = head.shapes["weight"], head.shapes["bias"]
-    if len(weight) != 2 or bias != (weight[0],):
-        raise ZooError(f"{head.path}: head of task '{task.name}' needs weight [C, D] and bias [C], "
-                       f"found {list(weight)} and {list(bias)}")
-    if task.classes is not None and weight[0] != len(task.classes):
-        raise ZooError(f"{head.path}: head of task '{task.name}' has {weight[0]} outputs but the "
-                       f"manifest lists {len(task.classes)} classes")
-    if feature_dim is not None and weight[1] != feature_dim:
-        raise ZooError(f"{head.path}: head of task '{task.name}' takes {weight[1]} features, "
-                       f"the encoder outputs {feature_dim}")
-
-
-def _check_data(files: _Files, task: TaskEntry) -> None:
-    data = files.get(task.data, f"data of task '{task.name}'")
-    if set(data.names) != {"images", "labels"}:
-        raise ZooError(f"{data.path}: data of task '{task.name}' must hold exactly 'images' and 'labels', "
-                       f"found {', '.join(sorted(data.names))}")
-    images, labels = data.shapes["images"], data.shapes["labels"]
-    if len(images) != 4 or len(labels) != 1 or images[0] != labels[0]:
-        raise ZooError(f"{data.path}: data of task '{task.name}' needs images [N, C, H, W] and labels [N], "
-                       f"found {list(images)} and {list(labels)}")
-    if not data.dtypes["images"].is_floating_point or data.dtypes["labels"] != torch.int64:
-        raise ZooError(f"{data.path}: data of task '{task.name}' needs float images and int64 labels, "
-                       f"found {data.dtypes['images']} and {data.dtypes['labels']}")
-
-
-def _check_labels(data: CheckpointFile, task: TaskEntry, labels: torch.Tensor, num_classes: int | None) -> None:
-    """Label values are only known once read: one outside the head's classes would be silently 'wrong'."""
-    if num_classes is None:
-        return
-    bad = labels[(labels < 0) | (labels >= num_classes)]
-    if bad.numel():
-        raise ZooError(f"{data.path}: data of task '{task.name}' has label {int(bad[0])} outside the head's "
-                       f"{num_classes} classes (0..{num_classes - 1})")
-
-
-def _feature_dim(shapes: dict[str, tuple[int, ...]]) -> int | None:
-    """Encoder output width of an open_clip ViT: the projection's columns (None when unknown)."""
-    proj = shapes.get("proj")
-    return proj[1] if proj is not None and len(proj) == 2 else None
+def _check_inputs_fit(manifest: Manifest, files: _Files, adapter) -> None:
+    """Held-out inputs must be what the model takes (e.g. image channels and resolution): one forward pass
+    of a single example on the meta device (shapes only: no memory, no compute) per distinct input shape,
+    whatever the architecture, instead of a shape error deep inside the first evaluation. The task kind
+    says what one example's input shape is (None: nothing to check, e.g. token ids of varying length)."""
+    encoder, outcome = None, {}
+    for task in manifest.tasks:
+        task_files = _task_files(files, manifest, task, None)
+        shape = get_task_kind(task.kind).input_shape(task_files) if task.data is not None else None
+        if shape is None:
+            continue
+        if shape not in outcome:
+            encoder = encoder or construct(manifest.architecture_kind, manifest.architecture_config, "meta").eval()
+            try:
+                with torch.no_grad():
+                    adapter.forward(encoder, torch.empty((1, *shape), device="meta"))
+                outcome[shape] = None
+            except Exception as exc:   # whatever the module raises on an input it cannot take
+                outcome[shape] = " ".join(str(exc).split())[:160] or type(exc).__name__
+        if outcome[shape] is not None:
+            raise ZooError(f"{task_files.data.path}: data of task '{task.name}' has inputs "
+                           f"[N, {', '.join(map(str, shape))}] that the model ('{manifest.architecture_kind}') "
+                           f"cannot take: {outcome[shape]}")
 
 
 class Zoo:
@@ -169,6 +167,11 @@ class Zoo:
         return [t.name for t in self.manifest.tasks]
 
     @property
+    def architecture(self) -> ArchitectureAdapter:
+        """The adapter of the manifest's architecture kind (build, forward, stages, inputs)."""
+        return get_architecture(self.manifest.architecture_kind)
+
+    @property
     def head_input(self) -> str:
         return self.manifest.head_input
 
@@ -179,6 +182,10 @@ class Zoo:
     @property
     def classes(self) -> list[list[str] | None]:
         return [None if t.classes is None else list(t.classes) for t in self.manifest.tasks]
+
+    def task_kind(self, task_id: int) -> TaskKind:
+        """The task's kind (data format + metric; manifest `kind`, default image_classification)."""
+        return get_task_kind(self._task(task_id).kind)
 
     @property
     def finetuned_accuracy(self) -> dict[str, float] | None:
@@ -201,8 +208,9 @@ class Zoo:
         """
         stats = []
         for rel in self._referenced_files():
-            st = (self.root / rel).stat()
-            stats.append([rel, st.st_size, st.st_mtime_ns])
+            for path in self._files.get(rel, "a file of the zoo").files:   # shards of an index too
+                st = path.stat()
+                stats.append([str(path.relative_to(self.root)), st.st_size, st.st_mtime_ns])
         return content_hash(self.manifest.to_json(), stats)
 
     # -- tensors --------------------------------------------------------------------------------
@@ -247,27 +255,25 @@ class Zoo:
             out[name] = stacked
         return out
 
-    def head(self, task_id: int) -> dict[str, torch.Tensor] | None:
+    def task_files(self, task_id: int) -> TaskFiles:
+        """Headers of the task's head and data files (what its kind validates and loads from)."""
         task = self._task(task_id)
-        if task.head is None:
-            return None
-        f = self._files.get(task.head, f"head of task '{task.name}'")
-        return {"weight": f.read("weight"), "bias": f.read("bias")}
+        return _task_files(self._files, self.manifest, task,
+                           self.architecture.feature_dim(self.manifest.architecture_config, self.param_shapes))
+
+    def head(self, task_id: int) -> dict[str, torch.Tensor] | None:
+        """Every tensor of the task's head file (their layout is the task kind's business)."""
+        f = self.task_files(task_id).head
+        return None if f is None else {name: f.read(name) for name in f.names}
+
+    def heldout_set(self, task_id: int) -> HeldOut | None:
+        """The task's held-out examples and head, as its kind loads them (None without data)."""
+        return self.task_kind(task_id).load(self, task_id)
 
     def heldout(self, task_id: int) -> tuple[torch.Tensor, torch.Tensor] | None:
-        task = self._task(task_id)
-        if task.data is None:
-            return None
-        f = self._files.get(task.data, f"data of task '{task.name}'")
-        images, labels = f.read("images"), f.read("labels")
-        _check_labels(f, task, labels, self._num_classes(task))
-        return images, labels
-
-    def _num_classes(self, task: TaskEntry) -> int | None:
-        """Outputs of the task's head (else the manifest's class list): the valid labels are 0..C-1."""
-        if task.head is not None:
-            return self._files.get(task.head, f"head of task '{task.name}'").shapes["weight"][0]
-        return None if task.classes is None else len(task.classes)
+        """(inputs, targets) of the task's held-out data, e.g. (images, labels); None without data."""
+        held = self.heldout_set(task_id)
+        return None if held is None else (held.inputs, held.targets)
 
     @property
     def tensors_read(self) -> int:
@@ -299,18 +305,24 @@ class Zoo:
         return f"Zoo({self.name!r}, tasks={self.task_names}, root={str(self.root)!r})"
 
 
+def _task_files(files: _Files, manifest: Manifest, task: TaskEntry, feature_dim: int | None) -> TaskFiles:
+    return TaskFiles(task=task.name, classes=task.classes, feature_dim=feature_dim, head_input=manifest.head_input,
+                     head=None if task.head is None else files.get(task.head, f"head of task '{task.name}'"),
+                     data=None if task.data is None else files.get(task.data, f"data of task '{task.name}'"))
+
+
 def _validate_files(root: Path, manifest: Manifest, files: _Files) -> list[str]:
     """Header-level checks of every referenced file; returns the state_dict order."""
     pretrained = files.get(manifest.pretrained, "pretrained")
     order = _check_architecture(manifest, pretrained)
-    feature_dim = _feature_dim(pretrained.shapes)
+    _check_dtypes(pretrained)
+    adapter = get_architecture(manifest.architecture_kind)
+    feature_dim = adapter.feature_dim(manifest.architecture_config, pretrained.shapes)
     for task in manifest.tasks:
         _check_same_layout(pretrained, files.get(task.checkpoint, _task_role(task)),
                            f"the pretrained checkpoint ({manifest.pretrained})")
-        if task.head is not None:
-            _check_head(files, task, feature_dim)
-        if task.data is not None:
-            _check_data(files, task)
+        get_task_kind(task.kind).validate(_task_files(files, manifest, task, feature_dim))
+    _check_inputs_fit(manifest, files, adapter)
     return order
 
 

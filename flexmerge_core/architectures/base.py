@@ -1,0 +1,75 @@
+"""The contract between the engine and one model family: `ArchitectureAdapter`.
+
+Why one interface: the zoo (layout, feature width), evaluation (forward, stages) and importers
+(preprocessing) each need a little model-family knowledge; asking one adapter per manifest
+`architecture.kind` keeps that knowledge in one file per family, and the engine family-agnostic.
+An adapter is stateless (one instance per kind); everything it answers depends only on the
+manifest's `config` (or on a module it built).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Optional
+
+import torch
+
+from flexmerge_core.errors import ZooError
+
+
+@dataclass(frozen=True)
+class StageSplit:
+    """A forward pass cut into `num_stages` consecutive stages of one module.
+
+    `stage_of(name)` is the stage that reads state_dict entry `name` (every entry has one);
+    `run(x, stage)` maps the input of `stage` to its output (the last stage's output is the features).
+    Along a curve only the stages from the first changed one onwards are re-run.
+    """
+    num_stages: int
+    stage_of: Callable[[str], int]
+    run: Callable[[torch.Tensor, int], torch.Tensor]
+
+
+class ArchitectureAdapter:
+    """One model family. Subclasses set `kind` and implement `build`; the rest has safe defaults."""
+
+    kind: str = ""
+
+    def check_config(self, config: dict) -> dict:
+        """The manifest's config, validated (ZooError naming the bad key); default: any object."""
+        if not isinstance(config, dict):
+            raise ZooError(f"zoo.json: architecture '{self.kind}' needs a config object, got {config!r}")
+        return config
+
+    def build(self, config: dict) -> torch.nn.Module:
+        """The module, randomly initialised on the current default device (callers use `torch.device`)."""
+        raise NotImplementedError
+
+    def layout(self, config: dict) -> dict[str, tuple[tuple[int, ...], torch.dtype]]:
+        """{name: (shape, dtype)} of the state_dict, in its order; built on `meta`, so no memory is used."""
+        with torch.device("meta"):
+            module = self.build(config)
+        return {name: (tuple(t.shape), t.dtype) for name, t in module.state_dict().items()}
+
+    def unmerged(self, config: dict) -> tuple[str, ...]:
+        """Regexes of parameters never merged (tied weights, built-in heads); the manifest's own are added."""
+        return ()
+
+    def feature_dim(self, config: dict, shapes: dict[str, tuple[int, ...]]) -> Optional[int]:
+        """Width of what `forward` yields (a head's input), from the checkpoint's shapes; None = unknown."""
+        return None
+
+    def stages(self, module: torch.nn.Module) -> Optional[StageSplit]:
+        """The module's forward in stages, or None: the whole `forward` is one stage."""
+        return None
+
+    def forward(self, module: torch.nn.Module, inputs: torch.Tensor) -> torch.Tensor:
+        """The whole forward pass, yielding what a head consumes."""
+        return module(inputs)
+
+    def input_transform(self, config: dict) -> Optional[Callable]:
+        """Preprocessing of one raw input (e.g. a PIL image) into a model input; None = data is preprocessed."""
+        return None
+
+    def expected_input(self, config: dict) -> Optional[dict]:
+        """What one preprocessed input looks like, e.g. {"channels": 3, "image_size": 224}; None = unknown."""
+        return None

@@ -6,6 +6,10 @@ usual cache. Serial = Pipeline.curve per algorithm (the incremental walk: neighb
 stage inputs); the executors run one job per (algorithm, size) cell, each evaluating every task from
 the first stage. Ray's start-up (ray.init) is timed on its own and left out of its sweep time.
 Per-job cost = wall x workers / jobs: what one job costs one worker, overheads included.
+Measured (2 shared cores, load 5-11; 513 cells): serial 255 s (0.50 s per cell), local executor 450 s
+(1.75 s per job per worker), Ray 367 s (1.43 s) + 7.7 s ray.init: a cell job evaluates every task from
+the first stage, the serial walk only the tasks a merge event changed, so per-cell jobs pay off only
+with more workers than that ~3x.
 Usage: .venv/bin/python benchmarks/bench_sweep.py [--zoo demo] [--workers 2] [--algorithms ta,ties,pcb,emr]
 """
 from __future__ import annotations

@@ -169,6 +169,22 @@ def build_parser() -> argparse.ArgumentParser:
     curve.add_argument("--json", action="store_true")
     curve.set_defaults(handler=_cmd_curve)
 
+    sweep = sub.add_parser("sweep", help="every algorithm (and baseline) at every size, as jobs, into one table")
+    sweep.add_argument("--zoo", required=True, help="zoo folder (a path every worker sees), or 'demo'")
+    sweep.add_argument("--algorithms", required=True, help="comma-separated algorithm names, e.g. ta,ties,emr")
+    sweep.add_argument("--sizes", default="all", help="comma-separated budgets, or 'all' (every achievable size)")
+    sweep.add_argument("--baselines", default="", help=f"comma-separated baselines ({', '.join(BASELINES)})")
+    sweep.add_argument("--tasks", default=None, help="comma-separated subset of task names")
+    sweep.add_argument("--ray-address", default=None,
+                       help="'auto' (a local Ray instance) or ray://host:10001 (default: $FLEXMERGE_RAY_ADDRESS, "
+                            "else local worker processes)")
+    sweep.add_argument("--workers", type=int, default=None,
+                       help="worker processes (default: one per core; 0: run in this process)")
+    sweep.add_argument("--out", required=True, help="the table to write (parquet); finished cells are kept in "
+                                                   "OUT.parts/ until it is written, so a rerun resumes")
+    sweep.add_argument("--json", action="store_true", help="print the run's counts as JSON")
+    sweep.set_defaults(handler=_cmd_sweep)
+
     export = sub.add_parser("export", help="write a merged deployment (or one task's model) as safetensors")
     _add_plan_options(export)
     _add_budget_mb(export, "--size", "the largest deployment of at most this many MB (in --dtype)", required=True)
@@ -313,6 +329,36 @@ def _cmd_curve(args: argparse.Namespace) -> int:
         print(f"{row['size_budget']:8.4f} {row['size']:8.4f} {row['megabytes']:9.3f} {row['avg_accuracy']:8.4f} "
               f"{row['avg_normalized_accuracy']:8.4f}  " + " ".join(f"{row['accuracy'][t]:10.4f}" for t in zoo.task_names))
     print("fine-tuned: " + ", ".join(f"{t} {a:.4f}" for t, a in result.finetuned.items()))
+    return 0
+
+
+def _names(text: str) -> list[str]:
+    return [name.strip() for name in (text or "").split(",") if name.strip()]
+
+
+def _cmd_sweep(args: argparse.Namespace) -> int:
+    from flexmerge_core.backend.executors import make_executor
+    from flexmerge_core.evaluation.curve import parse_sizes
+    from flexmerge_core.pipeline import resolve_zoo
+    from flexmerge_core.sweep import run_sweep
+
+    sizes = parse_sizes(args.sizes)
+    unknown = [b for b in _names(args.baselines) if b not in BASELINES]
+    if unknown:
+        raise FlexMergeError(f"--baselines: unknown baseline '{unknown[0]}' (known: {', '.join(BASELINES)})")
+    if not _names(args.algorithms):
+        raise FlexMergeError("--algorithms: name at least one algorithm, e.g. ta,ties,emr")
+    zoo = resolve_zoo(args.zoo, progress=stderr_progress("demo zoo"))
+    with make_executor(args.ray_address, args.workers) as executor:
+        result = run_sweep(zoo, _names(args.algorithms), sizes, _names(args.baselines), _names(args.tasks),
+                           executor=executor, out=args.out, progress=stderr_progress(f"sweep ({executor.name})"))
+    if args.json:
+        emit_json(result.stats)
+    else:
+        stats = result.stats
+        print(f"wrote {args.out}: {len(result.table)} rows, {stats['cells']} cells ({stats['resumed']} from an "
+              f"earlier run's parts, {stats['jobs_computed']} jobs computed on {stats['executor']} with "
+              f"{stats['workers']} workers)")
     return 0
 
 

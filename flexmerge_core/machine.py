@@ -19,18 +19,18 @@ _SUFFIXES = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
 LARGEST_LIMIT = 1 << 63   # 8 EiB: more than any machine, and the largest byte count an int64 holds
 
 
-def parse_bytes(text: str) -> int:
-    """'1500', '512M', '2G', '1.5g' -> bytes."""
+def parse_bytes(text: str, option: str = LIMIT_ENV) -> int:
+    """'1500', '512M', '2G', '1.5g' -> bytes (`option`: the setting named in errors)."""
     value = text.strip().upper().removesuffix("B")
     suffix = value[-1:] if value[-1:] in _SUFFIXES and not value[-1:].isdigit() else ""
     try:
         number = float(value[: len(value) - len(suffix)])
     except ValueError:
-        raise InvalidArgumentError(f"{LIMIT_ENV}={text!r} is not a number of bytes (e.g. 4G, 512M)") from None
+        raise InvalidArgumentError(f"{option}={text!r} is not a number of bytes (e.g. 4G, 512M)") from None
     if not math.isfinite(number) or number <= 0:
-        raise InvalidArgumentError(f"{LIMIT_ENV}={text!r} must be a positive number of bytes")
+        raise InvalidArgumentError(f"{option}={text!r} must be a positive number of bytes")
     if number * _SUFFIXES[suffix] >= LARGEST_LIMIT:
-        raise InvalidArgumentError(f"{LIMIT_ENV}={text!r} is more than any machine has (at most 8 EiB); "
+        raise InvalidArgumentError(f"{option}={text!r} is more than any machine has (at most 8 EiB); "
                                    f"unset it to use what this machine has")
     return int(number * _SUFFIXES[suffix])
 

@@ -21,7 +21,7 @@ STAGES = {
     "deployment": 5, "resources": 5,
     "evaluation": 6,
     "backend": 7,
-    "pipeline": 8, "demo": 8, "findings": 8,
+    "pipeline": 8, "demo": 8, "findings": 8, "sweep": 8,
     "studio": 9,
     "cli": 10, "__main__": 10,
 }

@@ -93,3 +93,65 @@ def test_all_separate_reconstructs_every_finetuned_vector_exactly(name):
     if merger.algorithm.storage == "mask":  # pairs are stored as their originals too
         pair = merger.result(0, (1, 3))
         assert torch.equal(merger.algorithm.reconstruct(pair, 3)["a.weight"], zoo.vectors["a.weight"][3])
+
+
+def test_byte_budget_lru_matches_a_plain_list_reference():
+    """Random gets and puts against the textbook rule: the least recently used goes first."""
+    import random
+
+    from flexmerge_core.deployment.memo import ByteBudgetLRU
+
+    rng = random.Random(0)
+    memo, reference, budget = ByteBudgetLRU(100), [], 100        # reference: [(key, bytes)], oldest first
+    for _ in range(2000):
+        key = rng.randrange(12)
+        if rng.random() < 0.5:
+            hit = next((item for item in reference if item[0] == key), None)
+            assert (memo.get(key) is not None) == (hit is not None)
+            if hit:
+                reference.remove(hit)
+                reference.append(hit)
+        else:
+            size = rng.choice([5, 20, 40, 101])
+            memo.put(key, ("value", key), size)
+            reference = [item for item in reference if item[0] != key]
+            if size <= budget:
+                while sum(b for _, b in reference) + size > budget:
+                    reference.pop(0)
+                reference.append((key, size))
+        assert list(memo._items) == [k for k, _ in reference]
+        assert memo.bytes == sum(b for _, b in reference) <= budget
+    assert memo.evictions > 0 and memo.peak <= budget
+
+
+def test_memo_budget_from_the_environment(monkeypatch):
+    from flexmerge_core.deployment.memo import MEMO_ENV, default_memo_bytes
+    from flexmerge_core.errors import InvalidArgumentError
+
+    monkeypatch.setenv(MEMO_ENV, "3K")
+    assert default_memo_bytes() == 3072
+    monkeypatch.setenv(MEMO_ENV, "lots")
+    with pytest.raises(InvalidArgumentError, match=MEMO_ENV):
+        default_memo_bytes()
+
+
+def test_a_tiny_memo_gives_the_same_curve_and_stays_within_its_budget(tmp_path, monkeypatch):
+    from deploy_zoos import evaluable_zoo, plan_for
+    from flexmerge_core.deployment.group_cache import GroupResultCache
+    from flexmerge_core.evaluation.curve import compute_curve
+
+    monkeypatch.setenv("FLEXMERGE_CACHE", str(tmp_path / "cache"))
+    zoo, *_ = evaluable_zoo(tmp_path / "zoo", num_tasks=4, seed=1)
+    spec, algorithm, plan = plan_for(zoo, "ties")
+    roomy = GroupMerger(zoo, spec, algorithm, device="cpu")
+    reference = compute_curve(zoo, plan, algorithm, "all", merger=roomy, use_cache=False).rows
+    budget = 8 * 1024
+    tiny = GroupMerger(zoo, spec, algorithm, cache=GroupResultCache(), device="cpu", memo_bytes=budget)
+    assert compute_curve(zoo, plan, algorithm, "all", merger=tiny, use_cache=False).rows == reference
+    assert roomy.memo.evictions == 0 and roomy.memo.peak > budget          # the budget does bind here
+    assert 0 < tiny.memo.peak <= budget and tiny.memo.evictions > 0
+    part = plan.partition_at(2.0)
+    merged = [(b, g) for b, groups in enumerate(part.groups) for g in groups if len(g) > 1]
+    for b, group in merged:                                                  # evicted groups come back from disk
+        assert all(torch.equal(tiny.result(b, group).unified[n], t) for n, t in roomy.result(b, group).unified.items())
+    assert tiny.cache.loads > 0 and tiny.memo.peak <= budget

@@ -10,19 +10,17 @@ With one worker everything runs in this process, one job after the other, with t
 """
 from __future__ import annotations
 
-import contextlib
 import datetime
 import os
-import sys
 import tempfile
-import types
 import warnings
 from concurrent.futures import Future, ProcessPoolExecutor, wait
 from multiprocessing import get_context
-from typing import Callable, Iterator, Optional
+from typing import Callable, Optional
 
 import torch
 
+from flexmerge_core.backend.worker_setup import bare_main, single_thread, usable_cores, use_single_thread
 from flexmerge_core.errors import InvalidArgumentError
 from flexmerge_core.demo import vision_training
 
@@ -40,36 +38,7 @@ def default_workers() -> int:
         if not chosen.isdigit() or int(chosen) < 1:
             raise InvalidArgumentError(f"FLEXMERGE_DEMO_WORKERS={chosen!r}: expected a whole number >= 1")
         return int(chosen)
-    try:
-        cores = len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        cores = os.cpu_count() or 1
-    return max(1, min(cores, MAX_WORKERS))
-
-
-def _use_single_thread() -> tuple:
-    """One torch thread and deterministic kernels; returns the settings it replaced."""
-    import torch.utils.deterministic as det
-
-    saved = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled(), det.fill_uninitialized_memory
-    torch.set_num_threads(1)
-    torch.use_deterministic_algorithms(True)
-    det.fill_uninitialized_memory = False  # deterministic mode's NaN-filling of new tensors cost ~10% here
-    return saved
-
-
-@contextlib.contextmanager
-def single_thread() -> Iterator[None]:
-    """Runs a job in this process under the workers' settings, restored afterwards."""
-    import torch.utils.deterministic as det
-
-    saved = _use_single_thread()
-    try:
-        yield
-    finally:
-        torch.set_num_threads(saved[0])
-        torch.use_deterministic_algorithms(saved[1])
-        det.fill_uninitialized_memory = saved[2]
+    return min(usable_cores(), MAX_WORKERS)
 
 
 def _pretrain_shard(config, seed: int, data, shard: int, store: str):
@@ -94,19 +63,6 @@ def rendezvous_store(folder: str) -> str:
     return os.path.join(folder, "store")
 
 
-@contextlib.contextmanager
-def _bare_main() -> Iterator[None]:
-    """A spawned worker first re-runs the parent's __main__ file (multiprocessing's preparation step).
-    Under Streamlit that file is the app page, which would run again inside every worker and build the
-    demo zoo recursively. Every job is an importable function, so workers start from a bare __main__."""
-    saved = sys.modules["__main__"]
-    sys.modules["__main__"] = types.ModuleType("__main__")
-    try:
-        yield
-    finally:
-        sys.modules["__main__"] = saved
-
-
 class BuildPool:
     """Submit jobs (module-level functions and picklable arguments); a worker count of 1 runs them here."""
 
@@ -114,7 +70,7 @@ class BuildPool:
         self.workers = workers or default_workers()
         self._pool = None
         if self.workers > 1:
-            self._pool = ProcessPoolExecutor(self.workers, mp_context=get_context("spawn"), initializer=_use_single_thread)
+            self._pool = ProcessPoolExecutor(self.workers, mp_context=get_context("spawn"), initializer=use_single_thread)
 
     def __enter__(self) -> "BuildPool":
         return self
@@ -125,7 +81,7 @@ class BuildPool:
 
     def submit(self, fn: Callable, *args) -> Future:
         if self._pool is not None:
-            with _bare_main():  # workers start lazily, inside submit
+            with bare_main():  # workers start lazily, inside submit
                 return self._pool.submit(fn, *args)
         done: Future = Future()
         with single_thread():

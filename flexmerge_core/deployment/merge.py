@@ -2,8 +2,9 @@
 
 Why: a group's result depends only on (block, task set, algorithm + hyperparameters), and moving the
 size slider re-uses almost every group, so recomputing would make the app crawl. GroupMerger keeps an
-in-memory memo keyed by exactly that; an optional on-disk cache (an object with
-`load(key) -> MergeResult | None` and `store(key, result)`) is consulted behind the memo.
+in-memory memo keyed by exactly that (bounded in bytes, least recently used out: memo.py); an optional
+on-disk cache (an object with `load(key) -> MergeResult | None` and `store(key, result)`) is consulted
+behind the memo.
 """
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from typing import Optional, Sequence
 
 from flexmerge_core.algorithms.base import MergeAlgorithm, MergeResult
 from flexmerge_core.cache import content_hash
+from flexmerge_core.deployment.memo import ByteBudgetLRU, tensors_bytes
 from flexmerge_core.planning.similarity import pick_device
 
 
@@ -21,20 +23,24 @@ class GroupMerger:
     algorithm's preprocessing (after one `prepare` pass over the whole zoo, run lazily the first
     time a group is merged); groups the algorithm does not merge (singletons, mask-method pairs)
     keep their members' raw vectors, so reconstruction gives the fine-tuned model exactly.
+    memo_bytes: the memo's byte budget (default: memo.default_memo_bytes()).
     """
 
-    def __init__(self, zoo, spec, algorithm: MergeAlgorithm, cache=None, device=None):
+    def __init__(self, zoo, spec, algorithm: MergeAlgorithm, cache=None, device=None,
+                 memo_bytes: Optional[int] = None):
         self.zoo, self.spec, self.algorithm, self.cache = zoo, spec, algorithm, cache
         self.device = pick_device(device)
-        self._memo: dict = {}
+        self.memo = ByteBudgetLRU(memo_bytes)
         self._prepared = not algorithm.has_preprocessing
 
     def result(self, block_index: int, members: Sequence[int]) -> MergeResult:
         members = tuple(sorted(int(m) for m in members))
         memo_key = (int(block_index), members, self.algorithm.key)
-        if memo_key not in self._memo:
-            self._memo[memo_key] = self._cached_or_computed(int(block_index), members)
-        return self._memo[memo_key]
+        found = self.memo.get(memo_key)
+        if found is None:
+            found = self._cached_or_computed(int(block_index), members)
+            self.memo.put(memo_key, found, tensors_bytes(found.unified, found.masks, found.originals, found.scales))
+        return found
 
     def cache_key(self, block_index: int, members: tuple) -> str:
         """Everything the result depends on: zoo content, the block's tensors, group, algorithm."""

@@ -69,7 +69,8 @@ def spec_for_plan(zoo, plan):
     raise InvalidArgumentError("the plan's blocks match no granularity preset of this zoo: pass spec=")
 
 
-def _budgets(plan, sizes) -> list[float]:
+def requested_budgets(plan, sizes) -> list[float]:
+    """The budgets a curve over `sizes` evaluates: 'all' = every achievable size, ascending."""
     if isinstance(sizes, str):
         if sizes != "all":
             raise InvalidArgumentError(f"sizes must be 'all' or a list of numbers, got {sizes!r}")
@@ -88,6 +89,12 @@ def _merged_blocks(spec, algorithm, partition, task_id: int) -> list:
         if algorithm.merges_group(len(group)):
             out.append([list(block.params), list(group)])
     return out
+
+
+def partition_eval_keys(zoo, spec, algorithm, partition, task_ids) -> dict[int, str]:
+    """{task id: the evaluation cache key of that task at `partition`}, known without merging anything."""
+    return {t: eval_key(zoo, t, _merged_blocks(spec, algorithm, partition, t), algorithm.key, zoo.fingerprint)
+            for t in task_ids}
 
 
 def _stage_blocks(spec, evaluators: Evaluators, incremental: bool, activation_budget: Optional[int]) -> list[list[int]]:
@@ -120,7 +127,7 @@ def compute_curve(zoo, plan, algorithm, sizes="all", tasks=None, *, spec=None, m
     spec = spec or (merger.spec if merger is not None else spec_for_plan(zoo, plan))
     merger = merger or GroupMerger(zoo, spec, algorithm, cache=GroupResultCache() if use_cache else None,
                                    device=device)
-    budgets = _budgets(plan, sizes)
+    budgets = requested_budgets(plan, sizes)
     partitions = {b: plan.partition_at(b) for b in budgets}
     walk = {0: plan.partition_at(plan.max_size)}
     walk.update({p.num_events: p for p in partitions.values()})
@@ -132,8 +139,7 @@ def compute_curve(zoo, plan, algorithm, sizes="all", tasks=None, *, spec=None, m
     by_events: dict[int, dict[str, TaskScore]] = {}
     for step, events in enumerate(sorted(walk)):
         part = walk[events]
-        keys = {t: eval_key(zoo, t, _merged_blocks(spec, algorithm, part, t), algorithm.key, zoo.fingerprint)
-                for t in ids}
+        keys = partition_eval_keys(zoo, spec, algorithm, part, ids)
         scores = {t: book.known(keys[t]) if incremental else None for t in ids}
         needed = [t for t in ids if scores[t] is None]
         if needed:

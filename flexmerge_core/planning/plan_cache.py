@@ -33,13 +33,17 @@ def cached_plan(zoo, spec, algorithm, linkage: str = "min", order: str = "greedy
     return MergePlan.from_json(document)
 
 
+def baseline_cache_key(zoo, spec, algorithm, kind: str, linkage: str, seed: int) -> str:
+    blocks = [[block.name, list(block.params)] for block in spec.blocks]
+    return content_hash(BASELINE_FORMAT, kind, zoo.fingerprint, zoo.task_names, spec.granularity, blocks,
+                        algorithm.name, algorithm.storage, linkage, seed)
+
+
 def cached_baseline_plan(zoo, spec, algorithm, kind: str, linkage: str = "min", seed: int = 0,
                          progress=None, cache: Optional[JsonCache] = None) -> ClusteringPlan:
     """A baseline's plan (`kind` in BASELINES) whose groups for every k come from the on-disk cache when known."""
     cache = cache if cache is not None else JsonCache(cache_root() / "plans")
-    blocks = [[block.name, list(block.params)] for block in spec.blocks]
-    key = content_hash(BASELINE_FORMAT, kind, zoo.fingerprint, zoo.task_names, spec.granularity, blocks,
-                       algorithm.name, algorithm.storage, linkage, seed)
+    key = baseline_cache_key(zoo, spec, algorithm, kind, linkage, seed)
     m = len(zoo.task_names)
 
     def compute() -> dict:

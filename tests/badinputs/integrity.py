@@ -40,6 +40,8 @@ def incomplete_cache_entries(cache: Path) -> list[str]:
             ok = read_checked_json(path) is not None
         elif path.suffix == ".safetensors":
             ok = GroupResultCache(path.parent).load(path.stem) is not None
+        elif path.suffix == ".lock":
+            ok = path.parent.name == "claims" and path.stat().st_size == 0   # job claims hold no data
         else:
             ok = False
         if not ok:

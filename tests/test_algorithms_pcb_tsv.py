@@ -28,11 +28,11 @@ def rows_np(block: dict) -> np.ndarray:
 
 
 def ref_scores(X: np.ndarray, q: float, g: int):
-    """(A, P) of the PCB formula, with order-statistic quantiles per row."""
+    """(A, P) of the PCB formula, clamped at the released code's sorted positions per row."""
     d = X.shape[1]
-    low = int(q * (d - 1))
+    low, high = int(d * q), int(d * (1 - q)) - 1
     ordered = np.sort(np.abs(X), axis=1)
-    q_lo, q_hi = ordered[:, low:low + 1], ordered[:, d - 1 - low:d - low]
+    q_lo, q_hi = ordered[:, low:low + 1], ordered[:, high:high + 1]
     A = np.clip(np.abs(X), q_lo, q_hi)
     span = q_hi - q_lo
     mm = np.where(span > 0, (A - q_lo) / np.where(span > 0, span, 1), 0.0)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import torch
 
 from flexmerge_core.algorithms.base import HyperParam, MergeAlgorithm, MergeResult
+from flexmerge_core.algorithms.columns import as_rows, column_slices
 from flexmerge_core.algorithms.ta import LAMBDA as TA_LAMBDA
 from flexmerge_core.algorithms.ties import LAMBDA as TIES_LAMBDA, disjoint_mean
 
@@ -17,7 +18,16 @@ MASK_LAMBDA = HyperParam("mask_lambda", 0.6, float, 0.0, 10.0,
 
 
 def tall_masks(block: dict, unified: dict, mask_lambda: float) -> dict:
-    return {n: t.abs() > mask_lambda * (unified[n] - t).abs() for n, t in block.items()}
+    """m_k = |tau_k| > mask_lambda * |u - tau_k|, one pass over the group in column slices."""
+    masks = {}
+    for n, t in block.items():
+        rows, u = as_rows(t), unified[n].reshape(-1)
+        mask = torch.empty(rows.shape, dtype=torch.bool, device=t.device)
+        for cols in column_slices(rows):
+            x = rows[:, cols]
+            torch.gt(x.abs(), (u[cols] - x).abs_().mul_(mask_lambda), out=mask[:, cols])
+        masks[n] = mask.reshape(t.shape)
+    return masks
 
 
 class Consensus(MergeAlgorithm):

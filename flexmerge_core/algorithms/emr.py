@@ -10,6 +10,7 @@ from __future__ import annotations
 import torch
 
 from flexmerge_core.algorithms.base import MergeAlgorithm, MergeResult
+from flexmerge_core.algorithms.columns import as_rows, column_slices
 
 
 class Emr(MergeAlgorithm):
@@ -23,15 +24,22 @@ class Emr(MergeAlgorithm):
         own = torch.zeros(g, dtype=torch.float64, device=reference.device)
         kept = torch.zeros_like(own)
         for name, t in block.items():
-            flag = torch.where(t.mean(dim=0) > 0, 1.0, -1.0).to(t.dtype)
-            mask = t * flag > 0
-            magnitude = t.abs()
-            u = flag * (magnitude * mask).amax(dim=0)
-            unified[name], masks[name] = u, mask
+            rows, own_sum, kept_sum = as_rows(t), torch.zeros_like(own), torch.zeros_like(kept)
+            u, mask = torch.empty_like(rows[0]), torch.empty(rows.shape, dtype=torch.bool, device=t.device)
+            for cols in column_slices(rows):
+                x = rows[:, cols]
+                flag = torch.where(x.mean(dim=0) > 0, 1.0, -1.0).to(t.dtype)
+                signed = x * flag  # > 0 exactly where the member agrees with the flag
+                torch.gt(signed, 0, out=mask[:, cols])
+                magnitude = signed.amax(dim=0).clamp_(min=0)  # max_k |m_k * tau_k|
+                u[cols] = flag * magnitude
+                own_sum += signed.abs_().sum(dim=1)
+                # sum |m_k * u| over the slice: a mat-vec of the mask, no [g, c] product
+                kept_sum += mask[:, cols].to(t.dtype) @ magnitude
             count = max(u.numel(), 1)
-            own += magnitude.reshape(g, -1).sum(dim=1, dtype=torch.float64) / count
-            # mean |m_k * u| = (m_k . |u|) / count: a mat-vec, no [g, d] temporary
-            kept += (mask.reshape(g, -1).to(torch.float64) @ u.abs().reshape(-1).to(torch.float64)) / count
+            own += own_sum / count
+            kept += kept_sum / count
+            unified[name], masks[name] = u.reshape(t.shape[1:]), mask.reshape(t.shape)
         gamma = torch.where(kept > 0, own / torch.where(kept > 0, kept, torch.ones_like(kept)),
                             torch.ones_like(kept))
         return MergeResult(unified=unified, masks=masks, scales=gamma.to(reference.dtype))

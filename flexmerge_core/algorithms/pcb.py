@@ -15,8 +15,9 @@ from __future__ import annotations
 
 import torch
 
-from flexmerge_core.algorithms.base import HyperParam, MergeAlgorithm, MergeResult, flatten_rows, unflatten_row
-from flexmerge_core.algorithms.order_stats import streamed_order_statistics
+from flexmerge_core.algorithms.base import HyperParam, MergeAlgorithm, MergeResult, flatten_rows
+from flexmerge_core.algorithms.columns import as_rows, column_slices
+from flexmerge_core.algorithms.order_stats import RowTails, streamed_order_statistics
 
 KEEP = HyperParam("keep", 0.1, float, 0.0, 1.0, low_inclusive=False,
                   help="top fraction of each task's global PCB scores that survives (0.1 vision, 0.2 language)")
@@ -30,24 +31,22 @@ def work_dtype(g: int, dtype: torch.dtype) -> torch.dtype:
     return torch.float64 if g > FP32_SAFE_GROUP else dtype
 
 
-def quantile_positions(d: int, q: float) -> list:
-    low = int(q * (d - 1))
-    return [low, d - 1 - low]
+def clamp_positions(d: int, q: float) -> tuple:
+    """Sorted positions of a row's clamp bounds, as the released code indexes them (no interpolation)."""
+    return int(d * q), max(int(d * (1 - q)) - 1, 0)
 
 
-def minmax(values: torch.Tensor, low: torch.Tensor, high: torch.Tensor) -> torch.Tensor:
-    """(values - low) / (high - low), 0 where high == low."""
+def unit_scale(low: torch.Tensor, high: torch.Tensor) -> torch.Tensor:
+    """1 / (high - low) per row, 0 where high <= low: (v - low) * it is minmax with its zero guard."""
     span = high - low
-    safe = torch.where(span > 0, span, torch.ones_like(span))
-    return torch.where(span > 0, (values - low) / safe, torch.zeros_like(values))
+    return torch.where(span > 0, 1.0 / torch.where(span > 0, span, torch.ones_like(span)), torch.zeros_like(span))
 
 
 def competition_scores(X: torch.Tensor, column_sum: torch.Tensor, q_low, q_high, g: int):
     """(A, P): clamped magnitudes and the balanced competition scores of rows X."""
-    A = torch.minimum(torch.maximum(X.abs(), q_low), q_high)
-    intra = torch.exp(g * minmax(A, q_low, q_high) ** 2)
-    inter = torch.tanh(X * column_sum)
-    return A, intra * inter
+    A = torch.clamp(X.abs(), q_low, q_high)
+    intra = (A - q_low).mul_(unit_scale(q_low, q_high)).square_().mul_(g).exp_()
+    return A, intra.mul_(torch.tanh(X * column_sum))
 
 
 class Pcb(MergeAlgorithm):
@@ -75,7 +74,7 @@ class Pcb(MergeAlgorithm):
                 yield X.to(work_dtype(X.shape[0], X.dtype))
 
         magnitudes = lambda: (X.abs() for X in rows())  # noqa: E731
-        bounds = streamed_order_statistics(magnitudes, lambda d: torch.tensor(quantile_positions(d, q)))
+        bounds = streamed_order_statistics(magnitudes, lambda d: torch.tensor(clamp_positions(d, q)))
 
         def scores():
             for X in rows():
@@ -90,18 +89,46 @@ class Pcb(MergeAlgorithm):
     def _merge(self, block, members):
         if self._threshold is None:
             raise RuntimeError("pcb: call prepare() over the whole model before merge()")
-        rows = flatten_rows(block)
-        out_dtype, g, d = rows.dtype, rows.shape[0], rows.shape[1]
-        X = rows.to(work_dtype(g, rows.dtype))
-        low, _ = quantile_positions(d, self._hp["clamp_quantile"])
-        magnitude = X.abs()  # the (low+1)-th smallest and largest: the two quantiles, no full sort
-        q_low = magnitude.topk(low + 1, dim=1, largest=False).values[:, low:low + 1]
-        q_high = magnitude.topk(low + 1, dim=1, largest=True).values[:, low:low + 1]
-        A, P = competition_scores(X, X.sum(dim=0), q_low, q_high, g)
+        rows = {n: as_rows(t) for n, t in block.items()}
+        reference = next(iter(rows.values()))
+        g, dtype, device = len(members), work_dtype(len(members), reference.dtype), reference.device
+        d = sum(r.shape[1] for r in rows.values())
+
+        def slices():  # (name, columns, X slice in the work dtype), all tensors in order
+            for n, r in rows.items():
+                for cols in column_slices(r):
+                    yield n, cols, r[:, cols].to(dtype)
+
+        # pass 1: the clamp bounds of every row and the column sums
+        tails = RowTails(g, *clamp_positions(d, self._hp["clamp_quantile"]), d, dtype, device)
+        column_sum = {n: torch.empty(r.shape[1], dtype=dtype, device=device) for n, r in rows.items()}
+        for n, cols, X in slices():
+            column_sum[n][cols] = X.sum(dim=0)
+            tails.add(X.abs())
+        q_low, q_high = tails.values()
         index = torch.tensor(members)
-        threshold = self._threshold[index].to(X.device, X.dtype).unsqueeze(1)
-        clamped = torch.minimum(torch.maximum(P, threshold), self._maximum[index].to(X.device, X.dtype).unsqueeze(1))
-        scale = minmax(clamped, clamped.min(dim=1, keepdim=True).values, clamped.max(dim=1, keepdim=True).values)
-        merged = (torch.sign(X) * A * scale).sum(dim=0) / scale.sum(dim=0).clamp(min=1e-12)
-        merged = (self._hp["lam"] * merged).to(out_dtype)
-        return MergeResult(unified=unflatten_row(merged, block))
+        threshold = self._threshold[index].to(device, dtype).unsqueeze(1)
+        maximum = self._maximum[index].to(device, dtype).unsqueeze(1)
+
+        def clamped_scores(n, cols, X):
+            A, P = competition_scores(X, column_sum[n][cols], q_low, q_high, g)
+            return A, torch.clamp(P, threshold, maximum)
+
+        # pass 2: each row's range of clamped scores over the block (recomputed, not stored: 1x memory)
+        p_low = torch.full((g, 1), float("inf"), dtype=dtype, device=device)
+        p_high = torch.full_like(p_low, float("-inf"))
+        for n, cols, X in slices():
+            low, high = clamped_scores(n, cols, X)[1].aminmax(dim=1, keepdim=True)
+            torch.minimum(p_low, low, out=p_low)
+            torch.maximum(p_high, high, out=p_high)
+        unit = unit_scale(p_low, p_high)
+
+        # pass 3: the weighted mean
+        merged = {n: torch.empty(r.shape[1], dtype=dtype, device=device) for n, r in rows.items()}
+        for n, cols, X in slices():
+            A, P = clamped_scores(n, cols, X)
+            scale = P.sub_(p_low).mul_(unit)
+            merged[n][cols] = (torch.sign(X).mul_(A).mul_(scale)).sum(dim=0) / scale.sum(dim=0).clamp_(min=1e-12)
+        lam = self._hp["lam"]
+        return MergeResult(unified={n: (lam * v).to(reference.dtype).reshape(block[n].shape[1:])
+                                    for n, v in merged.items()})

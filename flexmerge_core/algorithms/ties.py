@@ -10,6 +10,7 @@ from __future__ import annotations
 import torch
 
 from flexmerge_core.algorithms.base import HyperParam, MergeAlgorithm, MergeResult, iter_rows
+from flexmerge_core.algorithms.columns import as_rows, column_slices
 from flexmerge_core.algorithms.order_stats import streamed_order_statistics
 
 KEEP = HyperParam("keep", 0.1, float, 0.0, 1.0, low_inclusive=False,
@@ -28,13 +29,20 @@ def elect_signs(block: dict) -> dict:
 
 
 def disjoint_mean(block: dict) -> dict:
-    """Mean over members whose entry is non-zero with the elected sign (0 where there is none)."""
+    """Mean over members whose entry is non-zero with the elected sign (0 where there is none).
+
+    One pass over the group after the sign election's own sum: per column slice, the agreeing entries
+    are max(x * gamma, 0) (|x| where x has the elected sign, else 0), summed with their count.
+    """
     signs = elect_signs(block)
     out = {}
     for n, t in block.items():
-        agree = (torch.sign(t) == signs[n]).to(t.dtype)  # sign(0) = 0 never agrees
-        count = agree.sum(dim=0)
-        out[n] = (t * agree).sum(dim=0) / count.clamp(min=1.0)
+        rows, gamma = as_rows(t), signs[n].reshape(-1)
+        mean = torch.empty_like(gamma)
+        for cols in column_slices(rows):
+            agree = (rows[:, cols] * gamma[cols]).clamp_(min=0)
+            mean[cols] = gamma[cols] * agree.sum(dim=0) / (agree > 0).sum(dim=0).clamp_(min=1)
+        out[n] = mean.reshape(t.shape[1:])
     return out
 
 
@@ -76,8 +84,12 @@ class Ties(MergeAlgorithm):
         index = torch.tensor(list(iter_rows(tasks, rows)), dtype=torch.long)
         out = {}
         for n, t in block.items():
-            limit = self._thresholds[index].to(device=t.device, dtype=t.dtype).view(-1, *([1] * (t.ndim - 1)))
-            out[n] = torch.where(t.abs() >= limit, t, torch.zeros_like(t))
+            limit = self._thresholds[index].to(device=t.device, dtype=t.dtype).unsqueeze(1)
+            rows, trimmed = as_rows(t), torch.empty_like(t)
+            for cols in column_slices(rows):
+                x = rows[:, cols]
+                as_rows(trimmed)[:, cols] = torch.where(x.abs() >= limit, x, 0.0)
+            out[n] = trimmed
         return out
 
     def similarity_block(self, block, tasks=None):

@@ -4,9 +4,20 @@ For each 2-D weight: per member SVD U_i S_i V_i^T, keep the top k = floor(min(m,
 concatenate the U's (m x gk), S's and V's, replace the concatenated U and V each by its polar factor
 (P Q^T from the SVD P Sigma Q^T, the nearest matrix with orthonormal columns) and output
 alpha * U_perp diag(S) V_perp^T. Other tensors (1-D, 4-D conv kernels) and matrices with k = 0
-(rank below the group size) are averaged. SVDs run in float64 so CPU and CUDA agree closely; the
-result is sign-invariant (flipping a singular pair flips the matching polar column) so device-specific
-SVD sign choices do not change it.
+(rank below the group size) are averaged. The result is sign-invariant (flipping a singular pair
+flips the matching polar column), so device-specific SVD sign choices do not change it.
+
+Cost model (the old code ran a float64 full SVD of every member: 36.6 s for 30 ViT-B-32 MLP blocks):
+- Arithmetic stays in the input's dtype (float32 for real checkpoints, float64 stays float64).
+- Top-k triplets: when k + OVERSAMPLE is at most a quarter of min(m, n) (g >= 5 for square-ish
+  matrices), randomized subspace iteration (Halko et al. 2011) with a seeded Gaussian start,
+  OVERSAMPLE extra columns and POWER_ITERATIONS power iterations: 2 * POWER_ITERATIONS + 2 batched
+  products of the members with thin [n, k + OVERSAMPLE] matrices, O(mn(k + p)) per member instead of
+  the SVD's O(mn min(m, n)). Its subspace error shrinks like (s_{k+p+1}/s_k)^(2 * POWER_ITERATIONS + 1),
+  tiny for task vectors, whose spectra decay fast. Otherwise a full SVD.
+- Polar factors from the small side: M (M^T M)^(-1/2) via the eigendecomposition of the gk x gk Gram
+  matrix (directions with eigenvalue below gk * eps * the largest are dropped, which keeps rank-deficient
+  groups finite), O(m (gk)^2) instead of an m x gk SVD.
 """
 from __future__ import annotations
 
@@ -15,12 +26,36 @@ import torch
 from flexmerge_core.algorithms.base import HyperParam, MergeAlgorithm, MergeResult
 
 ALPHA = HyperParam("alpha", 1.0, float, 0.0, 10.0, help="scaling of the merged matrix")
+OVERSAMPLE = 10
+POWER_ITERATIONS = 2
+SEED = 0  # the subspace iteration's start: results are reproducible run to run
 
 
 def polar_factor(matrix: torch.Tensor) -> torch.Tensor:
-    """P Q^T for matrix = P Sigma Q^T: orthonormal columns spanning the same space."""
-    P, _, Qh = torch.linalg.svd(matrix, full_matrices=False)
-    return P @ Qh
+    """P Q^T for matrix = P Sigma Q^T (orthonormal columns spanning the same space), from the small side."""
+    eigenvalues, vectors = torch.linalg.eigh(matrix.mT @ matrix)
+    floor = eigenvalues[-1].clamp(min=0) * matrix.shape[-1] * torch.finfo(matrix.dtype).eps
+    kept = eigenvalues > floor
+    inverse_root = torch.where(kept, eigenvalues.clamp(min=floor).rsqrt(), torch.zeros_like(eigenvalues))
+    return matrix @ ((vectors * inverse_root) @ vectors.mT)
+
+
+def top_singular_triplets(stack: torch.Tensor, k: int):
+    """(U [g, m, k], S [g, k], V [g, n, k]) of each member of a [g, m, n] stack.
+
+    A full SVD when k is not small against min(m, n); else subspace iteration.
+    """
+    g, m, n = stack.shape
+    width = k + OVERSAMPLE
+    if 4 * width > min(m, n):
+        U, S, Vh = torch.linalg.svd(stack, full_matrices=False)
+        return U[..., :k], S[:, :k], Vh[:, :k].mT
+    start = torch.randn(g, n, width, generator=torch.Generator().manual_seed(SEED), dtype=stack.dtype)
+    basis = torch.linalg.qr(stack @ start.to(stack.device)).Q
+    for _ in range(POWER_ITERATIONS):
+        basis = torch.linalg.qr(stack @ torch.linalg.qr(stack.mT @ basis).Q).Q
+    small_U, S, Vh = torch.linalg.svd(basis.mT @ stack, full_matrices=False)  # [g, width, n]
+    return basis @ small_U[..., :k], S[:, :k], Vh[:, :k].mT
 
 
 def tsv_factors(stack: torch.Tensor):
@@ -29,10 +64,10 @@ def tsv_factors(stack: torch.Tensor):
     k = min(m, n) // g
     if k == 0:
         return None
-    U, S, Vh = torch.linalg.svd(stack.to(torch.float64), full_matrices=False)
-    U_cat = U[:, :, :k].permute(1, 0, 2).reshape(m, g * k)
-    V_cat = Vh[:, :k, :].permute(2, 0, 1).reshape(n, g * k)
-    return polar_factor(U_cat), S[:, :k].reshape(g * k), polar_factor(V_cat)
+    U, S, V = top_singular_triplets(stack, k)
+    U_cat = U.permute(1, 0, 2).reshape(m, g * k)
+    V_cat = V.permute(1, 0, 2).reshape(n, g * k)
+    return polar_factor(U_cat), S.reshape(g * k), polar_factor(V_cat)
 
 
 class TsvMerge(MergeAlgorithm):
@@ -48,5 +83,5 @@ class TsvMerge(MergeAlgorithm):
                 out[name] = alpha * stack.mean(dim=0)
             else:
                 U, S, V = factors
-                out[name] = (alpha * (U * S) @ V.T).to(stack.dtype)
+                out[name] = alpha * (U * S) @ V.T
         return MergeResult(unified=out)

@@ -1,7 +1,9 @@
 """Time per merge algorithm to merge one ViT-B-32 MLP block for groups of 2, 8 and 30 tasks.
 
 The block is c_fc (3072x768 + bias) and c_proj (768x3072 + bias), 4.7M parameters, with random task
-vectors (timings hardly depend on the values). Mask methods do not merge pairs (ALGORITHMS.md 1): '-'. `merge` time is reported per group; algorithms with a
+vectors (timings hardly depend on the values). Mask methods do not merge pairs (ALGORITHMS.md 1): '-'.
+`merge` time is reported per group, with its ratio to averaging's (the memory-bandwidth floor: one
+read of the group), measured in the same run so machine load affects both alike; algorithms with a
 global preprocessing pass (ties, dare_*, pcb) are prepared once over the block (standing in for the
 whole model) outside the timed merge, and their preprocess_block time is printed in its own column.
 Runs on CPU, and on CUDA when available. Usage:
@@ -72,16 +74,24 @@ def bench(names, groups, devices, repeats):
 
 
 def print_table(rows, groups):
-    print("\nmerge time per group (seconds, best of repeats; ViT-B-32 MLP block, 4.72M params)")
-    header = f"{'device':6s} {'algorithm':13s}" + "".join(f" {'g=' + str(g):>9s}" for g in groups) \
+    """Per device: each algorithm's merge time per group size, and its ratio to averaging that group."""
+    print("\nmerge time per group (seconds, best of repeats; ViT-B-32 MLP block, 4.72M params);"
+          " 'x avg': the time over averaging's, measured in the same run")
+    header = f"{'device':6s} {'algorithm':13s}" + "".join(f" {'g=' + str(g):>9s} {'x avg':>7s}" for g in groups) \
         + "".join(f" {'prep g=' + str(g):>11s}" for g in groups)
     print(header)
     print("-" * len(header))
     keys = sorted({(d, n) for d, n, *_ in rows}, key=lambda k: (k[0], ALGORITHM_NAMES.index(k[1])))
+    average = {(d, g): s for d, n, g, s, _ in rows if n == "avg"}
     for device, name in keys:
         found = {g: (s, p) for d, n, g, s, p in rows if (d, n) == (device, name)}
-        line = f"{device:6s} {name:13s}" + "".join(f" {found[g][0]:9.3f}" if g in found else f" {'-':>9s}"
-                                                  for g in groups)
+        line = f"{device:6s} {name:13s}"
+        for g in groups:
+            if g not in found:
+                line += f" {'-':>9s} {'-':>7s}"
+                continue
+            ratio = found[g][0] / average[(device, g)] if (device, g) in average else float("nan")
+            line += f" {found[g][0]:9.3f} {ratio:7.1f}"
         line += "".join(f" {found[g][1]:11.3f}" if g in found and found[g][1] == found[g][1] else f" {'-':>11s}"
                         for g in groups)  # '-': not merged, or no preprocessing (NaN)
         print(line)
@@ -99,7 +109,8 @@ def main():
     if torch.cuda.is_available() and not args.cpu_only:
         devices.append(torch.device("cuda"))
     print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, devices {[d.type for d in devices]}")
-    rows = bench(args.algorithms.split(","), groups, devices, args.repeats)
+    names = ["avg"] + [n for n in args.algorithms.split(",") if n != "avg"]  # the ratios' reference
+    rows = bench(names, groups, devices, args.repeats)
     print_table(rows, groups)
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 
 from flexmerge_core.algorithms.base import HyperParam, MergeAlgorithm, MergeResult
-from flexmerge_core.algorithms.columns import as_rows, column_slices
+from flexmerge_core.algorithms.columns import as_rows, column_slices, positive_
 from flexmerge_core.algorithms.ta import LAMBDA as TA_LAMBDA
 from flexmerge_core.algorithms.ties import LAMBDA as TIES_LAMBDA, disjoint_mean
 
@@ -25,7 +25,7 @@ def tall_masks(block: dict, unified: dict, mask_lambda: float) -> dict:
         mask = torch.empty(rows.shape, dtype=torch.bool, device=t.device)
         for cols in column_slices(rows):
             x = rows[:, cols]
-            torch.gt(x.abs(), (u[cols] - x).abs_().mul_(mask_lambda), out=mask[:, cols])
+            mask[:, cols] = positive_(x.abs().sub_((u[cols] - x).abs_().mul_(mask_lambda)))
         masks[n] = mask.reshape(t.shape)
     return masks
 

@@ -30,12 +30,14 @@ class Emr(MergeAlgorithm):
                 x = rows[:, cols]
                 flag = torch.where(x.mean(dim=0) > 0, 1.0, -1.0).to(t.dtype)
                 signed = x * flag  # > 0 exactly where the member agrees with the flag
-                torch.gt(signed, 0, out=mask[:, cols])
-                magnitude = signed.amax(dim=0).clamp_(min=0)  # max_k |m_k * tau_k|
+                agree = signed.clamp_min(0)
+                magnitude = agree.amax(dim=0)  # max_k |m_k * tau_k|
                 u[cols] = flag * magnitude
                 own_sum += signed.abs_().sum(dim=1)
+                agree.sign_()  # the mask as 0/1 floats
+                mask[:, cols] = agree
                 # sum |m_k * u| over the slice: a mat-vec of the mask, no [g, c] product
-                kept_sum += mask[:, cols].to(t.dtype) @ magnitude
+                kept_sum += agree @ magnitude
             count = max(u.numel(), 1)
             own += own_sum / count
             kept += kept_sum / count

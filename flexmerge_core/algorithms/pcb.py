@@ -42,11 +42,15 @@ def unit_scale(low: torch.Tensor, high: torch.Tensor) -> torch.Tensor:
     return torch.where(span > 0, 1.0 / torch.where(span > 0, span, torch.ones_like(span)), torch.zeros_like(span))
 
 
-def competition_scores(X: torch.Tensor, column_sum: torch.Tensor, q_low, q_high, g: int):
-    """(A, P): clamped magnitudes and the balanced competition scores of rows X."""
-    A = torch.clamp(X.abs(), q_low, q_high)
-    intra = (A - q_low).mul_(unit_scale(q_low, q_high)).square_().mul_(g).exp_()
-    return A, intra.mul_(torch.tanh(X * column_sum))
+def clamped_magnitudes(X: torch.Tensor, q_low, q_high) -> torch.Tensor:
+    """A: |X| clamped per row to [q_low, q_high] (clamp_min_/clamp_max_: tensor-bound clamp is slow on CPU)."""
+    return X.abs().clamp_min_(q_low).clamp_max_(q_high)
+
+
+def competition_scores(X: torch.Tensor, column_sum: torch.Tensor, q_low, q_high, g: int) -> torch.Tensor:
+    """P: the balanced competition scores of rows X."""
+    intra = clamped_magnitudes(X, q_low, q_high).sub_(q_low).mul_(unit_scale(q_low, q_high)).square_().mul_(g).exp_()
+    return intra.mul_(torch.mul(X, column_sum).tanh_())
 
 
 class Pcb(MergeAlgorithm):
@@ -79,7 +83,7 @@ class Pcb(MergeAlgorithm):
         def scores():
             for X in rows():
                 b = bounds.to(X.device)
-                yield competition_scores(X, X.sum(dim=0), b[:, :1], b[:, 1:], X.shape[0])[1]
+                yield competition_scores(X, X.sum(dim=0), b[:, :1], b[:, 1:], X.shape[0])
 
         keep = self._hp["keep"]
         found = streamed_order_statistics(
@@ -110,25 +114,23 @@ class Pcb(MergeAlgorithm):
         threshold = self._threshold[index].to(device, dtype).unsqueeze(1)
         maximum = self._maximum[index].to(device, dtype).unsqueeze(1)
 
-        def clamped_scores(n, cols, X):
-            A, P = competition_scores(X, column_sum[n][cols], q_low, q_high, g)
-            return A, torch.clamp(P, threshold, maximum)
-
-        # pass 2: each row's range of clamped scores over the block (recomputed, not stored: 1x memory)
+        # pass 2: the clamped scores (kept: exp and tanh are most of the work) and their range per row
+        clamped = {n: torch.empty(r.shape, dtype=dtype, device=device) for n, r in rows.items()}
         p_low = torch.full((g, 1), float("inf"), dtype=dtype, device=device)
         p_high = torch.full_like(p_low, float("-inf"))
         for n, cols, X in slices():
-            low, high = clamped_scores(n, cols, X)[1].aminmax(dim=1, keepdim=True)
-            torch.minimum(p_low, low, out=p_low)
-            torch.maximum(p_high, high, out=p_high)
+            P = competition_scores(X, column_sum[n][cols], q_low, q_high, g).clamp_min_(threshold).clamp_max_(maximum)
+            clamped[n][:, cols] = P
+            torch.minimum(p_low, P.amin(dim=1, keepdim=True), out=p_low)
+            torch.maximum(p_high, P.amax(dim=1, keepdim=True), out=p_high)
         unit = unit_scale(p_low, p_high)
 
-        # pass 3: the weighted mean
+        # pass 3: the weighted mean, scale_k = minmax of the clamped scores over the block
         merged = {n: torch.empty(r.shape[1], dtype=dtype, device=device) for n, r in rows.items()}
         for n, cols, X in slices():
-            A, P = clamped_scores(n, cols, X)
-            scale = P.sub_(p_low).mul_(unit)
-            merged[n][cols] = (torch.sign(X).mul_(A).mul_(scale)).sum(dim=0) / scale.sum(dim=0).clamp_(min=1e-12)
+            scale = clamped[n][:, cols].sub_(p_low).mul_(unit)
+            weighted = torch.sign(X).mul_(clamped_magnitudes(X, q_low, q_high)).mul_(scale)
+            merged[n][cols] = weighted.sum(dim=0) / scale.sum(dim=0).clamp_(min=1e-12)
         lam = self._hp["lam"]
         return MergeResult(unified={n: (lam * v).to(reference.dtype).reshape(block[n].shape[1:])
                                     for n, v in merged.items()})

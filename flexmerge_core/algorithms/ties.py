@@ -41,7 +41,8 @@ def disjoint_mean(block: dict) -> dict:
         mean = torch.empty_like(gamma)
         for cols in column_slices(rows):
             agree = (rows[:, cols] * gamma[cols]).clamp_(min=0)
-            mean[cols] = gamma[cols] * agree.sum(dim=0) / (agree > 0).sum(dim=0).clamp_(min=1)
+            total = agree.sum(dim=0)
+            mean[cols] = gamma[cols] * total / agree.sign_().sum(dim=0).clamp_(min=1)  # sign_: 1 per agreeing entry
         out[n] = mean.reshape(t.shape[1:])
     return out
 

@@ -29,11 +29,20 @@ ALPHA = HyperParam("alpha", 1.0, float, 0.0, 10.0, help="scaling of the merged m
 OVERSAMPLE = 10
 POWER_ITERATIONS = 2
 SEED = 0  # the subspace iteration's start: results are reproducible run to run
+CONVERGED = 1e-6  # largest accepted bound on the iteration's subspace error, relative
+WELL_CONDITIONED = 1e-3  # float32 polar factors only above this smallest/largest Gram eigenvalue ratio
 
 
 def polar_factor(matrix: torch.Tensor) -> torch.Tensor:
-    """P Q^T for matrix = P Sigma Q^T (orthonormal columns spanning the same space), from the small side."""
+    """P Q^T for matrix = P Sigma Q^T (orthonormal columns spanning the same space), from the small side.
+
+    The Gram matrix squares the condition number: when its eigenvalues spread by more than
+    1 / WELL_CONDITIONED (a near-square concatenation, overlapping task subspaces) float32 would lose
+    more than ~1e-4, so that factor is redone in float64.
+    """
     eigenvalues, vectors = torch.linalg.eigh(matrix.mT @ matrix)
+    if matrix.dtype != torch.float64 and not eigenvalues[0] > WELL_CONDITIONED * eigenvalues[-1]:
+        return polar_factor(matrix.to(torch.float64)).to(matrix.dtype)
     floor = eigenvalues[-1].clamp(min=0) * matrix.shape[-1] * torch.finfo(matrix.dtype).eps
     kept = eigenvalues > floor
     inverse_root = torch.where(kept, eigenvalues.clamp(min=floor).rsqrt(), torch.zeros_like(eigenvalues))
@@ -43,19 +52,27 @@ def polar_factor(matrix: torch.Tensor) -> torch.Tensor:
 def top_singular_triplets(stack: torch.Tensor, k: int):
     """(U [g, m, k], S [g, k], V [g, n, k]) of each member of a [g, m, n] stack.
 
-    A full SVD when k is not small against min(m, n); else subspace iteration.
+    A full SVD when k is not small against min(m, n) or the spectrum is too flat for the iteration
+    to pin the top k down; else subspace iteration.
     """
     g, m, n = stack.shape
     width = k + OVERSAMPLE
     if 4 * width > min(m, n):
-        U, S, Vh = torch.linalg.svd(stack, full_matrices=False)
-        return U[..., :k], S[:, :k], Vh[:, :k].mT
+        return top_singular_triplets_full(stack, k)
     start = torch.randn(g, n, width, generator=torch.Generator().manual_seed(SEED), dtype=stack.dtype)
     basis = torch.linalg.qr(stack @ start.to(stack.device)).Q
     for _ in range(POWER_ITERATIONS):
         basis = torch.linalg.qr(stack @ torch.linalg.qr(stack.mT @ basis).Q).Q
     small_U, S, Vh = torch.linalg.svd(basis.mT @ stack, full_matrices=False)  # [g, width, n]
+    # the error bound (s_{k+p}/s_k)^(2q+1), from the Ritz values: a flat spectrum takes the full SVD
+    if (S[:, -1] > CONVERGED ** (1 / (2 * POWER_ITERATIONS + 1)) * S[:, k - 1]).any():
+        return top_singular_triplets_full(stack, k)
     return basis @ small_U[..., :k], S[:, :k], Vh[:, :k].mT
+
+
+def top_singular_triplets_full(stack: torch.Tensor, k: int):
+    U, S, Vh = torch.linalg.svd(stack, full_matrices=False)
+    return U[..., :k], S[:, :k], Vh[:, :k].mT
 
 
 def tsv_factors(stack: torch.Tensor):

@@ -3,6 +3,11 @@
 u = lam * ties_merge(members) (no trim) for `consensus`, u = lam * mean for `consensus_ta`;
 mask m_k = |tau_k| > mask_lambda * |u - tau_k| (strict); task k is rebuilt as theta_pre + m_k * u.
 Groups of size <= 2 are not merged (see ALGORITHMS.md section 1). No division, so no zero guard.
+
+Cost model: u as TIES' merge (two reads of the group) or the mean (one read), then one more read for
+the masks, per column slice |x| - mask_lambda * |u - x| clamped at 0 and cast to bool (exact: the
+difference is > 0 exactly when the comparison holds). Measured on one ViT-B-32 MLP block, CPU time of
+one thread: 0.29 s at g = 30, 7.5x averaging (consensus_ta 5.4x; the old code: 65x and 33x).
 """
 from __future__ import annotations
 

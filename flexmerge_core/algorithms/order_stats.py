@@ -17,6 +17,7 @@ import torch
 DIGIT_BITS = 16
 BUCKETS = 1 << DIGIT_BITS
 CHUNK = 1 << 24  # elements (all rows together) processed at once: bounds the int64 key temporaries
+STRIPE = 16  # RowTails: entries per row whose max and min stand in for them in the first test
 
 
 def _float_to_key(x: torch.Tensor) -> torch.Tensor:
@@ -96,7 +97,8 @@ class RowTails:
     """Each row's values at sorted positions `low` and `high` of a [g, d] matrix fed in column slices.
 
     Why: PCB clamps every row to order statistics near its two ends (q = 1e-4 of 4.7M magnitudes:
-    the 473rd smallest and the 474th largest); torch.topk over the whole rows was ~40% of PCB's time.
+    the 473rd smallest and the 474th largest); torch.topk (the old code) copied and scanned each whole row
+    twice.
     Each row keeps its K smallest (K = low + 1) and K largest (K = d - high) values seen so far. A
     slice is cut into stripes of STRIPE entries per row; only stripes whose extreme beats the current
     K-th of their row are looked at entry by entry (so the per-entry work is one max and one min, no
@@ -122,9 +124,6 @@ class RowTails:
     def values(self):
         """([g, 1] value at position low, [g, 1] value at position high)."""
         return tuple(tail.kth() for tail in self._tails)
-
-
-STRIPE = 16
 
 
 class _Tail:

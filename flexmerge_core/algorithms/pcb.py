@@ -1,15 +1,25 @@
 """pcb (Parameter Competition Balancing) with per-task thresholds from one global pass.
 
-For a group matrix X (g x d, the block flattened): A = |X| clamped per row to its quantiles
-[q, 1-q] (q = 1e-4); intra = exp(g * minmax_row(A)^2); inter = tanh(X * sum_k X_k); P = intra*inter.
-Global pass (prepare): the same P with all M tasks over the whole model gives, per task,
-threshold_k = its sorted P at position int(d*(1-keep)) and max_k. In the group,
-scale_k = minmax over the block of clamp(P_k, threshold_k, max_k), and the output is
+For a group matrix X (g x d, the block flattened): A = |X| clamped per row to [s[int(d*q)],
+s[int(d*(1-q)) - 1]], s the row's |X| sorted ascending, q = 1e-4 (the released code's positions, no
+interpolation: for d < 10^4 the upper bound is the second-largest entry); intra = exp(g * minmax_row(A)^2);
+inter = tanh(X * sum_k X_k); P = intra*inter. Global pass (prepare): the same P with all M tasks over the
+whole model gives, per task, threshold_k = its sorted P at position int(d*(1-keep)) and max_k. In the
+group, scale_k = minmax over the block of clamp(P_k, threshold_k, max_k), and the output is
 lam * sum_k sign(X_k) A_k scale_k / max(sum_k scale_k, 1e-12).
-Quantiles are order statistics (no interpolation): positions int(q*(d-1)) and d-1-int(q*(d-1)) of
-the sorted row. All whole-model order statistics are exact (streamed radix selection).
+All order statistics are exact: streamed radix selection over the whole model, RowTails in a group.
 Zero denominators: a constant row has minmax 0 everywhere; the final sum of scales is floored at 1e-12.
 Arithmetic is in the input's float dtype (>= fp32), in float64 for g > 80 where exp(g) would overflow fp32.
+
+Cost model of the merge (columns.py), three reads of the group in column slices:
+1. column sums, and the clamp bounds by RowTails (a max and a min per stripe of 16 entries; only the
+   few stripes beyond a row's current cut-off are looked into);
+2. the clamped scores P (exp and tanh: most of the arithmetic) with their per-row range; P is kept in a
+   [g, d] buffer (the one group-sized temporary), since recomputing it costs more than storing it;
+3. the weighted mean from X and the stored P.
+Measured on one ViT-B-32 MLP block, CPU time of one thread: 1.19 s at g = 30, 31x averaging (the old
+code, whole-tensor ops and two torch.topk per row: 8.4 s, 240x); of it tanh 0.30 s and exp 0.09 s
+(torch's vectorised kernels), the first touch of the 566 MB score buffer 0.15-0.3 s of kernel time.
 """
 from __future__ import annotations
 

@@ -4,6 +4,12 @@ Trim (preprocessing): per task over its WHOLE model vector, keep entries with |x
 k-th smallest |x|, k = d - int(d * keep) (at least 1); ties at the threshold are all kept. t_k is an
 exact order statistic found by a streamed radix selection (order_stats.py), so no whole-model
 vector is ever held in memory. Similarity uses the trimmed vectors unless similarity_on="original".
+
+Cost model of the merge (columns.py): two reads of the group, no [g, d] temporary. Read 1: the column
+sums for the sign election. Read 2, per cache-sized column slice: max(x * gamma, 0), its column sum and
+the column sum of its signs (the count): 5 in-cache ops. Measured on one ViT-B-32 MLP block, CPU time
+of one thread: 0.12 s at g = 30, 3.2x averaging (the old whole-tensor code: 1.06 s, 30x); g = 8: 4.9x.
+The trim (preprocess_block) is one slice-wise where() per tensor.
 """
 from __future__ import annotations
 

@@ -7,17 +7,24 @@ alpha * U_perp diag(S) V_perp^T. Other tensors (1-D, 4-D conv kernels) and matri
 (rank below the group size) are averaged. The result is sign-invariant (flipping a singular pair
 flips the matching polar column), so device-specific SVD sign choices do not change it.
 
-Cost model (the old code ran a float64 full SVD of every member: 36.6 s for 30 ViT-B-32 MLP blocks):
+Cost model (the old code ran a float64 full SVD of every member: 36.7 s of one thread's CPU time for
+30 ViT-B-32 MLP blocks, 1050x averaging):
 - Arithmetic stays in the input's dtype (float32 for real checkpoints, float64 stays float64).
 - Top-k triplets: when k + OVERSAMPLE is at most a quarter of min(m, n) (g >= 5 for square-ish
-  matrices), randomized subspace iteration (Halko et al. 2011) with a seeded Gaussian start,
+  matrices), randomized subspace iteration (Halko et al. 2011) from a seeded Gaussian start with
   OVERSAMPLE extra columns and POWER_ITERATIONS power iterations: 2 * POWER_ITERATIONS + 2 batched
   products of the members with thin [n, k + OVERSAMPLE] matrices, O(mn(k + p)) per member instead of
-  the SVD's O(mn min(m, n)). Its subspace error shrinks like (s_{k+p+1}/s_k)^(2 * POWER_ITERATIONS + 1),
-  tiny for task vectors, whose spectra decay fast. Otherwise a full SVD.
+  the SVD's O(mn min(m, n)). Its subspace error is bounded by (s_{k+p}/s_k)^(2 * POWER_ITERATIONS + 1);
+  with the Ritz values' estimate of that bound above CONVERGED (a flat spectrum: Gaussian noise, or a
+  power law 1/i) the iteration's result is dropped for the full SVD, so results never drift.
+  Measured, g = 30, one thread: 1.85 s on spectra falling as 0.7^i (48x averaging); 23.3 s on Gaussian
+  noise (the full-SVD fall-back in float32, 600x).
 - Polar factors from the small side: M (M^T M)^(-1/2) via the eigendecomposition of the gk x gk Gram
-  matrix (directions with eigenvalue below gk * eps * the largest are dropped, which keeps rank-deficient
-  groups finite), O(m (gk)^2) instead of an m x gk SVD.
+  matrix, O(m (gk)^2) instead of an m x gk SVD (0.35 s of the 1.85 s above), in float64 when that Gram
+  matrix is ill-conditioned (see polar_factor). Directions with eigenvalue below gk * eps * the largest
+  are dropped, which keeps rank-deficient groups finite.
+- float32 against float64 (relative Frobenius deviation of the merged matrix): 4e-5 for members with
+  spectra spanning 4 decades in the top k (the test's 0.7^i), 5e-6 on power-law spectra.
 """
 from __future__ import annotations
 

@@ -6,9 +6,11 @@ import pytest
 import scipy.linalg
 import torch
 
+import flexmerge_core.algorithms.columns as columns
 from algorithm_cases import DEVICES, GROUP_SIZES
 from flexmerge_core.algorithms import get_algorithm
-from flexmerge_core.algorithms.tsv import tsv_factors
+import flexmerge_core.algorithms.tsv as tsv
+from flexmerge_core.algorithms.tsv import OVERSAMPLE, top_singular_triplets, tsv_factors
 
 M = 6
 
@@ -28,11 +30,11 @@ def rows_np(block: dict) -> np.ndarray:
 
 
 def ref_scores(X: np.ndarray, q: float, g: int):
-    """(A, P) of the PCB formula, with order-statistic quantiles per row."""
+    """(A, P) of the PCB formula, clamped at the released code's sorted positions per row."""
     d = X.shape[1]
-    low = int(q * (d - 1))
+    low, high = int(d * q), int(d * (1 - q)) - 1
     ordered = np.sort(np.abs(X), axis=1)
-    q_lo, q_hi = ordered[:, low:low + 1], ordered[:, d - 1 - low:d - low]
+    q_lo, q_hi = ordered[:, low:low + 1], ordered[:, high:high + 1]
     A = np.clip(np.abs(X), q_lo, q_hi)
     span = q_hi - q_lo
     mm = np.where(span > 0, (A - q_lo) / np.where(span > 0, span, 1), 0.0)
@@ -74,6 +76,24 @@ def test_pcb_matches_reference(device, g, keep):
     for b, block in enumerate(model):
         result = pcb.merge({n: t[members] for n, t in block.items()}, members)
         assert_relative(merged_np(result), ref_pcb(model, b, members, keep=keep), 1e-6)
+
+
+@pytest.mark.parametrize("entries", [16, 128, 20000])
+@pytest.mark.parametrize("slice_elements", [None, 256])  # whole rows, and rows fed in many slices
+def test_pcb_clamps_at_the_released_positions(monkeypatch, entries, slice_elements):
+    # for d < 10^4 the upper clamp bound is the second-largest magnitude (s[int(d * (1 - q)) - 1])
+    if slice_elements:
+        monkeypatch.setattr(columns, "CPU_SLICE_ELEMENTS", slice_elements)
+    g = torch.Generator().manual_seed(entries)
+    w = torch.randn(M, entries, generator=g, dtype=torch.float64) * torch.randn(M, entries, generator=g).exp()
+    w[:, : entries // 8] = 0.25  # ties
+    w[:, -1] = 40.0  # one outlier per row: clamped to the runner-up
+    model = [{"w": w}]
+    pcb = get_algorithm("pcb", clamp_quantile=1e-4)
+    pcb.prepare(lambda: iter(model))
+    members = [0, 2, 3, 5]
+    result = pcb.merge({"w": w[members]}, members)
+    assert_relative(merged_np(result), ref_pcb(model, 0, members), 1e-6)
 
 
 def test_pcb_in_float32_stays_close_to_the_float64_reference():
@@ -137,3 +157,42 @@ def test_tsv_is_finite_for_zero_and_rank_deficient_members():
     block["w"][1] = torch.outer(torch.arange(6.0), torch.ones(6))
     out = get_algorithm("tsv").merge(block, [0, 1, 2]).unified["w"]
     assert torch.isfinite(out).all() and out.dtype == torch.float32
+
+
+def decaying_stack(g: int, m: int, n: int, decay: float, seed: int) -> torch.Tensor:
+    """Members U diag(decay^i) V^T with random orthonormal U, V: task vectors' spectra fall off fast."""
+    gen = torch.Generator().manual_seed(seed)
+    r = min(m, n)
+    members = []
+    for _ in range(g):
+        U = torch.linalg.qr(torch.randn(m, r, generator=gen, dtype=torch.float64)).Q
+        V = torch.linalg.qr(torch.randn(n, r, generator=gen, dtype=torch.float64)).Q
+        members.append((U * decay ** torch.arange(r, dtype=torch.float64)) @ V.T)
+    return torch.stack(members)
+
+
+@pytest.mark.parametrize("shape", [(200, 150), (150, 200)])
+def test_tsv_truncated_decomposition_matches_the_full_one(shape, monkeypatch):
+    g = 6
+    stack = decaying_stack(g, *shape, decay=0.7, seed=shape[0])
+    k = min(shape) // g
+    assert 4 * (k + OVERSAMPLE) <= min(shape)
+    monkeypatch.setattr(tsv, "top_singular_triplets_full", None)  # the subspace-iteration path only
+    U, S, V = top_singular_triplets(stack, k)
+    for member, (u, s, v) in enumerate(zip(U, S, V)):
+        full_U, full_S, full_Vt = np.linalg.svd(stack[member].numpy())
+        assert np.allclose(s.numpy(), full_S[:k], rtol=1e-9, atol=0)
+        truncated = (full_U[:, :k] * full_S[:k]) @ full_Vt[:k]
+        assert_relative(((u * s) @ v.T).numpy(), truncated, 1e-8)
+        assert torch.allclose(u.T @ u, torch.eye(k, dtype=u.dtype), atol=1e-12)
+    merged = get_algorithm("tsv").merge({"w": stack}, list(range(g))).unified["w"]
+    assert_relative(merged.numpy(), ref_tsv(stack.numpy()), 1e-8)
+    merged32 = get_algorithm("tsv").merge({"w": stack.float()}, list(range(g))).unified["w"]
+    assert merged32.dtype == torch.float32
+    assert_relative(merged32.double().numpy(), ref_tsv(stack.numpy()), 1e-4)  # 4e-5: 4 decades of spectrum
+
+
+def test_tsv_takes_the_full_svd_for_a_flat_spectrum(monkeypatch):
+    stack = decaying_stack(6, 200, 150, decay=0.999, seed=1)  # the iteration cannot pin the top 25 down
+    monkeypatch.setattr(tsv, "top_singular_triplets_full", lambda s, k: ("full", k))
+    assert top_singular_triplets(stack, 25) == ("full", 25)

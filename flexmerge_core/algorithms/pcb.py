@@ -1,22 +1,33 @@
 """pcb (Parameter Competition Balancing) with per-task thresholds from one global pass.
 
-For a group matrix X (g x d, the block flattened): A = |X| clamped per row to its quantiles
-[q, 1-q] (q = 1e-4); intra = exp(g * minmax_row(A)^2); inter = tanh(X * sum_k X_k); P = intra*inter.
-Global pass (prepare): the same P with all M tasks over the whole model gives, per task,
-threshold_k = its sorted P at position int(d*(1-keep)) and max_k. In the group,
-scale_k = minmax over the block of clamp(P_k, threshold_k, max_k), and the output is
+For a group matrix X (g x d, the block flattened): A = |X| clamped per row to [s[int(d*q)],
+s[int(d*(1-q)) - 1]], s the row's |X| sorted ascending, q = 1e-4 (the released code's positions, no
+interpolation: for d < 10^4 the upper bound is the second-largest entry); intra = exp(g * minmax_row(A)^2);
+inter = tanh(X * sum_k X_k); P = intra*inter. Global pass (prepare): the same P with all M tasks over the
+whole model gives, per task, threshold_k = its sorted P at position int(d*(1-keep)) and max_k. In the
+group, scale_k = minmax over the block of clamp(P_k, threshold_k, max_k), and the output is
 lam * sum_k sign(X_k) A_k scale_k / max(sum_k scale_k, 1e-12).
-Quantiles are order statistics (no interpolation): positions int(q*(d-1)) and d-1-int(q*(d-1)) of
-the sorted row. All whole-model order statistics are exact (streamed radix selection).
+All order statistics are exact: streamed radix selection over the whole model, RowTails in a group.
 Zero denominators: a constant row has minmax 0 everywhere; the final sum of scales is floored at 1e-12.
 Arithmetic is in the input's float dtype (>= fp32), in float64 for g > 80 where exp(g) would overflow fp32.
+
+Cost model of the merge (columns.py), three reads of the group in column slices:
+1. column sums, and the clamp bounds by RowTails (a max and a min per stripe of 16 entries; only the
+   few stripes beyond a row's current cut-off are looked into);
+2. the clamped scores P (exp and tanh: most of the arithmetic) with their per-row range; P is kept in a
+   [g, d] buffer (the one group-sized temporary), since recomputing it costs more than storing it;
+3. the weighted mean from X and the stored P.
+Measured on one ViT-B-32 MLP block, CPU time of one thread: 1.19 s at g = 30, 31x averaging (the old
+code, whole-tensor ops and two torch.topk per row: 8.4 s, 240x); of it tanh 0.30 s and exp 0.09 s
+(torch's vectorised kernels), the first touch of the 566 MB score buffer 0.15-0.3 s of kernel time.
 """
 from __future__ import annotations
 
 import torch
 
-from flexmerge_core.algorithms.base import HyperParam, MergeAlgorithm, MergeResult, flatten_rows, unflatten_row
-from flexmerge_core.algorithms.order_stats import streamed_order_statistics
+from flexmerge_core.algorithms.base import HyperParam, MergeAlgorithm, MergeResult, flatten_rows
+from flexmerge_core.algorithms.columns import as_rows, column_slices
+from flexmerge_core.algorithms.order_stats import RowTails, streamed_order_statistics
 
 KEEP = HyperParam("keep", 0.1, float, 0.0, 1.0, low_inclusive=False,
                   help="top fraction of each task's global PCB scores that survives (0.1 vision, 0.2 language)")
@@ -30,24 +41,26 @@ def work_dtype(g: int, dtype: torch.dtype) -> torch.dtype:
     return torch.float64 if g > FP32_SAFE_GROUP else dtype
 
 
-def quantile_positions(d: int, q: float) -> list:
-    low = int(q * (d - 1))
-    return [low, d - 1 - low]
+def clamp_positions(d: int, q: float) -> tuple:
+    """Sorted positions of a row's clamp bounds, as the released code indexes them (no interpolation)."""
+    return int(d * q), max(int(d * (1 - q)) - 1, 0)
 
 
-def minmax(values: torch.Tensor, low: torch.Tensor, high: torch.Tensor) -> torch.Tensor:
-    """(values - low) / (high - low), 0 where high == low."""
+def unit_scale(low: torch.Tensor, high: torch.Tensor) -> torch.Tensor:
+    """1 / (high - low) per row, 0 where high <= low: (v - low) * it is minmax with its zero guard."""
     span = high - low
-    safe = torch.where(span > 0, span, torch.ones_like(span))
-    return torch.where(span > 0, (values - low) / safe, torch.zeros_like(values))
+    return torch.where(span > 0, 1.0 / torch.where(span > 0, span, torch.ones_like(span)), torch.zeros_like(span))
 
 
-def competition_scores(X: torch.Tensor, column_sum: torch.Tensor, q_low, q_high, g: int):
-    """(A, P): clamped magnitudes and the balanced competition scores of rows X."""
-    A = torch.minimum(torch.maximum(X.abs(), q_low), q_high)
-    intra = torch.exp(g * minmax(A, q_low, q_high) ** 2)
-    inter = torch.tanh(X * column_sum)
-    return A, intra * inter
+def clamped_magnitudes(X: torch.Tensor, q_low, q_high) -> torch.Tensor:
+    """A: |X| clamped per row to [q_low, q_high] (clamp_min_/clamp_max_: tensor-bound clamp is slow on CPU)."""
+    return X.abs().clamp_min_(q_low).clamp_max_(q_high)
+
+
+def competition_scores(X: torch.Tensor, column_sum: torch.Tensor, q_low, q_high, g: int) -> torch.Tensor:
+    """P: the balanced competition scores of rows X."""
+    intra = clamped_magnitudes(X, q_low, q_high).sub_(q_low).mul_(unit_scale(q_low, q_high)).square_().mul_(g).exp_()
+    return intra.mul_(torch.mul(X, column_sum).tanh_())
 
 
 class Pcb(MergeAlgorithm):
@@ -75,12 +88,12 @@ class Pcb(MergeAlgorithm):
                 yield X.to(work_dtype(X.shape[0], X.dtype))
 
         magnitudes = lambda: (X.abs() for X in rows())  # noqa: E731
-        bounds = streamed_order_statistics(magnitudes, lambda d: torch.tensor(quantile_positions(d, q)))
+        bounds = streamed_order_statistics(magnitudes, lambda d: torch.tensor(clamp_positions(d, q)))
 
         def scores():
             for X in rows():
                 b = bounds.to(X.device)
-                yield competition_scores(X, X.sum(dim=0), b[:, :1], b[:, 1:], X.shape[0])[1]
+                yield competition_scores(X, X.sum(dim=0), b[:, :1], b[:, 1:], X.shape[0])
 
         keep = self._hp["keep"]
         found = streamed_order_statistics(
@@ -90,18 +103,44 @@ class Pcb(MergeAlgorithm):
     def _merge(self, block, members):
         if self._threshold is None:
             raise RuntimeError("pcb: call prepare() over the whole model before merge()")
-        rows = flatten_rows(block)
-        out_dtype, g, d = rows.dtype, rows.shape[0], rows.shape[1]
-        X = rows.to(work_dtype(g, rows.dtype))
-        low, _ = quantile_positions(d, self._hp["clamp_quantile"])
-        magnitude = X.abs()  # the (low+1)-th smallest and largest: the two quantiles, no full sort
-        q_low = magnitude.topk(low + 1, dim=1, largest=False).values[:, low:low + 1]
-        q_high = magnitude.topk(low + 1, dim=1, largest=True).values[:, low:low + 1]
-        A, P = competition_scores(X, X.sum(dim=0), q_low, q_high, g)
+        rows = {n: as_rows(t) for n, t in block.items()}
+        reference = next(iter(rows.values()))
+        g, dtype, device = len(members), work_dtype(len(members), reference.dtype), reference.device
+        d = sum(r.shape[1] for r in rows.values())
+
+        def slices():  # (name, columns, X slice in the work dtype), all tensors in order
+            for n, r in rows.items():
+                for cols in column_slices(r):
+                    yield n, cols, r[:, cols].to(dtype)
+
+        # pass 1: the clamp bounds of every row and the column sums
+        tails = RowTails(g, *clamp_positions(d, self._hp["clamp_quantile"]), d, dtype, device)
+        column_sum = {n: torch.empty(r.shape[1], dtype=dtype, device=device) for n, r in rows.items()}
+        for n, cols, X in slices():
+            column_sum[n][cols] = X.sum(dim=0)
+            tails.add(X.abs())
+        q_low, q_high = tails.values()
         index = torch.tensor(members)
-        threshold = self._threshold[index].to(X.device, X.dtype).unsqueeze(1)
-        clamped = torch.minimum(torch.maximum(P, threshold), self._maximum[index].to(X.device, X.dtype).unsqueeze(1))
-        scale = minmax(clamped, clamped.min(dim=1, keepdim=True).values, clamped.max(dim=1, keepdim=True).values)
-        merged = (torch.sign(X) * A * scale).sum(dim=0) / scale.sum(dim=0).clamp(min=1e-12)
-        merged = (self._hp["lam"] * merged).to(out_dtype)
-        return MergeResult(unified=unflatten_row(merged, block))
+        threshold = self._threshold[index].to(device, dtype).unsqueeze(1)
+        maximum = self._maximum[index].to(device, dtype).unsqueeze(1)
+
+        # pass 2: the clamped scores (kept: exp and tanh are most of the work) and their range per row
+        clamped = {n: torch.empty(r.shape, dtype=dtype, device=device) for n, r in rows.items()}
+        p_low = torch.full((g, 1), float("inf"), dtype=dtype, device=device)
+        p_high = torch.full_like(p_low, float("-inf"))
+        for n, cols, X in slices():
+            P = competition_scores(X, column_sum[n][cols], q_low, q_high, g).clamp_min_(threshold).clamp_max_(maximum)
+            clamped[n][:, cols] = P
+            torch.minimum(p_low, P.amin(dim=1, keepdim=True), out=p_low)
+            torch.maximum(p_high, P.amax(dim=1, keepdim=True), out=p_high)
+        unit = unit_scale(p_low, p_high)
+
+        # pass 3: the weighted mean, scale_k = minmax of the clamped scores over the block
+        merged = {n: torch.empty(r.shape[1], dtype=dtype, device=device) for n, r in rows.items()}
+        for n, cols, X in slices():
+            scale = clamped[n][:, cols].sub_(p_low).mul_(unit)
+            weighted = torch.sign(X).mul_(clamped_magnitudes(X, q_low, q_high)).mul_(scale)
+            merged[n][cols] = weighted.sum(dim=0) / scale.sum(dim=0).clamp_(min=1e-12)
+        lam = self._hp["lam"]
+        return MergeResult(unified={n: (lam * v).to(reference.dtype).reshape(block[n].shape[1:])
+                                    for n, v in merged.items()})

@@ -1,6 +1,7 @@
 """ta (task arithmetic): lam * mean of the task vectors.
 
 The paper scales the mean rather than the sum so the strength does not grow with the group size.
+Cost model: averaging's one read of the group plus a scaling of the [d] result (1.0x averaging at g = 30).
 """
 from __future__ import annotations
 

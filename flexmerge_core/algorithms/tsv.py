@@ -4,9 +4,31 @@ For each 2-D weight: per member SVD U_i S_i V_i^T, keep the top k = floor(min(m,
 concatenate the U's (m x gk), S's and V's, replace the concatenated U and V each by its polar factor
 (P Q^T from the SVD P Sigma Q^T, the nearest matrix with orthonormal columns) and output
 alpha * U_perp diag(S) V_perp^T. Other tensors (1-D, 4-D conv kernels) and matrices with k = 0
-(rank below the group size) are averaged. SVDs run in float64 so CPU and CUDA agree closely; the
-result is sign-invariant (flipping a singular pair flips the matching polar column) so device-specific
-SVD sign choices do not change it.
+(rank below the group size) are averaged. The result is sign-invariant (flipping a singular pair
+flips the matching polar column), so device-specific SVD sign choices do not change it.
+
+Cost model (the old code ran a float64 full SVD of every member: 36.7 s of one thread's CPU time for
+30 ViT-B-32 MLP blocks, 1050x averaging):
+- Arithmetic stays in the input's dtype (float32 for real checkpoints, float64 stays float64).
+- Top-k triplets: when k + OVERSAMPLE is at most a quarter of min(m, n) (g >= 5 for square-ish
+  matrices), randomized subspace iteration (Halko et al. 2011) from a seeded Gaussian start with
+  OVERSAMPLE extra columns and POWER_ITERATIONS power iterations: 2 * POWER_ITERATIONS + 2 batched
+  products of the members with thin [n, k + OVERSAMPLE] matrices, O(mn(k + p)) per member instead of
+  the SVD's O(mn min(m, n)). Its subspace error is bounded by (s_{k+p}/s_k)^(2 * POWER_ITERATIONS + 1);
+  with the Ritz values' estimate of that bound above CONVERGED (a flat spectrum: Gaussian noise, or a
+  power law 1/i; a tail at float rounding noise does not count) the iteration's result is dropped for
+  the full SVD, so results never drift.
+  Measured, g = 30, one thread: 1.85 s on spectra falling as 0.7^i (48x averaging); 23.3 s on Gaussian
+  noise (the full-SVD fall-back in float32, 600x).
+- Polar factors from the small side: M (M^T M)^(-1/2) via the eigendecomposition of the gk x gk Gram
+  matrix, O(m (gk)^2) instead of an m x gk SVD (0.35 s of the 1.85 s above), in float64 when that Gram
+  matrix is ill-conditioned (see polar_factor). Directions with eigenvalue below gk * eps * the largest
+  are dropped, which keeps rank-deficient groups finite.
+- float32 against float64 (relative Frobenius deviation of the merged matrix): 4e-5 / 2e-5 (c_fc /
+  c_proj) on the benchmark's 0.7^i block at g = 30 (spectra spanning 4 decades in the top k), 4e-5 for
+  the test's, 5e-6 on power-law spectra. When a member's k-th singular value sinks to float32 rounding
+  noise (s_k <= max(m, n) * eps * s_1; the 0.7^i block at g = 8, k = 96: 59% apart) the factorization
+  is redone in float64.
 """
 from __future__ import annotations
 
@@ -15,12 +37,56 @@ import torch
 from flexmerge_core.algorithms.base import HyperParam, MergeAlgorithm, MergeResult
 
 ALPHA = HyperParam("alpha", 1.0, float, 0.0, 10.0, help="scaling of the merged matrix")
+OVERSAMPLE = 10
+POWER_ITERATIONS = 2
+SEED = 0  # the subspace iteration's start: results are reproducible run to run
+CONVERGED = 1e-6  # largest accepted bound on the iteration's subspace error, relative
+WELL_CONDITIONED = 1e-3  # float32 polar factors only above this smallest/largest Gram eigenvalue ratio
 
 
 def polar_factor(matrix: torch.Tensor) -> torch.Tensor:
-    """P Q^T for matrix = P Sigma Q^T: orthonormal columns spanning the same space."""
-    P, _, Qh = torch.linalg.svd(matrix, full_matrices=False)
-    return P @ Qh
+    """P Q^T for matrix = P Sigma Q^T (orthonormal columns spanning the same space), from the small side.
+
+    The Gram matrix squares the condition number: when its eigenvalues spread by more than
+    1 / WELL_CONDITIONED (a near-square concatenation, overlapping task subspaces) float32 would lose
+    more than ~1e-4, so that factor is redone in float64.
+    """
+    eigenvalues, vectors = torch.linalg.eigh(matrix.mT @ matrix)
+    if matrix.dtype != torch.float64 and not eigenvalues[0] > WELL_CONDITIONED * eigenvalues[-1]:
+        return polar_factor(matrix.to(torch.float64)).to(matrix.dtype)
+    floor = eigenvalues[-1].clamp(min=0) * matrix.shape[-1] * torch.finfo(matrix.dtype).eps
+    kept = eigenvalues > floor
+    inverse_root = torch.where(kept, eigenvalues.clamp(min=floor).rsqrt(), torch.zeros_like(eigenvalues))
+    return matrix @ ((vectors * inverse_root) @ vectors.mT)
+
+
+def top_singular_triplets(stack: torch.Tensor, k: int):
+    """(U [g, m, k], S [g, k], V [g, n, k]) of each member of a [g, m, n] stack.
+
+    A full SVD when k is not small against min(m, n) or the spectrum is too flat for the iteration
+    to pin the top k down; else subspace iteration.
+    """
+    g, m, n = stack.shape
+    width = k + OVERSAMPLE
+    if 4 * width > min(m, n):
+        return top_singular_triplets_full(stack, k)
+    start = torch.randn(g, n, width, generator=torch.Generator().manual_seed(SEED), dtype=stack.dtype)
+    basis = torch.linalg.qr(stack @ start.to(stack.device)).Q
+    for _ in range(POWER_ITERATIONS):
+        basis = torch.linalg.qr(stack @ torch.linalg.qr(stack.mT @ basis).Q).Q
+    small_U, S, Vh = torch.linalg.svd(basis.mT @ stack, full_matrices=False)  # [g, width, n]
+    # the error bound (s_{k+p}/s_k)^(2q+1), from the Ritz values: a flat spectrum takes the full SVD,
+    # unless what is flat is rounding noise (below max(m, n) * eps * s_1, no decomposition resolves it)
+    converged = CONVERGED ** (1 / (2 * POWER_ITERATIONS + 1)) * S[:, k - 1]
+    noise = max(m, n) * torch.finfo(stack.dtype).eps * S[:, 0]
+    if (S[:, -1] > torch.maximum(converged, noise)).any():
+        return top_singular_triplets_full(stack, k)
+    return basis @ small_U[..., :k], S[:, :k], Vh[:, :k].mT
+
+
+def top_singular_triplets_full(stack: torch.Tensor, k: int):
+    U, S, Vh = torch.linalg.svd(stack, full_matrices=False)
+    return U[..., :k], S[:, :k], Vh[:, :k].mT
 
 
 def tsv_factors(stack: torch.Tensor):
@@ -29,10 +95,13 @@ def tsv_factors(stack: torch.Tensor):
     k = min(m, n) // g
     if k == 0:
         return None
-    U, S, Vh = torch.linalg.svd(stack.to(torch.float64), full_matrices=False)
-    U_cat = U[:, :, :k].permute(1, 0, 2).reshape(m, g * k)
-    V_cat = Vh[:, :k, :].permute(2, 0, 1).reshape(n, g * k)
-    return polar_factor(U_cat), S[:, :k].reshape(g * k), polar_factor(V_cat)
+    U, S, V = top_singular_triplets(stack, k)
+    if stack.dtype != torch.float64 and (S[:, -1] <= max(m, n) * torch.finfo(stack.dtype).eps * S[:, 0]).any():
+        # a kept direction is float32 rounding noise, and the polar step weights it like any other
+        U, S, V = (t.to(stack.dtype) for t in top_singular_triplets(stack.to(torch.float64), k))
+    U_cat = U.permute(1, 0, 2).reshape(m, g * k)
+    V_cat = V.permute(1, 0, 2).reshape(n, g * k)
+    return polar_factor(U_cat), S.reshape(g * k), polar_factor(V_cat)
 
 
 class TsvMerge(MergeAlgorithm):
@@ -48,5 +117,5 @@ class TsvMerge(MergeAlgorithm):
                 out[name] = alpha * stack.mean(dim=0)
             else:
                 U, S, V = factors
-                out[name] = (alpha * (U * S) @ V.T).to(stack.dtype)
+                out[name] = alpha * (U * S) @ V.T
         return MergeResult(unified=out)

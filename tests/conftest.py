@@ -88,3 +88,18 @@ def lora_source(tmp_path_factory):
     from lm_zoos import lora_adapters
 
     return lora_adapters(tmp_path_factory.mktemp("lora-src"))
+
+
+@pytest.fixture
+def app_page_as_main(tmp_path, monkeypatch):
+    """`__main__` is an app page (as under Streamlit) whose running creates the returned marker file:
+    spawned worker processes must not execute it again."""
+    import sys
+    import types
+
+    marker = tmp_path / "page-ran"
+    page = types.ModuleType("__main__")
+    page.__file__ = str(tmp_path / "page.py")
+    (tmp_path / "page.py").write_text(f"open({str(marker)!r}, 'w').close()\n")
+    monkeypatch.setitem(sys.modules, "__main__", page)
+    return marker

@@ -94,15 +94,8 @@ def test_make_executor_choices(monkeypatch):
         make_executor(workers=-1)
 
 
-def test_local_workers_do_not_rerun_the_parents_main_script(tmp_path, monkeypatch):
+def test_local_workers_do_not_rerun_the_parents_main_script(tmp_path, app_page_as_main):
     """Under Streamlit, __main__ is the app page: the executor's spawned workers must not execute it again."""
-    import types
-
-    ran = tmp_path / "page-ran"
-    page = types.ModuleType("__main__")
-    page.__file__ = str(tmp_path / "page.py")
-    (tmp_path / "page.py").write_text(f"open({str(ran)!r}, 'w').close()\n")
-    monkeypatch.setitem(sys.modules, "__main__", page)
     with LocalExecutor(workers=1) as executor:
         assert executor.submit(Job("page", marked, (str(tmp_path / "marker"), 3))).result().result == {"value": 9}
-    assert not ran.exists()
+    assert not app_page_as_main.exists()

@@ -233,23 +233,15 @@ def test_targets_met_names_the_missed_goals():
         "2/4 (missed: fine-tuned >= 0.85, cosine ratio >= 3)"
 
 
-def test_workers_do_not_rerun_the_parents_main_script(tmp_path, monkeypatch):
+def test_workers_do_not_rerun_the_parents_main_script(app_page_as_main):
     """Under Streamlit, __main__ is the app page: spawned workers must not execute it again."""
-    import sys
-    import types
-
     from flexmerge_core.demo import vision_training
     from flexmerge_core.demo.workers import BuildPool
 
-    marker = tmp_path / "ran"
-    page = types.ModuleType("__main__")
-    page.__file__ = str(tmp_path / "page.py")
-    (tmp_path / "page.py").write_text(f"open({str(marker)!r}, 'w').close()\n")
-    monkeypatch.setitem(sys.modules, "__main__", page)
     with BuildPool(2) as pool:
         images, labels = pool.submit(vision_training.render_pretraining, 4, 0, 0).result()
     assert images.shape == (4, 3, 16, 16) and labels.shape == (4,)
-    assert not marker.exists()
+    assert not app_page_as_main.exists()
 
 
 def test_pretraining_falls_back_to_one_process_when_the_shards_cannot_meet(monkeypatch):

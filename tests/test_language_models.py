@@ -195,19 +195,62 @@ def test_lora_zoo_end_to_end(lora_source, tmp_path):
     assert sum(reloaded) / len(reloaded) == engine
 
 
-def test_vocabulary_mismatch_names_task_and_size(llama_source, tmp_path):
-    import shutil
-
+def test_added_tokens_refused_without_resize_vocab(llama_source, tmp_path, capsys):
+    from flexmerge_core.cli import main
     from flexmerge_core.errors import ZooError
+    from lm_zoos import with_added_tokens
 
-    source = tmp_path / "src"
-    shutil.copytree(llama_source, source)
-    model = _load(source / "task1")
-    model.resize_token_embeddings(model.config.vocab_size + 2)
-    shutil.rmtree(source / "task1")
-    model.save_pretrained(source / "task1")
-    with pytest.raises(ZooError, match=rf"task 'task1' has vocabulary size {VOCAB + 2}, the pretrained model {VOCAB}"):
+    source = with_added_tokens(llama_source, tmp_path / "src", "task1", 3)
+    with pytest.raises(ZooError, match=rf"task 'task1' has vocabulary size {VOCAB + 3}, the pretrained model {VOCAB}: "
+                                       r"tensor '(model.embed_tokens|lm_head).weight' has 3 added rows .* --resize-vocab"):
         _import(source, tmp_path / "zoo")
+    assert main(["zoo", "import", str(source), "--out", str(tmp_path / "zoo")]) == 2
+    assert "task 'task1'" in capsys.readouterr().err
+    assert main(["zoo", "import", str(source), "--out", str(tmp_path / "zoo"), "--resize-vocab", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["added_tokens"] == {"task1": 3}
+
+
+def test_resize_vocab_merges_shared_rows_and_keeps_added_ones(llama_source, tmp_path):
+    """MergeKit's rule: the shared vocabulary merges like any tensor, the 3 rows task1 added stay its own; its
+    export loads with its vocabulary and tokenizer and scores as the engine does."""
+    from flexmerge_core.deployment.deploy import build_deployment
+    from flexmerge_core.evaluation.evaluate import finetuned_state
+    from flexmerge_core.importers.hf_lm import import_lm_folder
+    from flexmerge_core.pipeline import Pipeline, PlanSettings, resolve_zoo
+    from lm_zoos import with_added_tokens
+
+    source = with_added_tokens(llama_source, tmp_path / "src", "task1", 3)
+    import_lm_folder(source, tmp_path / "zoo", resize_vocab=True)
+    zoo = resolve_zoo(tmp_path / "zoo")
+    tuned = _load(source / "task1")
+    grown = ("model.embed_tokens.weight", "lm_head.weight")
+    assert all(zoo.param_shapes[n] == (VOCAB, 32) and n in zoo.param_names for n in grown)
+    assert sorted(zoo.added_rows(1)) == sorted(grown) and zoo.added_rows(0) == {}
+    for name in grown:
+        assert torch.equal(zoo.added_rows(1)[name], tuned.state_dict()[name][VOCAB:])
+        assert torch.equal(zoo.task_tensor(1, name), tuned.state_dict()[name][:VOCAB])
+    own_tok = _tokenizer(source / "task1")
+    assert _engine_scores(zoo, 1, finetuned_state(zoo, 1)).scores.tolist() == _reference(tuned, own_tok, "task1")
+
+    pipeline = Pipeline(zoo, PlanSettings("ta"), deploy_size="all")
+    result = pipeline.curve("all")
+    assert max(result.rows, key=lambda r: r["size"])["accuracy"] == result.finetuned
+    for size in (1, 2):
+        out = tmp_path / f"export-{size}"
+        pipeline.export(size, out, task="task1")
+        reloaded, tok = _load(out), _tokenizer(out)
+        assert reloaded.config.vocab_size == VOCAB + 3 and len(tok) == VOCAB + 3
+        deployment = build_deployment(zoo, pipeline.plan, pipeline.algorithm, size, merger=pipeline.merger())
+        engine = _engine_scores(zoo, 1, deployment.encoder_state_dict(1))
+        assert engine.scores.tolist() == _reference(reloaded, tok, "task1")
+        assert pipeline.curve([size]).rows[0]["accuracy"]["task1"] == engine.value
+    merged = _load(tmp_path / "export-1").state_dict()       # size 1: every block merged, TA lam = 1.5
+    base = _load(source / "pretrained").state_dict()
+    for name in grown:
+        shared = [_load(source / t).state_dict()[name][:VOCAB] - base[name] for t in zoo.task_names]
+        torch.testing.assert_close(merged[name][:VOCAB], base[name] + 1.5 * torch.stack(shared).mean(0),
+                                   atol=1e-6, rtol=0)
+        assert torch.equal(merged[name][VOCAB:], tuned.state_dict()[name][VOCAB:])
 
 
 def test_cli_imports_language_model_folders(llama_source, tmp_path, capsys):

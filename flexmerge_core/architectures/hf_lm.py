@@ -97,16 +97,30 @@ class HFLanguageModel(ArchitectureAdapter):
 
     def native_files(self, config: dict, state: dict[str, torch.Tensor],
                      source: Path) -> dict[str, Callable[[Path], None]]:
-        """A `from_pretrained` folder: config.json, model.safetensors (tied tensors once), tokenizer files."""
+        """A `from_pretrained` folder: config.json, model.safetensors (tied tensors once), tokenizer files.
+
+        The vocabulary size is the input embedding's rows in `state`: a task that added tokens keeps them."""
         from safetensors.torch import save_file
 
         tensors = {n: t.detach().to("cpu").contiguous() for n, t in state.items()}
-        files = {"config.json": hf_config(self.kind, config).to_json_file,
+        hf = hf_config(self.kind, config)
+        rows = tensors[self.embedding_name(config)].shape[0]
+        if rows != hf.get_text_config().vocab_size:
+            hf.get_text_config().vocab_size = rows
+        files = {"config.json": hf.to_json_file,
                  "model.safetensors": lambda path: save_file(tensors, str(path), metadata={"format": "pt"})}
         for name in SIDE_FILES:
             if (Path(source) / name).is_file():
                 files[name] = lambda path, name=name: shutil.copyfile(Path(source) / name, path)
         return files
+
+    def embedding_name(self, config: dict) -> str:
+        """The stored name of the input embedding's weight (built on `meta`: no memory)."""
+        with torch.device("meta"):
+            module = self.build(config)
+        weight = module.get_input_embeddings().weight
+        return next(n for n, t in module.state_dict(keep_vars=True).items() if t is weight)
+
 
 def pad_id(module) -> int:
     """The model's padding token (else its end-of-sequence token, else 0): what PAD positions are fed as."""

@@ -201,8 +201,9 @@ def test_added_tokens_refused_without_resize_vocab(llama_source, tmp_path, capsy
     from lm_zoos import with_added_tokens
 
     source = with_added_tokens(llama_source, tmp_path / "src", "task1", 3)
-    with pytest.raises(ZooError, match=rf"task 'task1' has vocabulary size {VOCAB + 3}, the pretrained model {VOCAB}: "
-                                       r"tensor '(model.embed_tokens|lm_head).weight' has 3 added rows .* --resize-vocab"):
+    with pytest.raises(ZooError, match=rf"task 'task1' has vocabulary size {VOCAB + 3}, the pretrained model "
+                                       rf"{VOCAB}: tensor '(model.embed_tokens|lm_head).weight' has 3 added rows "
+                                       r".* --resize-vocab"):
         _import(source, tmp_path / "zoo")
     assert main(["zoo", "import", str(source), "--out", str(tmp_path / "zoo")]) == 2
     assert "task 'task1'" in capsys.readouterr().err

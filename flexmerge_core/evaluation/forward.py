@@ -1,4 +1,4 @@
-"""The encoder forward pass in stages, with any task's tensors swapped in for the duration of a stage.
+"""The encoder forward pass in stages, with any task's tensors swapped in for the duration of a run.
 
 Why stages: along a curve a task's model changes in one block at a time. The zoo's architecture
 adapter may cut its forward into stages (`ArchitectureAdapter.stages`); the input of each stage can
@@ -6,11 +6,12 @@ be kept, and a changed block only forces re-running the stages from its own onwa
 the adapter's whole forward is one stage (correct, just not incremental).
 Why swapping: every task runs through one module instance with its own (shared, view) tensors put
 in place of the module's and put back afterwards, so no per-task module or weight copy is ever
-made. All of the task's tensors are in place while any stage runs: a stage may read tensors of later
-stages as long as its output does not depend on them (e.g. a language model's last stage generating
-text through every layer, while the earlier stages pass the requests on). This is what torch.func.functional_call does, minus its scan of the whole module tree on
+made. This is what torch.func.functional_call does, minus its scan of the whole module tree on
 every call (~1.5 ms, as much as a stage's compute on small models); the owner of each tensor is
 looked up once instead. Like functional_call, it is not for concurrent use of one encoder.
+All of the task's tensors are in place while any stage runs: a stage may read tensors of later
+stages as long as its output does not depend on them (a language model's last stage generates text
+through every layer while the earlier stages pass the requests on).
 """
 from __future__ import annotations
 

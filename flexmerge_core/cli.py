@@ -101,6 +101,9 @@ def _add_zoo_commands(sub) -> None:
     imp.add_argument("--trust-pickle", action="store_true",
                      help="allow pickles that call code outside the structural reader's allow-list (unpickling "
                           "runs code from the file); converted once. Pickled modules and heads need no flag")
+    imp.add_argument("--resize-vocab", action="store_true",
+                     help="language models: fine-tunes may have added tokens; the shared vocabulary is merged, "
+                          "each task keeps its added embedding/output rows (and its tokenizer) unmerged")
     imp.add_argument("--name", default=None)
     imp.add_argument("--force", action="store_true", help="replace an existing --out folder that is not a zoo")
     imp.add_argument("--json", action="store_true")
@@ -116,7 +119,8 @@ def _cmd_zoo_import(args: argparse.Namespace) -> int:
                            templates=args.templates, trust_pickle=args.trust_pickle,
                            quick_gelu=True if args.quick_gelu else None, head_input=args.head_input,
                            max_examples=args.max_examples, seed=args.seed,
-                           name=args.name, progress=stderr_progress("import"), force=args.force)
+                           name=args.name, progress=stderr_progress("import"), force=args.force,
+                           resize_vocab=args.resize_vocab)
     if args.json:
         emit_json(report.to_json())
     else:

@@ -103,3 +103,25 @@ def lora_adapters(root: Path) -> Path:
         peft_model.save_pretrained(root / f"task{t}")
     write_data(root / "data", KINDS)
     return root
+
+
+def with_added_tokens(source: Path, root: Path, task: str, count: int) -> Path:
+    """A copy of `source` whose `task` fine-tune added `count` tokens (resize_token_embeddings, new rows seeded)
+    and saved its tokenizer with them."""
+    import shutil
+
+    from transformers import AutoModelForCausalLM
+
+    shutil.copytree(source, root)
+    model = AutoModelForCausalLM.from_pretrained(source / task).eval()
+    model.resize_token_embeddings(model.config.vocab_size + count)
+    torch.manual_seed(7)
+    with torch.no_grad():
+        for weight in (model.get_input_embeddings().weight, model.get_output_embeddings().weight):
+            weight[-count:] = torch.randn_like(weight[-count:])
+    shutil.rmtree(root / task)
+    model.save_pretrained(root / task)
+    tok = tokenizer(model.config.is_encoder_decoder)
+    tok.add_tokens([f"new{i}" for i in range(count)])
+    tok.save_pretrained(root / task)
+    return root

@@ -195,19 +195,70 @@ def test_lora_zoo_end_to_end(lora_source, tmp_path):
     assert sum(reloaded) / len(reloaded) == engine
 
 
-def test_vocabulary_mismatch_names_task_and_size(llama_source, tmp_path):
-    import shutil
-
+def test_added_tokens_refused_without_resize_vocab(llama_source, tmp_path, capsys):
+    from flexmerge_core.cli import main
     from flexmerge_core.errors import ZooError
+    from lm_zoos import with_added_tokens
 
-    source = tmp_path / "src"
-    shutil.copytree(llama_source, source)
-    model = _load(source / "task1")
-    model.resize_token_embeddings(model.config.vocab_size + 2)
-    shutil.rmtree(source / "task1")
-    model.save_pretrained(source / "task1")
-    with pytest.raises(ZooError, match=rf"task 'task1' has vocabulary size {VOCAB + 2}, the pretrained model {VOCAB}"):
+    source = with_added_tokens(llama_source, tmp_path / "src", "task1", 3)
+    with pytest.raises(ZooError, match=rf"task 'task1' has vocabulary size {VOCAB + 3}, the pretrained model "
+                                       rf"{VOCAB}: tensor '(model.embed_tokens|lm_head).weight' has 3 added rows "
+                                       r".* --resize-vocab"):
         _import(source, tmp_path / "zoo")
+    assert main(["zoo", "import", str(source), "--out", str(tmp_path / "zoo")]) == 2
+    assert "task 'task1'" in capsys.readouterr().err
+    assert main(["zoo", "import", str(source), "--out", str(tmp_path / "zoo"), "--resize-vocab", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["added_tokens"] == {"task1": 3}
+
+
+def test_resize_vocab_merges_shared_rows_and_keeps_added_ones(llama_source, tmp_path):
+    """MergeKit's rule: the shared vocabulary merges like any tensor, the 3 rows task1 added stay its own; its
+    export loads with its vocabulary and tokenizer and scores as the engine does."""
+    from flexmerge_core.deployment.deploy import build_deployment
+    from flexmerge_core.deployment.export import load_deployment, save_deployment
+    from flexmerge_core.evaluation.evaluate import finetuned_state
+    from flexmerge_core.importers.hf_lm import import_lm_folder
+    from flexmerge_core.pipeline import Pipeline, PlanSettings, resolve_zoo
+    from lm_zoos import with_added_tokens
+
+    source = with_added_tokens(llama_source, tmp_path / "src", "task1", 3)
+    import_lm_folder(source, tmp_path / "zoo", resize_vocab=True)
+    zoo = resolve_zoo(tmp_path / "zoo")
+    tuned = _load(source / "task1")
+    grown = ("model.embed_tokens.weight", "lm_head.weight")
+    assert all(zoo.param_shapes[n] == (VOCAB, 32) and n in zoo.param_names for n in grown)
+    assert sorted(zoo.added_rows(1)) == sorted(grown) and zoo.added_rows(0) == {}
+    for name in grown:
+        assert torch.equal(zoo.added_rows(1)[name], tuned.state_dict()[name][VOCAB:])
+        assert torch.equal(zoo.task_tensor(1, name), tuned.state_dict()[name][:VOCAB])
+    own_tok = _tokenizer(source / "task1")
+    assert _engine_scores(zoo, 1, finetuned_state(zoo, 1)).scores.tolist() == _reference(tuned, own_tok, "task1")
+
+    pipeline = Pipeline(zoo, PlanSettings("ta"), deploy_size="all")
+    result = pipeline.curve("all")
+    assert max(result.rows, key=lambda r: r["size"])["accuracy"] == result.finetuned
+    for size in (1, 2):
+        out = tmp_path / f"export-{size}"
+        pipeline.export(size, out, task="task1")
+        reloaded, tok = _load(out), _tokenizer(out)
+        assert reloaded.config.vocab_size == VOCAB + 3 and len(tok) == VOCAB + 3
+        deployment = build_deployment(zoo, pipeline.plan, pipeline.algorithm, size, merger=pipeline.merger())
+        engine = _engine_scores(zoo, 1, deployment.encoder_state_dict(1))
+        assert engine.scores.tolist() == _reference(reloaded, tok, "task1")
+        assert pipeline.curve([size]).rows[0]["accuracy"]["task1"] == engine.value
+    save_deployment(deployment, tmp_path / "deployment.safetensors")      # the whole deployment keeps them too
+    again = load_deployment(tmp_path / "deployment.safetensors")
+    for t in range(3):
+        expected = deployment.encoder_state_dict(t)
+        assert all(torch.equal(v, expected[n]) for n, v in again.encoder_state_dict(t).items())
+    assert again.encoder_state_dict(1)["lm_head.weight"].shape[0] == VOCAB + 3
+    merged = _load(tmp_path / "export-1").state_dict()       # size 1: every block merged, TA lam = 1.5
+    base = _load(source / "pretrained").state_dict()
+    for name in grown:
+        shared = [_load(source / t).state_dict()[name][:VOCAB] - base[name] for t in zoo.task_names]
+        torch.testing.assert_close(merged[name][:VOCAB], base[name] + 1.5 * torch.stack(shared).mean(0),
+                                   atol=1e-6, rtol=0)
+        assert torch.equal(merged[name][VOCAB:], tuned.state_dict()[name][VOCAB:])
 
 
 def test_cli_imports_language_model_folders(llama_source, tmp_path, capsys):
@@ -294,3 +345,74 @@ def test_dashboard_pages_render_a_text_zoo(page, llama_source, tmp_path, monkeyp
     assert not at.exception and not at.error, [e.value for e in list(at.exception) + list(at.error)]
     if page == "pages/1_Explore.py":
         assert "normalised score" in json.dumps([str(e.proto) for e in at.get("plotly_chart")] + [m.label for m in at.metric])
+
+
+def _loaded(zoo, state):
+    """A transformers model of the zoo's architecture holding `state` (tied aliases follow their tensor)."""
+    model = zoo.build_encoder()
+    model.load_state_dict(state, strict=False)
+    return model
+
+
+@pytest.mark.parametrize("family", ["llama", "t5"])
+def test_staged_evaluation_reuses_stage_inputs_and_stays_exact(family, llama_source, t5_source, tmp_path):
+    """T5: encoder | decoder; Llama: embeddings | layer 0 | layer 1 + norm + head. A change in later stages only
+    re-runs those (the kept encoder output / hidden states are reused), and the scores equal a fresh
+    evaluation and the plain loops over the logits."""
+    from flexmerge_core.evaluation.evaluate import finetuned_state
+    from flexmerge_core.evaluation.forward import StagedEncoder
+    from flexmerge_core.evaluation.task_eval import TaskEvaluator, heldout_of
+
+    source = llama_source if family == "llama" else t5_source
+    zoo = _import(source, tmp_path / "zoo")
+    runner = StagedEncoder(zoo.build_encoder(), "cpu", zoo.architecture)
+    stages = runner.num_stages
+    assert stages == (3 if family == "llama" else 2)
+    if family == "t5":
+        assert {runner.stage_of(n) for n in zoo.state_names if n.startswith(("encoder.", "shared."))} == {0}
+        assert {runner.stage_of(n) for n in zoo.state_names if n.startswith("decoder.")} == {1}
+    else:
+        assert [runner.stage_of(n) for n in ("model.embed_tokens.weight", "model.layers.0.mlp.up_proj.weight",
+                                             "model.layers.1.mlp.up_proj.weight", "model.norm.weight",
+                                             "lm_head.weight")] == [0, 1, 2, 2, 2]
+    pretrained = {n: zoo.pretrained_tensor(n) for n in zoo.state_names}
+    tok = _tokenizer(source / "pretrained")
+    for t, task in enumerate(zoo.task_names):
+        tuned = finetuned_state(zoo, t)
+        requests = zoo.heldout_set(t).inputs
+        _, kept = runner.features(runner.split(pretrained), requests, record=range(stages))
+        for stage in range(1, stages):      # raw outputs (log-likelihoods, generated ids) from a kept stage input
+            mixed = {n: tuned[n] if runner.stage_of(n) >= stage else pretrained[n] for n in zoo.state_names}
+            resumed, _ = runner.features(runner.split(mixed), kept[stage], start=stage)
+            torch.testing.assert_close(resumed, runner.features(runner.split(mixed), requests)[0], atol=1e-6, rtol=0)
+            if task == "task0":     # the kept hidden states are what the stage reads: shifted, log-likelihoods move
+                shifted, _ = runner.features(runner.split(mixed), (requests, kept[stage][1] + 1), start=stage)
+                assert not torch.allclose(shifted, resumed)
+        evaluator = TaskEvaluator(runner, zoo.task_kind(t), heldout_of(zoo, t), batch_size=2, budget_bytes=1 << 30)
+        evaluator.evaluate(pretrained, [0] * stages)
+        assert evaluator.stages_run == stages
+        signature, state = [0] * stages, dict(pretrained)
+        for stage in range(stages - 1, 0, -1):          # the fine-tune's tensors, from the last stage backwards
+            state.update({n: tuned[n] for n in zoo.state_names if runner.stage_of(n) == stage})
+            signature[stage] = 1
+            before = evaluator.stages_run
+            staged = evaluator.evaluate(state, list(signature))
+            assert evaluator.stages_run - before == stages - stage          # only stage `stage` onwards re-ran
+            fresh = TaskEvaluator(runner, zoo.task_kind(t), heldout_of(zoo, t), batch_size=2).evaluate(state)
+            torch.testing.assert_close(staged.scores, fresh.scores, atol=1e-6, rtol=0)
+            assert staged.scores.tolist() == _reference(_loaded(zoo, state), tok, task)
+        before = evaluator.stages_run
+        evaluator.evaluate(tuned, [1] * stages)                              # stage 0 changed: everything re-runs
+        assert evaluator.stages_run - before == stages
+
+
+def test_incremental_text_curve_equals_evaluating_every_size_afresh(t5_source, tmp_path):
+    from flexmerge_core.pipeline import Pipeline, PlanSettings
+
+    pipeline = Pipeline(_import(t5_source, tmp_path / "zoo"), PlanSettings("ta", order="right-to-left"))
+    staged = pipeline.curve("all", use_cache=False, activation_budget=1 << 30)
+    afresh = pipeline.curve("all", use_cache=False, incremental=False)
+    assert [r["size"] for r in staged.rows] == [r["size"] for r in afresh.rows]
+    for a, b in zip(staged.rows, afresh.rows):
+        assert a["accuracy"] == pytest.approx(b["accuracy"], abs=1e-6)
+    assert staged.stats["stages_run"] < afresh.stats["stages_run"]

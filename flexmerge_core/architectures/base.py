@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Any, Callable, Optional
 
 import torch
 
@@ -21,13 +21,14 @@ from flexmerge_core.errors import ZooError
 class StageSplit:
     """A forward pass cut into `num_stages` consecutive stages of one module.
 
-    `stage_of(name)` is the stage that reads state_dict entry `name` (every entry has one);
-    `run(x, stage)` maps the input of `stage` to its output (the last stage's output is the features).
+    `stage_of(name)` is the first stage whose output depends on state_dict entry `name` (every entry has
+    one); `run(x, stage)` maps the input of `stage` to its output (the last stage's output is the features).
+    Stage values may be tensors or tuples / dicts of them (e.g. requests with hidden states).
     Along a curve only the stages from the first changed one onwards are re-run.
     """
     num_stages: int
     stage_of: Callable[[str], int]
-    run: Callable[[torch.Tensor, int], torch.Tensor]
+    run: Callable[[Any, int], Any]
 
 
 class ArchitectureAdapter:

@@ -5,6 +5,10 @@ builds the model from it (`AutoConfig.for_model`), so any family transformers kn
 table here. Checkpoint keys are the model's own `state_dict()` keys, as `save_pretrained` writes them;
 tied embeddings (T5's `shared` = encoder/decoder `embed_tokens` = `lm_head`; `tie_word_embeddings`) are
 stored, counted and merged once under their first name, and the aliases follow it (base.tied_aliases).
+Why the forward is its stages run in order: evaluation keeps stage inputs (e.g. T5's encoder output) and
+re-runs only the stages after a change (evaluation/forward.py); one code path for both makes a staged score
+equal a whole-forward one by construction. Every stage runs the same row chunks (rows whose logits fit
+LOGITS_BUDGET), padded to the batch's widths, so kept values of different stages line up row for row.
 Why forced offline: a zoo is a set of local files; nothing may try the network (HF_HUB_OFFLINE=1 is
 set before transformers is first imported here, so its hub helpers never connect).
 """
@@ -13,7 +17,7 @@ from __future__ import annotations
 import os
 import shutil
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Callable, NamedTuple, Optional
 
 import torch
 
@@ -71,42 +75,70 @@ class HFLanguageModel(ArchitectureAdapter):
         return model.eval()
 
     def forward(self, module: torch.nn.Module, inputs: torch.Tensor) -> torch.Tensor:
-        """SCORE or GENERATE requests (lm_requests), run in row chunks whose logits fit LOGITS_BUDGET."""
-        mode, max_new, contexts, continuations = rq.unpack(inputs)
-        if mode not in (rq.SCORE, rq.GENERATE):
-            raise ValueError(f"unknown language-model request mode {mode}")
-        width = contexts.shape[1] + continuations.shape[1] + max_new + 1
-        step = max(1, LOGITS_BUDGET // (width * module.config.get_text_config().vocab_size))
-        parts = []
-        for start in range(0, len(contexts), step):
-            ctx, cont = rq.trim(contexts[start:start + step]), rq.trim(continuations[start:start + step])
-            if mode == rq.SCORE:
-                parts.append(rq.scored(*self.continuation_logits(module, ctx, cont)))
-            else:
-                parts.append(rq.cut_generations(self.generate(module, ctx, max_new), _eos_ids(module), max_new))
-        return torch.cat(parts).reshape(inputs.shape[0], inputs.shape[1], *parts[0].shape[1:])
-
-    def continuation_logits(self, module, contexts: torch.Tensor,
-                            continuations: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(logits [B, L, V], targets [B, L]): the token each position is scored on, PAD where none."""
-        raise NotImplementedError
-
-    def generate(self, module, contexts: torch.Tensor, max_new: int) -> torch.Tensor:
-        """[B, T] greedy continuation ids of each context (T <= max_new)."""
-        raise NotImplementedError
+        """SCORE or GENERATE requests (lm_requests): the adapter's stages, in order."""
+        split = self.stages(module)
+        for stage in range(split.num_stages):
+            inputs = split.run(inputs, stage)
+        return inputs
 
     def native_files(self, config: dict, state: dict[str, torch.Tensor],
                      source: Path) -> dict[str, Callable[[Path], None]]:
-        """A `from_pretrained` folder: config.json, model.safetensors (tied tensors once), tokenizer files."""
+        """A `from_pretrained` folder: config.json, model.safetensors (tied tensors once), tokenizer files.
+
+        The vocabulary size is the input embedding's rows in `state`: a task that added tokens keeps them."""
         from safetensors.torch import save_file
 
         tensors = {n: t.detach().to("cpu").contiguous() for n, t in state.items()}
-        files = {"config.json": hf_config(self.kind, config).to_json_file,
+        hf = hf_config(self.kind, config)
+        rows = tensors[self.embedding_name(config)].shape[0]
+        if rows != hf.get_text_config().vocab_size:
+            hf.get_text_config().vocab_size = rows
+        files = {"config.json": hf.to_json_file,
                  "model.safetensors": lambda path: save_file(tensors, str(path), metadata={"format": "pt"})}
         for name in SIDE_FILES:
             if (Path(source) / name).is_file():
                 files[name] = lambda path, name=name: shutil.copyfile(Path(source) / name, path)
         return files
+
+    def embedding_name(self, config: dict) -> str:
+        """The stored name of the input embedding's weight (built on `meta`: no memory)."""
+        with torch.device("meta"):
+            module = self.build(config)
+        weight = module.get_input_embeddings().weight
+        return next(n for n, t in module.state_dict(keep_vars=True).items() if t is weight)
+
+
+class Requests(NamedTuple):
+    """A request tensor unpacked (lm_requests.unpack) with the row chunks every stage runs."""
+    tensor: torch.Tensor
+    mode: int
+    max_new: int
+    contexts: torch.Tensor
+    continuations: torch.Tensor
+    chunks: list[slice]
+
+
+def read_requests(module, requests: torch.Tensor) -> Requests:
+    """The requests and their row chunks, each chunk's logits within LOGITS_BUDGET."""
+    mode, max_new, contexts, continuations = rq.unpack(requests)
+    if mode not in (rq.SCORE, rq.GENERATE):
+        raise ValueError(f"unknown language-model request mode {mode}")
+    width = contexts.shape[1] + continuations.shape[1] + max_new + 1
+    step = max(1, LOGITS_BUDGET // (width * module.config.get_text_config().vocab_size))
+    chunks = [slice(start, start + step) for start in range(0, len(contexts), step)]
+    return Requests(requests, mode, max_new, contexts, continuations, chunks)
+
+
+def outputs(requests: Requests, parts: list[torch.Tensor]) -> torch.Tensor:
+    """Per-chunk outputs -> [N, C, ...] in the layout of the request tensor (lm_requests)."""
+    shape = requests.tensor.shape
+    return torch.cat(parts).reshape(shape[0], shape[1], *parts[0].shape[1:])
+
+
+def generations(module, requests: Requests, generated: torch.Tensor) -> torch.Tensor:
+    """generate()'s new ids of one chunk -> lm_requests' GENERATE output rows."""
+    return rq.cut_generations(generated, _eos_ids(module), requests.max_new)
+
 
 def pad_id(module) -> int:
     """The model's padding token (else its end-of-sequence token, else 0): what PAD positions are fed as."""

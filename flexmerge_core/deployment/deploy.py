@@ -12,8 +12,8 @@ Stored entries per block:
     at size M is bit-identical to the fine-tuned models.
   - "merged": standard algorithms, `theta_pre + unified`, cast to the parameter's dtype.
   - "masked": mask algorithms, `unified` (parameter dtype), masks packed 8 per byte, scales [g].
-Per-task tensors that are never merged (heads, the manifest's `unmerged` parameters) ride along
-per task and are not counted in the size.
+Per-task tensors that are never merged (heads, the manifest's `unmerged` parameters, rows a fine-tune
+added beyond the pretrained tensors: zoo/added_rows.py) ride along per task and are not counted in the size.
 Bytes vs size (fp32 parameters): standard algorithms store exactly size * P * 4 bytes. Mask methods
 store size * P * 4 plus rounding: each member's mask of each tensor is packed to whole bytes (< 1 byte
 of padding per mask row) and EMR's scalars take 4 bytes per member (free in model units).
@@ -30,6 +30,7 @@ import torch
 from flexmerge_core.algorithms.base import MergeResult
 from flexmerge_core.errors import InvalidArgumentError
 from flexmerge_core.planning.size_accounting import MASK_BITS
+from flexmerge_core.zoo.added_rows import appended
 
 FINETUNED, MERGED, MASKED = "finetuned", "merged", "masked"
 
@@ -93,6 +94,7 @@ class Deployment:
     algorithm: object
     recipe: dict = field(default_factory=dict)
     reconstruction_seconds: dict[int, float] = field(default_factory=dict)
+    added_rows: list[dict[str, torch.Tensor]] = field(default_factory=list)   # per task (empty: none added)
 
     @property
     def num_tasks(self) -> int:
@@ -139,7 +141,8 @@ class Deployment:
             entries=entries, routing=self.routing, pretrained=cast(self.pretrained),
             per_task=[cast(own) for own in self.per_task],
             heads=[None if head is None else cast(head) for head in self.heads],
-            storage=self.storage, algorithm=self.algorithm, recipe={**self.recipe, "dtype": name})
+            storage=self.storage, algorithm=self.algorithm, recipe={**self.recipe, "dtype": name},
+            added_rows=[cast(rows) for rows in self.added_rows])
 
     def task_block(self, block_index: int, task_id: int) -> dict[str, torch.Tensor]:
         """Task's tensors of one block: the stored tensors themselves, or a reconstruction (masked)."""
@@ -168,10 +171,11 @@ class Deployment:
         return state
 
     def encoder_state_dict(self, task_id: int) -> dict[str, torch.Tensor]:
-        """Every encoder tensor of one task: merged parameters plus its own unmerged ones."""
+        """Every encoder tensor of one task: merged parameters plus its own unmerged ones, with the rows it
+        added (new tokens) appended to its tensors."""
         state = self.task_state_dict(task_id)
         state.update(self.per_task[task_id])
-        return state
+        return appended(state, self.added_rows[task_id] if self.added_rows else {})
 
 
 class GroupStore:
@@ -186,13 +190,14 @@ class GroupStore:
         self.zoo, self.spec, self.algorithm, self.merger = zoo, spec, algorithm, merger
         self._entries: dict[tuple[int, tuple[int, ...]], list[StoredGroup]] = {}
         self._pretrained: dict[str, torch.Tensor] = {}
-        self._own: dict[int, tuple[dict, Optional[dict]]] = {}
+        self._own: dict[int, tuple[dict, Optional[dict], dict]] = {}
 
-    def task_own(self, task_id: int) -> tuple[dict[str, torch.Tensor], Optional[dict[str, torch.Tensor]]]:
-        """A task's never-merged tensors: (its unmerged parameters, its head)."""
+    def task_own(self, task_id: int) -> tuple[dict[str, torch.Tensor], Optional[dict[str, torch.Tensor]],
+                                              dict[str, torch.Tensor]]:
+        """A task's never-merged tensors: (its unmerged parameters, its head, the rows it added)."""
         if task_id not in self._own:
             self._own[task_id] = ({n: self.zoo.task_tensor(task_id, n) for n in self.zoo.unmerged_names},
-                                  self.zoo.head(task_id))
+                                  self.zoo.head(task_id), self.zoo.added_rows(task_id))
         return self._own[task_id]
 
     def pretrained(self, name: str) -> torch.Tensor:
@@ -253,7 +258,8 @@ def deployment_from_partition(zoo, spec, algorithm, partition, store: GroupStore
         entries=entries, routing=routing, pretrained=pretrained,
         per_task=[store.task_own(t)[0] for t in range(num_tasks)],
         heads=[store.task_own(t)[1] for t in range(num_tasks)],
-        storage=algorithm.storage, algorithm=algorithm, recipe=dict(recipe))
+        storage=algorithm.storage, algorithm=algorithm, recipe=dict(recipe),
+        added_rows=[store.task_own(t)[2] for t in range(num_tasks)])
 
 
 def deployment_recipe(zoo, spec, plan, algorithm, budget, size) -> dict:

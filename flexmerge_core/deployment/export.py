@@ -63,6 +63,8 @@ def deployment_tensors(deployment: Deployment) -> dict[str, torch.Tensor]:
         out.update({f"tasks/{t}/param/{n}": v for n, v in own.items()})
         for k, v in (deployment.heads[t] or {}).items():
             out[f"tasks/{t}/head/{k}"] = v
+    for t, rows in enumerate(deployment.added_rows):
+        out.update({f"tasks/{t}/added/{n}": v for n, v in rows.items()})
     return {k: v.contiguous() for k, v in out.items()}
 
 
@@ -137,7 +139,7 @@ def load_deployment(path) -> Deployment:
             entries=entries, routing=[list(r) for r in layout["routing"]],
             pretrained=_prefixed(tensors, "pretrained/"), per_task=per_task, heads=heads,
             storage=layout["storage"], algorithm=get_algorithm(recipe["algorithm"], **recipe["hyperparameters"]),
-            recipe=recipe)
+            recipe=recipe, added_rows=[_prefixed(tensors, f"tasks/{t}/added/") for t in range(num_tasks)])
     except (KeyError, TypeError, IndexError) as exc:
         raise ZooError(f"{path}: deployment metadata is incomplete ({exc!r})") from exc
 
@@ -174,8 +176,10 @@ def task_writes(zoo, deployment: Deployment, task: int, out) -> Writes:
     if not adapter.native_export:
         return task_model_writes(deployment, task, out, zoo.state_names)
     state = deployment.encoder_state_dict(task)
+    # a task that added tokens ships with its own side files (its tokenizer knows them; the pretrained one not)
+    source = zoo.task_checkpoint_path(task) if zoo.added_rows(task) else zoo.pretrained_path
     files = adapter.native_files(zoo.manifest.architecture_config, {n: state[n] for n in zoo.state_names},
-                                 zoo.pretrained_path.parent)
+                                 source.parent)
     return {Path(out) / name: write for name, write in files.items()}
 
 

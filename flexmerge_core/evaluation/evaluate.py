@@ -18,6 +18,7 @@ from flexmerge_core.errors import InvalidArgumentError
 from flexmerge_core.evaluation.curve import accuracy_curve
 from flexmerge_core.evaluation.task_eval import (Evaluators, ScoreBook, deployment_eval_key, eval_key, summarize,
                                                  task_ids_of)
+from flexmerge_core.zoo.added_rows import appended
 
 Progress = Optional[Callable[[int, int, str], None]]
 
@@ -38,7 +39,9 @@ class EvalResult:
 
 
 def finetuned_state(zoo, task_id: int) -> dict[str, torch.Tensor]:
-    return {n: zoo.task_tensor(task_id, n) for n in list(zoo.param_names) + list(zoo.unmerged_names)}
+    """The task's own model: every stored tensor, with the rows it added (new tokens) appended."""
+    state = {n: zoo.task_tensor(task_id, n) for n in list(zoo.param_names) + list(zoo.unmerged_names)}
+    return appended(state, zoo.added_rows(task_id))
 
 
 def finetuned_accuracies(zoo, tasks=None, device=None, progress: Progress = None, book: Optional[ScoreBook] = None,

@@ -1,4 +1,4 @@
-"""The encoder forward pass in stages, with any task's tensors swapped in for the duration of a stage.
+"""The encoder forward pass in stages, with any task's tensors swapped in for the duration of a run.
 
 Why stages: along a curve a task's model changes in one block at a time. The zoo's architecture
 adapter may cut its forward into stages (`ArchitectureAdapter.stages`); the input of each stage can
@@ -9,11 +9,14 @@ in place of the module's and put back afterwards, so no per-task module or weigh
 made. This is what torch.func.functional_call does, minus its scan of the whole module tree on
 every call (~1.5 ms, as much as a stage's compute on small models); the owner of each tensor is
 looked up once instead. Like functional_call, it is not for concurrent use of one encoder.
+All of the task's tensors are in place while any stage runs: a stage may read tensors of later
+stages as long as its output does not depend on them (a language model's last stage generates text
+through every layer while the earlier stages pass the requests on).
 """
 from __future__ import annotations
 
 from contextlib import contextmanager
-from typing import Iterable, Optional
+from typing import Any, Iterable, Optional
 
 import torch
 
@@ -24,6 +27,15 @@ from flexmerge_core.planning.similarity import pick_device
 def _one_stage(encoder: torch.nn.Module, adapter: ArchitectureAdapter) -> StageSplit:
     """The fallback: the adapter's whole forward as stage 0."""
     return StageSplit(num_stages=1, stage_of=lambda name: 0, run=lambda x, stage: adapter.forward(encoder, x))
+
+
+def value_bytes(value: Any) -> int:
+    """Bytes of the tensors in a stage value: a tensor, or a tuple / list / dict of them (None counts 0)."""
+    if isinstance(value, torch.Tensor):
+        return value.numel() * value.element_size()
+    if isinstance(value, dict):
+        value = list(value.values())
+    return sum(value_bytes(v) for v in value) if isinstance(value, (tuple, list)) else 0
 
 
 def _owner_table(encoder: torch.nn.Module, name: str) -> dict:
@@ -80,15 +92,16 @@ class StagedEncoder:
                 table[attr] = original
 
     @torch.no_grad()
-    def features(self, stage_params: list[dict], x: torch.Tensor, start: int = 0,
-                 record: Iterable[int] = ()) -> tuple[torch.Tensor, dict[int, torch.Tensor]]:
-        """Run stages start..end on x (the input of stage `start`); returns output and recorded stage inputs."""
+    def features(self, stage_params: list[dict], x: Any, start: int = 0,
+                 record: Iterable[int] = ()) -> tuple[torch.Tensor, dict[int, Any]]:
+        """Run stages start..end on x (the input of stage `start`: a tensor, or a tuple / dict of them);
+        returns the output and the recorded stage inputs."""
         record = set(record)
-        kept: dict[int, torch.Tensor] = {}
-        for stage in range(start, self.num_stages):
-            if stage in record:
-                kept[stage] = x
-            with self._swapped(stage_params[stage]):
+        kept: dict[int, Any] = {}
+        with self._swapped({n: t for params in stage_params for n, t in params.items()}):
+            for stage in range(start, self.num_stages):
+                if stage in record:
+                    kept[stage] = x
                 x = self._split.run(x, stage)
         return x, kept
 

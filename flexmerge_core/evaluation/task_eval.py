@@ -17,7 +17,7 @@ import torch
 from flexmerge_core.cache import JsonCache, cache_root, content_hash
 from flexmerge_core.deployment.deploy import FINETUNED, Deployment
 from flexmerge_core.errors import InvalidArgumentError
-from flexmerge_core.evaluation.forward import StagedEncoder
+from flexmerge_core.evaluation.forward import StagedEncoder, value_bytes
 from flexmerge_core.evaluation.scores import TaskScore
 from flexmerge_core.tasks import HeldOut, TaskKind
 
@@ -72,19 +72,19 @@ class TaskEvaluator:
                      for k, v in held.head.items()}
         self.budget_bytes = budget_bytes
         self.record: list[int] = []
-        self._kept: list[dict[int, torch.Tensor]] = [{} for _ in self.batches]
+        self._kept: list[dict[int, object]] = [{} for _ in self.batches]   # stage inputs (tensors or tuples)
         self._signature: Optional[list] = None
         self.stages_run = 0
 
     @property
     def kept_bytes(self) -> int:
-        return sum(t.numel() * t.element_size() for kept in self._kept for t in kept.values())
+        return sum(value_bytes(v) for kept in self._kept for v in kept.values())
 
     def _plan_recording(self, stage_params: list[dict]) -> None:
         """Measure one image's stage inputs, then pick the stages that fit the budget."""
         probe = self.batches[0][:1].to(self.runner.device)
         _, kept = self.runner.features(stage_params, probe, record=range(self.runner.num_stages))
-        per_image = [kept[s].numel() * kept[s].element_size() for s in range(self.runner.num_stages)]
+        per_image = [value_bytes(kept[s]) for s in range(self.runner.num_stages)]
         total = sum(len(b) for b in self.batches)
         self.record = choose_stages([p * total for p in per_image], self.budget_bytes)
 

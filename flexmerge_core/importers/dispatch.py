@@ -64,12 +64,16 @@ def import_hf_folders(source, out, data=None, templates=None, max_examples: Opti
 
 def import_source(source, out, model: Optional[str] = None, data=None, templates=None,
                   max_examples: Optional[int] = None, seed: Optional[int] = None, name: Optional[str] = None,
-                  progress=None, **research_options):
-    """Pick the importer for `source` (see the module docstring) and run it; returns its report."""
+                  progress=None, resize_vocab: bool = False, **research_options):
+    """Pick the importer for `source` (see the module docstring) and run it; returns its report.
+    `resize_vocab` (language models only): fine-tunes may add tokens, kept per task."""
     path = Path(source)
     force = bool(research_options.pop("force", False))
     options = {"model": model, **research_options}
-    if is_lm_spec(path) or is_lm_folder(path):
+    is_lm = is_lm_spec(path) or is_lm_folder(path)
+    if resize_vocab and not is_lm:
+        raise InvalidArgumentError(f"{path}: --resize-vocab applies to language-model sources only")
+    if is_lm:
         _refuse(path, "a language-model source", options)
         if templates is not None or max_examples is not None or seed is not None:
             raise InvalidArgumentError(f"{path}: language-model sources take no --templates/--max-examples/--seed "
@@ -77,8 +81,8 @@ def import_source(source, out, model: Optional[str] = None, data=None, templates
         if is_lm_spec(path):
             if data is not None:
                 raise InvalidArgumentError(f"{path}: a model-pool spec names its data; drop --data")
-            return import_lm_spec(path, out, name=name, force=force)
-        return import_lm_folder(path, out, data=data, name=name, force=force)
+            return import_lm_spec(path, out, name=name, force=force, resize_vocab=resize_vocab)
+        return import_lm_folder(path, out, data=data, name=name, force=force, resize_vocab=resize_vocab)
     if path.suffix.lower() in SPEC_SUFFIXES:
         if not path.is_file():
             raise ZooError(f"{path}: zoo spec not found")

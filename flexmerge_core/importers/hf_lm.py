@@ -7,6 +7,9 @@ Sources:
     (tasks/text_data.py) in `data/<task>.json` (or `--data D`: `D/<task>.json`);
   - a YAML spec in the style of FusionBench's model pools (lm_spec.py) naming the same things.
 The family comes from config.json: encoder-decoder models are `hf_seq2seq`, the rest `hf_causal_lm`.
+A fine-tune with a larger vocabulary (added tokens) is refused, naming the task and tensor, unless
+`resize_vocab`: then the zoo merges the shared rows and keeps the added ones per task (zoo/added_rows.py),
+and that task's data is tokenised with its own tokenizer when its folder has one.
 Why link instead of convert: HF checkpoints are already safetensors; the zoo hard-links them (a copy
 where links are impossible), so importing a 7B model costs no disk and no time, and the zoo opens
 lazily like any other. The zoo is validated (opened) before it is published.
@@ -22,6 +25,8 @@ from typing import Optional
 
 from flexmerge_core.cache import atomic_directory
 from flexmerge_core.errors import ZooError
+from flexmerge_core.zoo.added_rows import grown_rows
+from flexmerge_core.zoo.checkpoint import CheckpointFile
 from flexmerge_core.zoo.manifest import FORMAT, MANIFEST_NAME, check_task_name
 from flexmerge_core.zoo.writer import check_zoo_output
 
@@ -40,17 +45,20 @@ class LMImportReport:
     model_type: str
     tasks: dict[str, str] = field(default_factory=dict)     # task -> "full" | "lora"
     data: dict[str, str] = field(default_factory=dict)      # task -> its task kind
+    added: dict[str, int] = field(default_factory=dict)     # task -> rows (tokens) it added, kept per task
     links: int = 0
     copies: int = 0
 
     def to_json(self) -> dict:
         return {"out": str(self.out), "architecture": self.kind, "model_type": self.model_type, "tasks": self.tasks,
-                "data": self.data, "files_linked": self.links, "files_copied": self.copies}
+                "data": self.data, "added_tokens": self.added, "files_linked": self.links, "files_copied": self.copies}
 
     def lines(self) -> list[str]:
         out = [f"imported {len(self.tasks)} tasks of a {self.model_type} model ({self.kind}) into {self.out} "
                f"({self.links} files linked, {self.copies} copied)"]
-        out += [f"  {t}: {how} fine-tune, held-out data: {self.data.get(t, 'none')}" for t, how in self.tasks.items()]
+        out += [f"  {t}: {how} fine-tune, held-out data: {self.data.get(t, 'none')}"
+                + (f", {self.added[t]} added tokens kept per task" if t in self.added else "")
+                for t, how in self.tasks.items()]
         return out
 
 
@@ -128,8 +136,9 @@ class _Placer:
         self.put(folder / ADAPTER_CONFIG, f"{prefix}/{ADAPTER_CONFIG}")
         return self.put(folder / ADAPTER_WEIGHTS, f"{prefix}/{ADAPTER_WEIGHTS}")
 
-    def data(self, spec: dict, spec_dir: Path, task: str) -> tuple[str, str]:
-        """The task's data spec and its source (file or folder tree) under data/<task>/; (spec path, kind)."""
+    def data(self, spec: dict, spec_dir: Path, task: str, own_tokenizer: bool = False) -> tuple[str, str]:
+        """The task's data spec and its source (file or folder tree) under data/<task>/; (spec path, kind).
+        The zoo's tokenizer is the one beside its pretrained weights, or with `own_tokenizer` the task's."""
         from flexmerge_core.tasks.text_data import FORMAT as DATA_FORMAT
 
         source = (spec_dir / str(spec.get("source", ""))).resolve()
@@ -140,16 +149,19 @@ class _Placer:
             inside = file.relative_to(source.parent)
             self.put(file, f"data/{task}/{inside.as_posix()}")
         doc = {"format": DATA_FORMAT, **spec, "source": source.name}
-        doc.pop("tokenizer", None)   # the zoo's tokenizer is the one beside its pretrained weights
+        doc.pop("tokenizer", None)
+        if own_tokenizer:
+            doc["tokenizer"] = f"../../tasks/{task}"
         relative = f"data/{task}/{task}.data.json"
         (self.root / relative).write_text(json.dumps(doc, indent=2) + "\n")
         return relative, str(doc.get("kind", "text_classification_rank"))
 
 
 def import_lm_models(models: dict[str, Path], out, data: dict[str, tuple[dict, Path]], name: Optional[str] = None,
-                     source: Optional[dict] = None, force: bool = False) -> LMImportReport:
+                     source: Optional[dict] = None, force: bool = False, resize_vocab: bool = False) -> LMImportReport:
     """models: {PRETRAINED: folder, task: folder}; data: {task: (spec dict, folder its paths are relative to)}.
-    `out` may not overlap an input nor replace a non-empty folder that is not a zoo (unless `force`)."""
+    `out` may not overlap an input nor replace a non-empty folder that is not a zoo (unless `force`);
+    `resize_vocab`: fine-tunes may have added tokens (see the module docstring)."""
     if PRETRAINED not in models or len(models) < 3:
         raise ZooError(f"a language-model zoo needs '{PRETRAINED}' and at least 2 fine-tunes, got "
                        f"{', '.join(sorted(models)) or 'none'}")
@@ -169,20 +181,26 @@ def import_lm_models(models: dict[str, Path], out, data: dict[str, tuple[dict, P
             if task == PRETRAINED:
                 continue
             check_task_name(task)
-            entry = {"name": task}
+            entry, grown = {"name": task}, {}
             if (folder / ADAPTER_CONFIG).is_file():
                 entry["checkpoint"], report.tasks[task] = placer.adapter(folder, f"tasks/{task}"), "lora"
             else:
                 _same_family(config, read_config(folder, f"task '{task}'"), task, folder)
+                grown = _added_rows(models[PRETRAINED], folder, task, resize_vocab)
+                if grown:
+                    report.added[task] = max(grown.values())
                 entry["checkpoint"] = placer.model(folder, f"tasks/{task}", f"task '{task}'")
                 report.tasks[task] = "full"
             if task in data:
-                entry["data"], entry["kind"] = placer.data(*data[task], task)
+                own = bool(grown) and (folder / "tokenizer_config.json").is_file()
+                entry["data"], entry["kind"] = placer.data(*data[task], task, own_tokenizer=own)
                 report.data[task] = entry["kind"]
             tasks.append(entry)
         manifest = {"format": FORMAT, "name": name or Path(out).name,
                     "architecture": {"kind": report.kind, "config": config}, "pretrained": pretrained,
                     "tasks": tasks, "recipe": {"imported_from": source or {}}}
+        if resize_vocab:
+            manifest["resize_vocab"] = True
         (tmp / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2) + "\n")
         report.links, report.copies = placer.links, placer.copies
         from flexmerge_core.zoo.loader import open_zoo
@@ -198,13 +216,23 @@ def _same_family(pretrained: dict, task: dict, name: str, folder: Path) -> None:
     if task["model_type"] != pretrained["model_type"]:
         raise ZooError(f"{folder / 'config.json'}: task '{name}' is a {task['model_type']} model, "
                        f"the pretrained one a {pretrained['model_type']}")
-    if task.get("vocab_size") != pretrained.get("vocab_size"):
-        raise ZooError(f"{folder / 'config.json'}: task '{name}' has vocabulary size {task.get('vocab_size')}, "
-                       f"the pretrained model {pretrained.get('vocab_size')} (added tokens?): its embedding "
-                       f"and output tensors cannot be merged row by row")
 
 
-def import_lm_folder(source, out, data=None, name: Optional[str] = None, force: bool = False) -> LMImportReport:
+def _added_rows(pretrained: Path, folder: Path, task: str, resize_vocab: bool) -> dict[str, int]:
+    """{tensor: rows added} of a full fine-tune (headers only); refused, naming the first, without `resize_vocab`."""
+    weights = _weights(folder, f"task '{task}'")
+    base = CheckpointFile(_weights(pretrained, "the pretrained model"), "the pretrained model")
+    grown = grown_rows(base, CheckpointFile(weights, f"task '{task}'"))
+    if grown and not resize_vocab:
+        tensor, rows = next(iter(grown.items()))
+        raise ZooError(f"{weights}: task '{task}' has vocabulary size {base.shapes[tensor][0] + rows}, the pretrained "
+                       f"model {base.shapes[tensor][0]}: tensor '{tensor}' has {rows} added rows (new tokens) that "
+                       f"cannot be merged; import with --resize-vocab to keep them per task")
+    return grown
+
+
+def import_lm_folder(source, out, data=None, name: Optional[str] = None, force: bool = False,
+                     resize_vocab: bool = False) -> LMImportReport:
     """SOURCE/pretrained/ + SOURCE/<task>/ (full or LoRA) + data specs -> a zoo (see the module docstring)."""
     source = Path(source).resolve()
     models = {PRETRAINED: source / "pretrained"}
@@ -221,4 +249,5 @@ def import_lm_folder(source, out, data=None, name: Optional[str] = None, force: 
                 specs[task] = (json.loads(spec.read_text()), spec.parent)
             except (OSError, ValueError) as exc:
                 raise ZooError(f"{spec}: not a JSON text data spec: {exc}") from exc
-    return import_lm_models(models, out, specs, name=name, source={"folder": str(source)}, force=force)
+    return import_lm_models(models, out, specs, name=name, source={"folder": str(source)}, force=force,
+                            resize_vocab=resize_vocab)

@@ -18,6 +18,7 @@ from flexmerge_core.errors import InvalidArgumentError, ZooError
 from flexmerge_core.architectures.base import ArchitectureAdapter, tied_aliases
 from flexmerge_core.architectures.registry import construct, get_architecture, state_aliases, state_layout
 from flexmerge_core.tasks import HeldOut, TaskFiles, TaskKind, get_task_kind
+from flexmerge_core.zoo.added_rows import AddedRowsCheckpoint, grown_rows
 from flexmerge_core.zoo.checkpoint import CheckpointFile
 from flexmerge_core.zoo.lora import LoraCheckpoint, is_lora_adapter
 from flexmerge_core.zoo.manifest import MANIFEST_NAME, Manifest, TaskEntry, read_manifest
@@ -26,9 +27,10 @@ from flexmerge_core.zoo.manifest import MANIFEST_NAME, Manifest, TaskEntry, read
 class _Files:
     """Opened checkpoint files of one zoo folder, shared by a zoo and its subsets."""
 
-    def __init__(self, root: Path, pretrained: str):
-        self.root, self.pretrained = root, pretrained
+    def __init__(self, root: Path, pretrained: str, resize_vocab: bool = False):
+        self.root, self.pretrained, self.resize_vocab = root, pretrained, resize_vocab
         self._open: dict[str, CheckpointFile | LoraCheckpoint] = {}
+        self._trimmed: dict[str, AddedRowsCheckpoint] = {}
 
     def get(self, relative: str, role: str, kind: TaskKind | None = None):
         """The opened file: a CheckpointFile; a PEFT LoRA adapter (adapter_config.json beside it) reads as
@@ -45,6 +47,15 @@ class _Files:
             else:
                 self._open[relative] = CheckpointFile(path, role)
         return self._open[relative]
+
+    def checkpoint(self, relative: str, role: str):
+        """A task's checkpoint; in a `resize_vocab` zoo read with the pretrained shapes, its added rows apart."""
+        file = self.get(relative, role)
+        if not self.resize_vocab or type(file) is not CheckpointFile:
+            return file
+        if relative not in self._trimmed:
+            self._trimmed[relative] = AddedRowsCheckpoint(file, self.get(self.pretrained, "pretrained"))
+        return self._trimmed[relative]
 
     @property
     def tensors_read(self) -> int:
@@ -65,10 +76,13 @@ def _check_same_layout(reference: CheckpointFile, other: CheckpointFile, ref_lab
     if extra:
         raise ZooError(f"{other.path}: {other.role} has tensor '{extra[0]}' not in {ref_label}"
                        + (f" (and {len(extra) - 1} more)" if len(extra) > 1 else ""))
+    grown = grown_rows(reference, other)
     for name in reference.names:
         if other.shapes[name] != reference.shapes[name]:
+            hint = (" (rows the fine-tune added, e.g. new tokens: \"resize_vocab\": true in zoo.json keeps them "
+                    "per task, unmerged)") if name in grown else ""
             raise ZooError(f"{other.path}: tensor '{name}' of {other.role} has shape "
-                           f"{list(other.shapes[name])}, {ref_label} has {list(reference.shapes[name])}")
+                           f"{list(other.shapes[name])}, {ref_label} has {list(reference.shapes[name])}{hint}")
         if other.dtypes[name] != reference.dtypes[name]:
             raise ZooError(f"{other.path}: tensor '{name}' of {other.role} has dtype "
                            f"{other.dtypes[name]}, {ref_label} has {reference.dtypes[name]}")
@@ -230,7 +244,7 @@ class Zoo:
 
     def _task_file(self, task_id: int) -> CheckpointFile:
         task = self._task(task_id)
-        return self._files.get(task.checkpoint, _task_role(task))
+        return self._files.checkpoint(task.checkpoint, _task_role(task))
 
     def _task(self, task_id: int) -> TaskEntry:
         if isinstance(task_id, bool) or not isinstance(task_id, int) or not 0 <= task_id < len(self.manifest.tasks):
@@ -248,6 +262,16 @@ class Zoo:
     def task_tensor(self, task_id: int, name: str) -> torch.Tensor:
         self._check_param(name)
         return self._task_file(task_id).read(name)
+
+    def added_rows(self, task_id: int) -> dict[str, torch.Tensor]:
+        """{name: rows the task added beyond the pretrained tensor} (resize_vocab zoos; else empty): never
+        merged, appended to the task's own model (zoo/added_rows.py)."""
+        file = self._task_file(task_id)
+        return file.added() if isinstance(file, AddedRowsCheckpoint) else {}
+
+    def task_checkpoint_path(self, task_id: int) -> Path:
+        """The task's checkpoint file (a fine-tune's folder may hold its own side files, e.g. its tokenizer)."""
+        return self._task_file(task_id).path
 
     def task_vectors(self, names, tasks=None) -> dict[str, torch.Tensor]:
         """{name: float32 [m, *shape]} of fine-tuned minus pretrained, for task ids `tasks` (default all)."""
@@ -372,7 +396,7 @@ def _validate_files(root: Path, manifest: Manifest, files: _Files) -> list[str]:
     adapter = get_architecture(manifest.architecture_kind)
     feature_dim = adapter.feature_dim(manifest.architecture_config, pretrained.shapes)
     for task in manifest.tasks:
-        _check_same_layout(pretrained, files.get(task.checkpoint, _task_role(task)),
+        _check_same_layout(pretrained, files.checkpoint(task.checkpoint, _task_role(task)),
                            f"the pretrained checkpoint ({manifest.pretrained})")
         get_task_kind(task.kind).validate(_task_files(files, manifest, task, feature_dim))
     _check_inputs_fit(manifest, files, adapter)
@@ -384,7 +408,7 @@ def open_zoo(path) -> Zoo:
     `flexmerge_core.pipeline.resolve_zoo`)."""
     root = Path(path).resolve()
     manifest = read_manifest(root)
-    files = _Files(root, manifest.pretrained)
+    files = _Files(root, manifest.pretrained, manifest.resize_vocab)
     order = _validate_files(root, manifest, files)
     return Zoo(root, manifest, files, order)
 

@@ -21,7 +21,7 @@ FORMAT = "flexmerge-zoo/1"
 HEAD_INPUTS = ("raw", "normalized")
 
 _TOP_REQUIRED = {"format", "architecture", "pretrained", "tasks"}
-_TOP_OPTIONAL = {"name", "head_input", "recipe", "unmerged"}
+_TOP_OPTIONAL = {"name", "head_input", "recipe", "unmerged", "resize_vocab"}
 _ARCH_KEYS = {"kind", "config"}
 _TASK_REQUIRED = {"name", "checkpoint"}
 _TASK_OPTIONAL = {"kind", "head", "data", "classes", "finetuned_accuracy"}
@@ -56,13 +56,16 @@ class Manifest:
     tasks: tuple[TaskEntry, ...]
     recipe: dict
     unmerged: tuple[str, ...]
+    resize_vocab: bool = False     # tasks may add rows to pretrained tensors (new tokens): zoo/added_rows.py
 
     def to_json(self) -> dict:
-        return {"format": FORMAT, "name": self.name,
-                "architecture": {"kind": self.architecture_kind, "config": self.architecture_config},
-                "pretrained": self.pretrained, "head_input": self.head_input,
-                "tasks": [t.to_json() for t in self.tasks], "recipe": self.recipe,
-                "unmerged": list(self.unmerged)}
+        """The canonical document; `resize_vocab` only when set, so other zoos keep their fingerprint."""
+        doc = {"format": FORMAT, "name": self.name,
+               "architecture": {"kind": self.architecture_kind, "config": self.architecture_config},
+               "pretrained": self.pretrained, "head_input": self.head_input,
+               "tasks": [t.to_json() for t in self.tasks], "recipe": self.recipe,
+               "unmerged": list(self.unmerged)}
+        return {**doc, "resize_vocab": True} if self.resize_vocab else doc
 
 
 def _check_keys(where: str, found: dict, required: set, optional: set) -> None:
@@ -189,10 +192,13 @@ def parse_manifest(doc, default_name: str) -> Manifest:
             raise ZooError(f"zoo.json: duplicate task name '{task.name}'")
         seen.add(task.name)
     name = check_name(doc.get("name", default_name), "zoo name")
+    resize_vocab = doc.get("resize_vocab", False)
+    if not isinstance(resize_vocab, bool):
+        raise ZooError(f"zoo.json: 'resize_vocab' must be true or false, got {resize_vocab!r}")
     return Manifest(name=name, architecture_kind=arch["kind"], architecture_config=arch["config"],
                     pretrained=_relative_file("zoo.json: pretrained", doc["pretrained"]),
                     head_input=head_input, tasks=tasks, recipe=recipe,
-                    unmerged=_parse_unmerged(doc.get("unmerged", [])))
+                    unmerged=_parse_unmerged(doc.get("unmerged", [])), resize_vocab=resize_vocab)
 
 
 def read_manifest(root: Path) -> Manifest:

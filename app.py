@@ -9,14 +9,23 @@ import pandas as pd
 import streamlit as st
 
 from dashboard import charts
+from dashboard.metric_axis import MetricAxis, axis_for
 from dashboard.session import engine_errors, open_studio, progress_bar, zoo_picker
 from flexmerge_core.studio import DEFAULT_ALGORITHM, PlanChoice
 
 
-def _within_one_point(rows: list[dict], target: float) -> dict | None:
-    """The smallest evaluated deployment whose average accuracy is within 1 point of `target`."""
-    close = [r for r in rows if r["avg_accuracy"] >= target - 0.01]
-    return min(close, key=lambda r: r["size"]) if close else None
+def _near_finetuned(rows: list[dict], axis: MetricAxis) -> tuple[dict | None, str]:
+    """The smallest evaluated deployment close to the fine-tuned models (the last row, Mx), and what
+    "close" meant: within 1 point of their average accuracy; for other metrics within 1% of their
+    normalised score (1 point of accuracy is a unit only percentages have)."""
+    if axis.percent and not axis.normalized:
+        target = rows[-1]["avg_accuracy"]
+        close = [r for r in rows if r["avg_accuracy"] >= target - 0.01]
+        how = f"within 1 point of the fine-tuned models' {axis.format(axis.average(rows[-1]))}"
+    else:
+        close = [r for r in rows if r["avg_normalized_accuracy"] >= 0.99]
+        how = "within 1% of the fine-tuned models (normalised)"
+    return (min(close, key=lambda r: r["size"]) if close else None), how
 
 
 def overview() -> None:
@@ -34,10 +43,14 @@ def overview() -> None:
     cols[3].metric("One model", f"{summary.model_megabytes:.2f} MB")
     with engine_errors(), progress_bar("Measuring the fine-tuned models") as bar:
         finetuned = studio.finetuned(progress=bar)
-    st.dataframe(pd.DataFrame({"task": summary.tasks,
-                               "fine-tuned accuracy (%)": [100 * finetuned[t] if t in finetuned else None
-                                                           for t in summary.tasks]}), hide_index=True,
-                 column_config={"fine-tuned accuracy (%)": st.column_config.NumberColumn(format="%.1f")})
+    if set(summary.metrics.values()) == {"accuracy"}:
+        st.dataframe(pd.DataFrame({"task": summary.tasks,
+                                   "fine-tuned accuracy (%)": [100 * finetuned[t] if t in finetuned else None
+                                                               for t in summary.tasks]}), hide_index=True,
+                     column_config={"fine-tuned accuracy (%)": st.column_config.NumberColumn(format="%.1f")})
+    else:
+        st.dataframe(pd.DataFrame({"task": summary.tasks, "metric": [summary.metrics[t] for t in summary.tasks],
+                                   "fine-tuned value": [finetuned.get(t) for t in summary.tasks]}), hide_index=True)
     st.caption(f"Folder: {summary.root}")
 
     st.header(f"The trade-off with {DEFAULT_ALGORITHM.upper()} (default settings)")
@@ -48,23 +61,23 @@ def overview() -> None:
             rows = explorer.curve(explorer.grid(), progress=bar)
             two = explorer.row_at(2.0, progress=bar)
     m = len(summary.tasks)
-    low, full = rows[0], rows[-1]
-    ft_avg = full["avg_accuracy"]   # Mx keeps every fine-tuned model: exactly their accuracy
+    low, full = rows[0], rows[-1]   # Mx keeps every fine-tuned model: exactly their values
+    axis = axis_for(rows)
     lines = [
-        f"- **{low['size']:.2f}x** (everything merged into one model): **{100 * low['avg_accuracy']:.1f}%** "
-        f"average accuracy, {100 * low['avg_normalized_accuracy']:.1f}% of the fine-tuned models.",
-        f"- **{two['size']:.2f}x** (a budget of twice one model): **{100 * two['avg_accuracy']:.1f}%** "
+        f"- **{low['size']:.2f}x** (everything merged into one model): **{axis.format(axis.average(low))}** "
+        f"average {axis.name}, {100 * low['avg_normalized_accuracy']:.1f}% of the fine-tuned models.",
+        f"- **{two['size']:.2f}x** (a budget of twice one model): **{axis.format(axis.average(two))}** "
         f"({100 * two['avg_normalized_accuracy']:.1f}% of fine-tuned).",
-        f"- **{full['size']:.0f}x** (all {m} fine-tuned models kept): **{100 * full['avg_accuracy']:.1f}%**.",
+        f"- **{full['size']:.0f}x** (all {m} fine-tuned models kept): **{axis.format(axis.average(full))}**.",
     ]
-    near = _within_one_point(rows, ft_avg)
-    lines.append(f"- Accuracy comes within 1 point of the fine-tuned models' {100 * ft_avg:.1f}% at "
+    near, how = _near_finetuned(rows, axis)
+    lines.append(f"- {axis.capitalized} comes {how} at "
                  f"**{near['size']:.2f}x** ({near['size'] * summary.model_megabytes:.2f} MB instead of "
                  f"{m * summary.model_megabytes:.2f} MB for all {m} models; sizes tried every "
                  f"{explorer.grid()[-1] - explorer.grid()[-2]:g}x).")
     st.markdown("\n".join(lines))
-    st.plotly_chart(charts.curve_figure({DEFAULT_ALGORITHM: charts.accuracy_points(rows)},
-                                        finetuned=100 * ft_avg), key="chart_overview_curve")
+    st.plotly_chart(charts.curve_figure({DEFAULT_ALGORITHM: charts.curve_points(rows, axis)},
+                                        finetuned=axis.average(full), axis=axis), key="chart_overview_curve")
     st.caption("Explore a size interactively on the Explore page; compare algorithms on Compare; "
                "download a deployment on Export.")
 

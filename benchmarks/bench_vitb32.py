@@ -10,7 +10,7 @@ and, on CUDA, peak allocated GPU memory:
   merge     every group the plan ever forms, merged once with TA (GroupMerger, as the app does)
   deploy Sx build_deployment at budget S (1 and M) from the merged groups
   eval Sx   every task's accuracy on its images through evaluation's own per-task path
-            (task_eval.Evaluators.task(t).count_correct, which evaluate_deployment runs; without the
+            (task_eval.Evaluators.task(t).evaluate, which evaluate_deployment runs; without the
             fine-tuned reference pass evaluate_deployment adds, so the two sizes are compared alone)
 Printed side by side: eval Mx / eval 1x time (the claim: a bigger deployment costs memory, not time).
 
@@ -165,9 +165,8 @@ def main() -> None:
                                    lambda b=budget: build_deployment(zoo, plan, algorithm, b, merger=merger))
 
             def evaluate(deployment=deployment):
-                counts = [evaluators.task(t).count_correct(deployment.encoder_state_dict(t))
-                          for t in range(args.tasks)]
-                return sum(c for c, _ in counts) / sum(n for _, n in counts)
+                scores = [evaluators.task(t).evaluate(deployment.encoder_state_dict(t)) for t in range(args.tasks)]
+                return float(sum(s.scores.sum() for s in scores)) / sum(s.n for s in scores)
 
             accuracy = meter.run(f"eval {budget}x ({args.tasks * args.images} images)", evaluate)
             print(f"      size {deployment.size:.3f}, stored {deployment.stored_bytes / 2**20:.0f} MB, "

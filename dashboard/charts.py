@@ -14,6 +14,8 @@ from typing import Mapping, Optional, Sequence
 import numpy as np
 import plotly.graph_objects as go
 
+from dashboard.metric_axis import ACCURACY, MetricAxis
+
 _HEIGHT = 340
 
 
@@ -32,45 +34,53 @@ def _reference_line(y: float, label: str) -> tuple[dict, dict]:
     return line, note
 
 
-def accuracy_points(rows: Sequence[Mapping]) -> list[tuple[float, float]]:
-    """(size achieved, average accuracy in %) of curve rows (the curve JSON of docs/ARCHITECTURE.md)."""
-    return [(r["size"], 100 * r["avg_accuracy"]) for r in rows]
+def _hover_y(axis: MetricAxis) -> str:
+    """Plotly's hover text of a y value: two decimals for percentages, 4 significant digits else."""
+    return "%{y:.2f}" if axis.percent else "%{y:.4g}"
+
+
+def curve_points(rows: Sequence[Mapping], axis: MetricAxis = ACCURACY) -> list[tuple[float, float]]:
+    """(size achieved, average in axis units, e.g. accuracy in %) of curve rows (the curve JSON of docs/ARCHITECTURE.md)."""
+    return [(r["size"], axis.average(r)) for r in rows]
 
 
 def curve_figure(series: Mapping[str, Sequence[tuple[float, float]]], *, finetuned: Optional[float] = None,
                  current: Optional[tuple[float, float]] = None, current_budget: Optional[float] = None,
-                 y_title: str = "average accuracy (%)", title: str = "Accuracy vs deployment size") -> go.Figure:
+                 axis: MetricAxis = ACCURACY, title: Optional[str] = None) -> go.Figure:
     """One line per label through (size, value) points, sorted by size; an optional dashed reference
     line for the fine-tuned models and a marker for the current slider position (its legend names
-    the budget asked, so a new budget always redraws the marker)."""
-    data = []
+    the budget asked, so a new budget always redraws the marker). Values are in `axis` units."""
+    data, hover = [], _hover_y(axis)
     for label, points in series.items():
         pts = sorted(points)
         data.append(go.Scatter(x=[p[0] for p in pts], y=[p[1] for p in pts], mode="lines+markers", name=label,
-                               hovertemplate=f"{label}<br>size %{{x:.3f}}x<br>%{{y:.2f}}<extra></extra>"))
+                               hovertemplate=f"{label}<br>size %{{x:.3f}}x<br>{hover}<extra></extra>"))
     if current is not None:
         name = "current size" if current_budget is None else f"current size (budget {current_budget:.2f}x)"
         data.append(go.Scatter(x=[current[0]], y=[current[1]], mode="markers", name=name,
                                marker=dict(size=14, symbol="star", color="crimson"),
-                               hovertemplate="current<br>size %{x:.3f}x<br>%{y:.2f}<extra></extra>"))
+                               hovertemplate=f"current<br>size %{{x:.3f}}x<br>{hover}<extra></extra>"))
     shapes, notes = [], []
     if finetuned is not None:
         line, note = _reference_line(finetuned, "fine-tuned models")
         shapes, notes = [line], [note]
-    return go.Figure(data=data, layout=_layout(title, "deployment size (x one model)", y_title,
+    return go.Figure(data=data, layout=_layout(title or f"{axis.capitalized} vs deployment size",
+                                               "deployment size (x one model)", f"average {axis.title}",
                                                shapes=shapes, annotations=notes))
 
 
-def task_accuracy_figure(tasks: Sequence[str], merged: Mapping[str, float],
-                         finetuned: Optional[Mapping[str, float]], size: float) -> go.Figure:
-    """Per-task accuracy of the deployment next to each task's own fine-tuned model (percent)."""
-    data = [go.Bar(x=list(tasks), y=[100 * merged[t] for t in tasks], name=f"merged at {size:.3f}x",
-                   hovertemplate="%{x}<br>merged %{y:.2f}%<extra></extra>")]
+def task_figure(tasks: Sequence[str], merged: Mapping[str, float], finetuned: Optional[Mapping[str, float]],
+                size: float, axis: MetricAxis = ACCURACY) -> go.Figure:
+    """Per-task values of the deployment next to each task's own fine-tuned model, in `axis` units."""
+    value = _hover_y(axis) + ("%" if axis.percent else "")
+    data = [go.Bar(x=list(tasks), y=[merged[t] for t in tasks], name=f"merged at {size:.3f}x",
+                   hovertemplate=f"%{{x}}<br>merged {value}<extra></extra>")]
     if finetuned:
-        data.append(go.Bar(x=list(tasks), y=[100 * finetuned[t] for t in tasks], name="fine-tuned",
-                           marker_color="lightgray", hovertemplate="%{x}<br>fine-tuned %{y:.2f}%<extra></extra>"))
-    layout = _layout("Per-task accuracy", "task", "accuracy (%)", barmode="group")
-    layout["yaxis"]["range"] = [0, 100]
+        data.append(go.Bar(x=list(tasks), y=[finetuned[t] for t in tasks], name="fine-tuned",
+                           marker_color="lightgray", hovertemplate=f"%{{x}}<br>fine-tuned {value}<extra></extra>"))
+    layout = _layout(f"Per-task {axis.name}", "task", axis.title, barmode="group")
+    if axis.percent and not axis.normalized:
+        layout["yaxis"]["range"] = [0, 100]
     return go.Figure(data=data, layout=layout)
 
 

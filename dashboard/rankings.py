@@ -5,24 +5,31 @@ answer can flip as the budget grows; a table that marks those flips answers it a
 """
 from __future__ import annotations
 
-from typing import Mapping, Optional, Sequence
+from typing import Callable, Mapping, Optional, Sequence
 
 import pandas as pd
 
 
-def ranking_table(accuracy: Mapping[str, Mapping[float, Optional[float]]], budgets: Sequence[float]) -> pd.DataFrame:
-    """One row per budget: the labels best-first (accuracy in %), and whether the order changed
-    from the previous budget. accuracy[label][budget] is None where that curve cannot reach the budget
-    (it is then left out of that row's ranking)."""
+def _percent(value: float) -> str:
+    return f"{100 * value:.1f}%"
+
+
+def ranking_table(values: Mapping[str, Mapping[float, Optional[float]]], budgets: Sequence[float],
+                  higher_is_better: bool = True, fmt: Callable[[float], str] = _percent) -> pd.DataFrame:
+    """One row per budget: the labels best-first (highest first, or lowest when lower is better, e.g.
+    an error; ties by name), each with its value as `fmt` writes it (default: a fraction in %), and
+    whether the order changed from the previous budget. values[label][budget] is None where that curve
+    cannot reach the budget (it is then left out of that row's ranking)."""
     rows, previous = [], None
-    width = len(accuracy)
+    width = len(values)
+    sign = -1 if higher_is_better else 1
     for budget in budgets:
-        scored = [(label, acc[budget]) for label, acc in accuracy.items() if acc.get(budget) is not None]
-        scored.sort(key=lambda item: (-item[1], item[0]))
+        scored = [(label, v[budget]) for label, v in values.items() if v.get(budget) is not None]
+        scored.sort(key=lambda item: (sign * item[1], item[0]))
         order = [label for label, _ in scored]
         row = {"budget": f"{budget:.2f}x"}
         for rank in range(width):
-            row[f"#{rank + 1}"] = (f"{scored[rank][0]} ({100 * scored[rank][1]:.1f}%)"
+            row[f"#{rank + 1}"] = (f"{scored[rank][0]} ({fmt(scored[rank][1])})"
                                    if rank < len(scored) else "")
         row["ranking changed"] = previous is not None and order != previous
         rows.append(row)

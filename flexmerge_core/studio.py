@@ -50,6 +50,7 @@ class ZooSummary:
     root: str
     tasks: list[str]
     finetuned: Optional[dict[str, float]]
+    metrics: dict[str, str]              # task -> its task kind's metric name (what `finetuned` holds)
     merged_params: int
     num_blocks: int
     model_megabytes: float
@@ -81,6 +82,7 @@ def summarize_zoo(zoo: Zoo, granularity: str = DEFAULT_GRANULARITY) -> ZooSummar
     spec = build_blocks(zoo.param_names, zoo.param_shapes, granularity=granularity)
     return ZooSummary(name=zoo.name, root=str(zoo.root), tasks=list(zoo.task_names),
                       finetuned=zoo.finetuned_accuracy, merged_params=int(spec.total_params),
+                      metrics={name: zoo.task_kind(t).metric for t, name in enumerate(zoo.task_names)},
                       num_blocks=len(spec.blocks), model_megabytes=model_bytes(zoo) / 1e6)
 
 

@@ -7,6 +7,7 @@ import streamlit as st
 
 from dashboard import charts
 from dashboard.controls import explorer_from_settings
+from dashboard.metric_axis import MetricAxis, axis_for
 from dashboard.session import engine_errors, open_studio, progress_bar
 from flexmerge_core.studio import Explorer, PartitionView
 
@@ -21,7 +22,7 @@ SLIDER_STEP = 0.05
 FIGURE_MEMO_LIMIT = 512
 
 
-def size_figures(explorer: Explorer, budget: float, view: PartitionView, row: dict) -> tuple:
+def size_figures(explorer: Explorer, budget: float, view: PartitionView, row: dict, axis: MetricAxis) -> tuple:
     """The three size-dependent figures, memoised per (plan, budget, curve points known) in this
     session: building Plotly figures is the slowest part of a slider move, so a size seen before is
     redrawn from the figures already built."""
@@ -32,10 +33,11 @@ def size_figures(explorer: Explorer, budget: float, view: PartitionView, row: di
             memo.clear()
         finetuned = explorer.finetuned()
         memo[key] = (
-            charts.task_accuracy_figure(explorer.task_names, row["accuracy"], finetuned, view.size),
-            charts.curve_figure({explorer.algorithm.name: charts.accuracy_points(explorer.known_rows())},
-                                finetuned=None if not finetuned else 100 * sum(finetuned.values()) / len(finetuned),
-                                current=(view.size, 100 * row["avg_accuracy"]), current_budget=budget),
+            charts.task_figure(explorer.task_names, axis.task_values(row, finetuned),
+                               axis.finetuned_values(finetuned), view.size, axis),
+            charts.curve_figure({explorer.algorithm.name: charts.curve_points(explorer.known_rows(), axis)},
+                                finetuned=axis.finetuned_average(finetuned), axis=axis,
+                                current=(view.size, axis.average(row)), current_budget=budget),
             charts.cluster_count_figure(explorer.block_names, view.cluster_counts, explorer.plan.num_tasks))
     return memo[key]
 
@@ -50,17 +52,18 @@ def size_view(explorer: Explorer) -> None:
     view = explorer.partition(budget)
     with engine_errors(), progress_bar("Evaluating this size") as bar:
         row = explorer.row_at(budget, progress=bar)
+    axis = axis_for([row])
     cols = st.columns(5)
     cols[0].metric("Budget asked", f"{budget:.2f}x")
     cols[1].metric("Size achieved", f"{view.size:.3f}x")
     cols[2].metric("Memory", f"{view.megabytes:.2f} MB")
-    cols[3].metric("Average accuracy", f"{100 * row['avg_accuracy']:.2f}%",
+    cols[3].metric(f"Average {axis.name}", axis.format(axis.average(row), decimals=2),
                    help=f"{100 * row['avg_normalized_accuracy']:.1f}% of the fine-tuned models")
     cols[4].metric("Merge events applied", f"{view.num_events} of {len(plan.events)}")
     if not view.budget_met:
         st.warning(f"A budget of {budget:.2f}x cannot be met with {explorer.algorithm.name}: the smallest "
                    f"achievable size is {plan.min_size:.3f}x, shown here.")
-    tasks, curve, clusters = size_figures(explorer, budget, view, row)
+    tasks, curve, clusters = size_figures(explorer, budget, view, row, axis)
     left, right = st.columns(2)
     left.plotly_chart(tasks, key="chart_explore_tasks")
     right.plotly_chart(curve, key="chart_explore_curve")

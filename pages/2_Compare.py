@@ -1,4 +1,5 @@
-"""Compare: several algorithms' accuracy/size curves, rankings per size, baselines and ablations."""
+"""Compare: several algorithms' metric/size curves (accuracy, or each task kind's metric), rankings per size
+(best first in the metric's direction), baselines and ablations."""
 from __future__ import annotations
 
 from dataclasses import replace
@@ -7,6 +8,7 @@ import streamlit as st
 
 from dashboard import charts
 from dashboard.controls import algorithm_input
+from dashboard.metric_axis import axis_for
 from dashboard.rankings import highlight_changes, ranking_table
 from dashboard.session import engine_errors, open_studio, progress_bar
 from flexmerge_core.planning.baselines import CHANNEL_ALGORITHMS
@@ -40,23 +42,23 @@ if not chosen:
     st.stop()
 curves = curves_for(studio, {a: PlanChoice(algorithm=a, granularity=granularity) for a in chosen}, GRID_STEP,
                     "Algorithm")
+axis = axis_for([r for rows in curves.values() for r in rows])
 with engine_errors(), progress_bar("Measuring the fine-tuned models") as bar:
-    finetuned = studio.finetuned(progress=bar)
-ft_avg = None if not finetuned else 100 * sum(finetuned.values()) / len(finetuned)
-st.plotly_chart(charts.curve_figure({a: charts.accuracy_points(rows)
-                                     for a, rows in curves.items()}, finetuned=ft_avg,
-                                    title="Average accuracy vs size (mask methods start at their minimum size)"),
+    ft_avg = axis.finetuned_average(studio.finetuned(progress=bar))
+st.plotly_chart(charts.curve_figure({a: charts.curve_points(rows, axis) for a, rows in curves.items()},
+                                    finetuned=ft_avg, axis=axis,
+                                    title=f"Average {axis.name} vs size (mask methods start at their minimum size)"),
                 key="chart_compare_curves")
 
 st.subheader("Rankings per size")
 budgets = sorted({r["size_budget"] for rows in curves.values() for r in rows})
 by_budget = {a: {r["size_budget"]: r for r in rows} for a, rows in curves.items()}
-accuracy = {a: {b: (by_budget[a][b]["avg_accuracy"] if b in by_budget[a] and by_budget[a][b]["size"] <= b else None)
-                for b in budgets} for a in curves}
-table = ranking_table(accuracy, budgets)
+values = {a: {b: (axis.average(by_budget[a][b]) if b in by_budget[a] and by_budget[a][b]["size"] <= b else None)
+              for b in budgets} for a in curves}
+table = ranking_table(values, budgets, higher_is_better=axis.higher_is_better, fmt=axis.format)
 st.dataframe(highlight_changes(table), hide_index=True, key="compare_rankings")
-st.caption("Shaded rows: the ranking differs from the previous budget. An algorithm is ranked only at budgets "
-           "it can meet.")
+st.caption(f"Ranked by average {axis.title}. Shaded rows: the ranking differs from the previous budget. "
+           "An algorithm is ranked only at budgets it can meet.")
 
 
 
@@ -81,9 +83,10 @@ if requested("Run the baselines", "baseline_run", "Channel Merging clusters ever
         for kind, label in (("channel-merging", "Channel Merging"), ("whole-model", "Whole-model clustering")):
             with progress_bar(label) as bar:
                 series[f"{label} ({base_algorithm})"] = studio.baseline_curve(kind, base_algorithm, progress=bar)
-    st.plotly_chart(charts.curve_figure({k: charts.accuracy_points(rows) for k, rows in series.items()},
-                                        finetuned=ft_avg, title="FlexMerge vs Channel Merging and whole-model "
-                                                                "clustering"), key="chart_compare_baseline")
+    st.plotly_chart(charts.curve_figure({k: charts.curve_points(rows, axis) for k, rows in series.items()},
+                                        finetuned=ft_avg, axis=axis, title="FlexMerge vs Channel Merging and "
+                                                                           "whole-model clustering"),
+                    key="chart_compare_baseline")
 
 st.subheader("Ablations: linkage and merge order")
 algorithm, hyper = algorithm_input("Algorithm for the ablations", key="ablation_algorithm")
@@ -93,9 +96,10 @@ if requested("Run the ablations", "ablation_run",
     by_linkage = curves_for(studio, {lk: replace(base, linkage=lk) for lk in LINKAGES}, 1.0, "Linkage")
     by_order = curves_for(studio, {o: replace(base, order=o) for o in ORDERS}, 1.0, "Order")
     left, right = st.columns(2)
-    left.plotly_chart(charts.curve_figure({k: charts.accuracy_points(rows) for k, rows in by_linkage.items()},
-                                          finetuned=ft_avg, title=f"Linkage ({algorithm}, greedy order)"),
+    left.plotly_chart(charts.curve_figure({k: charts.curve_points(rows, axis) for k, rows in by_linkage.items()},
+                                          finetuned=ft_avg, axis=axis, title=f"Linkage ({algorithm}, greedy order)"),
                       key="chart_ablation_linkage")
-    right.plotly_chart(charts.curve_figure({k: charts.accuracy_points(rows) for k, rows in by_order.items()},
-                                           finetuned=ft_avg, title=f"Merge order ({algorithm}, min linkage)"),
+    right.plotly_chart(charts.curve_figure({k: charts.curve_points(rows, axis) for k, rows in by_order.items()},
+                                           finetuned=ft_avg, axis=axis,
+                                           title=f"Merge order ({algorithm}, min linkage)"),
                        key="chart_ablation_order")

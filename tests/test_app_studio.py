@@ -118,6 +118,6 @@ def test_curve_figure_marks_the_current_budget():
     assert fig.layout.shapes[0].y0 == 70.0
 
 
-def test_accuracy_points_are_percent_of_achieved_size():
+def test_curve_points_are_percent_of_achieved_size():
     rows = [{"size": 1.25, "avg_accuracy": 0.5, "size_budget": 1.3}]
-    assert charts.accuracy_points(rows) == [(1.25, 50.0)]
+    assert charts.curve_points(rows) == [(1.25, 50.0)]

@@ -63,7 +63,7 @@ def test_second_cli_curve_run_with_a_warm_cache_merges_and_evaluates_nothing(zoo
         raise AssertionError("no merging or evaluation expected with a warm cache")
 
     monkeypatch.setattr(type(algo), "merge", forbidden)
-    monkeypatch.setattr(TaskEvaluator, "count_correct", forbidden)
+    monkeypatch.setattr(TaskEvaluator, "evaluate", forbidden)
     monkeypatch.setattr(GroupResultCache, "load", forbidden)
     assert main(argv) == 0
     assert json.loads(capsys.readouterr().out) == cold
@@ -106,7 +106,10 @@ def test_cli_curve_json_document_and_one_line_errors(zoo_bundle, capsys):
     doc = json.loads(capsys.readouterr().out)
     assert set(doc) == {"rows", "finetuned"} and set(doc["finetuned"]) == set(zoo.task_names)
     assert [set(r) for r in doc["rows"]] == [{"size_budget", "size", "avg_accuracy", "avg_normalized_accuracy",
-                                             "accuracy"}] * 2
+                                             "accuracy", "metric", "n", "higher_is_better"}] * 2
+    assert doc["rows"][0]["metric"] == {t: "accuracy" for t in zoo.task_names}
+    assert doc["rows"][0]["higher_is_better"] == {t: True for t in zoo.task_names}
+    assert doc["rows"][0]["n"] == {t: len(zoo.heldout(i)[1]) for i, t in enumerate(zoo.task_names)}
     assert doc["rows"][1]["accuracy"] == doc["finetuned"]
     for argv in (["--sizes", "1,abc"], ["--tasks", "task0,nope"], ["--algorithm", "nope"]):
         args = ["curve", "--zoo", str(zoo.root), "--algorithm", "ta", *argv]

@@ -91,12 +91,12 @@ def test_results_are_cached_and_a_corrupt_entry_is_recomputed(zoo_bundle, privat
     entries = sorted((private_cache / "eval").glob("*.json"))
     assert len(entries) == 2 * len(zoo.task_names)          # deployment + fine-tuned, per task
     calls = []
-    original = TaskEvaluator.count_correct
-    monkeypatch.setattr(TaskEvaluator, "count_correct",
+    original = TaskEvaluator.evaluate
+    monkeypatch.setattr(TaskEvaluator, "evaluate",
                         lambda self, *a, **k: calls.append(1) or original(self, *a, **k))
     assert evaluate_deployment(zoo, deployment) == first and calls == []
     doc = json.loads(entries[0].read_text())
-    doc["payload"]["correct"] += 1                          # tampered: checksum no longer matches
+    doc["payload"]["value"] += 0.25                         # tampered: checksum no longer matches
     entries[0].write_text(json.dumps(doc))
     assert evaluate_deployment(zoo, deployment) == first and calls == [1]
 
@@ -104,17 +104,21 @@ def test_results_are_cached_and_a_corrupt_entry_is_recomputed(zoo_bundle, privat
 def test_evaluator_reuses_kept_stage_inputs_only_before_the_first_change(zoo_bundle):
     zoo, states, pretrained, heads = zoo_bundle
     runner = StagedEncoder(zoo.build_encoder(), device="cpu", adapter=zoo.architecture)
-    images, labels = zoo.heldout(0)
-    fresh = lambda state: TaskEvaluator(runner, images, labels, heads["task0"], False, 16).count_correct(state)
-    evaluator = TaskEvaluator(runner, images, labels, heads["task0"], False, batch_size=16, budget_bytes=1 << 30)
+    held, kind = zoo.heldout_set(0), zoo.task_kind(0)
+    images = held.inputs
+
+    outcome = lambda score: (score.value, score.n, score.scores.tolist())
+    fresh = lambda state: outcome(TaskEvaluator(runner, kind, held, 16).evaluate(state))
+    evaluator = TaskEvaluator(runner, kind, held, batch_size=16, budget_bytes=1 << 30)
+    same = lambda state, signature: outcome(evaluator.evaluate(state, signature)) == fresh(state)
     a, b = states["task0"], dict(states["task0"])
     b.update({n: pretrained[n] for n in pretrained if n.startswith(("transformer.resblocks.1.", "ln_post", "proj"))})
     signature_a = ["stem", "0a", "0m", "1a", "1m", "post"]
-    assert evaluator.count_correct(a, signature_a) == fresh(a)
+    assert same(a, signature_a)
     assert evaluator.stages_run == 6
-    assert evaluator.count_correct(b, ["stem", "0a", "0m", "1a*", "1m*", "post*"]) == fresh(b)
+    assert same(b, ["stem", "0a", "0m", "1a*", "1m*", "post*"])
     assert evaluator.stages_run == 6 + 3                    # restarted at the first changed stage
-    assert evaluator.count_correct(a, signature_a) == fresh(a)
+    assert same(a, signature_a)
     assert evaluator.kept_bytes == 5 * len(images) * 5 * TINY_VIT["width"] * 4   # inputs of stages 1..5
 
 

@@ -42,7 +42,8 @@ def test_info_json(zoo_dir, capsys):
     assert out["report"] == {"avg_finetuned_accuracy": 0.9025, "merged_1x_normalized_accuracy": 0.61,
                              "note": "demo"}
     assert out["tasks"][0] == {"name": "digits", "finetuned_accuracy": 0.93, "num_classes": 2,
-                               "has_head": True, "has_heldout_data": False}
+                               "has_head": True, "has_heldout_data": False, "kind": "image_classification",
+                               "metric": "accuracy"}
 
 
 def test_info_text(zoo_dir, capsys):

@@ -1,8 +1,8 @@
-"""Accuracy-size curves, evaluated incrementally along the plan.
+"""Metric-size curves (accuracy for classification tasks), evaluated incrementally along the plan.
 
 Why incremental: between neighbouring sizes one merge event changes one block for the tasks of
 two groups; everything else is the same. Partitions are walked from the all-separate deployment
-(M) towards 1x, so groups only grow: a task whose routing is unchanged keeps its accuracy (memory
+(M) towards 1x, so groups only grow: a task whose routing is unchanged keeps its score (memory
 and disk caches are keyed by routing), a changed task re-runs only from the first encoder stage
 its change touches (task_eval.TaskEvaluator keeps stage inputs), and materialised groups that left
 the partition are dropped (they never come back in this direction).
@@ -11,21 +11,37 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Callable, Optional
+from typing import Callable, Mapping, Optional
 
 from flexmerge_core.deployment.deploy import GroupStore, deployment_from_partition, deployment_recipe
 from flexmerge_core.errors import BudgetError, InvalidArgumentError
-from flexmerge_core.evaluation.task_eval import (AccuracyBook, Evaluators, default_activation_budget, eval_key, summarize,
-                                      task_ids_of)
+from flexmerge_core.evaluation.scores import TaskScore
+from flexmerge_core.evaluation.task_eval import (Evaluators, ScoreBook, default_activation_budget, eval_key, summarize,
+                                                 task_ids_of)
 
 Progress = Optional[Callable[[int, int, str], None]]
 
 
 @dataclass
 class CurveResult:
-    rows: list[dict]                       # curve rows (docs/ARCHITECTURE.md), in requested size order
-    finetuned: dict[str, float]            # accuracy of each individual fine-tuned model
+    rows: list[dict]                       # curve rows (curve_row), in the order of the requested sizes
+    finetuned: dict[str, float]            # metric value of each individual fine-tuned model
     stats: dict = field(default_factory=dict)
+
+
+_ROW_KEYS = ("avg_accuracy", "avg_normalized_accuracy", "accuracy", "metric", "n", "higher_is_better")
+
+
+def curve_row(budget: float, size: float, summary: Mapping) -> dict:
+    """One curve row from task_eval.summarize's dict (or an EvalResult's fields, which share its names).
+
+    DESIGN.md's keys keep their names whatever the tasks' metrics: `accuracy` = {task: metric value},
+    `avg_accuracy` = their mean, `avg_normalized_accuracy` = mean of the normalised values
+    (task_eval.normalized_value: 1 = parity with fine-tuned, higher is better for every metric); beside
+    them, per task, `metric` (its name), `n` (examples) and `higher_is_better`.
+    """
+    return {"size_budget": float(budget), "size": size,
+            **{k: dict(summary[k]) if isinstance(summary[k], dict) else summary[k] for k in _ROW_KEYS}}
 
 
 def parse_sizes(text: str, option: str = "--sizes") -> "str | list[float]":
@@ -97,7 +113,7 @@ def _stage_signature(deployment, task_id: int, stage_blocks: list[list[int]]) ->
 def compute_curve(zoo, plan, algorithm, sizes="all", tasks=None, *, spec=None, merger=None, device=None,
                   progress: Progress = None, batch_size: int = 256, use_cache: bool = True,
                   incremental: bool = True, activation_budget: Optional[int] = None) -> CurveResult:
-    """Curve rows at `sizes` (budgets, or 'all' achievable sizes ascending) plus fine-tuned accuracies.
+    """Curve rows at `sizes` (budgets, or 'all' achievable sizes ascending) plus fine-tuned metric values.
 
     incremental=False evaluates every task at every size from scratch (the benchmark's baseline).
     """
@@ -112,17 +128,17 @@ def compute_curve(zoo, plan, algorithm, sizes="all", tasks=None, *, spec=None, m
     walk = {0: plan.partition_at(plan.max_size)}
     walk.update({p.num_events: p for p in partitions.values()})
     ids = task_ids_of(zoo, tasks)
-    book = AccuracyBook(use_cache)
+    book = ScoreBook(use_cache)
     evaluators = Evaluators(zoo, device, batch_size, 0)
     store = GroupStore(zoo, spec, algorithm, merger)
     stage_blocks = None
-    by_events: dict[int, dict[str, float]] = {}
+    by_events: dict[int, dict[str, TaskScore]] = {}
     for step, events in enumerate(sorted(walk)):
         part = walk[events]
         keys = {t: eval_key(zoo, t, _merged_blocks(spec, algorithm, part, t), algorithm.key, zoo.fingerprint)
                 for t in ids}
-        accuracy = {t: book.known(keys[t]) if incremental else None for t in ids}
-        needed = [t for t in ids if accuracy[t] is None]
+        scores = {t: book.known(keys[t]) if incremental else None for t in ids}
+        needed = [t for t in ids if scores[t] is None]
         if needed:
             recipe = deployment_recipe(zoo, spec, plan, algorithm, part.budget, part.size)
             deployment = deployment_from_partition(zoo, spec, algorithm, part, store, recipe)
@@ -130,20 +146,15 @@ def compute_curve(zoo, plan, algorithm, sizes="all", tasks=None, *, spec=None, m
                 stage_blocks = _stage_blocks(spec, evaluators, incremental, activation_budget)
             for t in needed:
                 signature = _stage_signature(deployment, t, stage_blocks) if incremental else None
-                counts = evaluators.task(t, share=len(ids)).count_correct(deployment.encoder_state_dict(t), signature)
-                accuracy[t] = book.record(keys[t], *counts)
-        by_events[events] = {zoo.task_names[t]: accuracy[t] for t in ids}
+                score = evaluators.task(t, share=len(ids)).evaluate(deployment.encoder_state_dict(t), signature)
+                scores[t] = book.record(keys[t], score)
+        by_events[events] = {zoo.task_names[t]: scores[t] for t in ids}
         store.retain((b, g) for b, groups in enumerate(part.groups) for g in groups)
         if progress:
             progress(step + 1, len(walk), f"size {part.size:.3f}")
-    finetuned = by_events[0]
-    rows = []
-    for budget in budgets:
-        part = partitions[budget]
-        accuracy = by_events[part.num_events]
-        summary = summarize(accuracy, finetuned)
-        rows.append({"size_budget": float(budget), "size": part.size, "avg_accuracy": summary["avg_accuracy"],
-                     "avg_normalized_accuracy": summary["avg_normalized_accuracy"], "accuracy": dict(accuracy)})
+    finetuned = {task: score.value for task, score in by_events[0].items()}
+    rows = [curve_row(b, partitions[b].size, summarize(by_events[partitions[b].num_events], finetuned))
+            for b in budgets]
     stats = {"evaluated": book.evaluated, "stages_run": evaluators.stages_run,
              "activation_bytes": evaluators.kept_bytes, "partitions": len(walk)}
     return CurveResult(rows=rows, finetuned=finetuned, stats=stats)

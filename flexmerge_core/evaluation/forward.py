@@ -86,9 +86,3 @@ class StagedEncoder:
                 x = self._split.run(x, stage)
         return x, kept
 
-
-def head_logits(features: torch.Tensor, head: dict[str, torch.Tensor], normalized: bool) -> torch.Tensor:
-    """Class logits: head(features), features L2-normalised first for CLIP zero-shot heads."""
-    if normalized:
-        features = features / features.norm(dim=-1, keepdim=True).clamp_min(1e-12)
-    return features @ head["weight"].t() + head["bias"]

@@ -1,4 +1,4 @@
-"""Accuracy of one task's model on its held-out data, with reusable stage inputs and cache keys.
+"""The metric of one task's model on its held-out data, with reusable stage inputs and cache keys.
 
 Why a per-task evaluator: along a curve the same task is evaluated many times with models that
 differ in one block. The evaluator keeps the inputs of selected stages (see forward.py) for the
@@ -17,18 +17,19 @@ import torch
 from flexmerge_core.cache import JsonCache, cache_root, content_hash
 from flexmerge_core.deployment.deploy import FINETUNED, Deployment
 from flexmerge_core.errors import InvalidArgumentError
-from flexmerge_core.evaluation.forward import StagedEncoder, head_logits
+from flexmerge_core.evaluation.forward import StagedEncoder
+from flexmerge_core.evaluation.scores import TaskScore
+from flexmerge_core.tasks import HeldOut, TaskKind
 
-EVAL_VERSION = "eval/1"   # bump when the forward or the accuracy definition changes
+EVAL_VERSION = "eval/2"   # bump when the forward, a metric or the cache entry's format changes
 
 
-def heldout_of(zoo, task_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    data = zoo.heldout(task_id)
-    head = zoo.head(task_id)
-    if data is None or head is None:
-        missing = "held-out data" if data is None else "a head"
+def heldout_of(zoo, task_id: int) -> HeldOut:
+    held = zoo.heldout_set(task_id)
+    if held is None or held.head is None:
+        missing = "held-out data" if held is None else "head"
         raise InvalidArgumentError(f"task '{zoo.task_names[task_id]}' has no {missing}: it cannot be evaluated")
-    return data
+    return held
 
 
 def default_activation_budget(device: torch.device) -> int:
@@ -59,15 +60,16 @@ def choose_stages(stage_bytes: Sequence[int], budget: int) -> list[int]:
 
 
 class TaskEvaluator:
-    """correct/total of one task for a given state dict; stage inputs reused across calls."""
+    """The task kind's metric of one task for a given state dict; stage inputs reused across calls."""
 
-    def __init__(self, runner: StagedEncoder, images: torch.Tensor, labels: torch.Tensor,
-                 head: dict[str, torch.Tensor], normalized: bool, batch_size: int = 256,
+    def __init__(self, runner: StagedEncoder, kind: TaskKind, held: HeldOut, batch_size: int = 256,
                  budget_bytes: int = 0):
-        self.runner, self.normalized, self.total = runner, normalized, len(labels)
-        self.batches = [images[i:i + batch_size] for i in range(0, len(images), batch_size)]
-        self.label_batches = [labels[i:i + batch_size] for i in range(0, len(labels), batch_size)]
-        self.head = {k: v.to(runner.device, torch.float32) for k, v in head.items()}
+        self.runner, self.kind, self.total = runner, kind, len(held.targets)
+        self.batches = [held.inputs[i:i + batch_size] for i in range(0, len(held.inputs), batch_size)]
+        self.target_batches = [held.targets[i:i + batch_size].to(runner.device)
+                               for i in range(0, len(held.targets), batch_size)]
+        self.head = {k: v.to(runner.device, torch.float32) if isinstance(v, torch.Tensor) else v
+                     for k, v in held.head.items()}
         self.budget_bytes = budget_bytes
         self.record: list[int] = []
         self._kept: list[dict[int, torch.Tensor]] = [{} for _ in self.batches]
@@ -93,8 +95,8 @@ class TaskEvaluator:
         first = changed[0] if changed else self.runner.num_stages
         return max([s for s in self.record if s <= first], default=0)
 
-    def count_correct(self, state: dict[str, torch.Tensor], signature: Optional[list] = None) -> tuple[int, int]:
-        """Correct predictions and total for the task's model `state`.
+    def evaluate(self, state: dict[str, torch.Tensor], signature: Optional[list] = None) -> TaskScore:
+        """The kind's per-example scores and metric value for the task's model `state`.
 
         `signature[s]` identifies the parameters of stage s (equal => same tensors); with it, the
         kept stage inputs of the previous call are reused. Without it nothing is kept.
@@ -104,16 +106,16 @@ class TaskEvaluator:
             self._plan_recording(stage_params)
         start = self._start_stage(signature)
         record = [s for s in self.record if s > start] if signature is not None else []
-        correct = 0
+        scores = []
         for i, batch in enumerate(self.batches):
             x = self._kept[i][start] if start > 0 else batch.to(self.runner.device)
             features, kept = self.runner.features(stage_params, x, start=start, record=record)
             self._kept[i] = {s: t for s, t in self._kept[i].items() if s <= start} | kept
-            logits = head_logits(features.float(), self.head, self.normalized)
-            correct += int((logits.argmax(dim=-1).cpu() == self.label_batches[i]).sum())
+            scores.append(self.kind.score(features, self.target_batches[i], self.head).to("cpu", torch.float32))
         self.stages_run += self.runner.num_stages - start
         self._signature = signature
-        return correct, self.total
+        scores = torch.cat(scores)
+        return TaskScore(self.kind.metric, self.kind.value(scores), self.total, self.kind.higher_is_better, scores)
 
 
 def eval_cache() -> JsonCache:
@@ -121,19 +123,32 @@ def eval_cache() -> JsonCache:
 
 
 def eval_key(zoo, task_id: int, merged_blocks: list, algorithm_key: Optional[str], source_fingerprint: str) -> str:
-    """Hash of what a task's accuracy depends on: data and head (zoo), the tensors' source zoo,
+    """Hash of what a task's metric depends on: data, head and kind (zoo), the tensors' source zoo,
     and which blocks are merged with which members by which algorithm (fine-tuned blocks are
     the checkpoint's own tensors, whatever the algorithm)."""
     return content_hash(EVAL_VERSION, zoo.fingerprint, source_fingerprint, zoo.task_names[task_id],
-                        zoo.head_input, algorithm_key if merged_blocks else None, merged_blocks)
+                        zoo.head_input, zoo.task_kind(task_id).name, algorithm_key if merged_blocks else None,
+                        merged_blocks)
 
 
-def summarize(accuracy: dict[str, float], finetuned: dict[str, float]) -> dict:
-    """Average and normalised accuracy (merged / fine-tuned per task; a 0 fine-tuned accuracy counts as 1e-12)."""
-    normalized = {t: a / max(finetuned[t], 1e-12) for t, a in accuracy.items()}
-    n = max(len(accuracy), 1)
-    return {"avg_accuracy": sum(accuracy.values()) / n, "avg_normalized_accuracy": sum(normalized.values()) / n,
-            "normalized": normalized}
+def normalized_value(value: float, finetuned: float, higher_is_better: bool) -> float:
+    """Merged relative to fine-tuned, where 1 is parity and higher is better for every metric:
+    value / finetuned when higher is better, finetuned / value when lower is (an error of twice the
+    fine-tuned model's scores 0.5). A zero denominator counts as 1e-12."""
+    return value / max(finetuned, 1e-12) if higher_is_better else finetuned / max(value, 1e-12)
+
+
+def summarize(scores: dict[str, TaskScore], finetuned: dict[str, float]) -> dict:
+    """Per-task values and what curve rows and EvalResult report about them: the average of the tasks'
+    metric values (`avg_accuracy`, whatever the metrics), normalised values and their average, and per
+    task the metric's name, the number of examples and its direction."""
+    values = {t: s.value for t, s in scores.items()}
+    normalized = {t: normalized_value(s.value, finetuned[t], s.higher_is_better) for t, s in scores.items()}
+    n = max(len(scores), 1)
+    return {"accuracy": values, "avg_accuracy": sum(values.values()) / n,
+            "avg_normalized_accuracy": sum(normalized.values()) / n, "normalized": normalized,
+            "metric": {t: s.metric for t, s in scores.items()}, "n": {t: s.n for t, s in scores.items()},
+            "higher_is_better": {t: s.higher_is_better for t, s in scores.items()}}
 
 
 def task_ids_of(zoo, tasks) -> list[int]:
@@ -154,32 +169,31 @@ def task_ids_of(zoo, tasks) -> list[int]:
     return sorted(set(ids))
 
 
-class AccuracyBook:
-    """Per-task accuracies by cache key: memory first, then the disk cache, else `count()`.
+class ScoreBook:
+    """Per-task scores by cache key: memory first, then the disk cache (TaskScore.to_json entries).
 
     Counts what it actually evaluated (`evaluated`), so callers and tests can tell cached from computed.
     """
 
     def __init__(self, use_cache: bool = True):
         self.disk = eval_cache() if use_cache else None
-        self.memory: dict[str, float] = {}
+        self.memory: dict[str, TaskScore] = {}
         self.evaluated = 0
 
-    def known(self, key: str) -> Optional[float]:
-        if key in self.memory:
-            return self.memory[key]
-        found = self.disk.get(key) if self.disk is not None else None
-        if isinstance(found, dict) and isinstance(found.get("correct"), int) and found.get("total", 0) > 0:
-            self.memory[key] = found["correct"] / found["total"]
-            return self.memory[key]
-        return None
+    def known(self, key: str) -> Optional[TaskScore]:
+        if key not in self.memory and self.disk is not None:
+            found = self.disk.get(key)
+            score = TaskScore.from_json(found) if isinstance(found, dict) else None
+            if score is not None:
+                self.memory[key] = score
+        return self.memory.get(key)
 
-    def record(self, key: str, correct: int, total: int) -> float:
+    def record(self, key: str, score: TaskScore) -> TaskScore:
         self.evaluated += 1
         if self.disk is not None:
-            self.disk.put(key, {"correct": int(correct), "total": int(total)})
-        self.memory[key] = correct / total
-        return self.memory[key]
+            self.disk.put(key, score.to_json())
+        self.memory[key] = score
+        return score
 
 
 class Evaluators:
@@ -198,10 +212,9 @@ class Evaluators:
 
     def task(self, task_id: int, share: int = 1) -> TaskEvaluator:
         if task_id not in self._tasks:
-            images, labels = heldout_of(self.zoo, task_id)
             self._tasks[task_id] = TaskEvaluator(
-                self.runner, images, labels, self.zoo.head(task_id), self.zoo.head_input == "normalized",
-                self.batch_size, self.activation_budget // max(share, 1))
+                self.runner, self.zoo.task_kind(task_id), heldout_of(self.zoo, task_id), self.batch_size,
+                self.activation_budget // max(share, 1))
         return self._tasks[task_id]
 
     @property

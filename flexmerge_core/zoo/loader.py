@@ -17,6 +17,7 @@ from flexmerge_core.cache import content_hash
 from flexmerge_core.errors import InvalidArgumentError, ZooError
 from flexmerge_core.architectures.base import ArchitectureAdapter
 from flexmerge_core.architectures.registry import construct, get_architecture, state_layout
+from flexmerge_core.tasks import HeldOut, TaskFiles, TaskKind, get_task_kind
 from flexmerge_core.zoo.checkpoint import CheckpointFile
 from flexmerge_core.zoo.manifest import MANIFEST_NAME, Manifest, TaskEntry, read_manifest
 
@@ -95,45 +96,6 @@ def _merged_names(manifest: Manifest, ordered: list[str]) -> list[str]:
     return merged
 
 
-def _check_head(files: _Files, task: TaskEntry, feature_dim: int | None) -> None:
-    head = files.get(task.head, f"head of task '{task.name}'")
-    if set(head.names) != {"weight", "bias"}:
-        raise ZooError(f"{head.path}: head of task '{task.name}' must hold exactly 'weight' and 'bias', "
-                       f"found {', '.join(sorted(head.names))}")
-    weight, bias = head.shapes["weight"], head.shapes["bias"]
-    if len(weight) != 2 or bias != (weight[0],):
-        raise ZooError(f"{head.path}: head of task '{task.name}' needs weight [C, D] and bias [C], "
-                       f"found {list(weight)} and {list(bias)}")
-    if task.classes is not None and weight[0] != len(task.classes):
-        raise ZooError(f"{head.path}: head of task '{task.name}' has {weight[0]} outputs but the "
-                       f"manifest lists {len(task.classes)} classes")
-    if feature_dim is not None and weight[1] != feature_dim:
-        raise ZooError(f"{head.path}: head of task '{task.name}' takes {weight[1]} features, "
-                       f"the encoder outputs {feature_dim}")
-
-
-def _check_data(files: _Files, task: TaskEntry) -> None:
-    data = files.get(task.data, f"data of task '{task.name}'")
-    if set(data.names) != {"images", "labels"}:
-        raise ZooError(f"{data.path}: data of task '{task.name}' must hold exactly 'images' and 'labels', "
-                       f"found {', '.join(sorted(data.names))}")
-    images, labels = data.shapes["images"], data.shapes["labels"]
-    if len(images) != 4 or len(labels) != 1 or images[0] != labels[0]:
-        raise ZooError(f"{data.path}: data of task '{task.name}' needs images [N, C, H, W] and labels [N], "
-                       f"found {list(images)} and {list(labels)}")
-    if not data.dtypes["images"].is_floating_point or data.dtypes["labels"] != torch.int64:
-        raise ZooError(f"{data.path}: data of task '{task.name}' needs float images and int64 labels, "
-                       f"found {data.dtypes['images']} and {data.dtypes['labels']}")
-
-
-def _check_labels(data: CheckpointFile, task: TaskEntry, labels: torch.Tensor, num_classes: int | None) -> None:
-    """Label values are only known once read: one outside the head's classes would be silently 'wrong'."""
-    if num_classes is None:
-        return
-    bad = labels[(labels < 0) | (labels >= num_classes)]
-    if bad.numel():
-        raise ZooError(f"{data.path}: data of task '{task.name}' has label {int(bad[0])} outside the head's "
-                       f"{num_classes} classes (0..{num_classes - 1})")
 
 
 class Zoo:
@@ -182,6 +144,10 @@ class Zoo:
     @property
     def classes(self) -> list[list[str] | None]:
         return [None if t.classes is None else list(t.classes) for t in self.manifest.tasks]
+
+    def task_kind(self, task_id: int) -> TaskKind:
+        """The task's kind (data format + metric; manifest `kind`, default image_classification)."""
+        return get_task_kind(self._task(task_id).kind)
 
     @property
     def finetuned_accuracy(self) -> dict[str, float] | None:
@@ -251,27 +217,25 @@ class Zoo:
             out[name] = stacked
         return out
 
-    def head(self, task_id: int) -> dict[str, torch.Tensor] | None:
+    def task_files(self, task_id: int) -> TaskFiles:
+        """Headers of the task's head and data files (what its kind validates and loads from)."""
         task = self._task(task_id)
-        if task.head is None:
-            return None
-        f = self._files.get(task.head, f"head of task '{task.name}'")
-        return {"weight": f.read("weight"), "bias": f.read("bias")}
+        return _task_files(self._files, self.manifest, task,
+                           self.architecture.feature_dim(self.manifest.architecture_config, self.param_shapes))
+
+    def head(self, task_id: int) -> dict[str, torch.Tensor] | None:
+        """Every tensor of the task's head file (their layout is the task kind's business)."""
+        f = self.task_files(task_id).head
+        return None if f is None else {name: f.read(name) for name in f.names}
+
+    def heldout_set(self, task_id: int) -> HeldOut | None:
+        """The task's held-out examples and head, as its kind loads them (None without data)."""
+        return self.task_kind(task_id).load(self, task_id)
 
     def heldout(self, task_id: int) -> tuple[torch.Tensor, torch.Tensor] | None:
-        task = self._task(task_id)
-        if task.data is None:
-            return None
-        f = self._files.get(task.data, f"data of task '{task.name}'")
-        images, labels = f.read("images"), f.read("labels")
-        _check_labels(f, task, labels, self._num_classes(task))
-        return images, labels
-
-    def _num_classes(self, task: TaskEntry) -> int | None:
-        """Outputs of the task's head (else the manifest's class list): the valid labels are 0..C-1."""
-        if task.head is not None:
-            return self._files.get(task.head, f"head of task '{task.name}'").shapes["weight"][0]
-        return None if task.classes is None else len(task.classes)
+        """(inputs, targets) of the task's held-out data, e.g. (images, labels); None without data."""
+        held = self.heldout_set(task_id)
+        return None if held is None else (held.inputs, held.targets)
 
     @property
     def tensors_read(self) -> int:
@@ -303,6 +267,12 @@ class Zoo:
         return f"Zoo({self.name!r}, tasks={self.task_names}, root={str(self.root)!r})"
 
 
+def _task_files(files: _Files, manifest: Manifest, task: TaskEntry, feature_dim: int | None) -> TaskFiles:
+    return TaskFiles(task=task.name, classes=task.classes, feature_dim=feature_dim, head_input=manifest.head_input,
+                     head=None if task.head is None else files.get(task.head, f"head of task '{task.name}'"),
+                     data=None if task.data is None else files.get(task.data, f"data of task '{task.name}'"))
+
+
 def _validate_files(root: Path, manifest: Manifest, files: _Files) -> list[str]:
     """Header-level checks of every referenced file; returns the state_dict order."""
     pretrained = files.get(manifest.pretrained, "pretrained")
@@ -312,10 +282,7 @@ def _validate_files(root: Path, manifest: Manifest, files: _Files) -> list[str]:
     for task in manifest.tasks:
         _check_same_layout(pretrained, files.get(task.checkpoint, _task_role(task)),
                            f"the pretrained checkpoint ({manifest.pretrained})")
-        if task.head is not None:
-            _check_head(files, task, feature_dim)
-        if task.data is not None:
-            _check_data(files, task)
+        get_task_kind(task.kind).validate(_task_files(files, manifest, task, feature_dim))
     return order
 
 

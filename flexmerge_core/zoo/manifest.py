@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 from flexmerge_core.errors import ZooError
+from flexmerge_core.tasks import DEFAULT_KIND, get_task_kind
 
 MANIFEST_NAME = "zoo.json"
 FORMAT = "flexmerge-zoo/1"
@@ -22,7 +23,7 @@ _TOP_REQUIRED = {"format", "architecture", "pretrained", "tasks"}
 _TOP_OPTIONAL = {"name", "head_input", "recipe", "unmerged"}
 _ARCH_KEYS = {"kind", "config"}
 _TASK_REQUIRED = {"name", "checkpoint"}
-_TASK_OPTIONAL = {"head", "data", "classes", "finetuned_accuracy"}
+_TASK_OPTIONAL = {"kind", "head", "data", "classes", "finetuned_accuracy"}
 
 
 @dataclass(frozen=True)
@@ -33,11 +34,15 @@ class TaskEntry:
     data: str | None
     classes: tuple[str, ...] | None
     finetuned_accuracy: float | None
+    kind: str = DEFAULT_KIND
 
     def to_json(self) -> dict:
-        return {"name": self.name, "checkpoint": self.checkpoint, "head": self.head, "data": self.data,
-                "classes": None if self.classes is None else list(self.classes),
-                "finetuned_accuracy": self.finetuned_accuracy}
+        """The canonical document; `kind` only when not the default, so zoos written before task kinds
+        existed keep their fingerprint (and their caches and export recipes stay valid)."""
+        doc = {"name": self.name, "checkpoint": self.checkpoint, "head": self.head, "data": self.data,
+               "classes": None if self.classes is None else list(self.classes),
+               "finetuned_accuracy": self.finetuned_accuracy}
+        return doc if self.kind == DEFAULT_KIND else {**doc, "kind": self.kind}
 
 
 @dataclass(frozen=True)
@@ -106,6 +111,16 @@ def _optional_classes(where: str, value) -> tuple[str, ...] | None:
     return tuple(value)
 
 
+def _task_kind(where: str, value) -> str:
+    if not isinstance(value, str) or not value:
+        raise ZooError(f"{where}: kind must be a non-empty string, got {value!r}")
+    try:
+        get_task_kind(value)
+    except ZooError as exc:
+        raise ZooError(f"{where}: {exc}") from None
+    return value
+
+
 def _parse_task(index: int, raw) -> TaskEntry:
     where = f"zoo.json: tasks[{index}]"
     if not isinstance(raw, dict):
@@ -120,6 +135,7 @@ def _parse_task(index: int, raw) -> TaskEntry:
         data=None if raw.get("data") is None else _relative_file(f"{where} data", raw["data"]),
         classes=_optional_classes(where, raw.get("classes")),
         finetuned_accuracy=_optional_accuracy(where, raw.get("finetuned_accuracy")),
+        kind=_task_kind(where, raw.get("kind", DEFAULT_KIND)),
     )
 
 

@@ -11,12 +11,13 @@ from flexmerge_core.zoo.loader import Zoo
 
 
 def zoo_summary(zoo: Zoo, blocks: dict[str, int]) -> dict:
-    """Tasks, merged parameter counts, `blocks` (block count per granularity preset, from the planning
-    stage: `pipeline.describe_zoo` fills it in), fine-tuned accuracies, the recipe's report."""
+    """Tasks (kind, metric), merged parameter counts, `blocks` (block count per granularity preset, from the
+    planning stage: `pipeline.describe_zoo` fills it in), fine-tuned values, the recipe's report."""
     tasks = [{"name": t.name, "finetuned_accuracy": t.finetuned_accuracy,
               "num_classes": None if t.classes is None else len(t.classes),
-              "has_head": t.head is not None, "has_heldout_data": t.data is not None}
-             for t in zoo.manifest.tasks]
+              "has_head": t.head is not None, "has_heldout_data": t.data is not None,
+              "kind": t.kind, "metric": zoo.task_kind(i).metric}
+             for i, t in enumerate(zoo.manifest.tasks)]
     report = zoo.recipe.get("report") if isinstance(zoo.recipe.get("report"), dict) else {}
     return {
         "name": zoo.name, "root": str(zoo.root), "fingerprint": zoo.fingerprint,
@@ -40,7 +41,7 @@ def summary_lines(summary: dict) -> list[str]:
     for task in summary["tasks"]:
         acc = "n/a" if task["finetuned_accuracy"] is None else f"{task['finetuned_accuracy']:.4f}"
         classes = "" if task["num_classes"] is None else f", {task['num_classes']} classes"
-        lines.append(f"  {task['name']}: fine-tuned accuracy {acc}{classes}")
+        lines.append(f"  {task['name']}: fine-tuned {task['metric']} {acc}{classes}")
     if summary["report"]:
         lines.append("report:")
         lines += [f"  {key}: {_format_value(value)}" for key, value in summary["report"].items()]

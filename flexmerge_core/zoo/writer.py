@@ -16,7 +16,7 @@ from flexmerge_core.cache import atomic_directory
 from flexmerge_core.errors import ZooError
 from flexmerge_core.zoo.manifest import FORMAT, MANIFEST_NAME, check_task_name
 
-_TASK_KEYS = {"name", "state_dict", "head", "data", "classes", "finetuned_accuracy"}
+_TASK_KEYS = {"name", "state_dict", "kind", "head", "data", "classes", "finetuned_accuracy"}
 
 
 def _save(tensors: dict[str, torch.Tensor], path: Path) -> None:
@@ -24,21 +24,30 @@ def _save(tensors: dict[str, torch.Tensor], path: Path) -> None:
     save_file({k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}, str(path))
 
 
+def _data_tensors(data) -> dict[str, torch.Tensor]:
+    """(images, labels) of an image classification task as float32/int64; a dict is any kind's file as is."""
+    if isinstance(data, dict):
+        return data
+    images, labels = data
+    return {"images": images.to(torch.float32), "labels": labels.to(torch.int64)}
+
+
 def _task_entry(folder: Path, task: dict) -> dict:
     unknown = sorted(set(task) - _TASK_KEYS)
     if unknown or "name" not in task or "state_dict" not in task:
-        raise ZooError(f"write_zoo: a task needs 'name' and 'state_dict' (optional: head, data, classes, "
+        raise ZooError(f"write_zoo: a task needs 'name' and 'state_dict' (optional: kind, head, data, classes, "
                        f"finetuned_accuracy); got keys {', '.join(sorted(task))}")
     name = check_task_name(task["name"])
     entry = {"name": name, "checkpoint": f"tasks/{name}.safetensors"}
+    if task.get("kind") is not None:
+        entry["kind"] = task["kind"]
     _save(task["state_dict"], folder / entry["checkpoint"])
     if task.get("head") is not None:
         entry["head"] = f"heads/{name}.safetensors"
-        _save({"weight": task["head"]["weight"], "bias": task["head"]["bias"]}, folder / entry["head"])
+        _save(dict(task["head"]), folder / entry["head"])
     if task.get("data") is not None:
-        images, labels = task["data"]
         entry["data"] = f"data/{name}.safetensors"
-        _save({"images": images.to(torch.float32), "labels": labels.to(torch.int64)}, folder / entry["data"])
+        _save(_data_tensors(task["data"]), folder / entry["data"])
     if task.get("classes") is not None:
         entry["classes"] = [str(c) for c in task["classes"]]
     if task.get("finetuned_accuracy") is not None:
@@ -51,7 +60,8 @@ def write_zoo(folder, architecture: dict, pretrained_state: dict[str, torch.Tens
               unmerged: list[str] | None = None) -> Path:
     """Write a zoo to `folder` (replacing it atomically) and return its path.
 
-    tasks: [{name, state_dict, head ({weight, bias} or None), data ((images, labels) or None),
+    tasks: [{name, state_dict, kind (a task kind's name; default image_classification), head ({name: tensor},
+    e.g. {weight, bias}, or None), data ((images, labels), or {name: tensor} for other kinds, or None),
     classes (list or None), finetuned_accuracy (float or None)}].
     """
     folder = Path(folder)

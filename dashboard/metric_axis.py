@@ -63,6 +63,7 @@ class MetricAxis:
         """A value in axis units as text: "68.8%" (`decimals` after the point) or "0.01234"."""
         return f"{value:.{decimals}f}%" if self.percent else f"{value:.4g}"
 
+PERCENT_METRICS = ("accuracy", "exact match")   # fractions of examples, drawn in %
 ACCURACY = MetricAxis("accuracy", higher_is_better=True, percent=True, normalized=False)
 
 
@@ -74,4 +75,4 @@ def axis_for(rows: Sequence[Mapping]) -> MetricAxis:
     if len(metrics) > 1:
         return MetricAxis("normalised score", higher_is_better=True, percent=True, normalized=True)
     name, higher = metrics.pop()
-    return MetricAxis(name, higher_is_better=higher, percent=name == "accuracy", normalized=False)
+    return MetricAxis(name, higher_is_better=higher, percent=name in PERCENT_METRICS, normalized=False)

@@ -9,6 +9,7 @@ manifest's `config` (or on a module it built).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable, Optional
 
 import torch
@@ -33,6 +34,7 @@ class ArchitectureAdapter:
     """One model family. Subclasses set `kind` and implement `build`; the rest has safe defaults."""
 
     kind: str = ""
+    native_export: bool = False     # True: a task's model is exported by `save_native` (a folder), not as a state dict
 
     def check_config(self, config: dict) -> dict:
         """The manifest's config, validated (ZooError naming the bad key); default: any object."""
@@ -45,10 +47,19 @@ class ArchitectureAdapter:
         raise NotImplementedError
 
     def layout(self, config: dict) -> dict[str, tuple[tuple[int, ...], torch.dtype]]:
-        """{name: (shape, dtype)} of the state_dict, in its order; built on `meta`, so no memory is used."""
+        """{name: (shape, dtype)} of the stored state_dict, in its order; built on `meta`, so no memory is used.
+
+        Tied aliases (`tied`) are left out: a checkpoint stores a tied tensor once, under its first name.
+        """
         with torch.device("meta"):
             module = self.build(config)
-        return {name: (tuple(t.shape), t.dtype) for name, t in module.state_dict().items()}
+        aliases = tied_aliases(module)
+        return {name: (tuple(t.shape), t.dtype) for name, t in module.state_dict().items() if name not in aliases}
+
+    def tied(self, config: dict) -> dict[str, str]:
+        """{alias: stored name} of state_dict entries that are the same tensor (tied embeddings)."""
+        with torch.device("meta"):
+            return tied_aliases(self.build(config))
 
     def unmerged(self, config: dict) -> tuple[str, ...]:
         """Regexes of parameters never merged (tied weights, built-in heads); the manifest's own are added."""
@@ -73,3 +84,27 @@ class ArchitectureAdapter:
     def expected_input(self, config: dict) -> Optional[dict]:
         """What one preprocessed input looks like, e.g. {"channels": 3, "image_size": 224}; None = unknown."""
         return None
+
+    def save_native(self, config: dict, state: dict[str, torch.Tensor], folder: Path, source: Path) -> None:
+        """Write one task's model into the empty `folder` in the family's own format (`native_export`).
+
+        `state` holds the stored names (no tied aliases); `source` is the folder of the zoo's pretrained
+        checkpoint (tokenizer and other side files live there).
+        """
+        raise NotImplementedError
+
+
+def tied_aliases(module: torch.nn.Module) -> dict[str, str]:
+    """{alias: first name} for state_dict entries holding the very tensor of an earlier entry.
+
+    Why identity: HF ties embeddings by sharing one Parameter (T5's `shared` with both embed_tokens and
+    lm_head; `tie_word_embeddings`), so the state_dict names it several times; one is stored and merged,
+    the others follow it.
+    """
+    first: dict[int, str] = {}
+    aliases = {}
+    for name, tensor in module.state_dict(keep_vars=True).items():
+        owner = first.setdefault(id(tensor), name)
+        if owner != name:
+            aliases[name] = owner
+    return aliases

@@ -13,7 +13,7 @@ from contextlib import contextmanager
 
 import torch
 
-from flexmerge_core.architectures import open_clip
+from flexmerge_core.architectures import hf_causal_lm, hf_seq2seq, open_clip
 from flexmerge_core.architectures.base import ArchitectureAdapter
 from flexmerge_core.errors import ZooError
 
@@ -86,5 +86,13 @@ def state_layout(kind: str, config: dict) -> dict[str, tuple[tuple[int, ...], to
         return adapter.layout(config)
 
 
-for _adapter in open_clip.ADAPTERS:
+def state_aliases(kind: str, config: dict) -> dict[str, str]:
+    """{alias: stored name} of the architecture's tied state_dict entries (no memory used)."""
+    adapter = get_architecture(kind)
+    config = adapter.check_config(config)
+    with _building(kind):
+        return adapter.tied(config)
+
+
+for _adapter in open_clip.ADAPTERS + hf_seq2seq.ADAPTERS + hf_causal_lm.ADAPTERS:
     register_architecture(_adapter)

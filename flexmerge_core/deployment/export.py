@@ -18,7 +18,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
-from flexmerge_core.cache import atomic_write, atomic_write_bytes
+from flexmerge_core.cache import atomic_directory, atomic_write, atomic_write_bytes
 from flexmerge_core.deployment.deploy import MASKED, Deployment, StoredGroup
 from flexmerge_core.errors import InvalidArgumentError, ZooError
 
@@ -151,6 +151,17 @@ def save_task_model(deployment: Deployment, task: int, out, encoder_order: list[
     return Path(out)
 
 
+def save_task(zoo, deployment: Deployment, task: int, out) -> Path:
+    """One task's model in its family's own format (e.g. a `from_pretrained` folder), else as save_task_model."""
+    adapter = zoo.architecture
+    if not adapter.native_export:
+        return save_task_model(deployment, task, out, zoo.state_names)
+    state = deployment.encoder_state_dict(task)
+    native = {n: state[n] for n in zoo.state_names}
+    return atomic_directory(Path(out), lambda folder: adapter.save_native(
+        zoo.manifest.architecture_config, native, folder, zoo.pretrained_path.parent))
+
+
 def export(zoo, spec, plan, algorithm, size, out, task: Optional[str] = None, zoo_path: Optional[str] = None) -> dict:
     """Build the deployment at `size` and write it (or one task's model) plus its recipe; returns the recipe.
 
@@ -168,7 +179,7 @@ def export(zoo, spec, plan, algorithm, size, out, task: Optional[str] = None, zo
     if task is None:
         save_deployment(deployment, out)
     else:
-        save_task_model(deployment, zoo.task_names.index(task), out, list(zoo.build_encoder().state_dict()))
+        save_task(zoo, deployment, zoo.task_names.index(task), out)
     recipe = {"format": RECIPE_FORMAT, "zoo_path": zoo_path or str(zoo.root), "task": task, **deployment.recipe}
     atomic_write_bytes(recipe_path(out), (json.dumps(recipe, indent=2, sort_keys=True) + "\n").encode())
     return recipe

@@ -17,7 +17,7 @@ from typing import Iterable, Optional
 
 import torch
 
-from flexmerge_core.architectures.base import ArchitectureAdapter, StageSplit
+from flexmerge_core.architectures.base import ArchitectureAdapter, StageSplit, tied_aliases
 from flexmerge_core.planning.similarity import pick_device
 
 
@@ -45,6 +45,7 @@ class StagedEncoder:
         encoder = encoder.to(self.device).eval()
         names = list(encoder.state_dict())
         self._tables = {n: (_owner_table(encoder, n), n.rpartition(".")[2]) for n in names}
+        self._aliases = tied_aliases(encoder)   # swapped along with the tensor they are tied to
         adapter = adapter if adapter is not None else ArchitectureAdapter()   # the base: module(x), one stage
         self._split = adapter.stages(encoder) or _one_stage(encoder, adapter)
         self._stage = {n: self._split.stage_of(n) for n in names}
@@ -58,6 +59,9 @@ class StagedEncoder:
         per_stage: list[dict[str, torch.Tensor]] = [{} for _ in range(self.num_stages)]
         for name, tensor in state.items():
             per_stage[self._stage[name]][name] = tensor.to(self.device, non_blocking=True)
+        for alias, name in self._aliases.items():
+            if name in state and alias not in state:
+                per_stage[self._stage[alias]][alias] = per_stage[self._stage[name]][name]
         return per_stage
 
     @contextmanager

@@ -2,15 +2,21 @@
 
 Why derived from names: the same code must serve ViTs of any depth, other transformer
 naming styles and arbitrary state dicts, without a table per model. Transformer layers are found by
-name (`transformer.resblocks.N.`, `blocks.N.`, `layers.N.`, `layer.N.`); everything else around a
-stack of layers is placed before it (embeddings, pre-norm) or after it (final norm, projection/head).
+name (`transformer.resblocks.N.`, `blocks.N.`, `block.N.` (T5), `layers.N.`, `layer.N.`, `h.N.` (GPT-2));
+everything else around a stack of layers is placed before it (embeddings, pre-norm) or after it
+(final norm, projection/head, `lm_head`). A T5 layer's sub-layers (`layer.K.`) are part of the
+component's name (`encoder.block.0.layer.0.SelfAttention`, `...layer.0.layer_norm`).
 
 Model order = forward-pass order, not state_dict order: a ViT's state_dict lists `proj` before
 `conv1`, but `proj` runs last. Order: per stack of layers (stacks in order of first appearance):
 pre blocks (embeddings, then other pre parts, then the pre-norm), layers by numeric index (inside a
-layer, components in the given order, e.g. ln_1, attn, ln_2, mlp), post blocks
+layer, components in the given order, e.g. ln_1, attn, ln_2, mlp, except that a pre-norm listed
+after the part it feeds runs just before it: Llama's input_layernorm / post_attention_layernorm before
+self_attn / mlp, a T5 sub-layer's layer_norm before its attention or feed-forward), post blocks
 (final norm, other post parts, projection/head). Names outside any recognised pattern that sit
-before a stack's first layer in the given order count as pre, the others as post.
+before a stack's first layer in the given order count as pre, the others as post. A non-layer name
+that shares no module with any stack goes with the last stack that started before it (T5's
+`lm_head` follows the decoder), else with the first (`shared` precedes the encoder).
 Without any layer stack, the generic fallback groups by module prefix in the given order
 (`component`: parent module; `layer`: the path up to its first numeric part, else the top module).
 
@@ -30,19 +36,22 @@ PRESETS = ("layer", "component", "parameter")   # the one list of granularity pr
 DEFAULT_GRANULARITY = "component"               # the paper's default
 GRANULARITIES = PRESETS + ("custom",)           # custom = block rules given by the caller
 
-_LAYER = re.compile(r"^(?P<owner>(?:.*?\.)??)(?P<stack>transformer\.resblocks|resblocks|blocks|layers|layer)"
+_LAYER = re.compile(r"^(?P<owner>(?:.*?\.)??)(?P<stack>transformer\.resblocks|resblocks|blocks|block|layers|layer|h)"
                     r"\.(?P<index>\d+)\.(?P<rest>.+)$")
+_SUBLAYER = re.compile(r"^(layer\.\d+\.)?([^.]+)")        # T5: layer.K.<module>; else the first module
+# a pre-norm -> the part it feeds, when a state_dict lists it after that part (Llama, T5)
+_FEEDS = {"input_layernorm": "self_attn", "post_attention_layernorm": "mlp", "pre_feedforward_layernorm": "mlp"}
 
 # (region, rank) of a non-layer parameter by the module names in its path; checked in this order.
 _EMBEDDINGS = {"class_embedding", "cls_token", "positional_embedding", "pos_embed", "pos_embedding",
                "position_embedding", "position_embeddings", "conv1", "patch_embed", "patch_embedding",
                "patch_embeddings", "token_embedding", "embeddings", "embedding", "embed_tokens", "wte", "wpe",
-               "mask_token", "reg_token"}
+               "mask_token", "reg_token", "shared"}
 _PRE_NORMS = {"ln_pre", "norm_pre", "pre_layrnorm", "pre_layernorm"}
 _POST_NORMS = {"ln_post", "ln_final", "norm", "fc_norm", "post_layernorm", "final_layer_norm",
                "final_layernorm", "ln_f", "layernorm"}
 _HEADS = {"proj", "text_projection", "visual_projection", "projection", "head", "heads", "attn_pool",
-          "pooler", "classifier", "logit_scale", "logit_bias"}
+          "pooler", "classifier", "logit_scale", "logit_bias", "lm_head"}
 _PRE, _LAYERS, _POST = 0, 1, 2
 
 
@@ -101,11 +110,27 @@ def _shared_segments(a: list[str], b: list[str]) -> int:
     return shared
 
 
-def _stack_for(name: str, stacks: list[str]) -> int:
-    """The stack a non-layer parameter belongs to: most leading path segments shared, then shallowest."""
+def _stack_for(name: str, pos: int, stacks: list[str], first_layer_pos: dict[str, int]) -> int:
+    """The stack a non-layer parameter belongs to: most leading path segments shared, then shallowest,
+    then the last stack started before it (else the first)."""
     segments = name.split(".")
-    return max(range(len(stacks)),
-               key=lambda i: (_shared_segments(stacks[i].split("."), segments), -len(stacks[i].split(".")), -i))
+
+    def key(i: int):
+        start = first_layer_pos[stacks[i]]
+        return (_shared_segments(stacks[i].split("."), segments), -len(stacks[i].split(".")),
+                start < pos, start if start < pos else -start)
+    return max(range(len(stacks)), key=key)
+
+
+def _component_rank(component: str, first_seen: dict[str, int]) -> float:
+    """Where a layer's component runs: its first appearance, or just before the part a pre-norm feeds."""
+    layer, _, leaf = component.rpartition(".")
+    fed = _FEEDS.get(leaf)
+    if fed is None and leaf == "layer_norm" and layer.rsplit(".", 2)[-2:-1] == ["layer"]:
+        siblings = [c for c in first_seen if c.rpartition(".")[0] == layer and c != component]
+        fed = siblings[0].rpartition(".")[2] if len(siblings) == 1 else None
+    target = f"{layer}.{fed}" if fed else None
+    return first_seen[target] - 0.5 if target in first_seen else first_seen[component]
 
 
 class _Labels:
@@ -135,18 +160,23 @@ def _stack_places(names: list[str], matches: dict[str, re.Match]) -> dict[str, _
                 first_layer_pos[path] = pos
     label = _Labels()
     first_seen: dict[str, int] = {}
+    layer_parts = {}
+    for pos, name in enumerate(names):
+        m = matches.get(name)
+        if m is not None:
+            layer = f"{m['owner'] + m['stack']}.{m['index']}"
+            layer_parts[name] = (layer, f"{layer}.{_SUBLAYER.match(m['rest']).group(0)}")
+            first_seen.setdefault(layer_parts[name][1], pos)
     places = {}
     for pos, name in enumerate(names):
         m = matches.get(name)
         if m is not None:
-            path = m["owner"] + m["stack"]
-            layer = f"{path}.{m['index']}"
-            component = f"{layer}.{m['rest'].split('.')[0]}"
-            first_seen.setdefault(component, pos)
-            order = (stacks.index(path), _LAYERS, int(m["index"]), first_seen[component], pos)
+            layer, component = layer_parts[name]
+            order = (stacks.index(m["owner"] + m["stack"]), _LAYERS, int(m["index"]),
+                     _component_rank(component, first_seen), pos)
             places[name] = _Place(order, component, layer)
             continue
-        s = _stack_for(name, stacks)
+        s = _stack_for(name, pos, stacks, first_layer_pos)
         kind = _non_layer_kind(name)
         if kind is None:
             kind = (_PRE, 1) if pos < first_layer_pos[stacks[s]] else (_POST, 1)

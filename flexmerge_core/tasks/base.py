@@ -67,6 +67,12 @@ class TaskKind:
         """Header-level checks when the zoo opens (ZooError naming the file and task); reads no tensor."""
         raise NotImplementedError
 
+    def open_data(self, path: Path, role: str) -> Optional[Header]:
+        """Open a data file in the kind's own format (e.g. a text data spec); None: a tensor file, opened
+        lazily by the zoo. Whatever is returned needs `path`, `files` (every file it reads, for the zoo's
+        fingerprint) and `reads`."""
+        return None
+
     def load(self, zoo, task_id: int) -> Optional[HeldOut]:
         """The task's held-out examples (value checks that need the data go here); None without data."""
         raise NotImplementedError

@@ -11,6 +11,8 @@ from importlib.metadata import entry_points
 from flexmerge_core.errors import InvalidArgumentError, ZooError
 from flexmerge_core.tasks.base import TaskKind
 from flexmerge_core.tasks.image_classification import ImageClassification
+from flexmerge_core.tasks.text_exact_match import TextGenerationExactMatch
+from flexmerge_core.tasks.text_rank import TextClassificationRank
 
 ENTRY_POINT_GROUP = "flexmerge.task_kinds"
 
@@ -53,4 +55,5 @@ def task_kind_names() -> list[str]:
     return sorted(_KINDS)
 
 
-register_task_kind(ImageClassification())
+for _kind in (ImageClassification(), TextClassificationRank(), TextGenerationExactMatch()):
+    register_task_kind(_kind)

@@ -15,26 +15,35 @@ import torch
 
 from flexmerge_core.cache import content_hash
 from flexmerge_core.errors import InvalidArgumentError, ZooError
-from flexmerge_core.architectures.base import ArchitectureAdapter
-from flexmerge_core.architectures.registry import construct, get_architecture, state_layout
+from flexmerge_core.architectures.base import ArchitectureAdapter, tied_aliases
+from flexmerge_core.architectures.registry import construct, get_architecture, state_aliases, state_layout
 from flexmerge_core.tasks import HeldOut, TaskFiles, TaskKind, get_task_kind
 from flexmerge_core.zoo.checkpoint import CheckpointFile
+from flexmerge_core.zoo.lora import LoraCheckpoint, is_lora_adapter
 from flexmerge_core.zoo.manifest import MANIFEST_NAME, Manifest, TaskEntry, read_manifest
 
 
 class _Files:
     """Opened checkpoint files of one zoo folder, shared by a zoo and its subsets."""
 
-    def __init__(self, root: Path):
-        self.root = root
-        self._open: dict[str, CheckpointFile] = {}
+    def __init__(self, root: Path, pretrained: str):
+        self.root, self.pretrained = root, pretrained
+        self._open: dict[str, CheckpointFile | LoraCheckpoint] = {}
 
-    def get(self, relative: str, role: str) -> CheckpointFile:
+    def get(self, relative: str, role: str, kind: TaskKind | None = None):
+        """The opened file: a CheckpointFile; a PEFT LoRA adapter (adapter_config.json beside it) reads as
+        the dense pretrained + adapter checkpoint; a data file in a task kind's own format as `kind` opens it."""
         if relative not in self._open:
             path = self.root / relative
             if not path.is_file():
                 raise ZooError(f"{path}: file of {role} not found")
-            self._open[relative] = CheckpointFile(path, role)
+            own = kind.open_data(path, role) if kind is not None else None
+            if own is not None:
+                self._open[relative] = own
+            elif relative != self.pretrained and is_lora_adapter(path):
+                self._open[relative] = LoraCheckpoint(path, role, self.get(self.pretrained, "pretrained"))
+            else:
+                self._open[relative] = CheckpointFile(path, role)
         return self._open[relative]
 
     @property
@@ -75,7 +84,8 @@ def _check_architecture(manifest: Manifest, pretrained: CheckpointFile) -> list[
         if pretrained.shapes[name] != shape:
             raise ZooError(f"{pretrained.path}: tensor '{name}' of the pretrained checkpoint has shape "
                            f"{list(pretrained.shapes[name])}, {label} expects {list(shape)}")
-    extra = [n for n in pretrained.names if n not in layout]
+    aliases = state_aliases(manifest.architecture_kind, manifest.architecture_config)
+    extra = [n for n in pretrained.names if n not in layout and n not in aliases]   # older saves keep tied copies
     if extra:
         raise ZooError(f"{pretrained.path}: pretrained checkpoint has tensor '{extra[0]}' "
                        f"unknown to {label}")
@@ -210,10 +220,16 @@ class Zoo:
         for name in names:
             if name not in self._merged:
                 raise InvalidArgumentError(f"'{name}' is not a merged parameter of zoo '{self.name}'")
-            base = self.pretrained_tensor(name).to(torch.float32)
-            stacked = torch.empty((len(task_ids), *base.shape), dtype=torch.float32)
+            stacked = torch.empty((len(task_ids), *self.param_shapes[name]), dtype=torch.float32)
+            base = None
             for row, task_id in enumerate(task_ids):
-                torch.sub(self.task_tensor(task_id, name).to(torch.float32), base, out=stacked[row])
+                file = self._task_file(task_id)
+                if isinstance(file, LoraCheckpoint):      # the LoRA delta itself (zero where not adapted: no read)
+                    stacked[row] = file.task_vector(name)
+                    continue
+                if base is None:
+                    base = self.pretrained_tensor(name).to(torch.float32)
+                torch.sub(file.read(name).to(torch.float32), base, out=stacked[row])
             out[name] = stacked
         return out
 
@@ -244,11 +260,28 @@ class Zoo:
 
     # -- models and subsets --------------------------------------------------------------------
     def build_encoder(self) -> torch.nn.Module:
-        """The architecture with the pretrained weights loaded, in eval mode, on CPU."""
+        """The architecture with the pretrained weights loaded, in eval mode, on CPU.
+
+        Tied aliases are not in the state: loading their stored tensor fills them (one shared Parameter)."""
         module = construct(self.manifest.architecture_kind, self.manifest.architecture_config)
         state = {name: self._pretrained_file.read(name) for name in self._state_order}
-        module.load_state_dict(state, strict=True)
+        result = module.load_state_dict(state, strict=False)
+        missing = set(result.missing_keys) - set(tied_aliases(module))
+        if missing or result.unexpected_keys:
+            raise ZooError(f"{self._pretrained_file.path}: the pretrained state does not load into architecture "
+                           f"'{self.manifest.architecture_kind}' (missing {sorted(missing)[:3]}, "
+                           f"unexpected {result.unexpected_keys[:3]})")
         return module.eval()
+
+    @property
+    def pretrained_path(self) -> Path:
+        """The pretrained checkpoint file (its folder holds a model's side files, e.g. its tokenizer)."""
+        return self._pretrained_file.path
+
+    @property
+    def state_names(self) -> list[str]:
+        """Every stored tensor name of a model, in state_dict order (merged and unmerged; no tied aliases)."""
+        return list(self._state_order)
 
     def subset(self, task_names) -> "Zoo":
         """The same files with only `task_names` (kept in this zoo's order; ids are re-numbered)."""
@@ -270,7 +303,8 @@ class Zoo:
 def _task_files(files: _Files, manifest: Manifest, task: TaskEntry, feature_dim: int | None) -> TaskFiles:
     return TaskFiles(task=task.name, classes=task.classes, feature_dim=feature_dim, head_input=manifest.head_input,
                      head=None if task.head is None else files.get(task.head, f"head of task '{task.name}'"),
-                     data=None if task.data is None else files.get(task.data, f"data of task '{task.name}'"))
+                     data=None if task.data is None else files.get(task.data, f"data of task '{task.name}'",
+                                                                   get_task_kind(task.kind)))
 
 
 def _validate_files(root: Path, manifest: Manifest, files: _Files) -> list[str]:
@@ -291,7 +325,7 @@ def open_zoo(path) -> Zoo:
     `flexmerge_core.pipeline.resolve_zoo`)."""
     root = Path(path).resolve()
     manifest = read_manifest(root)
-    files = _Files(root)
+    files = _Files(root, manifest.pretrained)
     order = _validate_files(root, manifest, files)
     return Zoo(root, manifest, files, order)
 

@@ -16,15 +16,18 @@ from flexmerge_core.demo.seeding import cosine_lr, rng, torch_generator
 
 
 def build_tokenizer():
-    """A word-level tokenizer over the generated vocabulary (whitespace split), as a PreTrainedTokenizerFast."""
+    """A word-level tokenizer over the generated vocabulary (whitespace split, [BOS] before every input),
+    as a PreTrainedTokenizerFast: what the zoo ships beside its pretrained weights."""
     from tokenizers import Tokenizer
     from tokenizers.models import WordLevel
     from tokenizers.pre_tokenizers import WhitespaceSplit
+    from tokenizers.processors import TemplateProcessing
     from transformers import PreTrainedTokenizerFast
 
-    words = text_tasks.vocabulary()
-    core = Tokenizer(WordLevel({w: i for i, w in enumerate(words)}, unk_token="[UNK]"))
+    ids = {w: i for i, w in enumerate(text_tasks.vocabulary())}
+    core = Tokenizer(WordLevel(ids, unk_token="[UNK]"))
     core.pre_tokenizer = WhitespaceSplit()
+    core.post_processor = TemplateProcessing(single="[BOS] $A", special_tokens=[("[BOS]", ids["[BOS]"])])
     return PreTrainedTokenizerFast(tokenizer_object=core, pad_token="[PAD]", unk_token="[UNK]",
                                    bos_token="[BOS]", eos_token="[EOS]")
 
@@ -33,8 +36,8 @@ def model_config(architecture: dict):
     from transformers import LlamaConfig
 
     words = text_tasks.vocabulary()
-    return LlamaConfig(vocab_size=len(words), pad_token_id=0, bos_token_id=2, eos_token_id=3,
-                       tie_word_embeddings=False, **architecture)
+    return LlamaConfig(vocab_size=len(words), pad_token_id=words.index("[PAD]"), bos_token_id=words.index("[BOS]"),
+                       eos_token_id=words.index("[EOS]"), tie_word_embeddings=False, **architecture)
 
 
 def build_model(architecture: dict):
@@ -44,9 +47,8 @@ def build_model(architecture: dict):
 
 
 def encode(tokenizer, sentences: Sequence[Sequence[str]]) -> list[list[int]]:
-    """[BOS] + the sentence's token ids."""
-    ids = tokenizer([" ".join(s) for s in sentences], add_special_tokens=False)["input_ids"]
-    return [[tokenizer.bos_token_id, *seq] for seq in ids]
+    """[BOS] + the sentence's token ids, as the zoo's tokenizer reads the sentence's text."""
+    return tokenizer([" ".join(s) for s in sentences])["input_ids"]
 
 
 def pad(rows: list[list[int]], length: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -60,15 +62,18 @@ def pad(rows: list[list[int]], length: int | None = None) -> tuple[torch.Tensor,
     return ids, mask
 
 
-def _optimizer(model, lr: float, weight_decay: float):
+def _optimizer(model, lr: float, weight_decay: float, sgd: bool = False):
     params = [p for p in model.parameters()]
+    if sgd:
+        return torch.optim.SGD(params, lr=lr, momentum=0.9)
     return torch.optim.AdamW([{"params": [p for p in params if p.ndim >= 2], "weight_decay": weight_decay},
                               {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0}], lr=lr)
 
 
-def _train(model, batches, loss_of, steps: int, lr: float, weight_decay: float, clip_norm: float) -> None:
+def _train(model, batches, loss_of, steps: int, lr: float, weight_decay: float, clip_norm: float,
+           sgd: bool = False) -> None:
     """AdamW, warm-up + cosine, clipped gradients; `batches(step)` -> a batch, `loss_of(model, batch)` -> loss."""
-    opt = _optimizer(model, lr, weight_decay)
+    opt = _optimizer(model, lr, weight_decay, sgd)
     model.train()
     for step in range(steps):
         for group in opt.param_groups:
@@ -120,57 +125,28 @@ def task_examples(name: str, n_train: int, n_heldout: int, seed: int, negation: 
     return (*train, *heldout)
 
 
-def _answer_rows(tokenizer, prompts, answers: Sequence[str]) -> tuple[list[list[int]], list[int]]:
-    """Token ids of prompt + answer, and where the answer starts."""
-    rows = encode(tokenizer, [list(p) + [a] for p, a in zip(prompts, answers)])
-    starts = [len(r) - len(tokenizer(a, add_special_tokens=False)["input_ids"]) for r, a in zip(rows, answers)]
-    return rows, starts
-
-
-@torch.no_grad()
-def choice_scores(model, tokenizer, prompts, choices: Sequence[str], chunk: int = 256) -> torch.Tensor:
-    """[n, C]: each choice's mean log-likelihood of its tokens after the prompt (rank classification)."""
-    model.eval()
-    columns = []
-    for choice in choices:
-        rows, starts = _answer_rows(tokenizer, prompts, [choice] * len(prompts))
-        ids, mask = pad(rows)
-        scores = []
-        for i in range(0, len(rows), chunk):
-            logp = torch.log_softmax(model(input_ids=ids[i:i + chunk], attention_mask=mask[i:i + chunk]).logits.float(), -1)
-            for j in range(logp.shape[0]):
-                row, start = rows[i + j], starts[i + j]
-                target = torch.tensor(row[start:])
-                scores.append(float(logp[j, start - 1:len(row) - 1].gather(-1, target[:, None]).mean()))
-        columns.append(torch.tensor(scores))
-    return torch.stack(columns, dim=1)
-
-
-def rank_accuracy(model, tokenizer, prompts, labels: np.ndarray, choices: Sequence[str]) -> float:
-    return float((choice_scores(model, tokenizer, prompts, choices).argmax(1).numpy() == labels).mean())
-
-
 def choice_ids(tokenizer, choices: Sequence[str]) -> torch.Tensor:
     """The token id of each answer choice (the demo's choices are single words, hence single tokens)."""
     ids = [tokenizer(c, add_special_tokens=False)["input_ids"] for c in choices]
-    assert all(len(i) == 1 for i in ids), f"demo answer choices must be single tokens: {choices}"
+    if any(len(i) != 1 for i in ids):
+        raise ValueError(f"demo answer choices must be single tokens: {choices}")
     return torch.tensor([i[0] for i in ids])
 
 
-def finetune(pretrained: dict[str, torch.Tensor], name: str, config, seed: int, data) -> dict:
+def finetune(pretrained: dict[str, torch.Tensor], name: str, config, seed: int,
+             prompts: Sequence[Sequence[str]], labels: np.ndarray) -> dict[str, torch.Tensor]:
     """One task, fully fine-tuned on the rank-classification objective: cross-entropy over the task's
     answer choices' logits after the prompt. Why not over the whole vocabulary: every task would then
     also learn "push down every other word", one shared direction in every task vector (measured: the
     LM head's block cosine between unrelated tasks 0.45) that makes unrelated tasks look alike."""
-    train_prompts, train_labels, test_prompts, test_labels = data
     task, index = text_tasks.TASKS_BY_NAME[name], text_tasks.task_index(name)
     tokenizer = build_tokenizer()
     model = build_model(config.architecture)
     model.load_state_dict(pretrained)
-    rows = encode(tokenizer, train_prompts)
+    rows = encode(tokenizer, prompts)
     ids, mask = pad(rows)
     last = torch.tensor([len(r) - 1 for r in rows])
-    targets = torch.as_tensor(train_labels)
+    targets = torch.as_tensor(labels)
     answers = choice_ids(tokenizer, task.choices)
     gen = torch_generator(seed, 14, index)
 
@@ -184,6 +160,6 @@ def finetune(pretrained: dict[str, torch.Tensor], name: str, config, seed: int, 
         return F.cross_entropy(logits[torch.arange(len(ids_)), last_][:, answers], y,
                                label_smoothing=config.label_smoothing)
 
-    _train(model, batches, loss_of, config.finetune_steps, config.finetune_lr, 0.0, config.clip_norm)
-    return {"state_dict": {k: v.detach().clone() for k, v in model.state_dict().items()},
-            "finetuned_accuracy": rank_accuracy(model, tokenizer, test_prompts, test_labels, task.choices)}
+    _train(model, batches, loss_of, config.finetune_steps, config.finetune_lr, 0.0, config.clip_norm,
+           sgd=getattr(config, "finetune_sgd", False))
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}

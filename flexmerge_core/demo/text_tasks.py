@@ -19,6 +19,7 @@ callers seed it from (seed, stream, index).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
 import numpy as np
 
@@ -94,20 +95,23 @@ def _clause(rng: np.random.Generator, nouns, positive: bool, negation: float) ->
     return words + [adjective]
 
 
-def review(rng: np.random.Generator, domain: str, positive: bool, negation: float) -> list[str]:
-    """One review of `domain` with the given polarity: one or two clauses that agree."""
+def review(rng: np.random.Generator, domain: str, polarity: Callable[[], bool], negation: float) -> list[str]:
+    """One review of `domain`: one or two clauses, each of the polarity `polarity()` draws."""
     nouns = DOMAINS[domain]
     words = [_pick(rng, OPENERS)] if rng.random() < 0.3 else []
-    words += _clause(rng, nouns, positive, negation)
+    words += _clause(rng, nouns, polarity(), negation)
     if rng.random() < 0.6:
-        words += [_pick(rng, LINKS[:2])] + _clause(rng, nouns, positive, negation)
+        words += [_pick(rng, LINKS)] + _clause(rng, nouns, polarity(), negation)
     return words + ["."]
 
 
 def sample_pretraining(n: int, rng: np.random.Generator, negation: float) -> list[list[str]]:
-    """n reviews of random domains and polarities: the generic next-token corpus."""
+    """n reviews of random domains whose clauses have independent polarities: the generic next-token
+    corpus. Why independent: when the clauses of a review agree, predicting the second adjective
+    teaches the LM a polarity feature, sentiment is then solved by a small read-out change, and the
+    fine-tunes' task vectors are mostly SGD noise (measured: sentiment tasks' block cosine 0.02-0.15)."""
     domains = list(DOMAINS)
-    return [review(rng, _pick(rng, domains), bool(rng.integers(2)), negation) for _ in range(n)]
+    return [review(rng, _pick(rng, domains), lambda: bool(rng.integers(2)), negation) for _ in range(n)]
 
 
 def sample_task(task: TextTaskSpec, n: int, rng: np.random.Generator,
@@ -117,6 +121,6 @@ def sample_task(task: TextTaskSpec, n: int, rng: np.random.Generator,
     for _ in range(n):
         domain = _pick(rng, task.domains)
         positive = bool(rng.integers(2))
-        prompts.append(review(rng, domain, positive, negation) + list(task.question))
+        prompts.append(review(rng, domain, lambda: positive, negation) + list(task.question))
         labels.append((0 if positive else 1) if task.family == "sentiment" else list(DOMAINS).index(domain))
     return prompts, np.array(labels, dtype=np.int64)

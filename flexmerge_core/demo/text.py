@@ -70,13 +70,13 @@ class TextDemoConfig:
     batch_size: int = 64
     train_examples: int = 2000
     heldout_examples: int = 300
-    finetune_batch_size: int = 32
+    finetune_batch_size: int = 64
     finetune_steps: int = 200
     finetune_lr: float = 1e-3
     label_smoothing: float = 0.1
     negation: float = 0.2
     clip_norm: float = 1.0
-    finetune_sgd: bool = False
+    finetune_eps: float = 1e-8
 
 
 FULL = TextDemoConfig()

@@ -62,15 +62,16 @@ def pad(rows: list[list[int]], length: int | None = None) -> tuple[torch.Tensor,
     return ids, mask
 
 
-def _optimizer(model, lr: float, weight_decay: float):
+def _optimizer(model, lr: float, weight_decay: float, eps: float):
     params = [p for p in model.parameters()]
     return torch.optim.AdamW([{"params": [p for p in params if p.ndim >= 2], "weight_decay": weight_decay},
-                              {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0}], lr=lr)
+                              {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0}], lr=lr, eps=eps)
 
 
-def _train(model, batches, loss_of, steps: int, lr: float, weight_decay: float, clip_norm: float) -> None:
+def _train(model, batches, loss_of, steps: int, lr: float, weight_decay: float, clip_norm: float,
+           eps: float = 1e-8) -> None:
     """AdamW, warm-up + cosine, clipped gradients; `batches(step)` -> a batch, `loss_of(model, batch)` -> loss."""
-    opt = _optimizer(model, lr, weight_decay)
+    opt = _optimizer(model, lr, weight_decay, eps)
     model.train()
     for step in range(steps):
         for group in opt.param_groups:
@@ -157,5 +158,6 @@ def finetune(pretrained: dict[str, torch.Tensor], name: str, config, seed: int,
         return F.cross_entropy(logits[torch.arange(len(ids_)), last_][:, answers], y,
                                label_smoothing=config.label_smoothing)
 
-    _train(model, batches, loss_of, config.finetune_steps, config.finetune_lr, 0.0, config.clip_norm)
+    _train(model, batches, loss_of, config.finetune_steps, config.finetune_lr, 0.0, config.clip_norm,
+           config.finetune_eps)
     return {k: v.detach().clone() for k, v in model.state_dict().items()}

@@ -10,6 +10,7 @@ import streamlit as st
 
 from dashboard import charts
 from dashboard.metric_axis import MetricAxis, axis_for
+from dashboard.recommendation import knee_text
 from dashboard.session import engine_errors, open_studio, progress_bar, zoo_picker
 from flexmerge_core.studio import DEFAULT_ALGORITHM, PlanChoice
 
@@ -72,10 +73,12 @@ def overview() -> None:
     ]
     near, how = _near_finetuned(rows, axis)
     lines.append(f"- {axis.capitalized} comes {how} at "
-                 f"**{near['size']:.2f}x** ({near['size'] * summary.model_megabytes:.2f} MB instead of "
+                 f"**{near['size']:.2f}x** ({explorer.partition(near['size_budget']).megabytes:.2f} MB instead of "
                  f"{m * summary.model_megabytes:.2f} MB for all {m} models; sizes tried every "
                  f"{explorer.grid()[-1] - explorer.grid()[-2]:g}x).")
     st.markdown("\n".join(lines))
+    with engine_errors():
+        st.info(knee_text(explorer.recommendation(rows), axis))
     st.plotly_chart(charts.curve_figure({DEFAULT_ALGORITHM: charts.curve_points(rows, axis)},
                                         finetuned=axis.average(full), axis=axis), key="chart_overview_curve")
     st.caption("Explore a size interactively on the Explore page; compare algorithms on Compare; "

@@ -17,6 +17,7 @@ import plotly.graph_objects as go
 from dashboard.metric_axis import ACCURACY, MetricAxis
 
 _HEIGHT = 340
+_LABEL_HEIGHT = 16    # pixels per category label at tick font size 11: no two labels overlap
 
 
 def _layout(title: str, x_title: str, y_title: str, height: int = _HEIGHT, **extra) -> dict:
@@ -96,12 +97,16 @@ def cluster_count_figure(block_names: Sequence[str], counts: Sequence[int], num_
 
 def merge_heatmap_figure(block_names: Sequence[str], groups_by_step: np.ndarray) -> go.Figure:
     """Blocks (rows, model order top to bottom) x merge step (columns): how many groups each block
-    still has after that many merge events of the plan."""
+    still has after that many merge events of the plan. Every block is named: Plotly thins category
+    labels that would overlap, so the ticks are forced (one per block) and the figure grows by one
+    label height per block instead."""
     z = np.asarray(groups_by_step)
+    names = list(block_names)
     layout = _layout("Merge order: groups per block after each merge", "merge events applied", "block",
-                     height=max(_HEIGHT, 14 * len(block_names) + 120))
-    layout["yaxis"].update(autorange="reversed", showticklabels=len(block_names) <= 40)
-    return go.Figure(data=[go.Heatmap(z=z, x=list(range(z.shape[1])), y=list(block_names), colorscale="Viridis",
+                     height=max(_HEIGHT, _LABEL_HEIGHT * len(names) + 120))
+    layout["yaxis"].update(autorange="reversed", tickmode="array", tickvals=names, ticktext=names,
+                           automargin=True, tickfont=dict(size=11))
+    return go.Figure(data=[go.Heatmap(z=z, x=list(range(z.shape[1])), y=names, colorscale="Viridis",
                                       colorbar=dict(title=dict(text="groups")),
                                       hovertemplate="%{y}<br>after %{x} merges: %{z} group(s)<extra></extra>")],
                      layout=layout)

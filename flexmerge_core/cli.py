@@ -13,13 +13,16 @@ import sys
 import weakref
 from typing import Callable, Sequence
 
+from flexmerge_core.deployment.footprint import DTYPES, MEGABYTE, parse_megabytes
 from flexmerge_core.errors import FlexMergeError
 from flexmerge_core.pipeline import DEMO_ZOOS
+from flexmerge_core.resources import check_memory
 from flexmerge_core.planning.baselines import BASELINES
 from flexmerge_core.planning.blocks import PRESETS
 
 Handler = Callable[[argparse.Namespace], int]
 _OPEN_BARS: "weakref.WeakSet" = weakref.WeakSet()   # unfinished progress bars, erased before an error line
+RECOMMEND_ALGORITHMS = ("ta", "ties", "emr")   # recommend's default field: the baseline, its trimmed form, a mask method
 
 
 class _Parser(argparse.ArgumentParser):
@@ -78,9 +81,11 @@ def _add_zoo_commands(sub) -> None:
     info.add_argument("--json", action="store_true")
     info.set_defaults(handler=_cmd_zoo_info)
 
-    imp = zoo_sub.add_parser("import", help="convert a research-layout folder of image-encoder checkpoints into a zoo")
+    imp = zoo_sub.add_parser("import", help="convert a folder of checkpoints (image encoders or language models) into a zoo")
     imp.add_argument("source", help="folder with <Task>/finetuned.pt, <Task>/zeroshot.pt, optional head_<Task>.pt; "
-                                    "or a folder with a zoo.json naming torch/prefixed/pickled files")
+                                    "or a folder with a zoo.json naming torch/prefixed/pickled files; "
+                                    "or language models: pretrained/ + <task>/ HF or PEFT LoRA folders "
+                                    "(+ data/<task>.json text data specs), or a model-pool YAML spec")
     imp.add_argument("--out", required=True, help="zoo folder to write (replaced atomically)")
     imp.add_argument("--model", default=None, help="the checkpoints' model name, e.g. ViT-B-32 (research layout)")
     imp.add_argument("--pretrained", default=None, help="pretrained checkpoint (default: the <Task>/zeroshot.pt files)")
@@ -96,12 +101,23 @@ def _add_zoo_commands(sub) -> None:
 
 
 def _cmd_zoo_import(args: argparse.Namespace) -> int:
+    from flexmerge_core.importers.hf_lm import import_lm_folder, is_lm_folder
+    from flexmerge_core.importers.lm_spec import import_lm_spec, is_lm_spec
     from flexmerge_core.importers.research import import_folder
 
-    report = import_folder(args.source, args.out, args.model, pretrained=args.pretrained, data=args.data,
-                           templates=args.templates, trust_pickle=args.trust_pickle,
-                           quick_gelu=True if args.quick_gelu else None, head_input=args.head_input,
-                           name=args.name, progress=stderr_progress("import"))
+    if is_lm_folder(args.source) or is_lm_spec(args.source):
+        vision = [o for o in ("model", "pretrained", "templates") if getattr(args, o) is not None] \
+            + [o for o in ("quick_gelu", "trust_pickle") if getattr(args, o)]
+        if vision:
+            raise FlexMergeError(f"{args.source}: language-model sources name their own models and data; "
+                                 f"drop --{', --'.join(o.replace('_', '-') for o in vision)}")
+        report = (import_lm_spec(args.source, args.out, name=args.name) if is_lm_spec(args.source)
+                  else import_lm_folder(args.source, args.out, data=args.data, name=args.name))
+    else:
+        report = import_folder(args.source, args.out, args.model, pretrained=args.pretrained, data=args.data,
+                               templates=args.templates, trust_pickle=args.trust_pickle,
+                               quick_gelu=True if args.quick_gelu else None, head_input=args.head_input,
+                               name=args.name, progress=stderr_progress("import"))
     if args.json:
         emit_json(report.to_json())
     else:
@@ -109,15 +125,30 @@ def _cmd_zoo_import(args: argparse.Namespace) -> int:
     return 0
 
 
-def _add_plan_options(p) -> None:
+def _add_plan_options(p, one_algorithm: bool = True) -> None:
     p.add_argument("--zoo", required=True, help="zoo folder, or 'demo' / 'demo-text'")
-    p.add_argument("--algorithm", required=True)
+    if one_algorithm:
+        p.add_argument("--algorithm", required=True)
+    p.add_argument("--param", action="append", default=[], metavar="NAME=VALUE",
+                   help="an algorithm option (repeatable), checked against its declared range")
     p.add_argument("--granularity", default=None, choices=list(PRESETS),
                    help="block granularity (default: component; parameter for --baseline channel-merging)")
     p.add_argument("--linkage", default="min", choices=["min", "max", "avg", "uni"])
     p.add_argument("--order", default="greedy", choices=["greedy", "left-to-right", "right-to-left", "random"])
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--tasks", default=None, help="comma-separated subset of task names")
+    p.add_argument("--dtype", default=None, choices=list(DTYPES),
+                   help="storage dtype the byte counts assume (and export writes); default: the zoo's own")
+
+
+def _add_budget_mb(p, sizes_option: str, help_text: str, required: bool = False) -> None:
+    """--budget-mb, exclusive with the command's size option (both give the budget, in other units)."""
+    group = p.add_mutually_exclusive_group(required=required)
+    if sizes_option == "--sizes":
+        group.add_argument("--sizes", default="all", help="comma-separated budgets in model units, or 'all'")
+    else:
+        group.add_argument("--size", default=None, help="size budget in model units (x one model)")
+    group.add_argument("--budget-mb", default=None, help=help_text)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -127,12 +158,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     plan = sub.add_parser("plan", help="the greedy merge plan (ordered merge events)")
     _add_plan_options(plan)
+    plan.add_argument("--budget-mb", default=None, help="also show the deployment of at most this many MB")
     plan.add_argument("--json", action="store_true")
     plan.set_defaults(handler=_cmd_plan)
 
     curve = sub.add_parser("curve", help="accuracy at a list of sizes or at every achievable size")
     _add_plan_options(curve)
-    curve.add_argument("--sizes", default="all", help="comma-separated budgets, or 'all'")
+    _add_budget_mb(curve, "--sizes", "comma-separated budgets in MB (instead of --sizes); rows gain bytes/megabytes")
     curve.add_argument("--baseline", default=None, choices=list(BASELINES),
                        help="a baseline's curve instead of FlexMerge's plan (same cached machinery)")
     curve.add_argument("--json", action="store_true")
@@ -140,10 +172,22 @@ def build_parser() -> argparse.ArgumentParser:
 
     export = sub.add_parser("export", help="write a merged deployment (or one task's model) as safetensors")
     _add_plan_options(export)
-    export.add_argument("--size", required=True)
+    _add_budget_mb(export, "--size", "the largest deployment of at most this many MB (in --dtype)", required=True)
     export.add_argument("--out", required=True)
     export.add_argument("--task", default=None, help="write one standalone state dict for this task")
+    export.add_argument("--json", action="store_true")
     export.set_defaults(handler=_cmd_export)
+
+    rec = sub.add_parser("recommend", help="the deployment to use: smallest within P points, or best under N MB")
+    _add_plan_options(rec, one_algorithm=False)
+    rec.add_argument("--algorithms", default=",".join(RECOMMEND_ALGORITHMS),
+                     help="comma-separated algorithms to choose among")
+    goal = rec.add_mutually_exclusive_group(required=True)
+    goal.add_argument("--within-points", type=float, default=None,
+                      help="smallest deployment at most this many accuracy points below the fine-tuned models")
+    goal.add_argument("--max-mb", type=float, default=None, help="most accurate deployment of at most this many MB")
+    rec.add_argument("--json", action="store_true")
+    rec.set_defaults(handler=_cmd_recommend)
     return parser
 
 
@@ -177,31 +221,60 @@ def _cmd_zoo_info(args: argparse.Namespace) -> int:
     return 0
 
 
+def _settings_from_args(args: argparse.Namespace, algorithm: str, strict: bool = True):
+    """PlanSettings of the shared plan options for `algorithm`; --param values read by each option's
+    declared kind and range (strict: every --param must be one of this algorithm's options)."""
+    from flexmerge_core.algorithms.registry import parse_options, split_assignments
+    from flexmerge_core.pipeline import PlanSettings
+
+    settings = PlanSettings(algorithm=algorithm, granularity=args.granularity, linkage=args.linkage,
+                            order=args.order, seed=args.seed,
+                            hyperparameters=parse_options(algorithm, split_assignments(args.param), strict),
+                            tasks=tuple(n.strip() for n in (args.tasks or "").split(",") if n.strip()),
+                            baseline=getattr(args, "baseline", None))
+    settings.make_algorithm()   # an unknown algorithm or option fails before the zoo is opened
+    return settings
+
+
 def _pipeline_from_args(args: argparse.Namespace, deploy_size=None):
     """The Pipeline of the shared plan options; the plan comes from the on-disk cache when known.
 
     deploy_size: the largest deployment the command will build ("all" = M; None: planning only), so
     the memory guard refuses before anything is loaded."""
-    from flexmerge_core.pipeline import Pipeline, PlanSettings, resolve_zoo
+    from flexmerge_core.pipeline import Pipeline, resolve_zoo
 
-    settings = PlanSettings(algorithm=args.algorithm, granularity=args.granularity, linkage=args.linkage,
-                            order=args.order, seed=args.seed,
-                            tasks=tuple(n.strip() for n in (args.tasks or "").split(",") if n.strip()),
-                            baseline=getattr(args, "baseline", None))
-    settings.make_algorithm()   # an unknown algorithm or option fails before the zoo is opened
+    settings = _settings_from_args(args, args.algorithm)
     return Pipeline(resolve_zoo(args.zoo), settings, progress=stderr_progress("similarity"), deploy_size=deploy_size)
 
 
+def _megabytes(pipeline, megabytes: float, dtype) -> dict:
+    """The deployment a budget in MB selects: its size budget in model units, size, bytes."""
+    budget = pipeline.budget_for_megabytes(megabytes, dtype)
+    part = pipeline.plan.partition_at(budget)
+    stored = pipeline.footprint(dtype).partition_bytes(part)
+    return {"budget_mb": megabytes, "size_budget": budget, "size": part.size, "budget_met": stored <= megabytes * MEGABYTE,
+            "num_events": part.num_events, "bytes": stored, "megabytes": stored / MEGABYTE}
+
+
 def _cmd_plan(args: argparse.Namespace) -> int:
+    budget_mb = None if args.budget_mb is None else parse_megabytes(args.budget_mb, single=True)[0]
     pipeline = _pipeline_from_args(args)
     zoo, plan = pipeline.zoo, pipeline.plan
+    model_bytes = pipeline.footprint(args.dtype).model_bytes
+    budget = None if budget_mb is None else _megabytes(pipeline, budget_mb, args.dtype)
     if args.json:
-        emit_json({"num_tasks": plan.num_tasks, "model_params": plan.model_params, "min_size": plan.min_size,
-                   "tasks": zoo.task_names, "blocks": plan.blocks, "events": plan.to_json()["events"]})
+        doc = {"num_tasks": plan.num_tasks, "model_params": plan.model_params, "min_size": plan.min_size,
+               "tasks": zoo.task_names, "blocks": plan.blocks, "events": plan.to_json()["events"],
+               "dtype": args.dtype, "model_bytes": model_bytes}
+        emit_json(doc if budget is None else {**doc, "budget": budget})
         return 0
     names = zoo.task_names
-    print(f"{plan.num_tasks} tasks, {len(plan.blocks)} blocks, {plan.model_params} parameters per model; "
+    print(f"{plan.num_tasks} tasks, {len(plan.blocks)} blocks, {plan.model_params} parameters per model "
+          f"({model_bytes / MEGABYTE:.2f} MB in {args.dtype or 'the zoo dtypes'}); "
           f"sizes {plan.max_size:g} .. {plan.min_size:.4f} ({plan.linkage} linkage, {plan.order} order)")
+    if budget is not None:
+        print(f"at most {budget_mb:g} MB: size {budget['size']:.4f} ({budget['megabytes']:.2f} MB, "
+              f"{budget['num_events']} events)" + ("" if budget["budget_met"] else ", the smallest; it does not fit"))
     for e in plan.events:
         a = "+".join(names[t] for t in e.group_a)
         b = "+".join(names[t] for t in e.group_b)
@@ -213,40 +286,102 @@ def _cmd_plan(args: argparse.Namespace) -> int:
 def _cmd_curve(args: argparse.Namespace) -> int:
     from flexmerge_core.evaluation.curve import parse_sizes
 
-    sizes = parse_sizes(args.sizes)
+    budgets_mb = None if args.budget_mb is None else parse_megabytes(args.budget_mb)
+    sizes = parse_sizes(args.sizes) if budgets_mb is None else None
     pipeline = _pipeline_from_args(args, deploy_size="all")   # a curve starts from all M models kept
     zoo = pipeline.zoo
+    if budgets_mb is not None:
+        sizes = [pipeline.budget_for_megabytes(mb, args.dtype) for mb in budgets_mb]
     result = pipeline.curve(sizes, progress=stderr_progress("curve"))
+    rows = pipeline.with_bytes(result.rows, args.dtype)
+    if budgets_mb is not None:
+        rows = [{**row, "budget_mb": mb} for row, mb in zip(rows, budgets_mb)]
     if args.json:
-        emit_json({"rows": result.rows, "finetuned": result.finetuned})
+        # bytes appear when asked for (--budget-mb / --dtype): the plain document stays as it was
+        asked = budgets_mb is not None or args.dtype is not None
+        emit_json({"rows": rows if asked else result.rows, "finetuned": result.finetuned})
         return 0
-    print(f"{'budget':>8s} {'size':>8s} {'avg acc':>8s} {'norm acc':>8s}  " + " ".join(f"{t:>10.10s}" for t in zoo.task_names))
-    for row in result.rows:
-        print(f"{row['size_budget']:8.4f} {row['size']:8.4f} {row['avg_accuracy']:8.4f} "
+    print(f"{'budget':>8s} {'size':>8s} {'MB':>9s} {'avg acc':>8s} {'norm acc':>8s}  "
+          + " ".join(f"{t:>10.10s}" for t in zoo.task_names))
+    for row in rows:
+        print(f"{row['size_budget']:8.4f} {row['size']:8.4f} {row['megabytes']:9.3f} {row['avg_accuracy']:8.4f} "
               f"{row['avg_normalized_accuracy']:8.4f}  " + " ".join(f"{row['accuracy'][t]:10.4f}" for t in zoo.task_names))
     print("fine-tuned: " + ", ".join(f"{t} {a:.4f}" for t, a in result.finetuned.items()))
     return 0
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
-    from flexmerge_core.deployment.export import recipe_path
+    from flexmerge_core.deployment.export import file_tensor_bytes, recipe_path
     from flexmerge_core.evaluation.curve import parse_sizes
 
-    sizes = parse_sizes(args.size, option="--size")
-    if sizes == "all" or len(sizes) != 1:
-        raise FlexMergeError(f"--size takes one number of model units, got {args.size!r}")
+    budget_mb = None if args.budget_mb is None else parse_megabytes(args.budget_mb, single=True)[0]
+    if budget_mb is None:
+        sizes = parse_sizes(args.size, option="--size")
+        if sizes == "all" or len(sizes) != 1:
+            raise FlexMergeError(f"--size takes one number of model units, got {args.size!r}")
     if args.task is not None:   # fail before the plan is built
         from flexmerge_core.pipeline import resolve_zoo
 
         known = args.tasks.split(",") if args.tasks else resolve_zoo(args.zoo).task_names
         if args.task not in [name.strip() for name in known]:
             raise FlexMergeError(f"--task: unknown task '{args.task}' (choose from {', '.join(known)})")
-    pipeline = _pipeline_from_args(args, deploy_size=sizes[0])
-    recipe = pipeline.export(sizes[0], args.out, task=args.task, zoo_path=args.zoo if args.zoo in DEMO_ZOOS else None)
+    if budget_mb is not None:
+        pipeline = _pipeline_from_args(args, deploy_size=None)
+        budget = pipeline.budget_for_megabytes(budget_mb, args.dtype)
+        check_memory(pipeline.zoo, budget, pipeline.spec)
+    else:
+        budget = sizes[0]
+        pipeline = _pipeline_from_args(args, deploy_size=budget)
+    recipe = pipeline.export(budget, args.out, task=args.task, zoo_path=args.zoo if args.zoo in DEMO_ZOOS else None,
+                             dtype=args.dtype)
+    stored = pipeline.footprint(args.dtype).budget_bytes(pipeline.plan, budget)
+    if args.json:
+        emit_json({"out": str(args.out), "recipe_file": str(recipe_path(args.out)), "task": args.task,
+                   "budget": recipe["budget"], "budget_mb": budget_mb, "size": recipe["size"],
+                   "budget_met": recipe["budget_met"], "dtype": args.dtype, "bytes": stored, "megabytes": stored / MEGABYTE,
+                   "file_tensor_bytes": file_tensor_bytes(args.out)})
+        return 0
     what = f"task '{args.task}'" if args.task else f"{len(pipeline.zoo.task_names)} tasks"
-    print(f"wrote {args.out} ({what}, size {recipe['size']:.4f} for budget {recipe['budget']:g}); "
+    print(f"wrote {args.out} ({what}, size {recipe['size']:.4f} for budget {recipe['budget']:g}, "
+          f"{stored / MEGABYTE:.2f} MB of merged parameters in {args.dtype or 'the zoo dtypes'}); "
           f"recipe {recipe_path(args.out)}")
     return 0
+
+
+def _cmd_recommend(args: argparse.Namespace) -> int:
+    from flexmerge_core.algorithms.registry import split_assignments
+    from flexmerge_core.pipeline import recommend, resolve_zoo
+
+    names = [n.strip() for n in args.algorithms.split(",") if n.strip()]
+    choices = [_settings_from_args(args, name, strict=False) for name in names]
+    used = {k for c in choices for k, _ in c.hyperparameters}
+    unknown = sorted(set(split_assignments(args.param)) - used)
+    if unknown:
+        raise FlexMergeError(f"--param: none of {', '.join(names)} has an option {unknown[0]!r}")
+    if args.max_mb is not None:
+        parse_megabytes(str(args.max_mb), option="--max-mb", single=True)
+    doc = recommend(resolve_zoo(args.zoo), choices, within_points=args.within_points, max_mb=args.max_mb,
+                    dtype=args.dtype, progress=stderr_progress("curve"))
+    if args.json:
+        emit_json(doc)
+        return 0
+    best = doc["recommendation"]
+    goal = (f"within {args.within_points:g} points of the fine-tuned models' {100 * doc['finetuned_avg']:.2f}%"
+            if args.within_points is not None else f"at most {args.max_mb:g} MB")
+    if best is None:
+        print(f"no deployment of {', '.join(names)} is {goal}")
+    else:
+        print(f"{goal}: {best['algorithm']} at {best['size']:.4f}x ({best['megabytes']:.2f} MB), "
+              f"{_accuracy_text(best)}")
+    for name, row in doc["knees"].items():
+        print(f"knee of {name}: " + ("none (no point above the chord)" if row is None else
+                                     f"{row['size']:.4f}x ({row['megabytes']:.2f} MB), {_accuracy_text(row)}"))
+    return 0
+
+
+def _accuracy_text(row: dict) -> str:
+    interval = "" if row["ci_low"] is None else f" (95% interval {100 * row['ci_low']:.2f}-{100 * row['ci_high']:.2f}%)"
+    return f"average accuracy {100 * row['avg_accuracy']:.2f}%{interval}"
 
 
 def main(argv: Sequence[str] | None = None) -> int:

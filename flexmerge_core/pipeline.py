@@ -13,7 +13,7 @@ import json
 import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Optional, Union
+from typing import Any, Callable, Optional, Sequence, Union
 
 from flexmerge_core.errors import InvalidArgumentError
 from flexmerge_core.zoo import Zoo, open_zoo
@@ -134,11 +134,36 @@ class Pipeline:
         return compute_curve(self.zoo, self.plan, self.algorithm, sizes, tasks, spec=self.spec,
                              merger=self.merger(), progress=progress, **options)
 
-    def export(self, size: float, out, task: Optional[str] = None, zoo_path: Optional[str] = None) -> dict:
-        """Write the deployment at `size` (or one task's model) with its recipe beside it."""
+    def export(self, size: float, out, task: Optional[str] = None, zoo_path: Optional[str] = None,
+               dtype: Optional[str] = None) -> dict:
+        """Write the deployment at `size` (or one task's model, in `dtype`) with its recipe beside it."""
         from flexmerge_core.deployment.export import export
 
-        return export(self.zoo, self.spec, self.plan, self.algorithm, size, out, task=task, zoo_path=zoo_path)
+        return export(self.zoo, self.spec, self.plan, self.algorithm, size, out, task=task, zoo_path=zoo_path,
+                      dtype=dtype)
+
+    def footprint(self, dtype: Optional[str] = None):
+        """Bytes of this plan's deployments stored in `dtype` ('fp32' | 'fp16' | 'bf16'; None: the zoo's)."""
+        from flexmerge_core.deployment.footprint import Footprint, parse_dtype
+
+        return Footprint.of(self.zoo, self.spec, self.algorithm, parse_dtype(dtype))
+
+    def budget_for_megabytes(self, megabytes: float, dtype: Optional[str] = None) -> float:
+        """The size budget (model units) of the largest deployment of at most `megabytes` MB in `dtype`."""
+        from flexmerge_core.deployment.footprint import MEGABYTE
+
+        return self.footprint(dtype).budget_for(self.plan, megabytes * MEGABYTE)
+
+    def with_bytes(self, rows: list[dict], dtype: Optional[str] = None) -> list[dict]:
+        """Curve rows plus `bytes` and `megabytes`: what their deployments store in `dtype` (heads excluded)."""
+        from flexmerge_core.deployment.footprint import megabytes
+
+        footprint = self.footprint(dtype)
+        out = []
+        for row in rows:
+            stored = footprint.budget_bytes(self.plan, row["size_budget"])
+            out.append({**row, "bytes": stored, "megabytes": megabytes(stored)})
+        return out
 
 
 def finetuned_scores(zoo: Zoo, progress: Progress = None) -> dict[str, float]:
@@ -146,6 +171,44 @@ def finetuned_scores(zoo: Zoo, progress: Progress = None) -> dict[str, float]:
     from flexmerge_core.evaluation.evaluate import finetuned_accuracies
 
     return finetuned_accuracies(zoo, progress=progress)
+
+
+def recommend(zoo: Zoo, choices: Sequence[PlanSettings], *, within_points: Optional[float] = None,
+              max_mb: Optional[float] = None, dtype: Optional[str] = None, progress: Progress = None) -> dict:
+    """The deployment to use, across the plans of `choices` (one per algorithm): the smallest within
+    `within_points` points of the fine-tuned models' average accuracy, or the most accurate of at most
+    `max_mb` MB in `dtype`. Every curve is evaluated at all achievable sizes (cached) and its rows
+    carry `bytes`, `megabytes` and the 95% interval of their average accuracy (`ci_low`, `ci_high`, `n`);
+    each curve's knee is reported too. `recommendation` is None when nothing qualifies.
+    """
+    from flexmerge_core.evaluation import recommend as pick
+    from flexmerge_core.evaluation.intervals import example_counts, with_interval
+
+    if (within_points is None) == (max_mb is None):
+        raise InvalidArgumentError("recommend needs exactly one of within_points / max_mb")
+    names = [c.algorithm for c in choices]
+    if not names or len(set(names)) != len(names):
+        raise InvalidArgumentError(f"recommend needs distinct algorithms, got {names}")
+    curves, counts, finetuned = {}, None, {}
+    for choice in choices:
+        pipeline = Pipeline(zoo, choice, progress=progress, deploy_size="all")
+        result = pipeline.curve("all", progress=progress)
+        if counts is None and any("n" not in row for row in result.rows):
+            counts = example_counts(pipeline.zoo)
+        other = sorted({m for row in result.rows for m in row.get("metric", {}).values()} - {"accuracy"})
+        if other:
+            raise InvalidArgumentError(f"recommend compares accuracies; zoo '{zoo.name}' has tasks scored by {other[0]}")
+        curves[choice.algorithm] = [with_interval(row, counts) for row in pipeline.with_bytes(result.rows, dtype)]
+        finetuned = result.finetuned
+    finetuned_avg = sum(finetuned.values()) / len(finetuned)
+    if within_points is not None:
+        best = pick.smallest_within(curves, finetuned_avg, within_points)
+    else:
+        best = pick.best_under(curves, max_mb)
+    return {"within_points": within_points, "max_mb": max_mb, "dtype": dtype,
+            "finetuned": finetuned, "finetuned_avg": finetuned_avg,
+            "recommendation": None if best is None else {"algorithm": best.algorithm, **best.row},
+            "knees": {name: pick.knee(rows) for name, rows in curves.items()}, "curves": curves}
 
 
 def reproduce_export(recipe_file, out, progress=None) -> dict:
@@ -168,4 +231,5 @@ def reproduce_export(recipe_file, out, progress=None) -> dict:
         raise InvalidArgumentError(f"{recipe_file}: zoo {recipe['zoo_path']} changed since the export "
                                    f"(fingerprint {zoo.fingerprint} != {recipe['zoo_fingerprint']})")
     pipeline = Pipeline(zoo, settings, progress=progress, deploy_size=recipe["budget"])
-    return pipeline.export(recipe["budget"], out, task=recipe["task"], zoo_path=recipe["zoo_path"])
+    return pipeline.export(recipe["budget"], out, task=recipe["task"], zoo_path=recipe["zoo_path"],
+                           dtype=recipe.get("dtype"))

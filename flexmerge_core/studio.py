@@ -18,6 +18,7 @@ import numpy as np
 
 from flexmerge_core.algorithms import ALGORITHM_NAMES, HyperParam, get_algorithm
 from flexmerge_core.cache import cache_root, content_hash
+from flexmerge_core.deployment.footprint import megabytes
 from flexmerge_core.errors import InvalidArgumentError
 from flexmerge_core.pipeline import DEFAULT_ALGORITHM, Pipeline, PlanSettings, finetuned_scores, resolve_zoo
 from flexmerge_core.planning.blocks import DEFAULT_GRANULARITY, PRESETS, build_blocks
@@ -94,7 +95,8 @@ class Explorer:
         self.pipeline = Pipeline(zoo, choice, progress=progress)
         self.zoo, self.algorithm, self.spec = self.pipeline.zoo, self.pipeline.algorithm, self.pipeline.spec
         self.plan: MergePlan = self.pipeline.plan    # a baseline's ClusteringPlan when choice.baseline is set
-        self._bytes_per_model = model_bytes(self.zoo)
+        self.footprint = self.pipeline.footprint()     # exact bytes of any partition, at the zoo's dtypes
+        self._counts: Optional[dict[str, int]] = None  # held-out examples per task (interval widths)
         self._lock = threading.RLock()
         self._rows: dict[int, dict] = {}            # num_events -> curve row
         self._similarities: Optional[np.ndarray] = None
@@ -118,7 +120,31 @@ class Explorer:
         part = self.plan.partition_at(budget)
         return PartitionView(budget=float(budget), size=part.size, budget_met=part.budget_met,
                              num_events=part.num_events, cluster_counts=[len(g) for g in part.groups],
-                             megabytes=part.size * self._bytes_per_model / 1e6, partition=part)
+                             megabytes=megabytes(self.footprint.partition_bytes(part)), partition=part)
+
+    def budget_for_megabytes(self, mb: float) -> float:
+        """The size budget (model units) of the largest deployment of at most `mb` MB."""
+        return self.pipeline.budget_for_megabytes(mb)
+
+    def recommendation(self, rows: list[dict]) -> Optional[dict]:
+        """The knee of these curve rows (where more size stops buying much accuracy, or normalised score
+        for other metrics; None if there is none), with its `bytes`, `megabytes` and the 95% interval of its average accuracy (`ci_low`,
+        `ci_high`, `n`: held-out examples per task)."""
+        from flexmerge_core.evaluation.intervals import example_counts, with_interval
+        from flexmerge_core.evaluation.recommend import knee
+
+        # other metrics (errors: lower is better) bend the other way: their knee is on normalised scores
+        key = "avg_accuracy" if all(m == "accuracy" for r in rows for m in r.get("metric", {}).values()) \
+            else "avg_normalized_accuracy"
+        proxies = [{**r, "avg_accuracy": r[key]} for r in rows]
+        picked = knee(proxies)
+        if picked is None:
+            return None
+        row = rows[next(i for i, p in enumerate(proxies) if p is picked)]
+        with self._lock:
+            if self._counts is None and "n" not in row:
+                self._counts = example_counts(self.zoo)
+        return with_interval(self.pipeline.with_bytes([row])[0], self._counts)
 
     def groups_by_step(self) -> np.ndarray:
         """[B, E+1]: groups of each block after the first e merge events (the merge-order heatmap)."""
@@ -143,20 +169,27 @@ class Explorer:
         part = self.plan.partition_at(budget)
         return deployment_recipe(self.zoo, self.spec, self.plan, self.algorithm, part.budget, part.size)
 
-    def export_file(self, budget: float, task: Optional[str] = None, zoo_spec: Optional[str] = None) -> Path:
-        """Write the deployment at `budget` (or one task's standalone model) with its recipe beside it,
-        under <cache>/exports/<key>/; an export that is already there is reused."""
+    def stored_megabytes(self, budget: float, dtype: Optional[str] = None) -> float:
+        """MB of the merged-parameter tensors the deployment at `budget` stores in `dtype` (None: the zoo's)."""
+        return megabytes(self.pipeline.footprint(dtype).budget_bytes(self.plan, budget))
+
+    def export_file(self, budget: float, task: Optional[str] = None, zoo_spec: Optional[str] = None,
+                    dtype: Optional[str] = None) -> Path:
+        """Write the deployment at `budget` (or one task's standalone model, in `dtype`) with its recipe
+        beside it, under <cache>/exports/<key>/; an export that is already there is reused."""
         from flexmerge_core.deployment.export import recipe_path
         from flexmerge_core.resources import check_memory
 
         part = self.plan.partition_at(budget)
         check_memory(self.zoo, budget, self.spec)
-        key = content_hash("export", self.zoo.fingerprint, self.task_names, repr(self.choice), part.num_events, task)
-        name = f"{self.zoo.name}-{self.algorithm.name}-{part.size:.3f}x" + (f"-{task}" if task else "")
+        key = content_hash("export", self.zoo.fingerprint, self.task_names, repr(self.choice), part.num_events, task,
+                           *([dtype] if dtype else []))   # no dtype: the key exports had before dtypes existed
+        name = (f"{self.zoo.name}-{self.algorithm.name}-{part.size:.3f}x" + (f"-{task}" if task else "")
+                + (f"-{dtype}" if dtype else ""))
         out = cache_root() / "exports" / key / f"{name}.safetensors"
         with self._lock:
             if not (out.exists() and recipe_path(out).exists()):
-                self.pipeline.export(budget, out, task=task, zoo_path=zoo_spec)
+                self.pipeline.export(budget, out, task=task, zoo_path=zoo_spec, dtype=dtype)
         return out
 
     def known(self, budget: float) -> bool:

@@ -8,6 +8,7 @@ import streamlit as st
 from dashboard import charts
 from dashboard.controls import explorer_from_settings
 from dashboard.metric_axis import MetricAxis, axis_for
+from dashboard.recommendation import knee_text
 from dashboard.session import engine_errors, open_studio, progress_bar
 from flexmerge_core.studio import Explorer, PartitionView
 
@@ -16,10 +17,14 @@ studio = open_studio()
 
 explorer = explorer_from_settings(studio, "explore")
 with engine_errors(), progress_bar("Evaluating the overview curve") as bar:
-    explorer.curve(explorer.grid(), progress=bar)
+    overview_rows = explorer.curve(explorer.grid(), progress=bar)
+with engine_errors():
+    st.info(knee_text(explorer.recommendation(overview_rows), axis_for(overview_rows)))
 
 SLIDER_STEP = 0.05
+MB_SLIDER_STEPS = 200     # the MB slider moves in about this many steps from the smallest deployment to Mx
 FIGURE_MEMO_LIMIT = 512
+UNITS = ("x one model", "MB")
 
 
 def size_figures(explorer: Explorer, budget: float, view: PartitionView, row: dict, axis: MetricAxis) -> tuple:
@@ -42,26 +47,48 @@ def size_figures(explorer: Explorer, budget: float, view: PartitionView, row: di
     return memo[key]
 
 
+def megabyte_slider(explorer: Explorer) -> tuple[float, str]:
+    """A slider in MB from the smallest deployment to all M models; (MB asked, how it reads)."""
+    low = explorer.partition(explorer.plan.min_size).megabytes
+    high = explorer.partition(explorer.plan.max_size).megabytes
+    step = 10.0 ** math.floor(math.log10((high - low) / MB_SLIDER_STEPS)) if high > low else 0.01
+    decimals = max(0, -round(math.log10(step)))
+    low, high = math.floor(low / step) * step, math.ceil(high / step) * step
+    mb = st.slider("Size budget (MB)", min_value=round(low, decimals), max_value=round(high, decimals),
+                   value=round(min(high, max(low, 2 * high / explorer.plan.max_size)), decimals),
+                   step=step, format=f"%.{decimals}f MB", key="explore_size_mb")
+    return mb, f"{mb:.{decimals}f} MB"
+
+
 @st.fragment
 def size_view(explorer: Explorer) -> None:
     """Everything that depends on the size: re-run alone when the slider moves (fast for known sizes)."""
     plan = explorer.plan
-    low = math.floor(plan.min_size / SLIDER_STEP) * SLIDER_STEP
-    budget = st.slider("Size budget (x one model)", min_value=round(low, 2), max_value=float(plan.max_size),
-                       value=float(min(2.0, plan.max_size)), step=SLIDER_STEP, format="%.2fx", key="explore_size")
+    unit = st.radio("Size in", UNITS, horizontal=True, key="explore_unit",
+                    help="The budget as a multiple of one model's merged parameters, or in megabytes "
+                         "(exact bytes of the stored tensors at the zoo's dtypes; heads excluded)")
+    if unit == UNITS[0]:
+        low = math.floor(plan.min_size / SLIDER_STEP) * SLIDER_STEP
+        budget = st.slider("Size budget (x one model)", min_value=round(low, 2), max_value=float(plan.max_size),
+                           value=float(min(2.0, plan.max_size)), step=SLIDER_STEP, format="%.2fx",
+                           key="explore_size")
+        asked = f"{budget:.2f}x"
+    else:
+        mb, asked = megabyte_slider(explorer)
+        budget = explorer.budget_for_megabytes(mb)
     view = explorer.partition(budget)
     with engine_errors(), progress_bar("Evaluating this size") as bar:
         row = explorer.row_at(budget, progress=bar)
     axis = axis_for([row])
     cols = st.columns(5)
-    cols[0].metric("Budget asked", f"{budget:.2f}x")
+    cols[0].metric("Budget asked", asked)
     cols[1].metric("Size achieved", f"{view.size:.3f}x")
     cols[2].metric("Memory", f"{view.megabytes:.2f} MB")
     cols[3].metric(f"Average {axis.name}", axis.format(axis.average(row), decimals=2),
                    help=f"{100 * row['avg_normalized_accuracy']:.1f}% of the fine-tuned models")
     cols[4].metric("Merge events applied", f"{view.num_events} of {len(plan.events)}")
     if not view.budget_met:
-        st.warning(f"A budget of {budget:.2f}x cannot be met with {explorer.algorithm.name}: the smallest "
+        st.warning(f"A budget of {asked} cannot be met with {explorer.algorithm.name}: the smallest "
                    f"achievable size is {plan.min_size:.3f}x, shown here.")
     tasks, curve, clusters = size_figures(explorer, budget, view, row, axis)
     left, right = st.columns(2)

@@ -19,11 +19,16 @@ plan = explorer.plan
 budget = st.number_input("Size budget (x one model)", min_value=0.01, max_value=float(plan.max_size),
                          value=float(min(2.0, plan.max_size)), step=0.05, format="%.2f", key="export_size")
 view = explorer.partition(budget)
+STORED_AS = {"the zoo's dtypes": None, "fp32": "fp32", "fp16": "fp16", "bf16": "bf16"}
+dtype = STORED_AS[st.selectbox("Stored as", list(STORED_AS), key="export_dtype",
+                               help="Every floating tensor of the file is written in this dtype")]
 
 st.subheader("What will be written")
 cols = st.columns(3)
 cols[0].metric("Size achieved", f"{view.size:.3f}x")
-cols[1].metric("Stored parameters", f"{view.megabytes:.2f} MB", help="Heads and per-task unmerged tensors come on top")
+cols[1].metric("Stored parameters", f"{explorer.stored_megabytes(budget, dtype):.2f} MB",
+               help="Exactly the file's merged-parameter tensors (masks and rescalers included); heads and "
+                    "per-task unmerged tensors come on top")
 cols[2].metric("Tasks served", len(explorer.task_names))
 if not view.budget_met:
     st.warning(f"A budget of {budget:.2f}x cannot be met: the smallest achievable size with "
@@ -42,7 +47,7 @@ def download(label: str, path: Path, key: str, mime: str = "application/octet-st
 def written(task: str | None) -> Path | None:
     """The export for this plan, size and task once the user asked for it (kept across reruns)."""
     store = st.session_state.setdefault("exports", {})
-    key = (choice, view.num_events, task)
+    key = (choice, view.num_events, task, dtype)
     if key not in store:
         return None
     return store[key]
@@ -50,8 +55,8 @@ def written(task: str | None) -> Path | None:
 
 def write(task: str | None) -> None:
     with engine_errors(), st.spinner("Merging and writing"):
-        path = explorer.export_file(budget, task=task, zoo_spec=current_zoo_spec())
-    st.session_state.setdefault("exports", {})[(choice, view.num_events, task)] = path
+        path = explorer.export_file(budget, task=task, zoo_spec=current_zoo_spec(), dtype=dtype)
+    st.session_state.setdefault("exports", {})[(choice, view.num_events, task, dtype)] = path
 
 
 left, right = st.columns(2)

@@ -64,3 +64,27 @@ def app_zoo(request, tmp_path_factory):
             os.environ.pop(key, None)
         else:
             os.environ[key] = value
+
+
+@pytest.fixture(scope="session")
+def llama_source(tmp_path_factory):
+    """A tiny Llama (sharded save_pretrained) + 3 full fine-tunes + text data specs (tests/lm_zoos.py)."""
+    from lm_zoos import full_finetunes, llama_config
+
+    return full_finetunes(tmp_path_factory.mktemp("llama-src"), llama_config(), shard=True)
+
+
+@pytest.fixture(scope="session")
+def t5_source(tmp_path_factory):
+    """A tiny T5 (tied embeddings, one file) + 3 full fine-tunes + text data specs."""
+    from lm_zoos import full_finetunes, t5_config
+
+    return full_finetunes(tmp_path_factory.mktemp("t5-src"), t5_config(), shard=False)
+
+
+@pytest.fixture(scope="session")
+def lora_source(tmp_path_factory):
+    """The tiny Llama + 3 PEFT LoRA adapters + text data specs."""
+    from lm_zoos import lora_adapters
+
+    return lora_adapters(tmp_path_factory.mktemp("lora-src"))

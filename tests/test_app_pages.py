@@ -11,6 +11,7 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 from safetensors.torch import load_file
 from streamlit.testing.v1 import AppTest
 
@@ -71,6 +72,48 @@ def test_overview_summarises_the_zoo(app_zoo):
     for task, acc in zip(table["task"], table["fine-tuned accuracy (%)"]):
         assert acc == pytest.approx(100 * zoo.finetuned_accuracy[task])
     assert "within 1 point" in at.markdown[0].value or "1.00x" in at.markdown[0].value
+
+
+def test_overview_and_explore_show_the_knee_with_its_interval(app_zoo):
+    for page in (None, "pages/1_Explore.py"):
+        at = _page(page)
+        notes = [i.value for i in at.info]
+        assert any(n.startswith("Recommended: **") and "95% interval" in n or n.startswith("No knee") for n in notes)
+
+
+def test_slider_in_megabytes_picks_the_largest_deployment_that_fits(app_zoo):
+    """TA stores one model's bytes per model unit: the MB slider's deployment is the largest achievable
+    size whose bytes fit, computed here from the zoo's tensor sizes."""
+    import math
+
+    from flexmerge_core.zoo import open_zoo
+
+    zoo = open_zoo(app_zoo)
+    one_model = sum(math.prod(zoo.param_shapes[n]) * zoo.param_dtypes[n].itemsize for n in zoo.param_names)
+    at = _page("pages/1_Explore.py")
+    at.radio(key="explore_unit").set_value("MB").run()
+    _clean(at, "Explore in MB")
+    slider = at.slider(key="explore_size_mb")
+    for mb in (slider.min, 1.7 * one_model / 1e6, slider.max):
+        at.slider(key="explore_size_mb").set_value(mb).run()
+        _clean(at, f"Explore at {mb} MB")
+        plan = _ta_plan(app_zoo)
+        fitting = [s for s in plan.achievable_sizes() if s * one_model <= mb * 1e6]
+        partition = plan.partition_at(max(fitting) if fitting else plan.min_size / 2)
+        assert _metric(at, "Size achieved") == f"{partition.size:.3f}x"
+        assert _metric(at, "Memory") == f"{partition.size * one_model / 1e6:.2f} MB"
+        assert _metric(at, "Budget asked").endswith(" MB")
+
+
+def _ta_plan(app_zoo):
+    from flexmerge_core.algorithms import get_algorithm
+    from flexmerge_core.planning.blocks import build_blocks
+    from flexmerge_core.planning.plan import build_plan
+    from flexmerge_core.zoo import open_zoo
+
+    zoo = open_zoo(app_zoo)
+    spec = build_blocks(zoo.param_names, zoo.param_shapes, granularity="component")
+    return build_plan(zoo, spec, get_algorithm("ta"))
 
 
 def _figures(at: AppTest) -> dict[str, dict]:
@@ -136,6 +179,19 @@ def test_export_writes_files_that_load(app_zoo):
     loaded = load_file(task_file)
     for name, tensor in expected.items():
         assert (loaded[name] == tensor).all(), name
+
+
+def test_export_in_half_precision_holds_the_megabytes_shown(app_zoo):
+    at = _page("pages/3_Export.py")
+    at.number_input(key="export_size").set_value(1.5).run()
+    at.selectbox(key="export_dtype").set_value("bf16").run()
+    at.button(key="export_write_deployment").click().run()
+    _clean(at, "Export in bf16")
+    path = at.session_state["exports"][next(k for k in at.session_state["exports"] if k[3] == "bf16")]
+    tensors = load_file(path)
+    merged = sum(v.numel() * v.element_size() for k, v in tensors.items() if not k.startswith("tasks/"))
+    assert _metric(at, "Stored parameters") == f"{merged / 1e6:.2f} MB"
+    assert {v.dtype for v in tensors.values() if v.is_floating_point()} == {torch.bfloat16}
 
 
 def test_bad_zoo_folder_is_a_one_line_error(app_zoo, tmp_path):

@@ -121,3 +121,74 @@ def test_curve_figure_marks_the_current_budget():
 def test_curve_points_are_percent_of_achieved_size():
     rows = [{"size": 1.25, "avg_accuracy": 0.5, "size_budget": 1.3}]
     assert charts.curve_points(rows) == [(1.25, 50.0)]
+
+
+@pytest.mark.parametrize("count", [3, 41, 150])
+def test_merge_heatmap_names_every_block(count):
+    names = [f"transformer.resblocks.{i // 6}.part{i % 6}" for i in range(count)]
+    fig = charts.merge_heatmap_figure(names, np.arange(count * 5).reshape(count, 5))
+    axis = fig.layout.yaxis
+    assert axis.tickmode == "array" and list(axis.tickvals) == names and list(axis.ticktext) == names
+    assert axis.showticklabels is not False
+    assert fig.layout.height >= 16 * count   # one label height per block: none is dropped for overlap
+
+
+def test_megabyte_budgets_select_the_largest_fitting_partition(explorer):
+    plan = explorer.plan
+    views = [explorer.partition(size) for size in plan.achievable_sizes()]
+    for view in views[1:-1]:
+        # exactly the MB of an achievable deployment selects it; a byte less selects a smaller one
+        assert explorer.partition(explorer.budget_for_megabytes(view.megabytes)).num_events == view.num_events
+        smaller = explorer.partition(explorer.budget_for_megabytes(view.megabytes - 1e-6))
+        assert smaller.num_events > view.num_events and smaller.megabytes < view.megabytes
+    below = explorer.partition(explorer.budget_for_megabytes(views[-1].megabytes / 2))
+    assert not below.budget_met and below.num_events == len(plan.events)
+
+
+def test_recommendation_is_the_knee_with_its_interval(app_zoo, explorer):
+    from flexmerge_core.evaluation.recommend import knee
+    from flexmerge_core.evaluation.statistics import average_interval
+    from flexmerge_core.zoo import open_zoo
+
+    zoo = open_zoo(app_zoo)
+    rows = explorer.curve(explorer.grid())
+    assert (explorer.recommendation(rows) is None) == (knee(rows) is None)
+    # the same sizes with a concave curve (accuracy 1 - 0.5 / size): a knee exists
+    rows = [{**row, "accuracy": {t: 1 - 0.5 / row["size"] for t in row["accuracy"]},
+             "avg_accuracy": 1 - 0.5 / row["size"]} for row in rows]
+    expected = knee(rows)
+    got = explorer.recommendation(rows)
+    assert expected is not None and 1 < expected["size"] < explorer.plan.max_size
+    counts = {t: len(zoo.heldout(i)[1]) for i, t in enumerate(zoo.task_names)}
+    assert got["size"] == expected["size"] and got["n"] == counts
+    assert (got["ci_low"], got["ci_high"]) == average_interval([(expected["accuracy"][t], counts[t]) for t in counts])
+    assert got["megabytes"] == explorer.partition(expected["size_budget"]).megabytes
+
+
+def test_knee_text_states_size_megabytes_and_interval():
+    from dashboard.metric_axis import ACCURACY
+    from dashboard.recommendation import knee_text
+
+    knee = {"size": 1.5, "megabytes": 12.345, "avg_accuracy": 0.8512, "ci_low": 0.8301, "ci_high": 0.8699,
+            "n": {"a": 1000, "b": 500}}
+    text = knee_text(knee, ACCURACY)
+    assert "**1.50x** (12.35 MB)" in text and "**85.1%** average accuracy" in text
+    assert "95% interval 83.0%-87.0% over 1,500 held-out examples" in text
+    assert "interval" not in knee_text({**knee, "ci_low": None, "ci_high": None}, ACCURACY)
+    assert knee_text(None, ACCURACY).startswith("No knee")
+
+
+def test_recommendation_for_an_error_metric_uses_normalised_scores(explorer):
+    from flexmerge_core.evaluation.recommend import knee
+
+    rows = explorer.curve(explorer.grid())
+    # an error falling like 0.5 / size: on the raw values the curve bends the wrong way for knee()
+    rows = [{**row, "metric": {t: "mse" for t in row["accuracy"]},
+             "higher_is_better": {t: False for t in row["accuracy"]},
+             "accuracy": {t: 0.5 / row["size"] for t in row["accuracy"]}, "avg_accuracy": 0.5 / row["size"],
+             "avg_normalized_accuracy": 1 - 0.5 / row["size"]} for row in rows]
+    assert knee(rows) is None
+    expected = knee([{**r, "avg_accuracy": r["avg_normalized_accuracy"]} for r in rows])
+    got = explorer.recommendation(rows)
+    assert expected is not None and got["size"] == expected["size"]
+    assert got["avg_accuracy"] == 0.5 / got["size"] and got["ci_low"] is None and got["ci_high"] is None

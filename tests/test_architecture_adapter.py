@@ -178,8 +178,8 @@ def _plugin(root, module_source: str):
 @pytest.fixture
 def fresh_registry(monkeypatch):
     """Entry points not yet read, and what a test registers dropped afterwards."""
-    monkeypatch.setattr(registry, "_ADAPTERS", dict(registry._ADAPTERS))
-    monkeypatch.setattr(registry, "_entry_points_loaded", False)
+    monkeypatch.setattr(registry._REGISTRY, "items", dict(registry._REGISTRY.items))
+    monkeypatch.setattr(registry._REGISTRY, "entry_points_loaded", False)
     monkeypatch.delitem(sys.modules, "tiny_plugin", raising=False)
 
 

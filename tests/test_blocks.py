@@ -197,3 +197,41 @@ def test_argument_errors():
 def test_scalar_parameters_count_one():
     spec = build_blocks(["logit_scale", "w"], {"logit_scale": (), "w": (2, 3)}, "parameter")
     assert [b.numel for b in spec.blocks] == [1, 6] and spec.total_params == 7
+
+
+def _hf_layout(kind, config):
+    from flexmerge_core.architectures.registry import state_layout
+
+    layout = state_layout(kind, config.to_dict())
+    return list(layout), {n: shape for n, (shape, _) in layout.items()}
+
+
+def test_language_model_blocks_in_forward_order():
+    """Llama, T5 and GPT-2 state_dict names: components in forward order (pre-norms before what they feed,
+    T5's lm_head-free tied embeddings first, encoder before decoder), layers per stack."""
+    from transformers import GPT2Config, LlamaConfig, T5Config
+
+    names, shapes = _hf_layout("hf_causal_lm", LlamaConfig(vocab_size=16, hidden_size=8, intermediate_size=16,
+                                                           num_hidden_layers=2, num_attention_heads=2))
+    spec = build_blocks(names, shapes)
+    _assert_partition(spec, names, shapes)
+    assert spec.names == (["model.embeddings"] + [f"model.layers.{i}.{c}" for i in range(2) for c in
+                          ("input_layernorm", "self_attn", "post_attention_layernorm", "mlp")]
+                          + ["model.norm", "lm_head"])
+    assert build_blocks(names, shapes, "layer").names == ["model.pre", "model.layers.0", "model.layers.1",
+                                                          "model.post", "post"]
+    names, shapes = _hf_layout("hf_seq2seq", T5Config(vocab_size=16, d_model=8, d_kv=4, d_ff=16, num_layers=1,
+                                                      num_decoder_layers=1, num_heads=2))
+    spec = build_blocks(names, shapes)
+    _assert_partition(spec, names, shapes)
+    assert spec.names == ["embeddings", "encoder.block.0.layer.0.layer_norm", "encoder.block.0.layer.0.SelfAttention",
+                          "encoder.block.0.layer.1.layer_norm", "encoder.block.0.layer.1.DenseReluDense",
+                          "encoder.final_layer_norm", "decoder.block.0.layer.0.layer_norm",
+                          "decoder.block.0.layer.0.SelfAttention", "decoder.block.0.layer.1.layer_norm",
+                          "decoder.block.0.layer.1.EncDecAttention", "decoder.block.0.layer.2.layer_norm",
+                          "decoder.block.0.layer.2.DenseReluDense", "decoder.final_layer_norm"]
+    assert spec.blocks[0].params == ("shared.weight",)
+    names, shapes = _hf_layout("hf_causal_lm", GPT2Config(n_embd=8, n_layer=1, n_head=2, vocab_size=16,
+                                                          n_positions=8, bos_token_id=0, eos_token_id=0))
+    assert build_blocks(names, shapes).names == ["transformer.embeddings", "transformer.h.0.ln_1", "transformer.h.0.attn",
+                                                 "transformer.h.0.ln_2", "transformer.h.0.mlp", "transformer.ln_f"]

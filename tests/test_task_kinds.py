@@ -2,6 +2,7 @@
 registered here, flows through curves, the CLI, Compare's rankings and charts, and export; manifests
 without a kind open as image classification and an unknown kind is refused.
 """
+import importlib.metadata
 import json
 from pathlib import Path
 
@@ -273,8 +274,8 @@ def test_installed_plugins_are_loaded_from_the_entry_point_group(monkeypatch):
             return Plugin
 
     groups = []
-    monkeypatch.setattr(registry, "entry_points", lambda group: groups.append(group) or [Point()])
-    monkeypatch.setattr(registry, "_plugins_loaded", False)
-    monkeypatch.setattr(registry, "_KINDS", dict(registry._KINDS))   # the plug-in leaves with the test
+    monkeypatch.setattr(importlib.metadata, "entry_points", lambda group: groups.append(group) or [Point()])
+    monkeypatch.setattr(registry._REGISTRY, "entry_points_loaded", False)
+    monkeypatch.setattr(registry._REGISTRY, "items", dict(registry._REGISTRY.items))   # the plug-in leaves with the test
     kind = get_task_kind("plugin_regression")
     assert groups == ["flexmerge.task_kinds"] and isinstance(kind, Plugin) and kind.metric == "MSE"

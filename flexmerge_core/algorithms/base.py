@@ -54,6 +54,16 @@ class HyperParam:
             raise InvalidArgumentError(f"option {self.name!r}={value} is out of range {self.range_text()}")
         return value
 
+    def parse(self, text: str) -> Any:
+        """A command-line value ('0.3', '5', 'mean') read as this option's kind, then validated."""
+        if self.kind is not str:
+            try:
+                value = float(text) if self.kind is float else int(text)
+            except ValueError:
+                raise InvalidArgumentError(f"option {self.name!r} must be a {self.kind.__name__}, got {text!r}") from None
+            return self.validate(value)
+        return self.validate(text)
+
     def range_text(self) -> str:
         left = "[" if self.low_inclusive else "("
         right = "]" if self.high_inclusive else ")"
@@ -150,6 +160,14 @@ class MergeAlgorithm:
     def similarity_needs_prepare(self) -> bool:
         """True when `similarity_block` depends on prepared (global) state."""
         return self.has_preprocessing
+
+    @property
+    def raw_similarity(self) -> bool:
+        """True when similarity is computed on the task vectors as they are (no per-block or global
+        preprocessing), so planning may stream a tensor's vectors in slices instead of whole blocks."""
+        cls, base = type(self), MergeAlgorithm
+        return (not self.has_preprocessing and cls.similarity_block is base.similarity_block
+                and cls.preprocess_block is base.preprocess_block and cls._input_vectors is base._input_vectors)
 
     def prepare(self, stream: BlockStream) -> None:
         """Record global state from the whole model; stream() gives a fresh block iterator."""

@@ -43,8 +43,9 @@ def hf_config(kind: str, config: dict):
     from transformers import AutoConfig
 
     if not isinstance(config, dict) or not isinstance(config.get("model_type"), str):
+        found = ", ".join(sorted(config)) if isinstance(config, dict) else repr(config)
         raise ZooError(f"zoo.json: architecture '{kind}' needs its model's config.json as config "
-                       f"(with 'model_type'), got keys {', '.join(sorted(config)) if isinstance(config, dict) else config!r}")
+                       f"(with 'model_type'), got {found}")
     values = {k: v for k, v in config.items() if k not in _NOT_CONFIG and k != "model_type"}
     try:
         return AutoConfig.for_model(config["model_type"], **values)

@@ -8,7 +8,6 @@ engine's two uses of an adapter that need the same config check and the same one
 """
 from __future__ import annotations
 
-import importlib.metadata
 from contextlib import contextmanager
 
 import torch
@@ -16,49 +15,28 @@ import torch
 from flexmerge_core.architectures import hf_causal_lm, hf_seq2seq, open_clip
 from flexmerge_core.architectures.base import ArchitectureAdapter
 from flexmerge_core.errors import ZooError
+from flexmerge_core.plugins import PluginRegistry
 
 ENTRY_POINT_GROUP = "flexmerge.architectures"
-
-_ADAPTERS: dict[str, ArchitectureAdapter] = {}
-_entry_points_loaded = False
+_REGISTRY: PluginRegistry[ArchitectureAdapter] = PluginRegistry(
+    "architecture kind", ENTRY_POINT_GROUP, name_of=lambda adapter: adapter.kind,
+    check=lambda a: isinstance(a, ArchitectureAdapter) and isinstance(a.kind, str) and bool(a.kind), replace=True)
 
 
 def register_architecture(adapter: ArchitectureAdapter) -> ArchitectureAdapter:
-    """Make `adapter` the one serving `adapter.kind` (replacing an earlier one of that kind)."""
-    if not isinstance(adapter, ArchitectureAdapter) or not isinstance(adapter.kind, str) or not adapter.kind:
-        raise TypeError(f"register_architecture needs an ArchitectureAdapter with a non-empty kind, got {adapter!r}")
-    _ADAPTERS[adapter.kind] = adapter
-    return adapter
-
-
-def _load_entry_points() -> None:
-    """Register every adapter declared in the entry point group (once per process)."""
-    global _entry_points_loaded
-    for point in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
-        try:
-            found = point.load()
-            adapter = found() if isinstance(found, type) else found
-            register_architecture(adapter)
-        except Exception as exc:   # a broken plug-in is named, whatever it raised
-            raise ZooError(f"architecture entry point '{point.name}' ({point.value}) failed to load: "
-                           f"{type(exc).__name__}: {exc}") from exc
-    _entry_points_loaded = True
+    """Make `adapter` (or an instance of an adapter class) the one serving `adapter.kind`, replacing an
+    earlier one of that kind."""
+    return _REGISTRY.add(adapter)
 
 
 def get_architecture(kind: str) -> ArchitectureAdapter:
     """The adapter of `kind`; ZooError listing the known kinds when there is none."""
-    if kind not in _ADAPTERS and not _entry_points_loaded:
-        _load_entry_points()
-    if kind not in _ADAPTERS:
-        raise ZooError(f"zoo.json: unknown architecture kind '{kind}' (known: {', '.join(architecture_kinds())})")
-    return _ADAPTERS[kind]
+    return _REGISTRY.get(kind)
 
 
 def architecture_kinds() -> list[str]:
     """Every registered kind (entry points included), sorted."""
-    if not _entry_points_loaded:
-        _load_entry_points()
-    return sorted(_ADAPTERS)
+    return _REGISTRY.names()
 
 
 @contextmanager

@@ -123,6 +123,24 @@ class Deployment:
         total = sum(e.stored_bytes() for block in self.entries for e in block)
         return total + sum(t.numel() * t.element_size() for t in self.pretrained.values())
 
+    def with_dtype(self, dtype: torch.dtype, name: str) -> "Deployment":
+        """The same deployment with every floating tensor stored as `dtype` (masks and rescalers
+        unchanged): what an export in fp16/bf16 holds. Masked tasks are rebuilt in `dtype` too, and
+        the recipe records `name` ('fp16', ...) so the export can be reproduced."""
+        def cast(tensors):
+            return {n: t.to(dtype) if t.is_floating_point() else t for n, t in tensors.items()}
+
+        entries = [[StoredGroup(e.members, e.kind, cast(e.tensors), e.masks, e.scales) for e in block]
+                   for block in self.entries]
+        return Deployment(
+            task_names=self.task_names, block_names=self.block_names, block_params=self.block_params,
+            param_shapes=self.param_shapes,
+            param_dtypes={n: dtype if d.is_floating_point else d for n, d in self.param_dtypes.items()},
+            entries=entries, routing=self.routing, pretrained=cast(self.pretrained),
+            per_task=[cast(own) for own in self.per_task],
+            heads=[None if head is None else cast(head) for head in self.heads],
+            storage=self.storage, algorithm=self.algorithm, recipe={**self.recipe, "dtype": name})
+
     def task_block(self, block_index: int, task_id: int) -> dict[str, torch.Tensor]:
         """Task's tensors of one block: the stored tensors themselves, or a reconstruction (masked)."""
         entry = self.entries[block_index][self.routing[block_index][task_id]]

@@ -11,6 +11,7 @@ serialisation is deterministic and so is everything upstream (plan, merge on CPU
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import Optional
 
@@ -162,12 +163,31 @@ def save_task(zoo, deployment: Deployment, task: int, out) -> Path:
         zoo.manifest.architecture_config, native, folder, zoo.pretrained_path.parent))
 
 
-def export(zoo, spec, plan, algorithm, size, out, task: Optional[str] = None, zoo_path: Optional[str] = None) -> dict:
+def file_tensor_bytes(path, skip_prefix: Optional[str] = None) -> int:
+    """Sum of numel * itemsize over the tensors of a safetensors file (read from its header only),
+    leaving out keys starting with `skip_prefix` (e.g. "tasks/": heads and unmerged tensors)."""
+    total = 0
+    with safe_open(str(path), framework="pt") as f:
+        for key in f.keys():
+            if skip_prefix is None or not key.startswith(skip_prefix):
+                view = f.get_slice(key)
+                total += math.prod(view.get_shape()) * _ITEMSIZE[view.get_dtype()]
+    return total
+
+
+_ITEMSIZE = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1, "BOOL": 1}
+
+
+def export(zoo, spec, plan, algorithm, size, out, task: Optional[str] = None, zoo_path: Optional[str] = None,
+           dtype: Optional[str] = None) -> dict:
     """Build the deployment at `size` and write it (or one task's model) plus its recipe; returns the recipe.
 
     zoo_path: how to re-open the zoo ("demo" or a folder; default the zoo's folder), kept in the recipe.
+    dtype: 'fp32' | 'fp16' | 'bf16' writes every floating tensor in that dtype (recorded in the recipe);
+    None keeps the zoo's dtypes.
     """
     from flexmerge_core.deployment.deploy import build_deployment
+    from flexmerge_core.deployment.footprint import parse_dtype
     from flexmerge_core.deployment.group_cache import GroupResultCache
     from flexmerge_core.deployment.merge import GroupMerger
 
@@ -176,6 +196,8 @@ def export(zoo, spec, plan, algorithm, size, out, task: Optional[str] = None, zo
     # merged on CPU: bit-reproducible, so the recipe re-creates the same bytes on any machine
     merger = GroupMerger(zoo, spec, algorithm, cache=GroupResultCache(), device="cpu")
     deployment = build_deployment(zoo, plan, algorithm, size, merger=merger)
+    if dtype is not None:
+        deployment = deployment.with_dtype(parse_dtype(dtype), dtype)
     if task is None:
         save_deployment(deployment, out)
     else:

@@ -9,12 +9,12 @@ the partition are dropped (they never come back in this direction).
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from typing import Callable, Mapping, Optional
 
 from flexmerge_core.deployment.deploy import GroupStore, deployment_from_partition, deployment_recipe
-from flexmerge_core.errors import BudgetError, InvalidArgumentError
+from flexmerge_core.deployment.footprint import positive_numbers
+from flexmerge_core.errors import InvalidArgumentError
 from flexmerge_core.evaluation.scores import TaskScore
 from flexmerge_core.evaluation.task_eval import (Evaluators, ScoreBook, default_activation_budget, eval_key, summarize,
                                                  task_ids_of)
@@ -48,16 +48,7 @@ def parse_sizes(text: str, option: str = "--sizes") -> "str | list[float]":
     """'all' or a comma-separated list of positive finite budgets (CLI `option`, named in errors)."""
     if text.strip() == "all":
         return "all"
-    sizes = []
-    for part in text.split(","):
-        try:
-            value = float(part)
-        except ValueError:
-            raise BudgetError(f"{option}: '{part.strip()}' is not a number (use e.g. 1,1.5,2 or all)") from None
-        if not math.isfinite(value) or value <= 0:
-            raise BudgetError(f"{option}: {part.strip()} is not a finite positive size in model units")
-        sizes.append(value)
-    return sizes
+    return positive_numbers(text.split(","), option, "size in model units", " (use e.g. 1,1.5,2 or all)")
 
 
 def spec_for_plan(zoo, plan):

@@ -53,17 +53,19 @@ class LMImportReport:
         return out
 
 
-def is_lm_folder(source: Path) -> bool:
-    """A pretrained/ save_pretrained folder whose config.json is not a vision tower's."""
-    config = Path(source) / "pretrained" / "config.json"
-    if not config.is_file():
-        return False
+def is_language_model(folder: Path) -> bool:
+    """A save_pretrained folder whose config.json is a text model's (no vision tower)."""
     try:
-        doc = json.loads(config.read_text())
+        doc = json.loads((Path(folder) / "config.json").read_text())
     except (OSError, ValueError):
         return False
     return isinstance(doc, dict) and "model_type" in doc and "vision_config" not in doc \
         and doc.get("model_type") not in ("clip", "clip_vision_model", "siglip", "vit")
+
+
+def is_lm_folder(source) -> bool:
+    """pretrained/ + <task>/ folders whose pretrained model is a language model."""
+    return is_language_model(Path(source) / "pretrained")
 
 
 def read_config(folder: Path, role: str) -> dict:

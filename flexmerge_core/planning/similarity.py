@@ -1,13 +1,17 @@
 """Per-block cosine similarity of task vectors (ALGORITHMS.md section 2), streamed one block at a time.
 
 Why streamed: a zoo of 30 ViT-B-32 models is ~10 GB of task vectors; only one block's stack
-[M, block numel] is ever in memory. Precision: each column chunk's Gram is one float32 matrix product
-(fp32 inputs; half inputs are promoted first) and the chunk results are summed in float64, so rounding
-never accumulates over a whole block (relative error ~1e-7) while the products run at float32 speed
-(float64 GEMM is several times slower on CPUs). Runs on CUDA when available.
+[M, block numel] is ever in memory. Language models have single tensors of 100M+ values (a 7B
+model's MLP matrices, its embeddings), so when similarity uses the raw task vectors, tensors whose
+M vectors exceed STREAM_BYTES are read in row slabs instead (bit-identical result).
+Precision: each column chunk's Gram is one float32 matrix product (fp32 inputs; half inputs are
+promoted first) and the chunk results are summed in float64, so rounding never accumulates over a
+whole block (relative error ~1e-7) while the products run at float32 speed (float64 GEMM is several
+times slower on CPUs). Runs on CUDA when available.
 """
 from __future__ import annotations
 
+import math
 from typing import Callable, Iterator, Optional
 
 import numpy as np
@@ -15,6 +19,8 @@ import torch
 
 COSINE_EPS = 1e-8
 GRAM_CHUNK_COLUMNS = 1 << 16
+STREAM_BYTES = 64 << 20                # a tensor whose M task vectors take more (float32) is read in slabs
+STREAM_SLAB = 64 * GRAM_CHUNK_COLUMNS  # values per slab: 4M, 16 MiB per task in float32
 
 Progress = Callable[[int, int, str], None]
 
@@ -26,16 +32,45 @@ def pick_device(device=None) -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
+def _accumulate(gram: torch.Tensor, rows: torch.Tensor, device: torch.device) -> None:
+    """gram += rows @ rows.T over [M, n] `rows`, one column chunk at a time (float32 products, float64 sum)."""
+    for start in range(0, rows.shape[1], GRAM_CHUNK_COLUMNS):
+        chunk = rows[:, start:start + GRAM_CHUNK_COLUMNS].to(device=device, dtype=torch.float32)
+        gram += (chunk @ chunk.T).to(torch.float64)
+
+
 def gram_matrix(vectors: dict[str, torch.Tensor], device: torch.device) -> torch.Tensor:
     """float64 [M, M] of dot products between the M rows, summed over every tensor of the block."""
     first = next(iter(vectors.values()))
     m = first.shape[0]
     gram = torch.zeros((m, m), dtype=torch.float64, device=device)
     for tensor in vectors.values():
-        rows = tensor.reshape(m, -1)
-        for start in range(0, rows.shape[1], GRAM_CHUNK_COLUMNS):
-            chunk = rows[:, start:start + GRAM_CHUNK_COLUMNS].to(device=device, dtype=torch.float32)
-            gram += (chunk @ chunk.T).to(torch.float64)
+        _accumulate(gram, tensor.reshape(m, -1), device)
+    return gram
+
+
+def _streamed_gram(zoo, names, device: torch.device) -> torch.Tensor:
+    """gram_matrix of the block's raw task vectors, each large tensor read in row slabs of STREAM_SLAB values.
+
+    Slab edges fall on column-chunk edges of the flattened tensor and chunks are summed in the same
+    order, so the result is bit-identical to gram_matrix over whole tensors while at most one slab of
+    [M, STREAM_SLAB] float32 values (plus the rows read to cover it) is in memory.
+    """
+    m = len(zoo.task_names)
+    gram = torch.zeros((m, m), dtype=torch.float64, device=device)
+    for name in names:
+        shape = zoo.param_shapes[name]
+        numel = math.prod(shape)
+        if m * numel * 4 <= STREAM_BYTES or len(shape) == 0:
+            _accumulate(gram, zoo.task_vectors([name])[name].reshape(m, -1), device)
+            continue
+        width = numel // shape[0]
+        for begin in range(0, numel, STREAM_SLAB):
+            end = min(numel, begin + STREAM_SLAB)
+            first, last = begin // width, -(-end // width)
+            rows = zoo.task_vector_rows(name, first, last).reshape(m, -1)
+            _accumulate(gram, rows[:, begin - first * width:end - first * width], device)
+            del rows
     return gram
 
 
@@ -55,6 +90,8 @@ def block_stream(zoo, spec) -> Callable[[], Iterator[dict[str, torch.Tensor]]]:
 
 def _block_cosine(zoo, block, algorithm, device) -> np.ndarray:
     """One block's M x M cosine matrix; its task vectors are freed when this returns."""
+    if algorithm is None or algorithm.raw_similarity:
+        return cosine_from_gram(_streamed_gram(zoo, block.params, device))
     vectors = zoo.task_vectors(block.params)
     if algorithm is not None:
         vectors = algorithm.similarity_block(vectors)

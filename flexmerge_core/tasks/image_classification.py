@@ -30,6 +30,14 @@ def _num_classes(files: TaskFiles) -> Optional[int]:
     return None if files.classes is None else len(files.classes)
 
 
+def _tensor_shapes(file, role: str, names: tuple[str, str]) -> tuple:
+    """The shapes of exactly these two tensors of a head or data file (one-line ZooError otherwise)."""
+    if set(file.names) != set(names):
+        raise ZooError(f"{file.path}: {role} must hold exactly '{names[0]}' and '{names[1]}', "
+                       f"found {', '.join(sorted(file.names))}")
+    return file.shapes[names[0]], file.shapes[names[1]]
+
+
 class ImageClassification(TaskKind):
     name = "image_classification"
     metric = "accuracy"
@@ -44,10 +52,7 @@ class ImageClassification(TaskKind):
     @staticmethod
     def _check_head(files: TaskFiles) -> None:
         head, task = files.head, files.task
-        if set(head.names) != {"weight", "bias"}:
-            raise ZooError(f"{head.path}: head of task '{task}' must hold exactly 'weight' and 'bias', "
-                           f"found {', '.join(sorted(head.names))}")
-        weight, bias = head.shapes["weight"], head.shapes["bias"]
+        weight, bias = _tensor_shapes(head, f"head of task '{task}'", ("weight", "bias"))
         if len(weight) != 2 or bias != (weight[0],):
             raise ZooError(f"{head.path}: head of task '{task}' needs weight [C, D] and bias [C], "
                            f"found {list(weight)} and {list(bias)}")
@@ -61,10 +66,7 @@ class ImageClassification(TaskKind):
     @staticmethod
     def _check_data(files: TaskFiles) -> None:
         data, task = files.data, files.task
-        if set(data.names) != {"images", "labels"}:
-            raise ZooError(f"{data.path}: data of task '{task}' must hold exactly 'images' and 'labels', "
-                           f"found {', '.join(sorted(data.names))}")
-        images, labels = data.shapes["images"], data.shapes["labels"]
+        images, labels = _tensor_shapes(data, f"data of task '{task}'", ("images", "labels"))
         if len(images) != 4 or len(labels) != 1 or images[0] != labels[0]:
             raise ZooError(f"{data.path}: data of task '{task}' needs images [N, C, H, W] and labels [N], "
                            f"found {list(images)} and {list(labels)}")

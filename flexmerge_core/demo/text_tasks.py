@@ -39,9 +39,9 @@ TOPIC_CHOICES = ("cinema", "food", "travel", "tech")   # one per domain, in DOMA
 SENTIMENT_QUESTION = ("sentiment", "?")
 TOPIC_QUESTIONS = {
     "about": ("what", "is", "it", "about", "?"),
-    "subject": ("subject", ":"),
     "category": ("which", "category", "fits", "?"),
-    "theme": ("the", "theme", "is"),
+    "kind": ("what", "kind", "is", "it", "?"),
+    "subject": ("which", "subject", "is", "this", "?"),
 }
 
 
@@ -106,16 +106,15 @@ def review(rng: np.random.Generator, domain: str, polarity: Callable[[], bool], 
 
 
 def sample_pretraining(n: int, rng: np.random.Generator, negation: float) -> list[list[str]]:
-    """n reviews of random domains whose clauses draw their polarity independently: the generic
-    next-token corpus.
-
-    Why independent: when the clauses of a review agree, predicting the second adjective teaches the
-    LM a polarity feature; sentiment is then solved by a small read-out change and the fine-tunes' task
-    vectors are mostly optimiser noise (measured: sentiment tasks' block cosine 0.02-0.15, then 0.13-0.51).
-    Clauses of one review share the domain: drawing it per clause too made the topic tasks' vectors
-    less alike (0.05-0.33 instead of 0.3-0.9)."""
+    """n reviews of random domains and polarities: the generic next-token corpus. The clauses of a
+    review agree (as in the tasks), so predicting the second clause teaches the LM a domain feature and
+    a polarity feature, which the fine-tunes then read out."""
     domains = list(DOMAINS)
-    return [review(rng, _pick(rng, domains), lambda: bool(rng.integers(2)), negation) for _ in range(n)]
+    out = []
+    for _ in range(n):
+        domain, positive = _pick(rng, domains), bool(rng.integers(2))
+        out.append(review(rng, domain, lambda: positive, negation))
+    return out
 
 
 def sample_task(task: TextTaskSpec, n: int, rng: np.random.Generator,

@@ -1,4 +1,4 @@
-"""The training steps of the text demo build: tokenizer, pretraining, per-task fine-tuning, rank scoring.
+"""The training steps of the text demo build: tokenizer, model, pretraining, per-task fine-tuning.
 
 Why plain functions of picklable inputs (as in vision_training): the builder runs them as jobs on worker
 processes, one torch thread each, and a job gives the same bits wherever it runs.
@@ -62,16 +62,15 @@ def pad(rows: list[list[int]], length: int | None = None) -> tuple[torch.Tensor,
     return ids, mask
 
 
-def _optimizer(model, lr: float, weight_decay: float, eps: float):
-    params = [p for p in model.parameters()]
+def _optimizer(model, lr: float, weight_decay: float):
+    params = list(model.parameters())
     return torch.optim.AdamW([{"params": [p for p in params if p.ndim >= 2], "weight_decay": weight_decay},
-                              {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0}], lr=lr, eps=eps)
+                              {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0}], lr=lr)
 
 
-def _train(model, batches, loss_of, steps: int, lr: float, weight_decay: float, clip_norm: float,
-           eps: float = 1e-8) -> None:
+def _train(model, batches, loss_of, steps: int, lr: float, weight_decay: float, clip_norm: float) -> None:
     """AdamW, warm-up + cosine, clipped gradients; `batches(step)` -> a batch, `loss_of(model, batch)` -> loss."""
-    opt = _optimizer(model, lr, weight_decay, eps)
+    opt = _optimizer(model, lr, weight_decay)
     model.train()
     for step in range(steps):
         for group in opt.param_groups:
@@ -158,6 +157,5 @@ def finetune(pretrained: dict[str, torch.Tensor], name: str, config, seed: int,
         return F.cross_entropy(logits[torch.arange(len(ids_)), last_][:, answers], y,
                                label_smoothing=config.label_smoothing)
 
-    _train(model, batches, loss_of, config.finetune_steps, config.finetune_lr, 0.0, config.clip_norm,
-           config.finetune_eps)
+    _train(model, batches, loss_of, config.finetune_steps, config.finetune_lr, 0.0, config.clip_norm)
     return {k: v.detach().clone() for k, v in model.state_dict().items()}

@@ -29,6 +29,10 @@ def _near_finetuned(rows: list[dict], axis: MetricAxis) -> tuple[dict | None, st
     return (min(close, key=lambda r: r["size"]) if close else None), how
 
 
+SOURCE_LABELS = {"hf_clip": "HuggingFace CLIP folders", "task_vectors_pickle": "task-vectors pickles",
+                 "open_clip_research": "open_clip research checkpoints", "demo": "the embedded demo"}
+
+
 def overview() -> None:
     """The open zoo, and the headline numbers of its trade-off in plain words."""
     st.title("FlexMerge Studio")
@@ -52,7 +56,8 @@ def overview() -> None:
     else:
         st.dataframe(pd.DataFrame({"task": summary.tasks, "metric": [summary.metrics[t] for t in summary.tasks],
                                    "fine-tuned value": [finetuned.get(t) for t in summary.tasks]}), hide_index=True)
-    st.caption(f"Folder: {summary.root}")
+    st.caption(f"Folder: {summary.root} · architecture {summary.architecture} · imported from: "
+               f"{SOURCE_LABELS.get(summary.source, summary.source or 'an unrecorded source (hand-written zoo.json)')}")
 
     st.header(f"The trade-off with {DEFAULT_ALGORITHM.upper()} (default settings)")
     with engine_errors():
@@ -79,10 +84,11 @@ def overview() -> None:
     st.markdown("\n".join(lines))
     with engine_errors():
         st.info(knee_text(explorer.recommendation(rows), axis))
-    st.plotly_chart(charts.curve_figure({DEFAULT_ALGORITHM: charts.curve_points(rows, axis)},
-                                        finetuned=axis.average(full), axis=axis), key="chart_overview_curve")
+    st.plotly_chart(charts.rows_figure({DEFAULT_ALGORITHM: rows}, axis, finetuned=axis.average(full)),
+                    key="chart_overview_curve")
     st.caption("Explore a size interactively on the Explore page; compare algorithms on Compare; "
-               "download a deployment on Export.")
+               "download a deployment on Export; check the paper's findings on this zoo on Findings. "
+               "Shaded bands: 95% intervals of the average.")
 
 
 st.set_page_config(page_title="FlexMerge Studio", layout="wide")
@@ -91,6 +97,7 @@ navigation = st.navigation([
     st.Page("pages/1_Explore.py", title="Explore", icon=":material/tune:"),
     st.Page("pages/2_Compare.py", title="Compare", icon=":material/compare_arrows:"),
     st.Page("pages/3_Export.py", title="Export", icon=":material/download:"),
+    st.Page("pages/4_Findings.py", title="Findings", icon=":material/fact_check:"),
 ])
 zoo_picker()
 navigation.run()

@@ -13,11 +13,14 @@ from typing import Mapping, Optional, Sequence
 
 import numpy as np
 import plotly.graph_objects as go
+from plotly.colors import hex_to_rgb, qualitative
 
 from dashboard.metric_axis import ACCURACY, MetricAxis
 
 _HEIGHT = 340
 _LABEL_HEIGHT = 16    # pixels per category label at tick font size 11: no two labels overlap
+_COLOURS = qualitative.Plotly   # Plotly's own default colour order, set explicitly so a band matches its line
+_BAND_OPACITY = 0.18
 
 
 def _layout(title: str, x_title: str, y_title: str, height: int = _HEIGHT, **extra) -> dict:
@@ -45,16 +48,39 @@ def curve_points(rows: Sequence[Mapping], axis: MetricAxis = ACCURACY) -> list[t
     return [(r["size"], axis.average(r)) for r in rows]
 
 
+def curve_bands(rows: Sequence[Mapping], axis: MetricAxis = ACCURACY) -> list[tuple[float, float, float]]:
+    """(size, low, high) of the rows' 95% intervals of their average, in axis units; [] when a row has
+    none or the axis is normalised (the intervals are of the raw average, not of normalised scores)."""
+    if axis.normalized or any(r.get("ci_low") is None or r.get("ci_high") is None for r in rows):
+        return []
+    return [(r["size"], axis.scale(r["ci_low"]), axis.scale(r["ci_high"])) for r in rows]
+
+
+def _band(label: str, band: Sequence[tuple[float, float, float]], colour: str) -> go.Scatter:
+    """A filled polygon from the lows (left to right) back along the highs: the 95% interval of a line."""
+    pts = sorted(band)
+    red, green, blue = hex_to_rgb(colour)
+    return go.Scatter(x=[p[0] for p in pts] + [p[0] for p in reversed(pts)],
+                      y=[p[1] for p in pts] + [p[2] for p in reversed(pts)], fill="toself", mode="lines",
+                      line=dict(width=0), fillcolor=f"rgba({red},{green},{blue},{_BAND_OPACITY})",
+                      name=f"{label} (95% interval)", hoverinfo="skip", showlegend=False)
+
+
 def curve_figure(series: Mapping[str, Sequence[tuple[float, float]]], *, finetuned: Optional[float] = None,
                  current: Optional[tuple[float, float]] = None, current_budget: Optional[float] = None,
-                 axis: MetricAxis = ACCURACY, title: Optional[str] = None) -> go.Figure:
-    """One line per label through (size, value) points, sorted by size; an optional dashed reference
-    line for the fine-tuned models and a marker for the current slider position (its legend names
-    the budget asked, so a new budget always redraws the marker). Values are in `axis` units."""
-    data, hover = [], _hover_y(axis)
+                 axis: MetricAxis = ACCURACY, title: Optional[str] = None,
+                 bands: Optional[Mapping[str, Sequence[tuple[float, float, float]]]] = None) -> go.Figure:
+    """One line per label through (size, value) points, sorted by size, over a shaded band of its 95%
+    interval where `bands` has (size, low, high) points for it (curve_bands); an optional dashed
+    reference line for the fine-tuned models and a marker for the current slider position (its legend
+    names the budget asked, so a new budget always redraws the marker). Values are in `axis` units."""
+    hover, bands = _hover_y(axis), bands or {}
+    colours = {label: _COLOURS[i % len(_COLOURS)] for i, label in enumerate(series)}
+    data = [_band(label, bands[label], colours[label]) for label in series if bands.get(label)]
     for label, points in series.items():
         pts = sorted(points)
         data.append(go.Scatter(x=[p[0] for p in pts], y=[p[1] for p in pts], mode="lines+markers", name=label,
+                               line=dict(color=colours[label]),
                                hovertemplate=f"{label}<br>size %{{x:.3f}}x<br>{hover}<extra></extra>"))
     if current is not None:
         name = "current size" if current_budget is None else f"current size (budget {current_budget:.2f}x)"
@@ -68,6 +94,31 @@ def curve_figure(series: Mapping[str, Sequence[tuple[float, float]]], *, finetun
     return go.Figure(data=data, layout=_layout(title or f"{axis.capitalized} vs deployment size",
                                                "deployment size (x one model)", f"average {axis.title}",
                                                shapes=shapes, annotations=notes))
+
+
+def rows_figure(curves: Mapping[str, Sequence[Mapping]], axis: MetricAxis = ACCURACY, **options) -> go.Figure:
+    """curve_figure of curve rows ({label: rows}): each label's line over the band of its 95% intervals."""
+    return curve_figure({label: curve_points(rows, axis) for label, rows in curves.items()}, axis=axis,
+                        bands={label: curve_bands(rows, axis) for label, rows in curves.items()}, **options)
+
+
+def difference_figure(series: Mapping[str, Sequence[tuple[float, float, float, float, bool]]], *, title: str,
+                      y_title: str) -> go.Figure:
+    """Paired differences (reference minus each label) by size, with their 95% intervals as error bars
+    and a zero line: points (size, difference, low, high, significant); filled markers are significant."""
+    data = []
+    for i, (label, points) in enumerate(series.items()):
+        pts = sorted(points)
+        data.append(go.Scatter(
+            x=[p[0] for p in pts], y=[p[1] for p in pts], mode="lines+markers", name=label,
+            line=dict(color=_COLOURS[i % len(_COLOURS)]),
+            marker=dict(size=10, symbol=["circle" if p[4] else "circle-open" for p in pts]),
+            error_y=dict(type="data", symmetric=False, array=[p[3] - p[1] for p in pts],
+                         arrayminus=[p[1] - p[2] for p in pts]),
+            hovertemplate=f"{label}<br>size %{{x:g}}x<br>difference %{{y:.4g}}<extra></extra>"))
+    line, note = _reference_line(0.0, "no difference")
+    return go.Figure(data=data, layout=_layout(title, "size budget (x one model)", y_title, shapes=[line],
+                                               annotations=[note]))
 
 
 def task_figure(tasks: Sequence[str], merged: Mapping[str, float], finetuned: Optional[Mapping[str, float]],

@@ -1,7 +1,11 @@
-"""Rankings of several curves at common size budgets, and where the ranking changes.
+"""Rankings of several curves at common size budgets, and where a significant order flips.
 
 Why: the Compare page's question is "which algorithm should I use at my memory budget?", and the
-answer can flip as the budget grows; a table that marks those flips answers it at a glance.
+answer can flip as the budget grows; a table that marks those flips answers it at a glance. A flip
+counts only when it is significant: the engine ranks with paired tests on the same held-out
+examples (studio.Studio.rankings), so algorithms whose difference sampling explains share a rank,
+and "ranking changed" marks only sizes where an order that was significant is now significantly
+reversed (statistics.flips_along), not a reshuffle of ties.
 """
 from __future__ import annotations
 
@@ -9,36 +13,38 @@ from typing import Callable, Mapping, Optional, Sequence
 
 import pandas as pd
 
+from flexmerge_core.evaluation.statistics import flips_along
+
+TIE = " = "
+
 
 def _percent(value: float) -> str:
     return f"{100 * value:.1f}%"
 
 
-def ranking_table(values: Mapping[str, Mapping[float, Optional[float]]], budgets: Sequence[float],
-                  higher_is_better: bool = True, fmt: Callable[[float], str] = _percent) -> pd.DataFrame:
-    """One row per budget: the labels best-first (highest first, or lowest when lower is better, e.g.
-    an error; ties by name), each with its value as `fmt` writes it (default: a fraction in %), and
-    whether the order changed from the previous budget. values[label][budget] is None where that curve
-    cannot reach the budget (it is then left out of that row's ranking)."""
-    rows, previous = [], None
-    width = len(values)
-    sign = -1 if higher_is_better else 1
-    for budget in budgets:
-        scored = [(label, v[budget]) for label, v in values.items() if v.get(budget) is not None]
-        scored.sort(key=lambda item: (sign * item[1], item[0]))
-        order = [label for label, _ in scored]
+def ranking_table(values: Mapping[str, Mapping[float, Optional[float]]], rankings: Mapping[float, list[list[str]]],
+                  budgets: Sequence[float], fmt: Callable[[float], str] = _percent) -> pd.DataFrame:
+    """One row per budget: column "#k" holds the labels of rank k (rankings[budget][k - 1], best first;
+    labels of one rank, i.e. not significantly different, joined by " = "), each with its value as
+    `fmt` writes it (values[label][budget]; default: a fraction in %); "ranking changed" is True where
+    a significant order flips, and "change" says which (e.g. "ties now above ta")."""
+    width = max((len(groups) for groups in rankings.values()), default=0)
+    flips = flips_along([rankings[b] for b in budgets])
+    rows = []
+    for budget, flipped in zip(budgets, flips):
+        groups = rankings[budget]
         row = {"budget": f"{budget:.2f}x"}
         for rank in range(width):
-            row[f"#{rank + 1}"] = (f"{scored[rank][0]} ({fmt(scored[rank][1])})"
-                                   if rank < len(scored) else "")
-        row["ranking changed"] = previous is not None and order != previous
+            row[f"#{rank + 1}"] = (TIE.join(f"{label} ({fmt(values[label][budget])})" for label in groups[rank])
+                                   if rank < len(groups) else "")
+        row["ranking changed"] = bool(flipped)
+        row["change"] = "; ".join(f"{now} now above {before}" for before, now in flipped)
         rows.append(row)
-        previous = order
     return pd.DataFrame(rows)
 
 
 def highlight_changes(table: pd.DataFrame):
-    """A Styler that shades the rows where the ranking changed."""
+    """A Styler that shades the rows where a significant order flipped."""
     def shade(row):
         colour = "background-color: #ffe8a3" if row["ranking changed"] else ""
         return [colour] * len(row)

@@ -121,3 +121,11 @@ def engine_errors() -> Iterator[None]:
         st.error(" ".join(str(exc).split()))
         st.stop()
 
+
+def requested(label: str, key: str, note: str) -> bool:
+    """A button for long work; once pressed it stays requested for this session (results are cached)."""
+    if st.button(label, key=key):
+        st.session_state[f"{key}_requested"] = True
+    if not st.session_state.get(f"{key}_requested"):
+        st.caption(note)
+    return bool(st.session_state.get(f"{key}_requested"))

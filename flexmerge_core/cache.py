@@ -3,8 +3,9 @@
 Why: every artifact (demo zoo, plans, merged groups, evaluation results, exports) must either be
 complete under its final name or absent, so a killed process never leaves something that looks valid.
 Writes go to a temporary name in the same folder and are renamed into place (atomic on POSIX).
-Cache entries are keyed by content hashes of everything that determines them, and each JSON entry
-carries a checksum of its payload so a corrupt entry is detected and rebuilt, never trusted.
+Cache entries are keyed by content hashes of everything that determines them, and each entry carries
+its key and a checksum: a corrupt entry, or a valid one found under another key's name (files
+swapped or copied on disk), is a miss that is rebuilt, never trusted.
 """
 from __future__ import annotations
 
@@ -25,9 +26,18 @@ from flexmerge_core.errors import CacheError
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
+CACHE_ENV = "FLEXMERGE_CACHE"
+
+
 def cache_root() -> Path:
-    """The cache folder: $FLEXMERGE_CACHE if set, else <repo>/cache."""
-    return Path(os.environ.get("FLEXMERGE_CACHE", REPO_ROOT / "cache"))
+    """The cache folder: $FLEXMERGE_CACHE if set, else <repo>/cache. Set but empty is refused: it would
+    mean the current folder, and the cache would spill into whatever folder the user stands in."""
+    value = os.environ.get(CACHE_ENV)
+    if value is None:
+        return REPO_ROOT / "cache"
+    if not value.strip():
+        raise CacheError(f"{CACHE_ENV} is set but empty; unset it (cache in {REPO_ROOT / 'cache'}) or name a folder")
+    return Path(value)
 
 
 def content_hash(*parts: Any) -> str:
@@ -80,47 +90,70 @@ def _ensure_dir(folder: Path) -> None:
 
 def atomic_write(path: Path, write: Callable[[Path], None]) -> Path:
     """Call write(tmp_path) on a temp file beside `path`, fsync it, then rename it to `path`."""
-    path = Path(path)
-    _ensure_dir(path.parent)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    tmp_path = Path(tmp)
+    atomic_write_all({Path(path): write})
+    return Path(path)
+
+
+def atomic_write_all(writes: dict[Path, Callable[[Path], None]]) -> None:
+    """Several files published together, all or none: each is written (write(tmp_path)) and fsynced
+    under a temporary name beside its final path; only then are they renamed into place, in order,
+    and when anything fails those already renamed are removed again (an export is never its model
+    without its recipe or head)."""
+    staged: list[tuple[Path, Path]] = []
+    published: list[Path] = []
+    target = None
     try:
-        write(tmp_path)
-        with open(tmp_path, "rb+") as f:
-            os.fsync(f.fileno())
-        os.chmod(tmp_path, _FILE_MODE)
-        os.replace(tmp_path, path)
-    except OSError as exc:
-        tmp_path.unlink(missing_ok=True)
-        raise CacheError(f"cannot write {path}: {exc.strerror or exc}") from exc
-    except BaseException:
-        tmp_path.unlink(missing_ok=True)
+        for path, write in writes.items():
+            target = path = Path(path)
+            _ensure_dir(path.parent)
+            fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+            os.close(fd)
+            staged.append((Path(tmp), path))
+            write(Path(tmp))
+            with open(tmp, "rb+") as f:
+                os.fsync(f.fileno())
+            os.chmod(tmp, _FILE_MODE)
+        for tmp, path in staged:
+            target = path
+            os.replace(tmp, path)
+            published.append(path)
+    except BaseException as exc:
+        for path in published:
+            path.unlink(missing_ok=True)
+        for tmp, _ in staged:
+            tmp.unlink(missing_ok=True)
+        if isinstance(exc, OSError):
+            raise CacheError(f"cannot write {target}: {exc.strerror or exc}") from exc
         raise
-    return path
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> Path:
     return atomic_write(path, lambda tmp: tmp.write_bytes(data))
 
 
-def atomic_write_json(path: Path, payload: Any) -> Path:
-    """Write JSON with an embedded checksum of the payload (checked by read_checked_json)."""
-    body = json.dumps(payload, sort_keys=True)
-    wrapped = {"sha256": hashlib.sha256(body.encode()).hexdigest(), "payload": payload}
+def _checksum(key: str | None, payload: Any) -> str:
+    body = json.dumps(payload if key is None else {"key": key, "payload": payload}, sort_keys=True)
+    return hashlib.sha256(body.encode()).hexdigest()
+
+
+def atomic_write_json(path: Path, payload: Any, key: str | None = None) -> Path:
+    """Write JSON with the key it is stored under and a checksum of both (checked by read_checked_json)."""
+    wrapped = {"sha256": _checksum(key, payload), "payload": payload}
+    if key is not None:
+        wrapped["key"] = key
     return atomic_write_bytes(path, json.dumps(wrapped, sort_keys=True).encode())
 
 
-def read_checked_json(path: Path) -> Any | None:
-    """The payload written by atomic_write_json, or None when missing, corrupt or tampered with."""
+def read_checked_json(path: Path, key: str | None = None) -> Any | None:
+    """The payload written by atomic_write_json, or None when missing, corrupt, tampered with, or (when
+    `key` is given) written for another key."""
     try:
         wrapped = json.loads(Path(path).read_text())
-        payload = wrapped["payload"]
-        body = json.dumps(payload, sort_keys=True)
-        if hashlib.sha256(body.encode()).hexdigest() != wrapped["sha256"]:
+        payload, stored_key = wrapped["payload"], wrapped.get("key")
+        if (key is not None and stored_key != key) or _checksum(stored_key, payload) != wrapped["sha256"]:
             return None
         return payload
-    except (OSError, ValueError, KeyError, TypeError):
+    except (OSError, ValueError, KeyError, TypeError, RecursionError):
         return None
 
 
@@ -170,10 +203,10 @@ class JsonCache:
         return self.folder / f"{key}.json"
 
     def get(self, key: str) -> Any | None:
-        return read_checked_json(self.path(key))
+        return read_checked_json(self.path(key), key)
 
     def put(self, key: str, payload: Any) -> None:
-        atomic_write_json(self.path(key), payload)
+        atomic_write_json(self.path(key), payload, key)
 
     def get_or_compute(self, key: str, compute: Callable[[], Any]) -> Any:
         found = self.get(key)
@@ -193,3 +226,37 @@ def tensors_digest(tensors: dict) -> str:
         if t.numel():
             h.update(t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
     return h.hexdigest()
+
+
+def _entry_digest(tensors: dict, metadata: dict) -> str:
+    return hashlib.sha256((tensors_digest(tensors) + json.dumps(metadata, sort_keys=True)).encode()).hexdigest()
+
+
+def write_tensor_entry(path: Path, key: str, tensors: dict, metadata: dict | None = None) -> Path:
+    """A safetensors cache entry carrying its key and a SHA-256 of its tensors and metadata."""
+    from safetensors.torch import save_file
+
+    meta = {**(metadata or {}), "key": key}
+    meta["sha256"] = _entry_digest(tensors, meta)
+    return atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata=meta))
+
+
+def read_tensor_entry(path: Path, key: str) -> tuple[dict, dict] | None:
+    """(tensors, metadata) of an entry written by write_tensor_entry for `key`; None when missing, damaged,
+    altered or written for another key (the key is checked before any tensor is read)."""
+    from safetensors import SafetensorError, safe_open
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    if not path.is_file():
+        return None
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = dict(f.metadata() or {})
+        if meta.get("key") != key:
+            return None
+        tensors = load_file(str(path))
+    except (SafetensorError, OSError, ValueError, RuntimeError):
+        return None
+    digest = meta.pop("sha256", None)
+    return (tensors, meta) if digest == _entry_digest(tensors, meta) else None

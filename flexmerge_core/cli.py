@@ -7,8 +7,10 @@ Each command is a small handler that parses options and calls the library; no en
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import os
+import signal
 import sys
 import weakref
 from typing import Callable, Sequence
@@ -81,43 +83,43 @@ def _add_zoo_commands(sub) -> None:
     info.add_argument("--json", action="store_true")
     info.set_defaults(handler=_cmd_zoo_info)
 
-    imp = zoo_sub.add_parser("import", help="convert a folder of checkpoints (image encoders or language models) into a zoo")
-    imp.add_argument("source", help="folder with <Task>/finetuned.pt, <Task>/zeroshot.pt, optional head_<Task>.pt; "
-                                    "or a folder with a zoo.json naming torch/prefixed/pickled files; "
-                                    "or language models: pretrained/ + <task>/ HF or PEFT LoRA folders "
-                                    "(+ data/<task>.json text data specs), or a model-pool YAML spec")
-    imp.add_argument("--out", required=True, help="zoo folder to write (replaced atomically)")
+    imp = zoo_sub.add_parser("import", help="convert a zoo spec, HuggingFace folders or research checkpoints into a zoo")
+    imp.add_argument("source", help="a zoo spec (SPEC.yaml: models + datasets by local path or HF id in the local cache); "
+                                    "a folder with pretrained/ and <task>/ HuggingFace save_pretrained folders "
+                                    "(image encoders; language models, also PEFT LoRA adapters, data/<task>.json); "
+                                    "a folder with <Task>/finetuned.pt, <Task>/zeroshot.pt, optional head_<Task>.pt; "
+                                    "or a folder with a zoo.json naming torch/prefixed/pickled files")
+    imp.add_argument("--out", required=True, help="zoo folder to write (replaced atomically; an existing folder "
+                                                   "only when it is empty or a zoo, unless --force)")
     imp.add_argument("--model", default=None, help="the checkpoints' model name, e.g. ViT-B-32 (research layout)")
     imp.add_argument("--pretrained", default=None, help="pretrained checkpoint (default: the <Task>/zeroshot.pt files)")
-    imp.add_argument("--data", default=None, help="held-out data: <DATA>/<Task>/<class>/*.png or <DATA>/<Task>.safetensors")
+    imp.add_argument("--data", default=None, help="held-out data: <DATA>/<Task>/<class>/*.png or <DATA>/<Task>.safetensors "
+                                                  "(HuggingFace folders also <DATA>/<Task>.parquet or save_to_disk folders)")
+    imp.add_argument("--max-examples", type=int, default=None,
+                     help="HuggingFace sources: a seeded random subset of at most N held-out examples per task")
+    imp.add_argument("--seed", type=int, default=None, help="seed of --max-examples' subset (default 0)")
     imp.add_argument("--templates", default=None, help="zero-shot prompts: 'simple' (default), 'openai' or a file")
     imp.add_argument("--head-input", default="normalized", choices=["normalized", "raw"])
     imp.add_argument("--quick-gelu", action="store_true", help="QuickGELU activations (OpenAI-trained weights)")
     imp.add_argument("--trust-pickle", action="store_true",
-                     help="allow pickled whole-module files (unpickling runs code from the file); converted once")
+                     help="allow pickles that call code outside the structural reader's allow-list (unpickling "
+                          "runs code from the file); converted once. Pickled modules and heads need no flag")
     imp.add_argument("--name", default=None)
+    imp.add_argument("--force", action="store_true", help="replace an existing --out folder that is not a zoo")
     imp.add_argument("--json", action="store_true")
     imp.set_defaults(handler=_cmd_zoo_import)
 
 
 def _cmd_zoo_import(args: argparse.Namespace) -> int:
-    from flexmerge_core.importers.hf_lm import import_lm_folder, is_lm_folder
-    from flexmerge_core.importers.lm_spec import import_lm_spec, is_lm_spec
-    from flexmerge_core.importers.research import import_folder
+    from flexmerge_core.importers.dispatch import import_source
 
-    if is_lm_folder(args.source) or is_lm_spec(args.source):
-        vision = [o for o in ("model", "pretrained", "templates") if getattr(args, o) is not None] \
-            + [o for o in ("quick_gelu", "trust_pickle") if getattr(args, o)]
-        if vision:
-            raise FlexMergeError(f"{args.source}: language-model sources name their own models and data; "
-                                 f"drop --{', --'.join(o.replace('_', '-') for o in vision)}")
-        report = (import_lm_spec(args.source, args.out, name=args.name) if is_lm_spec(args.source)
-                  else import_lm_folder(args.source, args.out, data=args.data, name=args.name))
-    else:
-        report = import_folder(args.source, args.out, args.model, pretrained=args.pretrained, data=args.data,
-                               templates=args.templates, trust_pickle=args.trust_pickle,
-                               quick_gelu=True if args.quick_gelu else None, head_input=args.head_input,
-                               name=args.name, progress=stderr_progress("import"))
+    if args.max_examples is not None and args.max_examples < 1:
+        raise FlexMergeError(f"--max-examples must be >= 1, got {args.max_examples}")
+    report = import_source(args.source, args.out, args.model, pretrained=args.pretrained, data=args.data,
+                           templates=args.templates, trust_pickle=args.trust_pickle,
+                           quick_gelu=True if args.quick_gelu else None, head_input=args.head_input,
+                           max_examples=args.max_examples, seed=args.seed,
+                           name=args.name, progress=stderr_progress("import"), force=args.force)
     if args.json:
         emit_json(report.to_json())
     else:
@@ -188,6 +190,16 @@ def build_parser() -> argparse.ArgumentParser:
     goal.add_argument("--max-mb", type=float, default=None, help="most accurate deployment of at most this many MB")
     rec.add_argument("--json", action="store_true")
     rec.set_defaults(handler=_cmd_recommend)
+
+    found = sub.add_parser("findings", help="the paper's findings on this zoo: reproduced, not reproduced or inconclusive")
+    found.add_argument("--zoo", required=True, help="zoo folder, or 'demo'")
+    found.add_argument("--algorithms", default=None,
+                       help="comma-separated algorithms whose rankings are compared (default: ta,ties,emr)")
+    found.add_argument("--algorithm", default=None,
+                       help="the algorithm of the gain, baseline, order and linkage findings (default: ta)")
+    found.add_argument("--alpha", type=float, default=0.05, help="significance level of the paired tests")
+    found.add_argument("--json", action="store_true")
+    found.set_defaults(handler=_cmd_findings)
     return parser
 
 
@@ -379,21 +391,116 @@ def _cmd_recommend(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_findings(args: argparse.Namespace) -> int:
+    from flexmerge_core.findings import DEFAULT_ALGORITHMS, check_options, reproduce_findings
+    from flexmerge_core.pipeline import DEFAULT_ALGORITHM, resolve_zoo
+
+    names = (DEFAULT_ALGORITHMS if args.algorithms is None
+             else [n.strip() for n in args.algorithms.split(",") if n.strip()])
+    algorithm = args.algorithm or DEFAULT_ALGORITHM
+    check_options(names, algorithm, args.alpha)
+    doc = reproduce_findings(resolve_zoo(args.zoo), names, algorithm, args.alpha, progress=stderr_progress("findings"))
+    if args.json:
+        emit_json(doc)
+        return 0
+    print(f"zoo {doc['zoo']} ({len(doc['tasks'])} tasks), paired tests at alpha = {doc['alpha']:g}, "
+          f"95% intervals")
+    for finding in doc["findings"]:
+        print(f"\n{finding['title']}: {finding['verdict'].upper()}\n  claim: {finding['claim']}\n"
+              f"  {finding['summary']}")
+    return 0
+
+
 def _accuracy_text(row: dict) -> str:
     interval = "" if row["ci_low"] is None else f" (95% interval {100 * row['ci_low']:.2f}-{100 * row['ci_high']:.2f}%)"
     return f"average accuracy {100 * row['avg_accuracy']:.2f}%{interval}"
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+class _StdoutFailed(Exception):
+    """A write to standard output failed (the reader went away, a full disk, a closed stream)."""
+
+    def __init__(self, error: OSError):
+        super().__init__(error)
+        self.error = error
+
+
+class _GuardedStdout:
+    """sys.stdout while a command runs: its failures are told apart from those of the command's own files."""
+
+    def __init__(self, stream):
+        self._stream = stream
+
+    def _call(self, method: str, *args):
+        if self._stream is None:   # started with standard output closed (`>&-`)
+            raise _StdoutFailed(OSError(errno.EBADF, "standard output is closed"))
+        try:
+            return getattr(self._stream, method)(*args)
+        except OSError as exc:
+            raise _StdoutFailed(exc) from exc
+
+    def write(self, text: str) -> int:
+        return self._call("write", text)
+
+    def flush(self) -> None:
+        self._call("flush")
+
+    def __getattr__(self, name):
+        return getattr(self._stream, name)
+
+
+def _discard_stdout(stream) -> None:
+    """Point the real standard output at /dev/null, so the interpreter's last flush of what is still
+    buffered neither fails again nor prints 'Exception ignored' (in-process streams are left alone)."""
     try:
-        return args.handler(args)
+        fd = stream.fileno()
+    except (AttributeError, OSError, ValueError):
+        return
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, fd)
+    os.close(devnull)
+
+
+def _hold_closed_stdout() -> None:
+    """Started with file descriptor 1 closed: park /dev/null on it, so no file the command opens gets
+    number 1 (where C libraries' prints and child processes' output would land in it)."""
+    try:
+        os.fstat(1)
+    except OSError:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        if devnull != 1:
+            os.dup2(devnull, 1)
+            os.close(devnull)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run one command. Exit 0 on success; 2 with one `error: ...` line on bad input or when the output
+    cannot be written; 141 (as a process ended by SIGPIPE) without a word when the reader of the
+    output went away (`... | head`)."""
+    real_stdout = sys.stdout
+    if real_stdout is None:
+        _hold_closed_stdout()
+    sys.stdout = _GuardedStdout(real_stdout)
+    try:
+        args = build_parser().parse_args(argv)
+        code = args.handler(args)
+        sys.stdout.flush()   # inside the guard: a failure at the interpreter's final flush would be a traceback
+        return code
     except FlexMergeError as exc:
-        for bar in list(_OPEN_BARS):
-            bar.close()  # leave=False: erases its line, so the error is the one line left on stderr
-        message = " ".join(str(exc).split())
-        print(f"error: {message}", file=sys.stderr)
-        return 2
+        return _error_line(str(exc))
+    except _StdoutFailed as failed:
+        _discard_stdout(real_stdout)
+        if isinstance(failed.error, BrokenPipeError):
+            return 128 + signal.SIGPIPE
+        return _error_line(f"cannot write to standard output: {failed.error.strerror or failed.error}")
+    finally:
+        sys.stdout = real_stdout
+
+
+def _error_line(message: str) -> int:
+    for bar in list(_OPEN_BARS):
+        bar.close()  # leave=False: erases its line, so the error is the one line left on stderr
+    print(f"error: {' '.join(message.split())}", file=sys.stderr)
+    return 2
 
 
 def run() -> int:

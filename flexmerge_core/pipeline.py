@@ -9,13 +9,13 @@ Embedded demo names (DEMO_ZOOS) are resolved here, above the zoo format, so the 
 """
 from __future__ import annotations
 
-import json
 import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence, Union
 
 from flexmerge_core.errors import InvalidArgumentError
+from flexmerge_core.inputs import read_json
 from flexmerge_core.zoo import Zoo, open_zoo
 
 Progress = Optional[Callable[[int, int, str], None]]
@@ -217,7 +217,7 @@ def reproduce_export(recipe_file, out, progress=None) -> dict:
 
     recipe_file = Path(recipe_file)
     try:
-        recipe = json.loads(recipe_file.read_text())
+        recipe = read_json(recipe_file, "export recipe", InvalidArgumentError)
         if recipe.get("format") != RECIPE_FORMAT:
             raise ValueError(f"format {recipe.get('format')!r}")
         zoo = resolve_zoo(recipe["zoo_path"])

@@ -5,23 +5,20 @@ engine holds is predictable from file headers: planning streams one block of M t
 time; a deployment at size S stores about S models' merged parameters (fp32 results; fine-tuned
 blocks at their own dtype) plus the pretrained model, unmerged tensors and heads; evaluation adds one
 encoder. So before loading anything, `check_memory` compares that estimate (with a safety margin)
-with the memory this process can still get, read from /proc/meminfo and the cgroup limit (no psutil).
-`FLEXMERGE_MEMORY_LIMIT` (bytes, or with a K/M/G suffix) caps the memory considered available.
+with the memory this process can still get (machine.py: /proc/meminfo, the cgroup limit,
+`FLEXMERGE_MEMORY_LIMIT`; free GPU memory when work runs on CUDA).
 """
 from __future__ import annotations
 
 import math
-import os
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Optional, Union
+from typing import Union
 
-from flexmerge_core.errors import InvalidArgumentError, ResourceError
+from flexmerge_core.errors import ResourceError
+from flexmerge_core.machine import LIMIT_ENV, available_gpu_memory, gigabytes, require_memory
 
 SAFETY_MARGIN = 1.25                 # allocator slack, temporaries of the merge algorithms, activations
 STREAM_COPIES = 3                    # a block's stacked task vectors, its preprocessed copy, the Gram's chunk
-LIMIT_ENV = "FLEXMERGE_MEMORY_LIMIT"
-_SUFFIXES = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
 
 
 @dataclass(frozen=True)
@@ -32,50 +29,6 @@ class MemoryEstimate:
     planning: int          # one streamed block of M task vectors, with copies
     deployment: int        # the stored tensors of a deployment at the size (0 when only planning)
     encoder: int           # one assembled encoder for evaluation (0 when only planning)
-
-
-def parse_bytes(text: str) -> int:
-    """'1500', '512M', '2G', '1.5g' -> bytes."""
-    value = text.strip().upper().removesuffix("B")
-    suffix = value[-1:] if value[-1:] in _SUFFIXES and not value[-1:].isdigit() else ""
-    try:
-        number = float(value[: len(value) - len(suffix)])
-    except ValueError:
-        raise InvalidArgumentError(f"{LIMIT_ENV}={text!r} is not a number of bytes (e.g. 4G, 512M)") from None
-    if not math.isfinite(number) or number <= 0:
-        raise InvalidArgumentError(f"{LIMIT_ENV}={text!r} must be a positive number of bytes")
-    return int(number * _SUFFIXES[suffix])
-
-
-def _meminfo_available(path: Path) -> Optional[int]:
-    try:
-        for line in path.read_text().splitlines():
-            if line.startswith("MemAvailable:"):
-                return int(line.split()[1]) * 1024   # the kernel reports kB
-    except (OSError, ValueError, IndexError):
-        return None
-    return None
-
-
-def _cgroup_headroom(folder: Path) -> Optional[int]:
-    """cgroup v2: memory.max - memory.current (None when unlimited or not readable)."""
-    try:
-        limit = (folder / "memory.max").read_text().strip()
-        if limit == "max":
-            return None
-        return max(0, int(limit) - int((folder / "memory.current").read_text().strip()))
-    except (OSError, ValueError):
-        return None
-
-
-def available_memory(meminfo: Path = Path("/proc/meminfo"),
-                     cgroup: Path = Path("/sys/fs/cgroup")) -> Optional[int]:
-    """Bytes this process can still allocate: the least of MemAvailable, the cgroup headroom and
-    $FLEXMERGE_MEMORY_LIMIT; None when none of them can be read (then nothing is refused)."""
-    known = [b for b in (_meminfo_available(meminfo), _cgroup_headroom(cgroup)) if b is not None]
-    if os.environ.get(LIMIT_ENV):
-        known.append(parse_bytes(os.environ[LIMIT_ENV]))
-    return min(known) if known else None
 
 
 def _numel(shape) -> int:
@@ -110,20 +63,21 @@ def estimate_memory(zoo, size: Union[float, str, None] = None, spec=None) -> Mem
     return MemoryEstimate(needed=needed, planning=planning, deployment=deployment, encoder=encoder)
 
 
-def _gigabytes(n: int) -> str:
-    return f"{n / 1e9:.2f} GB" if n >= 1e7 else f"{n / 1e6:.2f} MB"
-
-
 def check_memory(zoo, size: Union[float, str, None] = None, spec=None) -> MemoryEstimate:
-    """The estimate, or ResourceError when it exceeds the memory available right now."""
+    """The estimate, or ResourceError when it exceeds the memory available right now: host memory, and
+    where work runs on CUDA (merged groups and the evaluated encoder live there) free GPU memory too."""
     if isinstance(size, (int, float)) and not isinstance(size, bool) and not (math.isfinite(size) and size > 0):
         size = None   # a bad size is reported by the budget check that follows, with its own message
     estimate = estimate_memory(zoo, size, spec)
-    available = available_memory()
-    if available is not None and estimate.needed > available:
-        what = ("planning" if size is None else "a curve over all sizes" if size == "all"
-                else f"a deployment at size {float(size):g}x")
-        raise ResourceError(f"not enough memory for {what} of zoo '{zoo.name}' ({len(zoo.task_names)} tasks): "
-                            f"needs about {_gigabytes(estimate.needed)}, {_gigabytes(available)} available "
-                            f"(choose a smaller size, fewer tasks, or set {LIMIT_ENV} if this is wrong)")
+    what = ("planning" if size is None else "a curve over all sizes" if size == "all"
+            else f"a deployment at size {float(size):g}x")
+    where = f"{what} of zoo '{zoo.name}' ({len(zoo.task_names)} tasks)"
+    require_memory(estimate.needed, where, "choose a smaller size, fewer tasks")
+    if size is not None:
+        gpu = available_gpu_memory()
+        gpu_needed = int(SAFETY_MARGIN * (estimate.deployment + estimate.encoder))
+        if gpu is not None and gpu_needed > gpu:
+            raise ResourceError(f"not enough GPU memory for {where}: needs about {gigabytes(gpu_needed)}, "
+                                f"{gigabytes(gpu)} free on the GPU (choose a smaller size, fewer tasks, or hide "
+                                f"the GPU with CUDA_VISIBLE_DEVICES= to run on the CPU)")
     return estimate

@@ -12,7 +12,7 @@ from __future__ import annotations
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Optional, Sequence
+from typing import Any, Callable, Mapping, Optional, Sequence
 
 import numpy as np
 
@@ -20,10 +20,13 @@ from flexmerge_core.algorithms import ALGORITHM_NAMES, HyperParam, get_algorithm
 from flexmerge_core.cache import cache_root, content_hash
 from flexmerge_core.deployment.footprint import megabytes
 from flexmerge_core.errors import InvalidArgumentError
+from flexmerge_core.outputs import child_path
+from flexmerge_core.evaluation.paired import ALPHA
 from flexmerge_core.pipeline import DEFAULT_ALGORITHM, Pipeline, PlanSettings, finetuned_scores, resolve_zoo
 from flexmerge_core.planning.blocks import DEFAULT_GRANULARITY, PRESETS, build_blocks
 from flexmerge_core.planning.plan import MergePlan, Partition
 from flexmerge_core.zoo import Zoo
+from flexmerge_core.zoo.summary import source_format
 
 Progress = Callable[[int, int, str], None]
 # the presets in the dashboard's order, default first (custom rules need a rules file)
@@ -55,6 +58,8 @@ class ZooSummary:
     merged_params: int
     num_blocks: int
     model_megabytes: float
+    source: Optional[str] = None         # the format the zoo came from (zoo/summary.py source_format)
+    architecture: str = ""
 
 
 @dataclass(frozen=True)
@@ -84,7 +89,8 @@ def summarize_zoo(zoo: Zoo, granularity: str = DEFAULT_GRANULARITY) -> ZooSummar
     return ZooSummary(name=zoo.name, root=str(zoo.root), tasks=list(zoo.task_names),
                       finetuned=zoo.finetuned_accuracy, merged_params=int(spec.total_params),
                       metrics={name: zoo.task_kind(t).metric for t, name in enumerate(zoo.task_names)},
-                      num_blocks=len(spec.blocks), model_megabytes=model_bytes(zoo) / 1e6)
+                      num_blocks=len(spec.blocks), model_megabytes=model_bytes(zoo) / 1e6,
+                      source=source_format(zoo.recipe), architecture=zoo.manifest.architecture_kind)
 
 
 class Explorer:
@@ -99,6 +105,7 @@ class Explorer:
         self._counts: Optional[dict[str, int]] = None  # held-out examples per task (interval widths)
         self._lock = threading.RLock()
         self._rows: dict[int, dict] = {}            # num_events -> curve row
+        self._scores: dict[int, dict] = {}          # num_events -> {task: TaskScore} (paired tests)
         self._similarities: Optional[np.ndarray] = None
         self._finetuned: Optional[dict[str, float]] = None
 
@@ -186,7 +193,7 @@ class Explorer:
                            *([dtype] if dtype else []))   # no dtype: the key exports had before dtypes existed
         name = (f"{self.zoo.name}-{self.algorithm.name}-{part.size:.3f}x" + (f"-{task}" if task else "")
                 + (f"-{dtype}" if dtype else ""))
-        out = cache_root() / "exports" / key / f"{name}.safetensors"
+        out = child_path(cache_root() / "exports" / key, name, ".safetensors", what="export named after the zoo")
         with self._lock:
             if not (out.exists() and recipe_path(out).exists()):
                 self.pipeline.export(budget, out, task=task, zoo_path=zoo_spec, dtype=dtype)
@@ -210,8 +217,15 @@ class Explorer:
                 result = self.pipeline.curve(missing, progress=progress)
                 self._finetuned = result.finetuned
                 for row in result.rows:
-                    self._rows[self.plan.partition_at(row["size_budget"]).num_events] = row
+                    events = self.plan.partition_at(row["size_budget"]).num_events
+                    self._rows[events], self._scores[events] = row, result.scores[row["size_budget"]]
             return [{**self._rows[self.plan.partition_at(b).num_events], "size_budget": float(b)} for b in budgets]
+
+    def example_scores(self, budget: float, progress: Optional[Progress] = None) -> dict:
+        """{task: TaskScore}: the per-example scores of the deployment at `budget` (for paired tests)."""
+        with self._lock:
+            self.curve([budget], progress=progress)
+            return self._scores[self.plan.partition_at(budget).num_events]
 
     def merger(self):
         """The plan's memoised group merger (shared by curves and exports; on-disk group cache)."""
@@ -239,6 +253,7 @@ class Studio:
         self.zoo = zoo
         self._explorers: dict[PlanChoice, Explorer] = {}
         self._finetuned: Optional[dict[str, float]] = None
+        self._findings: dict[tuple[str, ...], dict] = {}
         self._lock = threading.RLock()
 
     def summary(self, granularity: str = DEFAULT_GRANULARITY) -> ZooSummary:
@@ -259,6 +274,28 @@ class Studio:
             if self._finetuned is None:
                 self._finetuned = finetuned_scores(self.zoo, progress=progress)
             return self._finetuned
+
+    def rank_at(self, choices: Mapping[str, PlanChoice], budget: float, alpha: float = ALPHA,
+                progress: Optional[Progress] = None) -> list[list[str]]:
+        """The labels of `choices` in rank groups at `budget`, best first: paired tests on the same
+        held-out examples (paired.rank), so labels whose difference is not significant share a rank."""
+        from flexmerge_core.evaluation.paired import rank
+
+        return rank({label: self.explorer(choice, progress).example_scores(budget, progress)
+                     for label, choice in choices.items()}, alpha)
+
+    def findings(self, algorithms: Sequence[str], progress: Optional[Progress] = None) -> dict:
+        """The paper's findings on this zoo (findings.reproduce_findings), memoised per algorithm list."""
+        from flexmerge_core.findings import reproduce_findings
+
+        key = tuple(algorithms)
+        with self._lock:
+            known = self._findings.get(key)
+        if known is None:   # minutes when cold: computed outside the lock, so other pages stay responsive
+            known = reproduce_findings(self.zoo, key, progress=progress)
+            with self._lock:
+                self._findings[key] = known
+        return known
 
     def baseline_curve(self, kind: str, algorithm: str, progress: Optional[Progress] = None) -> list[dict]:
         """Curve rows of a baseline ("channel-merging" or "whole-model") at integer sizes 1..M (k groups),

@@ -40,9 +40,9 @@ def size_figures(explorer: Explorer, budget: float, view: PartitionView, row: di
         memo[key] = (
             charts.task_figure(explorer.task_names, axis.task_values(row, finetuned),
                                axis.finetuned_values(finetuned), view.size, axis),
-            charts.curve_figure({explorer.algorithm.name: charts.curve_points(explorer.known_rows(), axis)},
-                                finetuned=axis.finetuned_average(finetuned), axis=axis,
-                                current=(view.size, axis.average(row)), current_budget=budget),
+            charts.rows_figure({explorer.algorithm.name: explorer.known_rows()}, axis,
+                               finetuned=axis.finetuned_average(finetuned), current=(view.size, axis.average(row)),
+                               current_budget=budget),
             charts.cluster_count_figure(explorer.block_names, view.cluster_counts, explorer.plan.num_tasks))
     return memo[key]
 

@@ -10,7 +10,7 @@ from dashboard import charts
 from dashboard.controls import algorithm_input
 from dashboard.metric_axis import axis_for
 from dashboard.rankings import highlight_changes, ranking_table
-from dashboard.session import engine_errors, open_studio, progress_bar
+from dashboard.session import engine_errors, open_studio, progress_bar, requested
 from flexmerge_core.planning.baselines import CHANNEL_ALGORITHMS
 from flexmerge_core.planning.linkage import LINKAGES
 from flexmerge_core.planning.plan import ORDERS
@@ -45,9 +45,8 @@ curves = curves_for(studio, {a: PlanChoice(algorithm=a, granularity=granularity)
 axis = axis_for([r for rows in curves.values() for r in rows])
 with engine_errors(), progress_bar("Measuring the fine-tuned models") as bar:
     ft_avg = axis.finetuned_average(studio.finetuned(progress=bar))
-st.plotly_chart(charts.curve_figure({a: charts.curve_points(rows, axis) for a, rows in curves.items()},
-                                    finetuned=ft_avg, axis=axis,
-                                    title=f"Average {axis.name} vs size (mask methods start at their minimum size)"),
+st.plotly_chart(charts.rows_figure(curves, axis, finetuned=ft_avg,
+                                   title=f"Average {axis.name} vs size (mask methods start at their minimum size)"),
                 key="chart_compare_curves")
 
 st.subheader("Rankings per size")
@@ -55,20 +54,16 @@ budgets = sorted({r["size_budget"] for rows in curves.values() for r in rows})
 by_budget = {a: {r["size_budget"]: r for r in rows} for a, rows in curves.items()}
 values = {a: {b: (axis.average(by_budget[a][b]) if b in by_budget[a] and by_budget[a][b]["size"] <= b else None)
               for b in budgets} for a in curves}
-table = ranking_table(values, budgets, higher_is_better=axis.higher_is_better, fmt=axis.format)
+with engine_errors(), progress_bar("Ranking with paired tests") as bar:
+    rankings = {b: studio.rank_at({a: PlanChoice(algorithm=a, granularity=granularity)
+                                   for a in chosen if values[a][b] is not None}, b, progress=bar) for b in budgets}
+table = ranking_table(values, rankings, budgets, fmt=lambda v: axis.format(v, decimals=2))
 st.dataframe(highlight_changes(table), hide_index=True, key="compare_rankings")
-st.caption(f"Ranked by average {axis.title}. Shaded rows: the ranking differs from the previous budget. "
-           "An algorithm is ranked only at budgets it can meet.")
-
-
-
-def requested(label: str, key: str, note: str) -> bool:
-    """A button for long work; once pressed it stays requested for this session (results are cached)."""
-    if st.button(label, key=key):
-        st.session_state[f"{key}_requested"] = True
-    if not st.session_state.get(f"{key}_requested"):
-        st.caption(note)
-    return bool(st.session_state.get(f"{key}_requested"))
+test = "McNemar" if axis.name == "accuracy" else "Wilcoxon signed-rank"
+st.caption(f"Ranked by average {axis.title}, best first. Algorithms joined by \"=\" share a rank: a paired test on "
+           f"the same held-out examples ({test} per task, combined over tasks) finds no significant difference from "
+           "the best of that rank (5% level). Shaded rows: an order that was significant is now significantly "
+           "reversed. An algorithm is ranked only at budgets it can meet.")
 
 
 st.subheader("FlexMerge vs the baselines (integer sizes)")
@@ -83,9 +78,8 @@ if requested("Run the baselines", "baseline_run", "Channel Merging clusters ever
         for kind, label in (("channel-merging", "Channel Merging"), ("whole-model", "Whole-model clustering")):
             with progress_bar(label) as bar:
                 series[f"{label} ({base_algorithm})"] = studio.baseline_curve(kind, base_algorithm, progress=bar)
-    st.plotly_chart(charts.curve_figure({k: charts.curve_points(rows, axis) for k, rows in series.items()},
-                                        finetuned=ft_avg, axis=axis, title="FlexMerge vs Channel Merging and "
-                                                                           "whole-model clustering"),
+    st.plotly_chart(charts.rows_figure(series, axis, finetuned=ft_avg,
+                                       title="FlexMerge vs Channel Merging and whole-model clustering"),
                     key="chart_compare_baseline")
 
 st.subheader("Ablations: linkage and merge order")
@@ -96,10 +90,9 @@ if requested("Run the ablations", "ablation_run",
     by_linkage = curves_for(studio, {lk: replace(base, linkage=lk) for lk in LINKAGES}, 1.0, "Linkage")
     by_order = curves_for(studio, {o: replace(base, order=o) for o in ORDERS}, 1.0, "Order")
     left, right = st.columns(2)
-    left.plotly_chart(charts.curve_figure({k: charts.curve_points(rows, axis) for k, rows in by_linkage.items()},
-                                          finetuned=ft_avg, axis=axis, title=f"Linkage ({algorithm}, greedy order)"),
+    left.plotly_chart(charts.rows_figure(by_linkage, axis, finetuned=ft_avg,
+                                         title=f"Linkage ({algorithm}, greedy order)"),
                       key="chart_ablation_linkage")
-    right.plotly_chart(charts.curve_figure({k: charts.curve_points(rows, axis) for k, rows in by_order.items()},
-                                           finetuned=ft_avg, axis=axis,
-                                           title=f"Merge order ({algorithm}, min linkage)"),
+    right.plotly_chart(charts.rows_figure(by_order, axis, finetuned=ft_avg,
+                                          title=f"Merge order ({algorithm}, min linkage)"),
                        key="chart_ablation_order")

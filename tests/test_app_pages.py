@@ -54,7 +54,8 @@ def _engine(app_zoo, budget: float):
     return partition, result.accuracy, [b.name for b in spec.blocks]
 
 
-@pytest.mark.parametrize("page", [None, "pages/1_Explore.py", "pages/2_Compare.py", "pages/3_Export.py"])
+@pytest.mark.parametrize("page", [None, "pages/1_Explore.py", "pages/2_Compare.py", "pages/3_Export.py",
+                                  "pages/4_Findings.py"])
 def test_page_renders_without_exceptions(app_zoo, page):
     at = _page(page)
     _clean(at, page or "Overview")
@@ -72,6 +73,7 @@ def test_overview_summarises_the_zoo(app_zoo):
     for task, acc in zip(table["task"], table["fine-tuned accuracy (%)"]):
         assert acc == pytest.approx(100 * zoo.finetuned_accuracy[task])
     assert "within 1 point" in at.markdown[0].value or "1.00x" in at.markdown[0].value
+    assert any("imported from: the embedded demo" in c.value for c in at.caption)
 
 
 def test_overview_and_explore_show_the_knee_with_its_interval(app_zoo):
@@ -122,6 +124,11 @@ def _figures(at: AppTest) -> dict[str, dict]:
     return {spec["layout"]["title"]["text"]: spec for spec in specs}
 
 
+def _lines(traces: list[dict]) -> list[dict]:
+    """A curve figure's lines, without the shaded bands of their 95% intervals."""
+    return [t for t in traces if t.get("fill") != "toself"]
+
+
 def _explore_numbers(at: AppTest) -> tuple[dict, list[int], list[str]]:
     """What the Explore charts show: per-task accuracy bars (%), groups per block and block names."""
     figures = _figures(at)
@@ -148,6 +155,34 @@ def test_slider_shows_the_engines_numbers_at_each_size(app_zoo):
     (acc_low, counts_low), (acc_high, counts_high) = seen[1.0], seen[max(seen)]
     assert counts_low == [1] * len(counts_low) and counts_high == [len(acc_high)] * len(counts_high)
     assert acc_low != acc_high, "moving the slider from 1x to Mx must change the per-task accuracies"
+
+
+def test_findings_page_shows_the_engines_five_verdicts_with_their_numbers(app_zoo):
+    from flexmerge_core.findings import DEFAULT_ALGORITHMS, reproduce_findings
+    from flexmerge_core.zoo import open_zoo
+
+    at = _page("pages/4_Findings.py")
+    at.button(key="findings_run").click().run()
+    _clean(at, "Findings")
+    doc = reproduce_findings(open_zoo(app_zoo), DEFAULT_ALGORITHMS)    # the engine's own document (cached curves)
+    boxes = {"reproduced": at.success, "not reproduced": at.warning, "inconclusive": at.info}
+    shown = [s.value for s in at.subheader]
+    for letter, finding in zip("abcde", doc["findings"]):
+        assert f"({letter}) {finding['title']}" in shown
+        assert f"**{finding['verdict'].upper()}**: {finding['claim']}" in [b.value for b in boxes[finding["verdict"]]]
+        assert finding["summary"] in [m.value for m in at.markdown]
+    gain = doc["findings"][0]
+    assert _metric(at, "Gain") == f"{100 * gain['gain']:+.2f} points"
+    figures = _figures(at)
+    for finding in doc["findings"][2:]:
+        chart = figures[f"{finding['reference']} minus each alternative"]
+        for trace, alternative in zip(chart["data"], finding["alternatives"]):
+            assert trace["name"] == alternative["label"]
+            assert trace["y"] == pytest.approx([100 * c["difference"] for c in alternative["comparisons"]])
+            assert trace["error_y"]["array"] == pytest.approx([100 * (c["ci_high"] - c["difference"])
+                                                               for c in alternative["comparisons"]])
+    ranking = next(d.value for d in at.dataframe if "ranking changed" in d.value.columns)
+    assert list(ranking["budget"]) == [f"{s['size_budget']:.2f}x" for s in doc["findings"][1]["rankings"]]
 
 
 def test_export_writes_files_that_load(app_zoo):
@@ -224,14 +259,16 @@ def test_compare_baselines_and_ablations(app_zoo):
     at.button(key="ablation_run").click().run()
     _clean(at, "Compare with baselines and ablations")
     figures = _figures(at)
-    baselines = {t["name"]: t for t in figures["FlexMerge vs Channel Merging and whole-model clustering"]["data"]}
+    traces = figures["FlexMerge vs Channel Merging and whole-model clustering"]["data"]
+    baselines = {t["name"]: t for t in _lines(traces)}
     assert set(baselines) == {"FlexMerge (avg)", "Channel Merging (avg)", "Whole-model clustering (avg)"}
+    assert {t["name"] for t in traces if t.get("fill") == "toself"} == {f"{n} (95% interval)" for n in baselines}
     finetuned_avg = 100 * sum(zoo.finetuned_accuracy.values()) / m
     for trace in baselines.values():
         assert trace["x"] == [float(k) for k in range(1, m + 1)]   # standard algorithm: size = k exactly
         assert trace["y"][-1] == pytest.approx(finetuned_avg)      # Mx = the fine-tuned models
-    assert {t["name"] for t in figures["Linkage (ta, greedy order)"]["data"]} == set(LINKAGES)
-    assert {t["name"] for t in figures["Merge order (ta, min linkage)"]["data"]} == set(ORDERS)
+    assert {t["name"] for t in _lines(figures["Linkage (ta, greedy order)"]["data"])} == set(LINKAGES)
+    assert {t["name"] for t in _lines(figures["Merge order (ta, min linkage)"]["data"])} == set(ORDERS)
     rankings = next(d.value for d in at.dataframe if "ranking changed" in d.value.columns)
     assert rankings["#1"].str.len().gt(0).all()
 

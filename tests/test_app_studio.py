@@ -92,21 +92,66 @@ def test_unknown_task_subset_is_a_clear_error(studio):
         studio.explorer(PlanChoice(tasks=("no-such-task",)))
 
 
-def test_ranking_table_marks_where_the_order_changes():
-    accuracy = {"a": {1.0: 0.5, 2.0: 0.7, 3.0: 0.9},
-                "b": {1.0: 0.6, 2.0: 0.65, 3.0: 0.8},
-                "mask": {1.0: None, 2.0: None, 3.0: 0.95}}
-    table = ranking_table(accuracy, [1.0, 2.0, 3.0])
-    assert list(table["#1"]) == ["b (60.0%)", "a (70.0%)", "mask (95.0%)"]
-    assert list(table["#2"]) == ["a (50.0%)", "b (65.0%)", "a (90.0%)"]
-    assert list(table["#3"]) == ["", "", "b (80.0%)"]
-    assert list(table["ranking changed"]) == [False, True, True]
+def test_ranking_table_shows_ties_as_one_rank_and_marks_only_significant_flips():
+    accuracy = {"a": {1.0: 0.5, 2.0: 0.7, 3.0: 0.9, 4.0: 0.91},
+                "b": {1.0: 0.6, 2.0: 0.65, 3.0: 0.8, 4.0: 0.85},
+                "mask": {1.0: None, 2.0: None, 3.0: None, 4.0: 0.95}}
+    rankings = {1.0: [["b"], ["a"]], 2.0: [["a", "b"]], 3.0: [["a"], ["b"]], 4.0: [["mask"], ["a"], ["b"]]}
+    table = ranking_table(accuracy, rankings, [1.0, 2.0, 3.0, 4.0])
+    assert list(table["#1"]) == ["b (60.0%)", "a (70.0%) = b (65.0%)", "a (90.0%)", "mask (95.0%)"]
+    assert list(table["#2"]) == ["a (50.0%)", "", "b (80.0%)", "a (91.0%)"]
+    assert list(table["#3"]) == ["", "", "", "b (85.0%)"]
+    # b over a at 1x, tied at 2x, a over b at 3x: the flip lands at 3x, across the tie
+    assert list(table["ranking changed"]) == [False, False, True, False]
+    assert list(table["change"]) == ["", "", "a now above b", ""]
 
 
-def test_ranking_ties_break_by_name_and_do_not_flag_a_change():
-    table = ranking_table({"y": {1.0: 0.5, 2.0: 0.5}, "x": {1.0: 0.5, 2.0: 0.5}}, [1.0, 2.0])
-    assert list(table["#1"]) == ["x (50.0%)", "x (50.0%)"]
-    assert list(table["ranking changed"]) == [False, False]
+def test_reshuffles_within_a_tie_and_ties_replacing_an_order_are_not_changes():
+    values = {"x": {1.0: 0.5, 2.0: 0.5, 3.0: 0.4}, "y": {1.0: 0.5, 2.0: 0.6, 3.0: 0.5}}
+    rankings = {1.0: [["x", "y"]], 2.0: [["y", "x"]], 3.0: [["y", "x"]]}
+    table = ranking_table(values, rankings, [1.0, 2.0, 3.0])
+    assert list(table["ranking changed"]) == [False, False, False]
+    assert list(ranking_table(values, {1.0: [["x"], ["y"]], 2.0: [["x", "y"]]}, [1.0, 2.0])["ranking changed"]) \
+        == [False, False]
+
+
+def test_rank_at_is_the_paired_ranking_of_fresh_engine_curves(studio):
+    from flexmerge_core.algorithms import get_algorithm
+    from flexmerge_core.evaluation.curve import compute_curve
+    from flexmerge_core.evaluation.statistics import rankings_with_ties
+    from flexmerge_core.planning.blocks import build_blocks
+    from flexmerge_core.planning.plan import build_plan
+    from flexmerge_core.studio import PlanChoice
+
+    zoo = studio.zoo
+    spec = build_blocks(zoo.param_names, zoo.param_shapes, granularity="component")
+    budgets = [1.0, 2.0, float(len(zoo.task_names))]
+    correct = {}
+    for name in ("avg", "ta", "ties"):
+        algorithm = get_algorithm(name)
+        result = compute_curve(zoo, build_plan(zoo, spec, algorithm), algorithm, budgets, spec=spec, use_cache=False)
+        correct[name] = {b: [result.scores[b][t].scores.numpy() == 1 for t in zoo.task_names] for b in budgets}
+    for budget in budgets:
+        expected = rankings_with_ties({a: correct[a][budget] for a in correct})
+        got = studio.rank_at({a: PlanChoice(algorithm=a) for a in correct}, budget)
+        assert got == expected
+    assert studio.rank_at({a: PlanChoice(algorithm=a) for a in correct}, budgets[-1]) == [sorted(correct)]  # Mx: equal
+
+
+def test_rows_figure_draws_each_interval_as_a_band_under_its_line():
+    from dashboard.metric_axis import ACCURACY, MetricAxis
+
+    rows = [{"size": 2.0, "avg_accuracy": 0.6, "ci_low": 0.55, "ci_high": 0.64, "avg_normalized_accuracy": 0.7},
+            {"size": 1.0, "avg_accuracy": 0.5, "ci_low": 0.45, "ci_high": 0.56, "avg_normalized_accuracy": 0.6}]
+    fig = charts.rows_figure({"ta": rows, "ties": rows[:1]}, ACCURACY)
+    band, other_band, line, other = fig.data
+    assert list(band.x) == [1.0, 2.0, 2.0, 1.0] and list(band.y) == pytest.approx([45.0, 55.0, 64.0, 56.0])
+    assert band.fill == "toself" and band.showlegend is False and list(line.y) == [50.0, 60.0]
+    red, green, blue = (int(line.line.color[i:i + 2], 16) for i in (1, 3, 5))
+    assert band.fillcolor.startswith(f"rgba({red},{green},{blue},") and other.line.color != line.line.color
+    normalised = MetricAxis("normalised score", higher_is_better=True, percent=True, normalized=True)
+    assert charts.curve_bands(rows, normalised) == [] and charts.curve_bands([{**rows[0], "ci_low": None}]) == []
+    assert len(charts.rows_figure({"ta": rows}, normalised).data) == 1
 
 
 def test_curve_figure_marks_the_current_budget():
@@ -191,4 +236,7 @@ def test_recommendation_for_an_error_metric_uses_normalised_scores(explorer):
     expected = knee([{**r, "avg_accuracy": r["avg_normalized_accuracy"]} for r in rows])
     got = explorer.recommendation(rows)
     assert expected is not None and got["size"] == expected["size"]
-    assert got["avg_accuracy"] == 0.5 / got["size"] and got["ci_low"] is None and got["ci_high"] is None
+    assert got["avg_accuracy"] == 0.5 / got["size"]
+    assert (got["ci_low"], got["ci_high"]) == (expected["ci_low"], expected["ci_high"])   # the row's own interval
+    stripped = [{k: v for k, v in r.items() if k not in ("ci_low", "ci_high")} for r in rows]
+    assert explorer.recommendation(stripped)["ci_low"] is None          # no per-example scores: no interval

@@ -4,7 +4,7 @@ import json
 import pytest
 import torch
 
-from deploy_zoos import evaluable_zoo, plan_for
+from deploy_zoos import TINY_VIT, evaluable_zoo, plan_for, reference_logits
 from flexmerge_core.cli import main
 from flexmerge_core.evaluation.curve import accuracy_curve, compute_curve, parse_sizes, spec_for_plan
 from flexmerge_core.deployment.deploy import build_deployment
@@ -49,6 +49,32 @@ def test_rows_at_requested_budgets_match_a_standalone_evaluation(zoo_bundle):
         assert row["avg_accuracy"] == pytest.approx(result.avg_accuracy)
         assert row["avg_normalized_accuracy"] == pytest.approx(result.avg_normalized_accuracy)
     assert spec_for_plan(zoo, plan).blocks == spec.blocks
+
+
+def test_rows_carry_the_interval_of_their_average_and_the_per_example_scores_behind_it(zoo_bundle):
+    from flexmerge_core.evaluation.intervals import example_counts, with_interval
+    from flexmerge_core.evaluation.statistics import average_interval
+
+    zoo, _, _, heads = zoo_bundle
+    spec, algo, plan = plan_for(zoo, "ta")
+    budgets = [1.0, 2.0, 3.0]
+    result = compute_curve(zoo, plan, algo, budgets, spec=spec, use_cache=False)
+    assert sorted(result.scores) == budgets
+    for row in result.rows:
+        deployment = build_deployment(zoo, plan, algo, row["size_budget"], spec=spec)
+        per_task = []
+        for t, name in enumerate(zoo.task_names):
+            images, labels = zoo.heldout(t)
+            logits = reference_logits(TINY_VIT, deployment.encoder_state_dict(t), heads[name], images)
+            correct = logits.argmax(-1) == labels
+            score = result.scores[row["size_budget"]][name]
+            assert torch.equal(score.scores, correct.float()) and score.n == len(labels)
+            per_task.append((int(correct.sum()) / len(labels), len(labels)))
+        assert (row["ci_low"], row["ci_high"]) == pytest.approx(average_interval(per_task), abs=1e-12)
+        plain = {k: v for k, v in row.items() if k not in ("ci_low", "ci_high", "n")}
+        again = with_interval(plain, example_counts(zoo))
+        assert (again["ci_low"], again["ci_high"]) == pytest.approx((row["ci_low"], row["ci_high"]), abs=1e-12)
+        assert row["ci_low"] < row["avg_accuracy"] < row["ci_high"]
 
 
 def test_second_cli_curve_run_with_a_warm_cache_merges_and_evaluates_nothing(zoo_bundle, monkeypatch, capsys):
@@ -106,7 +132,7 @@ def test_cli_curve_json_document_and_one_line_errors(zoo_bundle, capsys):
     doc = json.loads(capsys.readouterr().out)
     assert set(doc) == {"rows", "finetuned"} and set(doc["finetuned"]) == set(zoo.task_names)
     assert [set(r) for r in doc["rows"]] == [{"size_budget", "size", "avg_accuracy", "avg_normalized_accuracy",
-                                             "accuracy", "metric", "n", "higher_is_better"}] * 2
+                                             "accuracy", "metric", "n", "higher_is_better", "ci_low", "ci_high"}] * 2
     assert doc["rows"][0]["metric"] == {t: "accuracy" for t in zoo.task_names}
     assert doc["rows"][0]["higher_is_better"] == {t: True for t in zoo.task_names}
     assert doc["rows"][0]["n"] == {t: len(zoo.heldout(i)[1]) for i, t in enumerate(zoo.task_names)}

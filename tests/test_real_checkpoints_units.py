@@ -41,13 +41,12 @@ def test_malicious_pickle_is_refused_without_running_it(tmp_path, capsys):
     assert not side_effect.exists() and not (tmp_path / "zoo").exists()
 
 
-def test_trusted_module_and_wrapped_state_dicts_become_flat_tensors(tmp_path):
+def test_pickled_module_and_wrapped_state_dicts_become_flat_tensors(tmp_path):
+    """A pickled module is rebuilt structurally (no --trust-pickle needed), or unpickled when trusted."""
     linear = torch.nn.Linear(3, 2)
     torch.save(linear, tmp_path / "module.pt")
     torch.save({"state_dict": linear.state_dict(), "epoch": 3}, tmp_path / "wrapped.pt")
-    with pytest.raises(ZooError, match="--trust-pickle"):
-        read_state_dict(tmp_path / "module.pt", "head")
-    for name, trust in (("module.pt", True), ("wrapped.pt", False)):
+    for name, trust in (("module.pt", False), ("module.pt", True), ("wrapped.pt", False)):
         state = read_state_dict(tmp_path / name, "head", trust_pickle=trust)
         assert set(state) == {"weight", "bias"} and torch.equal(state["weight"], linear.weight.detach())
     torch.save({"weight": [1, 2]}, tmp_path / "list.pt")

@@ -347,7 +347,7 @@ def test_plain_and_wrapped_state_dicts(tmp_path):
     with pytest.raises(ZooError, match=r"module 0\.back \(torch.nn.modules.container.Sequential\) contains itself"):
         module_state_dict(load_structural(tmp_path / "loop.pt"))
     torch.save(torch.nn.Linear(3, 2), tmp_path / "lin.pt")
-    assert classification_head(load_structural(tmp_path / "lin.pt"))["normalize"] is False
+    assert classification_head(load_structural(tmp_path / "lin.pt"))["normalize"] is None   # a plain Linear says nothing
     with pytest.raises(ZooError, match="not a linear classification head"):
         classification_head(load_structural(tmp_path / "sd.pt"))
 

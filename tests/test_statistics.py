@@ -268,3 +268,39 @@ def test_ranking_changed_only_on_significant_flips():
     assert not st.ranking_changed([["a"], ["b"]], [["a", "b"]])
     assert not st.ranking_changed([["a", "b"]], [["b"], ["a"]])
     assert not st.ranking_changed([["a"], ["b"]], [["new"], ["a"], ["b"]])
+
+
+def test_flips_along_sizes_remember_the_last_significant_order():
+    steps = [[["a"], ["b"], ["c"]],      # a > b > c
+             [["a", "b"], ["c"]],        # a ~ b: no flip yet
+             [["b"], ["a"], ["c"]],      # b > a: flip of (a, b) across the tie
+             [["c"], ["b"]],             # a absent; c > b: flip of (b, c)
+             [["a"], ["c"], ["b"]]]      # a back: over b again (flip), over c as before (none)
+    assert st.flips_along(steps) == [[], [], [("a", "b")], [("b", "c")], [("b", "a")]]
+    for prev, cur in zip(steps, steps[1:3]):   # adjacent steps alone: flipped_pairs
+        assert st.flips_along([prev, cur])[1] == st.flipped_pairs(prev, cur)
+
+
+def holm_by_definition(p, alpha):
+    """Holm's step-down procedure: reject the smallest p-values while p_(i) <= alpha / (m - i)."""
+    order = sorted(range(len(p)), key=lambda i: p[i])
+    rejected = set()
+    for i, j in enumerate(order):
+        if p[j] > alpha / (len(p) - i):
+            break
+        rejected.add(j)
+    return rejected
+
+
+def test_holm_adjusted_p_values_reject_exactly_what_the_step_down_procedure_rejects():
+    rng = np.random.default_rng(5)
+    for _ in range(50):
+        p = list(np.concatenate([rng.uniform(0, 0.05, 3), rng.uniform(0, 1, 5)]))
+        adjusted = st.holm(p)
+        assert all(a >= q for a, q in zip(adjusted, p)) and max(adjusted) <= 1
+        for alpha in (0.01, 0.05, 0.1):
+            assert {i for i, a in enumerate(adjusted) if a <= alpha} == holm_by_definition(p, alpha)
+    assert st.holm([0.01, 0.04, 0.03]) == pytest.approx([0.03, 0.06, 0.06])
+    assert st.holm([]) == []
+    with pytest.raises(InvalidArgumentError):
+        st.holm([0.5, 1.5])

@@ -113,9 +113,24 @@ def test_curve_values_are_the_brute_force_mse_and_mx_is_the_finetuned_models(bun
         assert row["avg_accuracy"] == pytest.approx(sum(row["accuracy"].values()) / m)
         normalized = [result.finetuned[n] / row["accuracy"][n] for n in zoo.task_names]   # lower is better
         assert row["avg_normalized_accuracy"] == pytest.approx(sum(normalized) / m)
+        assert (row["ci_low"], row["ci_high"]) == pytest.approx(welch_t_interval(
+            [result.scores[row["size_budget"]][n].scores.double().numpy() for n in zoo.task_names]), rel=1e-9)
+        assert row["ci_low"] < row["avg_accuracy"] < row["ci_high"]
     low, full = result.rows[0], result.rows[-1]
     assert full["size"] == m and full["accuracy"] == result.finetuned and full["avg_normalized_accuracy"] == 1.0
     assert low["avg_accuracy"] > full["avg_accuracy"] and low["avg_normalized_accuracy"] < 1.0   # merging costs
+
+
+def welch_t_interval(per_task, confidence=0.95):
+    """By hand: mean of per-task means +- t * sqrt(sum s_k^2 / n_k) / K, Welch-Satterthwaite dof."""
+    from scipy import stats
+
+    k = len(per_task)
+    parts = [float(x.var(ddof=1)) / len(x) for x in per_task]
+    dof = sum(parts) ** 2 / sum(p ** 2 / (len(x) - 1) for p, x in zip(parts, per_task))
+    half = stats.t.ppf(0.5 + confidence / 2, dof) * sum(parts) ** 0.5 / k
+    mean = sum(float(x.mean()) for x in per_task) / k
+    return mean - half, mean + half
 
 
 def test_per_example_scores_are_kept_in_the_eval_cache(bundle, private_cache):
@@ -161,7 +176,7 @@ def test_cli_curve_json_carries_the_metric_beside_the_existing_keys(bundle, caps
     out = json.loads(capsys.readouterr().out)
     assert set(out) == {"rows", "finetuned"} and set(out["finetuned"]) == set(zoo.task_names)
     assert list(out["rows"][0]) == ["size_budget", "size", "avg_accuracy", "avg_normalized_accuracy", "accuracy",
-                                    "metric", "n", "higher_is_better"]
+                                    "metric", "n", "higher_is_better", "ci_low", "ci_high"]
     assert out["rows"][1]["accuracy"] == out["finetuned"]
 
 
@@ -170,22 +185,27 @@ def test_rankings_put_the_lowest_error_first_and_charts_name_the_metric(bundle):
     from dashboard.metric_axis import axis_for
     from dashboard.rankings import ranking_table
     from flexmerge_core.evaluation.curve import compute_curve
+    from flexmerge_core.evaluation.paired import rank
+    from flexmerge_core.evaluation.statistics import rankings_with_ties
 
     zoo, *_ = bundle
     budgets = [1.0, 2.0, 3.0]
-    curves = {}
+    results = {}
     for name in ("avg", "ta"):
         spec, algo, plan = plan_for(zoo, name)
-        curves[name] = compute_curve(zoo, plan, algo, budgets, spec=spec).rows
+        results[name] = compute_curve(zoo, plan, algo, budgets, spec=spec)
+    curves = {a: r.rows for a, r in results.items()}
     axis = axis_for(curves["ta"])
     assert (axis.name, axis.higher_is_better, axis.percent) == ("MSE", False, False)
     values = {a: {r["size_budget"]: axis.average(r) for r in rows} for a, rows in curves.items()}
-    table = ranking_table(values, budgets, higher_is_better=axis.higher_is_better, fmt=axis.format)
+    rankings = {b: rank({a: r.scores[b] for a, r in results.items()}) for b in budgets}
+    table = ranking_table(values, rankings, budgets, fmt=axis.format)
     for i, budget in enumerate(budgets[:2]):
         best = min(values, key=lambda a: (values[a][budget], a))
-        assert table["#1"][i] == f"{best} ({axis.format(values[best][budget])})"
+        assert table["#1"][i].startswith(f"{best} ({axis.format(values[best][budget])})")
+        errors = {a: [r.scores[budget][t].scores.numpy() for t in zoo.task_names] for a, r in results.items()}
+        assert rankings[budget] == rankings_with_ties(errors, higher_is_better=False)
     assert values["avg"][1.0] != values["ta"][1.0]
-    assert ranking_table({"a": {1.0: 0.2}, "b": {1.0: 0.1}}, [1.0], higher_is_better=False)["#1"][0].startswith("b")
     figure = charts.curve_figure({a: charts.curve_points(rows, axis) for a, rows in curves.items()}, axis=axis)
     assert "MSE" in figure.layout.yaxis.title.text and "lower is better" in figure.layout.yaxis.title.text
     assert figure.data[0].y[0] == curves["avg"][0]["avg_accuracy"]   # drawn as is, not in %
@@ -215,10 +235,13 @@ def test_compare_page_labels_and_ranks_by_the_metric(bundle, monkeypatch):
     assert not at.exception and not at.error, [e.value for e in list(at.exception) + list(at.error)]
     specs = [json.loads(chart.proto.spec) for chart in at.get("plotly_chart")]
     assert all("MSE (lower is better)" in s["layout"]["yaxis"]["title"]["text"] for s in specs) and specs
-    curves = {t["name"]: dict(zip(t["x"], t["y"])) for t in specs[0]["data"]}
+    curves = {t["name"]: dict(zip(t["x"], t["y"])) for t in specs[0]["data"] if t.get("fill") != "toself"}
+    bands = [t["name"] for t in specs[0]["data"] if t.get("fill") == "toself"]
+    assert bands == [f"{a} (95% interval)" for a in curves]      # the t intervals of the MSE averages
     rankings = next(d.value for d in at.dataframe if "ranking changed" in d.value.columns)
     first = rankings.iloc[0]                                     # the smallest budget every algorithm meets
-    ranked = [first[f"#{k}"].split(" (")[0] for k in range(1, len(curves) + 1) if first[f"#{k}"]]
+    ranked = [cell.split(" (")[0] for k in range(1, len(curves) + 1) if first.get(f"#{k}")
+              for cell in first[f"#{k}"].split(" = ")]           # one rank's algorithms are joined by " = "
     at_budget = {a: curves[a].get(1.0) for a in ranked}
     assert [at_budget[a] for a in ranked] == sorted(at_budget[a] for a in ranked)   # lowest MSE first
 

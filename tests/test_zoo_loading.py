@@ -187,7 +187,8 @@ def test_open_demo_builds_it_lazily(zoo_dir, monkeypatch):
 
 # -- laziness and safety -----------------------------------------------------------------------------
 
-def test_opening_reads_no_tensor_and_one_read_reads_one(zoo_dir, monkeypatch):
+def test_opening_reads_no_model_tensor_and_one_read_reads_one(zoo_dir, monkeypatch):
+    """Opening reads only the held-out labels ([N] integers, checked against the heads), never a weight."""
     reads = []
 
     class CountingHandle:
@@ -205,9 +206,11 @@ def test_opening_reads_no_tensor_and_one_read_reads_one(zoo_dir, monkeypatch):
     monkeypatch.setattr(checkpoint_module, "safe_open",
                         lambda *a, **k: CountingHandle(real_safe_open(*a, **k)))
     zoo = open_zoo(zoo_dir)
-    assert reads == [] and zoo.tensors_read == 0
+    labels = [t for t in zoo.manifest.tasks if t.data is not None and (t.head or t.classes) is not None]
+    assert reads == ["labels"] * len(labels) and zoo.tensors_read == len(labels)
+    reads.clear()
     zoo.task_tensor(1, "transformer.resblocks.0.attn.in_proj_weight")
-    assert reads == ["transformer.resblocks.0.attn.in_proj_weight"] and zoo.tensors_read == 1
+    assert reads == ["transformer.resblocks.0.attn.in_proj_weight"] and zoo.tensors_read == len(labels) + 1
 
 
 def test_malicious_pickle_is_refused_without_running(zoo_dir, tmp_path):

@@ -34,7 +34,7 @@ class ArchitectureAdapter:
     """One model family. Subclasses set `kind` and implement `build`; the rest has safe defaults."""
 
     kind: str = ""
-    native_export: bool = False     # True: a task's model is exported by `save_native` (a folder), not as a state dict
+    native_export: bool = False     # True: a task's model is exported as `native_files` (a folder), not a state dict
 
     def check_config(self, config: dict) -> dict:
         """The manifest's config, validated (ZooError naming the bad key); default: any object."""
@@ -85,11 +85,12 @@ class ArchitectureAdapter:
         """What one preprocessed input looks like, e.g. {"channels": 3, "image_size": 224}; None = unknown."""
         return None
 
-    def save_native(self, config: dict, state: dict[str, torch.Tensor], folder: Path, source: Path) -> None:
-        """Write one task's model into the empty `folder` in the family's own format (`native_export`).
+    def native_files(self, config: dict, state: dict[str, torch.Tensor],
+                     source: Path) -> dict[str, Callable[[Path], None]]:
+        """{file name: write(path)} of one task's model as a folder in the family's own format (`native_export`).
 
         `state` holds the stored names (no tied aliases); `source` is the folder of the zoo's pretrained
-        checkpoint (tokenizer and other side files live there).
+        checkpoint (tokenizer and other side files live there). The caller publishes the files all or none.
         """
         raise NotImplementedError
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 import os
 import shutil
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional
 
 import torch
 
@@ -95,18 +95,18 @@ class HFLanguageModel(ArchitectureAdapter):
         """[B, T] greedy continuation ids of each context (T <= max_new)."""
         raise NotImplementedError
 
-    def save_native(self, config: dict, state: dict[str, torch.Tensor], folder: Path, source: Path) -> None:
+    def native_files(self, config: dict, state: dict[str, torch.Tensor],
+                     source: Path) -> dict[str, Callable[[Path], None]]:
         """A `from_pretrained` folder: config.json, model.safetensors (tied tensors once), tokenizer files."""
         from safetensors.torch import save_file
 
-        out = Path(folder)
-        hf_config(self.kind, config).save_pretrained(out)
-        save_file({n: t.detach().to("cpu").contiguous() for n, t in state.items()}, str(out / "model.safetensors"),
-                  metadata={"format": "pt"})
+        tensors = {n: t.detach().to("cpu").contiguous() for n, t in state.items()}
+        files = {"config.json": hf_config(self.kind, config).to_json_file,
+                 "model.safetensors": lambda path: save_file(tensors, str(path), metadata={"format": "pt"})}
         for name in SIDE_FILES:
             if (Path(source) / name).is_file():
-                shutil.copyfile(Path(source) / name, out / name)
-
+                files[name] = lambda path, name=name: shutil.copyfile(Path(source) / name, path)
+        return files
 
 def pad_id(module) -> int:
     """The model's padding token (else its end-of-sequence token, else 0): what PAD positions are fed as."""

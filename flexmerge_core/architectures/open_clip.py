@@ -21,6 +21,8 @@ from __future__ import annotations
 import inspect
 import re
 from typing import Optional
+import contextlib
+from typing import Iterator
 
 import torch
 
@@ -32,6 +34,7 @@ _RESBLOCK = re.compile(r"^transformer\.resblocks\.(\d+)\.(ln_1|attn|ls_1|ln_2|ml
 _FIRST_HALF = ("ln_1", "attn", "ls_1")
 _STEM = ("conv1.", "class_embedding", "positional_embedding", "ln_pre.")
 _POOL = ("ln_post.", "proj")
+HUB_PREFIX = "hf-hub:"   # open_clip downloads the config (and weights) of such names
 
 
 def model_config(config: dict) -> dict:
@@ -42,6 +45,9 @@ def model_config(config: dict) -> dict:
     if unknown or not isinstance(config.get("name"), str):
         raise ZooError(f"zoo.json: architecture 'open_clip_model' takes config {{'name': str, "
                        f"'quick_gelu': bool}}, got keys {', '.join(sorted(config)) or 'none'}")
+    if config["name"].startswith(HUB_PREFIX):
+        raise ZooError(f"zoo.json: '{config['name']}' names a model on the Hugging Face Hub; FlexMerge works "
+                       f"offline: give an open_clip architecture name (e.g. ViT-B-32) and the weights as local files")
     found = open_clip.get_model_config(config["name"])
     if found is None or "vision_cfg" not in found:
         raise ZooError(f"zoo.json: '{config['name']}' is not an open_clip model name "
@@ -59,12 +65,39 @@ def build_visual(config: dict) -> torch.nn.Module:
     return _build_vision_tower(cfg["embed_dim"], cfg["vision_cfg"], quick_gelu=cfg.get("quick_gelu", False))
 
 
+def _hub_files(config: dict, key: str) -> str:
+    """' (Hugging Face files of REPO)' when the model's text config names a Hugging Face repository."""
+    repo = model_config(config).get("text_cfg", {}).get(key)
+    return f" (Hugging Face files of '{repo}')" if repo else ""
+
+
+@contextlib.contextmanager
+def local_files_only(what: str) -> Iterator[None]:
+    """Some towers (Hugging Face text encoders and tokenizers, e.g. of SigLIP or RoBERTa CLIPs) read files
+    from the Hugging Face cache; offline (flexmerge_core/__init__.py) a missing one is this one line."""
+    try:
+        yield
+    except (OSError, ValueError, ImportError) as exc:
+        first = next((line.strip() for line in str(exc).splitlines() if line.strip()), type(exc).__name__)
+        raise ZooError(f"{what} needs files that are not on this machine ({first[:300]}); FlexMerge works "
+                       f"offline: put them in the Hugging Face cache (HF_HOME) or give a head file") from exc
+
+
 def build_clip(config: dict) -> torch.nn.Module:
     """The whole CLIP model (both towers, random init, no download): the text tower for zero-shot heads."""
     import open_clip
 
-    return open_clip.create_model(config["name"], pretrained=None,
-                                  force_quick_gelu=bool(config.get("quick_gelu", False)))
+    with local_files_only(f"the text tower of '{config['name']}'{_hub_files(config, 'hf_model_name')}"):
+        return open_clip.create_model(config["name"], pretrained=None,
+                                      force_quick_gelu=bool(config.get("quick_gelu", False)))
+
+
+def tokenizer(config: dict):
+    """open_clip's tokenizer of the model (for zero-shot prompts)."""
+    import open_clip
+
+    with local_files_only(f"the tokenizer of '{config['name']}'{_hub_files(config, 'hf_tokenizer_name')}"):
+        return open_clip.get_tokenizer(config["name"])
 
 
 def eval_transform(config: dict):

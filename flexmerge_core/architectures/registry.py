@@ -12,9 +12,10 @@ from contextlib import contextmanager
 
 import torch
 
-from flexmerge_core.architectures import hf_causal_lm, hf_seq2seq, open_clip
+from flexmerge_core.architectures import hf_causal_lm, hf_clip_vision, hf_seq2seq, open_clip
 from flexmerge_core.architectures.base import ArchitectureAdapter
-from flexmerge_core.errors import ZooError
+from flexmerge_core.architectures.build_guard import bounded_build
+from flexmerge_core.errors import FlexMergeError, ZooError
 from flexmerge_core.plugins import PluginRegistry
 
 ENTRY_POINT_GROUP = "flexmerge.architectures"
@@ -43,9 +44,13 @@ def architecture_kinds() -> list[str]:
 def _building(kind: str):
     """A constructor's own complaint about the config becomes one ZooError naming the kind."""
     try:
-        yield
-    except (TypeError, ValueError, AssertionError, RuntimeError) as exc:
-        raise ZooError(f"zoo.json: architecture '{kind}' cannot be built from its config: {exc}") from exc
+        with bounded_build(f"architecture '{kind}'"):
+            yield
+    except FlexMergeError:
+        raise
+    except Exception as exc:   # a constructor fed a hostile config raises anything (ZeroDivisionError for patch_size 0)
+        raise ZooError(f"zoo.json: architecture '{kind}' cannot be built from its config: "
+                       f"{type(exc).__name__}: {' '.join(str(exc).split())}") from exc
 
 
 def construct(kind: str, config: dict, device: str | torch.device = "cpu") -> torch.nn.Module:
@@ -72,5 +77,5 @@ def state_aliases(kind: str, config: dict) -> dict[str, str]:
         return adapter.tied(config)
 
 
-for _adapter in open_clip.ADAPTERS + hf_seq2seq.ADAPTERS + hf_causal_lm.ADAPTERS:
+for _adapter in open_clip.ADAPTERS + hf_clip_vision.ADAPTERS + hf_seq2seq.ADAPTERS + hf_causal_lm.ADAPTERS:
     register_architecture(_adapter)

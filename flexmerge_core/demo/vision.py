@@ -54,6 +54,8 @@ import torch
 
 from flexmerge_core.cache import atomic_directory, cache_root, content_hash
 from flexmerge_core.errors import FlexMergeError
+from flexmerge_core.planning.plan import check_seed
+from flexmerge_core.zoo.writer import check_zoo_output
 from flexmerge_core.demo import vision_tasks
 from flexmerge_core.demo import vision_training
 from flexmerge_core.demo.publish import is_built, publish, update_manifest
@@ -149,7 +151,8 @@ def _write(folder: Path, config: DemoConfig, seed: int, pretrained, tasks, repor
     """The zoo files into `folder` (already a temporary folder of the caller)."""
     from flexmerge_core.zoo.writer import write_zoo
 
-    recipe = {"name": RECIPE_NAME, "version": RECIPE_VERSION, "hash": recipe_hash(config, seed),
+    recipe = {"name": RECIPE_NAME, "source": {"format": "demo"}, "version": RECIPE_VERSION,
+              "hash": recipe_hash(config, seed),
               "seed": seed, "config": asdict(config),
               "families": {t["name"]: t["family"] for t in tasks}, "report": report}
     write_zoo(folder, {"kind": "open_clip_vit", "config": dict(config.architecture)}, pretrained,
@@ -174,7 +177,9 @@ def build_demo_zoo(out=None, seed: int = 0, force: bool = False, progress: Progr
     under a hidden temporary name that is renamed into place at the end.
     """
     config = config or FULL
+    check_seed(seed)
     out = Path(out) if out is not None else default_path()
+    check_zoo_output(out, force=force)
     if not force and is_current(out, config, seed):
         return out
     start = time.perf_counter()

@@ -7,21 +7,24 @@ order, seed, budget, achieved size) in the metadata. `--task T` instead writes o
 dict that loads strictly into the zoo's encoder (its head goes beside it, `<name>.head.safetensors`).
 The recipe JSON beside an export re-creates it byte for byte (`pipeline.reproduce_export`): safetensors
 serialisation is deterministic and so is everything upstream (plan, merge on CPU, seeded DARE).
+An export's files are published together (cache.atomic_write_all: the recipe last, all or none), and
+never onto the zoo they come from (outputs.check_apart).
 """
 from __future__ import annotations
 
 import json
 import math
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional
 
 import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
-from flexmerge_core.cache import atomic_directory, atomic_write, atomic_write_bytes
+from flexmerge_core.cache import atomic_write_all
 from flexmerge_core.deployment.deploy import MASKED, Deployment, StoredGroup
 from flexmerge_core.errors import InvalidArgumentError, ZooError
+from flexmerge_core.outputs import check_apart
 
 DEPLOYMENT_FORMAT = "flexmerge-deployment/1"
 TASK_FORMAT = "flexmerge-task-model/1"
@@ -78,11 +81,24 @@ def _metadata(**documents) -> dict[str, str]:
     return {_META_KEY: json.dumps(documents, sort_keys=True)}
 
 
-def save_deployment(deployment: Deployment, out) -> Path:
-    """Write the whole deployment to one safetensors file (atomically)."""
+Writes = dict[Path, Callable[[Path], None]]
+
+
+def _safetensors_writer(tensors: dict[str, torch.Tensor], meta: dict) -> Callable[[Path], None]:
+    return lambda tmp: save_file(tensors, str(tmp), metadata=meta)
+
+
+def deployment_writes(deployment: Deployment, out) -> Writes:
+    """{path: writer} of the whole deployment as one safetensors file."""
     tensors = deployment_tensors(deployment)
     meta = _metadata(format=DEPLOYMENT_FORMAT, recipe=deployment.recipe, layout=deployment_layout(deployment))
-    return atomic_write(Path(out), lambda tmp: save_file(tensors, str(tmp), metadata=meta))
+    return {Path(out): _safetensors_writer(tensors, meta)}
+
+
+def save_deployment(deployment: Deployment, out) -> Path:
+    """Write the whole deployment to one safetensors file (atomically)."""
+    atomic_write_all(deployment_writes(deployment, out))
+    return Path(out)
 
 
 def _read(path: Path) -> tuple[dict, dict[str, torch.Tensor]]:
@@ -139,28 +155,28 @@ def _entry(tensors, b: int, j: int, entry: dict, params) -> StoredGroup:
                        scales=own.get("scales"))
 
 
-def save_task_model(deployment: Deployment, task: int, out, encoder_order: list[str]) -> Path:
-    """One task's standalone encoder state dict (strict-loadable), and its head beside it."""
+def task_model_writes(deployment: Deployment, task: int, out, encoder_order: list[str]) -> Writes:
+    """{path: writer} of one task's standalone encoder state dict (strict-loadable) and its head beside it."""
     state = deployment.encoder_state_dict(task)
     tensors = {n: state[n].contiguous() for n in encoder_order}
     meta = _metadata(format=TASK_FORMAT, recipe=deployment.recipe, task=deployment.task_names[task])
-    atomic_write(Path(out), lambda tmp: save_file(tensors, str(tmp), metadata=meta))
+    writes = {Path(out): _safetensors_writer(tensors, meta)}
     head = deployment.heads[task]
     if head is not None:
-        atomic_write(head_path(out), lambda tmp: save_file({k: v.contiguous() for k, v in head.items()}, str(tmp),
-                                                           metadata=meta))
-    return Path(out)
+        writes[head_path(out)] = _safetensors_writer({k: v.contiguous() for k, v in head.items()}, meta)
+    return writes
 
 
-def save_task(zoo, deployment: Deployment, task: int, out) -> Path:
-    """One task's model in its family's own format (e.g. a `from_pretrained` folder), else as save_task_model."""
+def task_writes(zoo, deployment: Deployment, task: int, out) -> Writes:
+    """One task's model in its family's own format (`out` becomes a folder, e.g. for `from_pretrained`),
+    else as task_model_writes; the stored names only (tied aliases are restored by the family's loader)."""
     adapter = zoo.architecture
     if not adapter.native_export:
-        return save_task_model(deployment, task, out, zoo.state_names)
+        return task_model_writes(deployment, task, out, zoo.state_names)
     state = deployment.encoder_state_dict(task)
-    native = {n: state[n] for n in zoo.state_names}
-    return atomic_directory(Path(out), lambda folder: adapter.save_native(
-        zoo.manifest.architecture_config, native, folder, zoo.pretrained_path.parent))
+    files = adapter.native_files(zoo.manifest.architecture_config, {n: state[n] for n in zoo.state_names},
+                                 zoo.pretrained_path.parent)
+    return {Path(out) / name: write for name, write in files.items()}
 
 
 def file_tensor_bytes(path, skip_prefix: Optional[str] = None) -> int:
@@ -193,15 +209,19 @@ def export(zoo, spec, plan, algorithm, size, out, task: Optional[str] = None, zo
 
     if task is not None and task not in zoo.task_names:
         raise InvalidArgumentError(f"--task: unknown task '{task}' (zoo '{zoo.name}' has {', '.join(zoo.task_names)})")
+    # inside the zoo folder is refused too: a rebuilt or re-imported zoo replaces its whole folder
+    check_apart([out, recipe_path(out), head_path(out)], [zoo.root])
     # merged on CPU: bit-reproducible, so the recipe re-creates the same bytes on any machine
     merger = GroupMerger(zoo, spec, algorithm, cache=GroupResultCache(), device="cpu")
     deployment = build_deployment(zoo, plan, algorithm, size, merger=merger)
     if dtype is not None:
         deployment = deployment.with_dtype(parse_dtype(dtype), dtype)
     if task is None:
-        save_deployment(deployment, out)
+        writes = deployment_writes(deployment, out)
     else:
-        save_task(zoo, deployment, zoo.task_names.index(task), out)
+        writes = task_writes(zoo, deployment, zoo.task_names.index(task), out)
     recipe = {"format": RECIPE_FORMAT, "zoo_path": zoo_path or str(zoo.root), "task": task, **deployment.recipe}
-    atomic_write_bytes(recipe_path(out), (json.dumps(recipe, indent=2, sort_keys=True) + "\n").encode())
+    text = (json.dumps(recipe, indent=2, sort_keys=True) + "\n").encode()
+    writes[recipe_path(out)] = lambda tmp: tmp.write_bytes(text)   # last: a recipe means the export is whole
+    atomic_write_all(writes)
     return recipe

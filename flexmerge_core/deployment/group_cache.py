@@ -2,9 +2,9 @@
 
 Why: a group's result depends only on (zoo content, block tensors, members, algorithm), so once
 merged it is valid for every size, every plan order and every later session. GroupMerger computes
-the key (`cache_key`) and calls `load`/`store`; this class only persists. Each file carries a
-SHA-256 of its tensor bytes in the metadata: a truncated or altered entry is treated as missing
-and recomputed, never trusted.
+the key (`cache_key`) and calls `load`/`store`; this class only persists. Each file carries its key
+and a SHA-256 of its tensor bytes (cache.write_tensor_entry): a truncated or altered entry, or one
+found under another key's name, is treated as missing and recomputed, never trusted.
 """
 from __future__ import annotations
 
@@ -13,11 +13,9 @@ from pathlib import Path
 from typing import Optional
 
 import torch
-from safetensors import SafetensorError, safe_open
-from safetensors.torch import load_file, save_file
 
 from flexmerge_core.algorithms.base import MergeResult
-from flexmerge_core.cache import atomic_write, cache_root, tensors_digest
+from flexmerge_core.cache import cache_root, read_tensor_entry, write_tensor_entry
 
 _FORMAT = "flexmerge-group/1"
 
@@ -53,23 +51,20 @@ class GroupResultCache:
         return self.folder / f"{key}.safetensors"
 
     def load(self, key: str) -> Optional[MergeResult]:
-        path = self.path(key)
-        if not path.is_file():
+        entry = read_tensor_entry(self.path(key), key)
+        if entry is None:
             return None
+        tensors, meta = entry
         try:
-            with safe_open(str(path), framework="pt") as f:
-                meta = f.metadata() or {}
-            tensors = load_file(str(path))
-            if meta.get("format") != _FORMAT or meta.get("sha256") != tensors_digest(tensors):
+            if meta.get("format") != _FORMAT:
                 return None
             members = tuple(json.loads(meta["members"]))
-        except (SafetensorError, OSError, ValueError, KeyError, RuntimeError):
+        except (ValueError, KeyError, TypeError):
             return None
         self.loads += 1
         return _unflatten(tensors, members)
 
     def store(self, key: str, result: MergeResult) -> None:
-        tensors = _flatten(result)
-        meta = {"format": _FORMAT, "members": json.dumps(list(result.members)), "sha256": tensors_digest(tensors)}
-        atomic_write(self.path(key), lambda tmp: save_file(tensors, str(tmp), metadata=meta))
+        meta = {"format": _FORMAT, "members": json.dumps(list(result.members))}
+        write_tensor_entry(self.path(key), key, _flatten(result), meta)
         self.stores += 1

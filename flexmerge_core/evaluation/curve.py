@@ -15,6 +15,7 @@ from typing import Callable, Mapping, Optional
 from flexmerge_core.deployment.deploy import GroupStore, deployment_from_partition, deployment_recipe
 from flexmerge_core.deployment.footprint import positive_numbers
 from flexmerge_core.errors import InvalidArgumentError
+from flexmerge_core.evaluation.intervals import row_interval
 from flexmerge_core.evaluation.scores import TaskScore
 from flexmerge_core.evaluation.task_eval import (Evaluators, ScoreBook, default_activation_budget, eval_key, summarize,
                                                  task_ids_of)
@@ -27,21 +28,26 @@ class CurveResult:
     rows: list[dict]                       # curve rows (curve_row), in the order of the requested sizes
     finetuned: dict[str, float]            # metric value of each individual fine-tuned model
     stats: dict = field(default_factory=dict)
+    # scores[budget][task]: the per-example scores behind rows (paired tests need them, not re-evaluation)
+    scores: dict[float, dict[str, TaskScore]] = field(default_factory=dict)
 
 
 _ROW_KEYS = ("avg_accuracy", "avg_normalized_accuracy", "accuracy", "metric", "n", "higher_is_better")
 
 
-def curve_row(budget: float, size: float, summary: Mapping) -> dict:
+def curve_row(budget: float, size: float, summary: Mapping, scores: Mapping[str, TaskScore]) -> dict:
     """One curve row from task_eval.summarize's dict (or an EvalResult's fields, which share its names).
 
     DESIGN.md's keys keep their names whatever the tasks' metrics: `accuracy` = {task: metric value},
     `avg_accuracy` = their mean, `avg_normalized_accuracy` = mean of the normalised values
     (task_eval.normalized_value: 1 = parity with fine-tuned, higher is better for every metric); beside
-    them, per task, `metric` (its name), `n` (examples) and `higher_is_better`.
+    them, per task, `metric` (its name), `n` (examples) and `higher_is_better`; and `ci_low`, `ci_high`:
+    the 95% interval of avg_accuracy from the tasks' per-example `scores` (intervals.row_interval).
     """
-    return {"size_budget": float(budget), "size": size,
-            **{k: dict(summary[k]) if isinstance(summary[k], dict) else summary[k] for k in _ROW_KEYS}}
+    row = {"size_budget": float(budget), "size": size,
+           **{k: dict(summary[k]) if isinstance(summary[k], dict) else summary[k] for k in _ROW_KEYS}}
+    row["ci_low"], row["ci_high"] = row_interval(row, scores)
+    return row
 
 
 def parse_sizes(text: str, option: str = "--sizes") -> "str | list[float]":
@@ -144,11 +150,12 @@ def compute_curve(zoo, plan, algorithm, sizes="all", tasks=None, *, spec=None, m
         if progress:
             progress(step + 1, len(walk), f"size {part.size:.3f}")
     finetuned = {task: score.value for task, score in by_events[0].items()}
-    rows = [curve_row(b, partitions[b].size, summarize(by_events[partitions[b].num_events], finetuned))
+    scores_at = {float(b): by_events[partitions[b].num_events] for b in budgets}
+    rows = [curve_row(b, partitions[b].size, summarize(scores_at[float(b)], finetuned), scores_at[float(b)])
             for b in budgets]
     stats = {"evaluated": book.evaluated, "stages_run": evaluators.stages_run,
              "activation_bytes": evaluators.kept_bytes, "partitions": len(walk)}
-    return CurveResult(rows=rows, finetuned=finetuned, stats=stats)
+    return CurveResult(rows=rows, finetuned=finetuned, stats=stats, scores=scores_at)
 
 
 def accuracy_curve(zoo, plan, algorithm, sizes="all", tasks=None, **options) -> list[dict]:

@@ -43,7 +43,9 @@ class StagedEncoder:
     def __init__(self, encoder: torch.nn.Module, device=None, adapter: Optional[ArchitectureAdapter] = None):
         self.device = pick_device(device)
         encoder = encoder.to(self.device).eval()
-        names = list(encoder.state_dict())
+        # compute dtypes: the module is built in float32, so float16/bfloat16 zoos compute in float32 too
+        self._dtypes = {n: t.dtype for n, t in encoder.state_dict().items()}
+        names = list(self._dtypes)
         self._tables = {n: (_owner_table(encoder, n), n.rpartition(".")[2]) for n in names}
         self._aliases = tied_aliases(encoder)   # swapped along with the tensor they are tied to
         adapter = adapter if adapter is not None else ArchitectureAdapter()   # the base: module(x), one stage
@@ -55,10 +57,10 @@ class StagedEncoder:
         return self._stage[name]
 
     def split(self, state: dict[str, torch.Tensor]) -> list[dict[str, torch.Tensor]]:
-        """A task's tensors grouped by stage, on the device (no copy when already there)."""
+        """A task's tensors grouped by stage, on the device in the compute dtype (no copy when already so)."""
         per_stage: list[dict[str, torch.Tensor]] = [{} for _ in range(self.num_stages)]
         for name, tensor in state.items():
-            per_stage[self._stage[name]][name] = tensor.to(self.device, non_blocking=True)
+            per_stage[self._stage[name]][name] = tensor.to(self.device, self._dtypes[name], non_blocking=True)
         for alias, name in self._aliases.items():
             if name in state and alias not in state:
                 per_stage[self._stage[alias]][alias] = per_stage[self._stage[name]][name]

@@ -23,6 +23,7 @@ from typing import Optional
 from flexmerge_core.cache import atomic_directory
 from flexmerge_core.errors import ZooError
 from flexmerge_core.zoo.manifest import FORMAT, MANIFEST_NAME, check_task_name
+from flexmerge_core.zoo.writer import check_zoo_output
 
 PRETRAINED = "_pretrained_"
 WEIGHTS = ("model.safetensors.index.json", "model.safetensors", "pytorch_model.bin")
@@ -145,15 +146,18 @@ class _Placer:
         return relative, str(doc.get("kind", "text_classification_rank"))
 
 
-def import_lm_models(models: dict[str, Path], out, data: dict[str, tuple[dict, Path]],
-                     name: Optional[str] = None, source: Optional[dict] = None) -> LMImportReport:
-    """models: {PRETRAINED: folder, task: folder}; data: {task: (spec dict, folder its paths are relative to)}."""
+def import_lm_models(models: dict[str, Path], out, data: dict[str, tuple[dict, Path]], name: Optional[str] = None,
+                     source: Optional[dict] = None, force: bool = False) -> LMImportReport:
+    """models: {PRETRAINED: folder, task: folder}; data: {task: (spec dict, folder its paths are relative to)}.
+    `out` may not overlap an input nor replace a non-empty folder that is not a zoo (unless `force`)."""
     if PRETRAINED not in models or len(models) < 3:
         raise ZooError(f"a language-model zoo needs '{PRETRAINED}' and at least 2 fine-tunes, got "
                        f"{', '.join(sorted(models)) or 'none'}")
     unknown = sorted(set(data) - set(models))
     if unknown:
         raise ZooError(f"held-out data names task '{unknown[0]}', which has no model")
+    sources = [(folder / str(spec.get("source", ""))).resolve() for spec, folder in data.values()]
+    check_zoo_output(out, [*models.values(), *sources], force)
     config = read_config(models[PRETRAINED], "the pretrained model")
     report = LMImportReport(Path(out), family(config), config["model_type"])
 
@@ -200,7 +204,7 @@ def _same_family(pretrained: dict, task: dict, name: str, folder: Path) -> None:
                        f"and output tensors cannot be merged row by row")
 
 
-def import_lm_folder(source, out, data=None, name: Optional[str] = None) -> LMImportReport:
+def import_lm_folder(source, out, data=None, name: Optional[str] = None, force: bool = False) -> LMImportReport:
     """SOURCE/pretrained/ + SOURCE/<task>/ (full or LoRA) + data specs -> a zoo (see the module docstring)."""
     source = Path(source).resolve()
     models = {PRETRAINED: source / "pretrained"}
@@ -217,4 +221,4 @@ def import_lm_folder(source, out, data=None, name: Optional[str] = None) -> LMIm
                 specs[task] = (json.loads(spec.read_text()), spec.parent)
             except (OSError, ValueError) as exc:
                 raise ZooError(f"{spec}: not a JSON text data spec: {exc}") from exc
-    return import_lm_models(models, out, specs, name=name, source={"folder": str(source)})
+    return import_lm_models(models, out, specs, name=name, source={"folder": str(source)}, force=force)

@@ -19,6 +19,8 @@ import torch
 from PIL import Image
 
 from flexmerge_core.errors import ZooError
+from flexmerge_core.inputs import decode_image, read_text
+from flexmerge_core.machine import require_memory
 from flexmerge_core.importers.source_files import read_state_dict
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
@@ -46,19 +48,18 @@ def find_task_data(root: Path, task: str) -> Optional[Path]:
     return loose[0] if loose else None
 
 
-def _image_folder(folder: Path, transform: Callable) -> TaskData:
+def _image_folder(folder: Path, transform: Callable, size: int) -> TaskData:
     classes = sorted(p.name for p in folder.iterdir() if p.is_dir())
     if not classes:
         raise ZooError(f"{folder}: an image folder needs one sub-folder per class (<task>/<class_name>/*.png)")
+    listed = [sorted(p for p in (folder / name).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES) for name in classes]
+    # decoded, every image is a float32 [3, size, size]; twice that while they are stacked
+    require_memory(2 * sum(map(len, listed)) * 3 * size * size * 4, f"the held-out images of {folder}",
+                   "use fewer held-out images")
     images, labels = [], []
-    for label, name in enumerate(classes):
-        files = sorted(p for p in (folder / name).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+    for label, files in enumerate(listed):
         for file in files:
-            try:
-                with Image.open(file) as img:
-                    images.append(transform(img.convert("RGB")))
-            except OSError as exc:
-                raise ZooError(f"{file}: cannot read image: {exc}") from exc
+            images.append(decode_image(file, lambda img: transform(img.convert("RGB"))))
             labels.append(label)
     if not images:
         raise ZooError(f"{folder}: no .png/.jpg/.jpeg images under its class folders")
@@ -86,15 +87,15 @@ def _tensor_file(path: Path, transform: Callable, size: int) -> TaskData:
         raise ZooError(f"{path}: float images are taken as preprocessed and must be [N, 3, {size}, {size}], "
                        f"found {list(images.shape)} (store raw pixels as uint8 to have them preprocessed)")
     names_file = path.with_suffix(".classes.txt")
-    classes = [line.strip() for line in names_file.read_text().splitlines() if line.strip()] \
-        if names_file.is_file() else None
+    classes = [line.strip() for line in read_text(names_file, "class names file").splitlines() if line.strip()] \
+        if names_file.exists() else None
     return TaskData(images.float().contiguous(), labels.to(torch.int64), classes, path)
 
 
 def load_task_data(path: Path, transform: Callable, size: int) -> TaskData:
     """Held-out data of one task from an image folder or a tensor file (see the module docstring)."""
     path = Path(path)
-    data = _image_folder(path, transform) if path.is_dir() else _tensor_file(path, transform, size)
+    data = _image_folder(path, transform, size) if path.is_dir() else _tensor_file(path, transform, size)
     if data.classes is not None and int(data.labels.max()) >= len(data.classes):
         raise ZooError(f"{path}: label {int(data.labels.max())} has no class name ({len(data.classes)} classes)")
     if int(data.labels.min()) < 0:

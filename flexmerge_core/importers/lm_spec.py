@@ -98,7 +98,7 @@ def _models(path: Path, doc: dict) -> dict[str, Path]:
     return {task: _resolve(path, task, _location(path, task, value)) for task, value in entries.items()}
 
 
-def import_lm_spec(spec, out, name: Optional[str] = None) -> LMImportReport:
+def import_lm_spec(spec, out, name: Optional[str] = None, force: bool = False) -> LMImportReport:
     """Resolve every model of the spec on disk and import them with their data (see the module docstring)."""
     path = Path(spec).resolve()
     doc = _read(path)
@@ -106,4 +106,4 @@ def import_lm_spec(spec, out, name: Optional[str] = None) -> LMImportReport:
     if not isinstance(data, dict) or not all(isinstance(v, dict) for v in data.values()):
         raise ZooError(f"{path}: 'data' must map task names to text data specs")
     return import_lm_models(_models(path, doc), out, {t: (dict(v), path.parent) for t, v in data.items()},
-                            name=name or doc.get("name"), source={"spec": str(path)})
+                            name=name or doc.get("name"), source={"spec": str(path)}, force=force)

@@ -20,12 +20,13 @@ import torch
 
 from flexmerge_core.errors import InvalidArgumentError, ZooError
 from flexmerge_core.architectures.registry import get_architecture, state_layout
+from flexmerge_core.machine import require_memory
 from flexmerge_core.zoo.checkpoint import SAFETENSORS_SUFFIXES, TORCH_SUFFIXES
 from flexmerge_core.importers.imagefolder import TaskData, find_task_data, load_task_data
 from flexmerge_core.zoo.manifest import MANIFEST_NAME, read_manifest
-from flexmerge_core.importers.source_files import read_state_dict
+from flexmerge_core.importers.source_files import read_checkpoint, read_head
 from flexmerge_core.importers.visual_keys import VisualSplit, split_visual
-from flexmerge_core.zoo.writer import write_zoo
+from flexmerge_core.zoo.writer import check_zoo_output, write_zoo
 from flexmerge_core.importers.zeroshot import TextTower, load_templates, zeroshot_head
 
 KIND = "open_clip_model"
@@ -42,11 +43,19 @@ class ImportReport:
     heads: dict[str, str] = field(default_factory=dict)        # task -> "file" | "zero-shot" | "none"
     data: dict[str, int] = field(default_factory=dict)         # task -> held-out images
     text_tower: bool = False
+    read_as: dict[str, str] = field(default_factory=dict)      # file -> safetensors | state_dict | pickle | ...
+
+    @property
+    def source_format(self) -> str:
+        """`task_vectors_pickle` when any file was a pickled module (read structurally or trusted)."""
+        return "task_vectors_pickle" if any("pickle" in how for how in self.read_as.values()) \
+            else "open_clip_research"
 
     def to_json(self) -> dict:
         return {"out": str(self.out), "architecture": self.architecture, "tasks": self.tasks,
                 "prefixes": self.prefixes, "ignored_tensors": self.ignored, "heads": self.heads,
-                "data": self.data, "text_tower": self.text_tower}
+                "data": self.data, "text_tower": self.text_tower, "read_as": self.read_as,
+                "source_format": self.source_format}
 
     def lines(self) -> list[str]:
         model = self.architecture["config"].get("name", self.architecture["kind"])
@@ -88,14 +97,18 @@ class _Reader:
         return str(path.relative_to(self.source)) if path.is_relative_to(self.source) else str(path)
 
     def visual(self, path: Path, role: str) -> VisualSplit:
-        state = read_state_dict(path, role, self.trust_pickle)
+        state, self.report.read_as[self._label(path)] = read_checkpoint(path, role, self.trust_pickle)
         split = split_visual(state, self.layout, path, role)
         self.report.prefixes[self._label(path)] = split.prefix
         self.report.ignored[self._label(path)] = split.ignored + (len(split.clip_rest) if role != "pretrained" else 0)
         return split
 
-    def head(self, path: Path, task: str) -> dict[str, torch.Tensor]:
-        state = read_state_dict(path, f"head of task '{task}'", self.trust_pickle)
+    def head(self, path: Path, task: str, head_input: str) -> dict[str, torch.Tensor]:
+        state, normalize, self.report.read_as[self._label(path)] = read_head(path, f"head of task '{task}'",
+                                                                             self.trust_pickle)
+        if normalize is not None and normalize != (head_input == "normalized"):
+            raise ZooError(f"{path}: head of task '{task}' has normalize={normalize}, but the zoo's head input is "
+                           f"'{head_input}' (use --head-input {'normalized' if normalize else 'raw'})")
         weight = state.get("weight")
         if weight is None or weight.ndim != 2:
             raise ZooError(f"{path}: head of task '{task}' needs a 2-d 'weight' [C, D], found {', '.join(sorted(state))}")
@@ -159,6 +172,22 @@ def _task_data(data_root: Optional[Path], tasks: list[str], architecture: dict) 
     return {t: load_task_data(p, transform, size) for t, p in found.items() if p is not None}
 
 
+def _template_file(templates) -> Optional[Path]:
+    """The templates option when it names a file (an input the output must not overwrite)."""
+    return Path(templates) if isinstance(templates, (str, Path)) and Path(templates).is_file() else None
+
+
+IMPORT_PEAK_FILES = 3   # the pretrained state, a second full checkpoint (the next zeroshot file compared
+                        # with it, or the whole CLIP for the text tower) and the task being written
+
+
+def _check_memory(files, source: Path) -> None:
+    """Memory guard of `zoo import`: its peak holds about the IMPORT_PEAK_FILES largest checkpoints (read
+    whole: torch files unpickled, safetensors loaded), with the usual 1.25 margin."""
+    sizes = sorted((Path(f).stat().st_size for f in files if f is not None and Path(f).is_file()), reverse=True)
+    require_memory(int(1.25 * sum(sizes[:IMPORT_PEAK_FILES])), f"importing {source}", "import on a larger machine")
+
+
 @dataclass
 class _SourceTask:
     name: str
@@ -169,7 +198,7 @@ class _SourceTask:
 
 
 def _convert(reader: _Reader, base: VisualSplit, tasks: list[_SourceTask], out, head_input: str, prompts: list[str],
-             name: Optional[str], progress) -> ImportReport:
+             name: Optional[str], progress, force: bool) -> ImportReport:
     """Heads (given or zero-shot), checkpoints and data of every task -> one validated safetensors zoo."""
     report, architecture = reader.report, reader.report.architecture
     wants_zeroshot = architecture["kind"] == KIND and head_input == "normalized" and any(
@@ -182,7 +211,7 @@ def _convert(reader: _Reader, base: VisualSplit, tasks: list[_SourceTask], out, 
             progress(i + 1, len(tasks) + 2, task.name)
         head, report.heads[task.name] = None, "none"
         if task.head is not None:
-            head, report.heads[task.name] = reader.head(task.head, task.name), "file"
+            head, report.heads[task.name] = reader.head(task.head, task.name, head_input), "file"
         elif tower is not None and task.classes is not None:
             head, report.heads[task.name] = zeroshot_head(tower, task.classes, prompts), "zero-shot"
         if task.data is not None:
@@ -192,9 +221,12 @@ def _convert(reader: _Reader, base: VisualSplit, tasks: list[_SourceTask], out, 
                         "classes": task.classes})
     if progress:
         progress(len(tasks) + 1, len(tasks) + 2, "writing the zoo")
-    recipe = {"imported_from": str(reader.source), "prefixes": report.prefixes, "heads": report.heads}
+    def recipe() -> dict:   # after writing: task files are read while the zoo is written
+        return {"source": {"format": report.source_format, "path": str(reader.source), "read_as": report.read_as},
+                "imported_from": str(reader.source), "prefixes": report.prefixes, "heads": report.heads}
+
     write_zoo(out, architecture, base.visual, entries, recipe=recipe, head_input=head_input,
-              name=name or Path(out).name)
+              name=name or Path(out).name, force=force)
     if progress:
         progress(len(tasks) + 2, len(tasks) + 2, "done")
     return report
@@ -203,8 +235,10 @@ def _convert(reader: _Reader, base: VisualSplit, tasks: list[_SourceTask], out, 
 def import_research_folder(source, out, model: str, pretrained=None, data=None, templates=None,
                            trust_pickle: bool = False, quick_gelu: Optional[bool] = None,
                            head_input: str = "normalized", name: Optional[str] = None,
-                           progress: Optional[Callable[[int, int, str], None]] = None) -> ImportReport:
+                           progress: Optional[Callable[[int, int, str], None]] = None,
+                           force: bool = False) -> ImportReport:
     """Convert SOURCE (see the module docstring) into a validated safetensors zoo at `out`."""
+    check_zoo_output(out, [source, data, pretrained, _template_file(templates)], force)
     source = Path(source).resolve()
     config = {"name": model} if quick_gelu is None else {"name": model, "quick_gelu": bool(quick_gelu)}
     architecture = {"kind": KIND, "config": config}
@@ -215,17 +249,20 @@ def import_research_folder(source, out, model: str, pretrained=None, data=None, 
     if progress:
         progress(0, len(found) + 2, "pretrained")
     data = _task_data(None if data is None else Path(data), list(found), architecture)   # fails before GBs are read
+    _check_memory([*found.values(), pretrained, *(_one_file(f.parent, "zeroshot") for f in found.values())], source)
     base = _pretrained(reader, found, None if pretrained is None else Path(pretrained))
     tasks = [_SourceTask(task, file, _one_file(source, f"head_{task}"), data.get(task),
                          data[task].classes if task in data else None) for task, file in found.items()]
-    return _convert(reader, base, tasks, out, head_input, prompts, name, progress)
+    return _convert(reader, base, tasks, out, head_input, prompts, name, progress, force)
 
 
 def import_manifest_folder(source, out, templates=None, trust_pickle: bool = False, name: Optional[str] = None,
-                           progress: Optional[Callable[[int, int, str], None]] = None) -> ImportReport:
+                           progress: Optional[Callable[[int, int, str], None]] = None,
+                           force: bool = False) -> ImportReport:
     """A hand-written zoo.json whose files may be torch files, pickled modules or prefixed state dicts
     (e.g. a whole CLIP as the pretrained file): the same detection and conversion as the research layout.
     A task's `data` may be a tensor file or an image folder; `classes` default to the folder's."""
+    check_zoo_output(out, [source, _template_file(templates)], force)
     source = Path(source).resolve()
     manifest = read_manifest(source)
     architecture = {"kind": manifest.architecture_kind, "config": manifest.architecture_config}
@@ -239,8 +276,9 @@ def import_manifest_folder(source, out, templates=None, trust_pickle: bool = Fal
         classes = list(task.classes) if task.classes is not None else (data.classes if data is not None else None)
         tasks.append(_SourceTask(task.name, source / task.checkpoint,
                                  None if task.head is None else source / task.head, data, classes))
+    _check_memory([source / manifest.pretrained, *(source / t.checkpoint for t in manifest.tasks)], source)
     base = reader.visual(source / manifest.pretrained, "pretrained")
-    return _convert(reader, base, tasks, out, manifest.head_input, prompts, name or manifest.name, progress)
+    return _convert(reader, base, tasks, out, manifest.head_input, prompts, name or manifest.name, progress, force)
 
 
 def import_folder(source, out, model: Optional[str] = None, **options) -> ImportReport:

@@ -483,11 +483,12 @@ def module_state_dict(obj, source: str = "checkpoint") -> OrderedDict[str, torch
 
 def classification_head(obj, source: str = "checkpoint") -> dict:
     """{"weight", "bias" (None if absent), "normalize"} of a StandIn linear head such as the task vectors'
-    `src.modeling.ClassificationHead` (`normalize` is False when the module has no such attribute)."""
+    `src.modeling.ClassificationHead` (`normalize` is None when the module has no such attribute, e.g. a
+    plain pickled torch.nn.Linear: the file then says nothing about the head's input)."""
     state = vars(obj) if _is_module(obj) else {}
     params = state.get("_parameters", {})
-    weight, bias, normalize = params.get("weight"), params.get("bias"), state.get("normalize", False)
-    if not (isinstance(weight, torch.Tensor) and weight.dim() == 2 and isinstance(normalize, bool)
+    weight, bias, normalize = params.get("weight"), params.get("bias"), state.get("normalize")
+    if not (isinstance(weight, torch.Tensor) and weight.dim() == 2 and (normalize is None or isinstance(normalize, bool))
             and (bias is None or isinstance(bias, torch.Tensor) and bias.shape == weight.shape[:1])):
         found = obj.pickled_name if type(obj) is StandIn else type(obj).__name__
         raise ZooError(f"{source}: not a linear classification head with a 2-D weight, a matching bias and a "

@@ -142,9 +142,13 @@ def check_order(order: str) -> str:
     return order
 
 
-def _check_seed(seed) -> int:
-    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
-        raise InvalidArgumentError(f"seed must be a non-negative integer, got {seed!r}")
+SEED_LIMIT = 2 ** 63   # torch.manual_seed and numpy's generators take any seed in [0, 2**63)
+
+
+def check_seed(seed) -> int:
+    """Every seeded command (plans, the demo builder) accepts the seeds every generator it feeds takes."""
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or not 0 <= seed < SEED_LIMIT:
+        raise InvalidArgumentError(f"seed must be an integer in [0, 2**63), got {seed!r}")
     return int(seed)
 
 
@@ -221,7 +225,7 @@ def plan_from_similarities(sims, block_numels: Sequence[int], storage: str = "st
     if not np.isfinite(sims).all():
         raise InvalidArgumentError("similarities contain NaN or infinite values")
     check_linkage(linkage)
-    seed = _check_seed(seed)
+    seed = check_seed(seed)
     check_order(order)
     if linkage == "uni" and group_similarity is None:
         raise InvalidArgumentError("linkage 'uni' needs the algorithm's merged vectors (use build_plan)")
@@ -258,7 +262,7 @@ def build_plan(zoo, spec, algorithm, linkage: str = "min", order: str = "greedy"
 
     check_linkage(linkage)
     check_order(order)
-    seed = _check_seed(seed)
+    seed = check_seed(seed)
     storage = algorithm.storage if algorithm is not None else "standard"
     names = [block.name for block in spec.blocks]
     numels = [block.numel for block in spec.blocks]

@@ -73,6 +73,11 @@ class TaskKind:
         fingerprint) and `reads`."""
         return None
 
+    def input_shape(self, files: TaskFiles) -> Optional[tuple[int, ...]]:
+        """One example's input shape from the data file's header, when fixed (the zoo checks at open that
+        the model takes it); None when there is nothing to check."""
+        return None
+
     def load(self, zoo, task_id: int) -> Optional[HeldOut]:
         """The task's held-out examples (value checks that need the data go here); None without data."""
         raise NotImplementedError

@@ -38,6 +38,17 @@ def _tensor_shapes(file, role: str, names: tuple[str, str]) -> tuple:
     return file.shapes[names[0]], file.shapes[names[1]]
 
 
+def _check_labels(files: TaskFiles, labels: torch.Tensor) -> None:
+    """Label values are only known once read: one outside the head's classes would make accuracy silently wrong."""
+    num_classes = _num_classes(files)
+    if num_classes is None:
+        return
+    bad = labels[(labels < 0) | (labels >= num_classes)]
+    if bad.numel():
+        raise ZooError(f"{files.data.path}: data of task '{files.task}' has label {int(bad[0])} outside "
+                       f"the head's {num_classes} classes (0..{num_classes - 1})")
+
+
 class ImageClassification(TaskKind):
     name = "image_classification"
     metric = "accuracy"
@@ -70,21 +81,21 @@ class ImageClassification(TaskKind):
         if len(images) != 4 or len(labels) != 1 or images[0] != labels[0]:
             raise ZooError(f"{data.path}: data of task '{task}' needs images [N, C, H, W] and labels [N], "
                            f"found {list(images)} and {list(labels)}")
-        if not data.dtypes["images"].is_floating_point or data.dtypes["labels"] != torch.int64:
-            raise ZooError(f"{data.path}: data of task '{task}' needs float images and int64 labels, "
+        if images[0] == 0:
+            raise ZooError(f"{data.path}: data of task '{task}' holds no images (N = 0)")
+        if data.dtypes["images"] != torch.float32 or data.dtypes["labels"] != torch.int64:
+            raise ZooError(f"{data.path}: data of task '{task}' needs float32 images and int64 labels, "
                            f"found {data.dtypes['images']} and {data.dtypes['labels']}")
+        _check_labels(files, data.read("labels"))   # labels are small ([N] integers): checked at open
+
+    def input_shape(self, files: TaskFiles) -> Optional[tuple[int, ...]]:
+        return tuple(files.data.shapes["images"][1:])
 
     def load(self, zoo, task_id: int) -> Optional[HeldOut]:
         files = zoo.task_files(task_id)
         if files.data is None:
             return None
-        images, labels = files.data.read("images"), files.data.read("labels")
-        num_classes = _num_classes(files)
-        if num_classes is not None:   # label values are only known once read: one outside would be silently "wrong"
-            bad = labels[(labels < 0) | (labels >= num_classes)]
-            if bad.numel():
-                raise ZooError(f"{files.data.path}: data of task '{files.task}' has label {int(bad[0])} outside "
-                               f"the head's {num_classes} classes (0..{num_classes - 1})")
+        images, labels = files.data.read("images"), files.data.read("labels")   # labels checked at open
         head = zoo.head(task_id)
         if head is not None:
             head = {**head, "normalized": files.head_input == "normalized"}

@@ -150,14 +150,18 @@ def row_text(data: TextData, row: dict, index: int) -> str:
             return str(data.doc["template"]).format(**row)
         return str(row[data.columns.get("input", "input")])
     except (KeyError, IndexError, ValueError) as exc:
-        raise ZooError(f"{data.path}: row {index} of {data.role} lacks what the input needs: {exc}") from exc
+        raise row_error(data, index, f"lacks what the input needs: {exc}") from exc
+
+
+def row_error(data: TextData, index: int, problem: str) -> ZooError:
+    """The one-line error about row `index` of a task's held-out file."""
+    return ZooError(f"{data.path}: row {index} of {data.role} {problem}")
 
 
 def column(data: TextData, row: dict, index: int, name: str, default: str) -> Any:
     key = data.columns.get(name, default)
     if key not in row:
-        raise ZooError(f"{data.path}: row {index} of {data.role} has no column '{key}' ({name}); "
-                       f"columns: {', '.join(sorted(row))}")
+        raise row_error(data, index, f"has no column '{key}' ({name}); columns: {', '.join(sorted(row))}")
     return row[key]
 
 

@@ -15,8 +15,7 @@ from typing import Any
 import torch
 
 from flexmerge_core.architectures import lm_requests as rq
-from flexmerge_core.errors import ZooError
-from flexmerge_core.tasks.text_data import TextData, TextKind, column, context_ids, row_text
+from flexmerge_core.tasks.text_data import TextData, TextKind, column, context_ids, row_error, row_text
 
 DEFAULT_MAX_NEW_TOKENS = 16
 _ARTICLES = re.compile(r"\b(a|an|the)\b")
@@ -31,14 +30,13 @@ def _answers(data: TextData, row: dict, index: int) -> list[str]:
     value = column(data, row, index, "answer", "answer")
     answers = [value] if isinstance(value, str) else value
     if not isinstance(answers, list) or not answers or not all(isinstance(a, str) for a in answers):
-        raise ZooError(f"{data.path}: row {index} of {data.role} needs an answer (a string or a list of strings)")
+        raise row_error(data, index, "needs an answer (a string or a list of strings)")
     return answers
 
 
 class TextGenerationExactMatch(TextKind):
     name = "text_generation_exact_match"
     metric = "exact match"
-    higher_is_better = True
 
     def tokenize(self, data: TextData, examples: list[dict], tokenizer) -> tuple[dict[str, torch.Tensor], dict]:
         requests = [[(context_ids(tokenizer, row_text(data, row, i)), [])] for i, row in enumerate(examples)]

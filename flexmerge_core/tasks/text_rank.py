@@ -15,8 +15,8 @@ from typing import Any
 import torch
 
 from flexmerge_core.architectures import lm_requests as rq
-from flexmerge_core.errors import ZooError
-from flexmerge_core.tasks.text_data import TextData, TextKind, column, context_ids, continuation_ids, row_text
+from flexmerge_core.tasks.text_data import (TextData, TextKind, column, context_ids, continuation_ids, row_error,
+                                            row_text)
 
 
 def _label(data: TextData, row: dict, index: int, choices: list[str]) -> int:
@@ -24,15 +24,14 @@ def _label(data: TextData, row: dict, index: int, choices: list[str]) -> int:
     if isinstance(value, str) and value in choices:
         return choices.index(value)
     if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < len(choices):
-        raise ZooError(f"{data.path}: row {index} of {data.role} has label {value!r}, not one of its "
-                       f"{len(choices)} choices (an index or the choice's text)")
+        raise row_error(data, index, f"has label {value!r}, not one of its {len(choices)} choices "
+                                     f"(an index or the choice's text)")
     return value
 
 
 class TextClassificationRank(TextKind):
     name = "text_classification_rank"
     metric = "accuracy"
-    higher_is_better = True
 
     def tokenize(self, data: TextData, examples: list[dict], tokenizer) -> tuple[dict[str, torch.Tensor], dict]:
         prefix = data.setting("choice_prefix", " ")
@@ -40,7 +39,7 @@ class TextClassificationRank(TextKind):
         for i, row in enumerate(examples):
             choices = data.doc.get("choices") or column(data, row, i, "choices", "choices")
             if not isinstance(choices, list) or not choices or not all(isinstance(c, str) for c in choices):
-                raise ZooError(f"{data.path}: row {i} of {data.role} needs a non-empty list of text choices")
+                raise row_error(data, i, "needs a non-empty list of text choices")
             context = context_ids(tokenizer, row_text(data, row, i))
             requests.append([(context, continuation_ids(tokenizer, prefix + c)) for c in choices])
             labels.append(_label(data, row, i, choices))

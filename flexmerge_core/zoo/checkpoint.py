@@ -21,7 +21,7 @@ TORCH_SUFFIXES = (".pt", ".pth", ".bin")
 INDEX_SUFFIX = ".safetensors.index.json"
 
 # safetensors header dtype codes -> torch dtypes
-_SAFETENSORS_DTYPES = {
+SAFETENSORS_DTYPES = {
     "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
     "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
     "BOOL": torch.bool, "F8_E4M3": torch.float8_e4m3fn, "F8_E5M2": torch.float8_e5m2,
@@ -69,7 +69,7 @@ class CheckpointFile:
                     continue
                 view = handle.get_slice(name)
                 self.shapes[name] = tuple(view.get_shape())
-                self.dtypes[name] = _SAFETENSORS_DTYPES[view.get_dtype()]
+                self.dtypes[name] = SAFETENSORS_DTYPES[view.get_dtype()]
                 self._handles[name] = handle
         except Exception as exc:  # OSError, a bad header (SafetensorError), an unknown dtype (KeyError)
             raise ZooError(f"{path}: cannot read safetensors file of {self.role}: {exc}") from exc

@@ -92,6 +92,21 @@ def _check_architecture(manifest: Manifest, pretrained: CheckpointFile) -> list[
     return list(layout)
 
 
+# Merging adds and scales task vectors, and evaluation computes in float32: float checkpoints of any
+# width are converted for compute (exports keep the zoo's dtype), integer index buffers (int64:
+# positions, counts) are kept as they are. Quantized or boolean weights (int8, uint8, bool, float8)
+# would merge as if they were values: refused, with how to get a usable zoo.
+COMPUTE_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64, torch.int64)
+
+
+def _check_dtypes(pretrained: CheckpointFile) -> None:
+    for name, dtype in pretrained.dtypes.items():
+        if dtype not in COMPUTE_DTYPES:
+            raise ZooError(f"{pretrained.path}: tensor '{name}' of the pretrained checkpoint has dtype "
+                           f"{str(dtype).removeprefix('torch.')}; a zoo holds float16, bfloat16, float32 or "
+                           f"float64 weights (dequantize quantized checkpoints first)")
+
+
 def _merged_names(manifest: Manifest, ordered: list[str]) -> list[str]:
     """Parameters not matched by the manifest's `unmerged` patterns nor the architecture's own."""
     patterns = [re.compile(p) for p in manifest.unmerged]
@@ -106,6 +121,29 @@ def _merged_names(manifest: Manifest, ordered: list[str]) -> list[str]:
     return merged
 
 
+def _check_inputs_fit(manifest: Manifest, files: _Files, adapter) -> None:
+    """Held-out inputs must be what the model takes (e.g. image channels and resolution): one forward pass
+    of a single example on the meta device (shapes only: no memory, no compute) per distinct input shape,
+    whatever the architecture, instead of a shape error deep inside the first evaluation. The task kind
+    says what one example's input shape is (None: nothing to check, e.g. token ids of varying length)."""
+    encoder, outcome = None, {}
+    for task in manifest.tasks:
+        task_files = _task_files(files, manifest, task, None)
+        shape = get_task_kind(task.kind).input_shape(task_files) if task.data is not None else None
+        if shape is None:
+            continue
+        if shape not in outcome:
+            encoder = encoder or construct(manifest.architecture_kind, manifest.architecture_config, "meta").eval()
+            try:
+                with torch.no_grad():
+                    adapter.forward(encoder, torch.empty((1, *shape), device="meta"))
+                outcome[shape] = None
+            except Exception as exc:   # whatever the module raises on an input it cannot take
+                outcome[shape] = " ".join(str(exc).split())[:160] or type(exc).__name__
+        if outcome[shape] is not None:
+            raise ZooError(f"{task_files.data.path}: data of task '{task.name}' has inputs "
+                           f"[N, {', '.join(map(str, shape))}] that the model ('{manifest.architecture_kind}') "
+                           f"cannot take: {outcome[shape]}")
 
 
 class Zoo:
@@ -330,12 +368,14 @@ def _validate_files(root: Path, manifest: Manifest, files: _Files) -> list[str]:
     """Header-level checks of every referenced file; returns the state_dict order."""
     pretrained = files.get(manifest.pretrained, "pretrained")
     order = _check_architecture(manifest, pretrained)
+    _check_dtypes(pretrained)
     adapter = get_architecture(manifest.architecture_kind)
     feature_dim = adapter.feature_dim(manifest.architecture_config, pretrained.shapes)
     for task in manifest.tasks:
         _check_same_layout(pretrained, files.get(task.checkpoint, _task_role(task)),
                            f"the pretrained checkpoint ({manifest.pretrained})")
         get_task_kind(task.kind).validate(_task_files(files, manifest, task, feature_dim))
+    _check_inputs_fit(manifest, files, adapter)
     return order
 
 

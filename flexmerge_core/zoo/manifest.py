@@ -6,14 +6,15 @@ File contents (tensor names, shapes) are checked by the loader; this module chec
 """
 from __future__ import annotations
 
-import json
 import math
 import re
+import unicodedata
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 from flexmerge_core.errors import ZooError
 from flexmerge_core.tasks import DEFAULT_KIND, get_task_kind
+from flexmerge_core.inputs import read_json
 
 MANIFEST_NAME = "zoo.json"
 FORMAT = "flexmerge-zoo/1"
@@ -84,14 +85,22 @@ def _relative_file(where: str, value) -> str:
     return value
 
 
-def check_task_name(name) -> str:
-    """Task names become file and cache names: non-empty, no path separators, no '..'."""
+def check_name(name, what: str = "task name") -> str:
+    """Zoo and task names become file, cache and download names and one-line messages: non-empty,
+    no path separators, no '..', no surrounding spaces, no control or format characters (a NUL
+    ends a C string, a newline splits a message, a bidi override hides what a name says)."""
     if not isinstance(name, str) or not name.strip():
-        raise ZooError(f"zoo.json: task name {name!r} must be a non-empty string")
+        raise ZooError(f"zoo.json: {what} {name!r} must be a non-empty string")
+    if any(unicodedata.category(c) in ("Cc", "Cf", "Cs") for c in name):
+        raise ZooError(f"zoo.json: {what} {name!r} must not contain control characters")
     if "/" in name or "\\" in name or ".." in name or name != name.strip():
-        raise ZooError(f"zoo.json: task name '{name}' must not contain '/', '\\', '..' "
+        raise ZooError(f"zoo.json: {what} '{name}' must not contain '/', '\\', '..' "
                        f"or surrounding spaces")
     return name
+
+
+def check_task_name(name) -> str:
+    return check_name(name, "task name")
 
 
 def _optional_accuracy(where: str, value) -> float | None:
@@ -179,9 +188,7 @@ def parse_manifest(doc, default_name: str) -> Manifest:
         if task.name in seen:
             raise ZooError(f"zoo.json: duplicate task name '{task.name}'")
         seen.add(task.name)
-    name = doc.get("name", default_name)
-    if not isinstance(name, str) or not name:
-        raise ZooError("zoo.json: 'name' must be a non-empty string")
+    name = check_name(doc.get("name", default_name), "zoo name")
     return Manifest(name=name, architecture_kind=arch["kind"], architecture_config=arch["config"],
                     pretrained=_relative_file("zoo.json: pretrained", doc["pretrained"]),
                     head_input=head_input, tasks=tasks, recipe=recipe,
@@ -195,8 +202,5 @@ def read_manifest(root: Path) -> Manifest:
         raise ZooError(f"{root}: zoo folder not found")
     if not path.is_file():
         raise ZooError(f"{path}: manifest not found (a zoo folder holds a {MANIFEST_NAME})")
-    try:
-        doc = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ZooError(f"{path}: not valid JSON: {exc}") from exc
+    doc = read_json(path, "manifest")
     return parse_manifest(doc, default_name=Path(root).resolve().name)

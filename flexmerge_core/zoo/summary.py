@@ -10,6 +10,15 @@ import math
 from flexmerge_core.zoo.loader import Zoo
 
 
+def source_format(recipe: dict) -> str | None:
+    """Which format the zoo came from (`recipe.source.format`: hf_clip, task_vectors_pickle,
+    open_clip_research, demo); demo zoos built before the key existed are recognised by their recipe name."""
+    source = recipe.get("source")
+    if isinstance(source, dict) and isinstance(source.get("format"), str):
+        return source["format"]
+    return "demo" if recipe.get("name") == "flexmerge-demo" else None
+
+
 def zoo_summary(zoo: Zoo, blocks: dict[str, int]) -> dict:
     """Tasks (kind, metric), merged parameter counts, `blocks` (block count per granularity preset, from the
     planning stage: `pipeline.describe_zoo` fills it in), fine-tuned values, the recipe's report."""
@@ -22,6 +31,7 @@ def zoo_summary(zoo: Zoo, blocks: dict[str, int]) -> dict:
     return {
         "name": zoo.name, "root": str(zoo.root), "fingerprint": zoo.fingerprint,
         "architecture": zoo.manifest.architecture_kind, "head_input": zoo.head_input,
+        "source": source_format(zoo.recipe),
         "num_tasks": len(tasks), "tasks": tasks,
         "merged_tensors": len(zoo.param_names), "merged_params": sum(math.prod(zoo.param_shapes[n]) for n in zoo.param_names),
         "unmerged_tensors": list(zoo.unmerged_names),
@@ -32,7 +42,8 @@ def zoo_summary(zoo: Zoo, blocks: dict[str, int]) -> dict:
 
 def summary_lines(summary: dict) -> list[str]:
     """The human-readable form of zoo_summary."""
-    lines = [f"zoo {summary['name']} ({summary['architecture']}) at {summary['root']}",
+    lines = [f"zoo {summary['name']} ({summary['architecture']}, from {summary['source'] or 'an unrecorded source'}) "
+             f"at {summary['root']}",
              f"fingerprint {summary['fingerprint']}",
              f"merged parameters: {summary['merged_params']:,} in {summary['merged_tensors']} tensors"
              + (f" ({len(summary['unmerged_tensors'])} tensors kept per task)" if summary["unmerged_tensors"] else ""),

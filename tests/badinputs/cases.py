@@ -94,6 +94,27 @@ def plan_argv(zoo_path, *extra: str) -> list[str]:
     return ["plan", "--zoo", str(zoo_path), "--algorithm", "ta", *extra]
 
 
+def file_hashes(*roots: Path) -> dict[str, str]:
+    """SHA-256 of every file under `roots` (or of the file itself): the bytes a refused call must not touch."""
+    import hashlib
+
+    out = {}
+    for root in roots:
+        files = [root] if root.is_file() else sorted(p for p in root.rglob("*") if p.is_file())
+        out.update({str(f): hashlib.sha256(f.read_bytes()).hexdigest() for f in files})
+    return out
+
+
+def unchanged(*roots: Path) -> Callable[[], None]:
+    """An `after` check: the files under `roots` hold the same bytes as when the case was built."""
+    before = file_hashes(*roots)
+    assert before, f"nothing to protect under {roots}"
+
+    def check() -> None:
+        assert file_hashes(*roots) == before, f"a refused call changed or removed input files under {roots}"
+    return check
+
+
 # -- simulated machine faults ---------------------------------------------------------------------------
 
 @contextlib.contextmanager
@@ -329,6 +350,69 @@ ZOO_CASES = [
 ]
 
 
+def _whole_zoo_as(dtype: torch.dtype) -> Callable[[Path], None]:
+    """Every checkpoint of the zoo stored in `dtype` (a quantized or boolean zoo)."""
+    def convert(root: Path) -> None:
+        for path in [root / "pretrained.safetensors"] + [task_file(root, t) for t in ("alpha", "beta", "gamma")]:
+            rewrite_tensors(path, lambda s: s.update({k: v.to(dtype) for k, v in s.items()}))
+    return convert
+
+
+def _images(transform: Callable[[torch.Tensor], torch.Tensor], task: str = "beta") -> Callable[[Path], None]:
+    def edit(root: Path) -> None:
+        rewrite_tensors(data_file(root, task), lambda s: s.update(
+            images=transform(s["images"]), labels=s["labels"][: len(transform(s["images"]))]))
+    return edit
+
+
+def _config(**changes) -> Callable[[Path], None]:
+    return lambda root: edit_manifest(root, lambda d: d["architecture"]["config"].update(changes))
+
+
+def _deep_json(root: Path) -> None:
+    depth = 100_000
+    (root / "zoo.json").write_text("[" * depth + "]" * depth)
+
+
+SECOND_WAVE_ZOO_CASES = [
+    # whole zoos that are not floating point (float16/bfloat16 zoos work: test_corpus.py)
+    _zoo_case("int8-zoo", ZooError, _whole_zoo_as(torch.int8), ("pretrained.safetensors", "dtype int8")),
+    _zoo_case("bool-zoo", ZooError, _whole_zoo_as(torch.bool), ("pretrained.safetensors", "dtype bool")),
+    _zoo_case("float8-zoo", ZooError, _whole_zoo_as(torch.float8_e4m3fn), ("dtype float8_e4m3fn",)),
+    # held-out data that does not fit the model: refused when the zoo opens (plan), not at evaluation
+    _zoo_case("float64-heldout-images", ZooError, _images(lambda x: x.double()),
+              ("data of task 'beta'", "float32 images")),
+    _zoo_case("float16-heldout-images", ZooError, _images(lambda x: x.half()), ("data of task 'beta'", "float32")),
+    _zoo_case("one-channel-heldout-images", ZooError, _images(lambda x: x[:, :1].contiguous()),
+              ("data of task 'beta'", "[N, 1, 8, 8]", "cannot take")),
+    _zoo_case("wrong-resolution-heldout-images", ZooError,
+              _images(lambda x: torch.nn.functional.interpolate(x, size=(16, 16))),
+              ("data of task 'beta'", "[N, 3, 16, 16]", "cannot take")),
+    _zoo_case("zero-heldout-images", ZooError, _images(lambda x: x[:0]), ("data of task 'beta'", "no images")),
+    _zoo_case("negative-label-at-open", ZooError,
+              lambda r: rewrite_tensors(data_file(r, "gamma"), lambda s: s["labels"].__setitem__(0, -1)),
+              ("data of task 'gamma'", "label -1 outside")),
+    # hostile manifests
+    _zoo_case("billion-layers", ZooError, _config(layers=10 ** 9), ("architecture 'open_clip_vit'", "modules")),
+    _zoo_case("trillion-parameter-config", ZooError, _config(width=10 ** 6, heads=1),   # laid out on meta: no memory
+              ("pretrained", "shape", "architecture 'open_clip_vit' expects")),
+    _zoo_case("patch-size-zero", ZooError, _config(patch_size=0), ("architecture 'open_clip_vit'", "cannot be built")),
+    _zoo_case("manifest-nested-100k-deep", ZooError, _deep_json, ("zoo.json", "nested too deeply")),
+    _zoo_case("manifest-not-utf8", ZooError, lambda r: (r / "zoo.json").write_bytes(b'{"name": "caf\xe9"}'),
+              ("zoo.json", "not UTF-8")),
+    # names that would leave a folder, end a C string or split a line
+    _zoo_case("zoo-name-escapes-folder", ZooError, lambda r: edit_manifest(r, lambda d: d.__setitem__(
+        "name", "../../../x")), ("zoo name '../../../x'",)),
+    _zoo_case("task-name-with-nul", ZooError, _rename_task(1, "be\x00ta"), ("task name 'be\\x00ta'", "control")),
+    _zoo_case("task-name-with-newline", ZooError, _rename_task(2, "gam\nma"), ("task name 'gam\\nma'", "control")),
+    _zoo_case("zoo-name-with-escape-sequence", ZooError, lambda r: edit_manifest(r, lambda d: d.__setitem__(
+        "name", "zoo\x1b[2J")), ("zoo name", "control")),
+    _zoo_case("hf-hub-architecture", ZooError, lambda r: edit_manifest(r, lambda d: d.__setitem__(
+        "architecture", {"kind": "open_clip_model", "config": {"name": "hf-hub:laion/CLIP-ViT-B-32"}})),
+              ("hf-hub:laion/CLIP-ViT-B-32", "offline")),
+]
+
+
 # -- option cases: a valid zoo, a bad option -------------------------------------------------------------
 
 def _plan_at(env: Env, budget):
@@ -377,6 +461,79 @@ def _out_is_folder(env: Env) -> Scenario:
                     argv=_export_argv(env, "--out", str(folder)))
 
 
+def _export_over_zoo_file(relative: str) -> Callable[[Env], Scenario]:
+    """`export --out` naming a file of the zoo itself: refused, the zoo's bytes unchanged and it still opens."""
+    def build(env: Env) -> Scenario:
+        root = env.zoo_copy("export-over-zoo")
+        out = root / relative
+        protect = unchanged(root)
+
+        def zoo_intact() -> None:
+            from flexmerge_core.zoo import open_zoo
+
+            protect()
+            open_zoo(root)
+        return Scenario(call=lambda: export_of(root, 2.0, out), culprit=(str(out), "overlaps the input"),
+                        argv=["export", "--zoo", str(root), "--algorithm", "ta", "--size", "2", "--out", str(out)],
+                        after=zoo_intact)
+    return build
+
+
+def _export_sibling_blocked(sibling: str, task: Optional[str]) -> Callable[[Env], Scenario]:
+    """The recipe (or head) beside an export cannot be written (a folder has its name): the export is all
+    of its files or none of them, so no model file is left behind."""
+    def build(env: Env) -> Scenario:
+        out = env.tmp / "merged.safetensors"
+        blocker = env.tmp / f"merged.{sibling}"
+        blocker.mkdir()
+        (blocker / "keep.txt").write_text("someone's file")
+        protect = unchanged(blocker)
+
+        def nothing_published() -> None:
+            protect()
+            assert not out.exists(), "an export whose recipe or head failed left its model file behind"
+            assert not (env.tmp / "merged.recipe.json").is_file() and not [
+                p for p in env.tmp.iterdir() if p.name.startswith(".merged")], "temporaries left"
+        extra = ["--task", task] if task else []
+        return Scenario(call=lambda: export_of(env.template, 2.0, out, task=task),
+                        culprit=(str(blocker), "cannot write"),
+                        argv=_export_argv(env, "--out", str(out), *extra), after=nothing_published)
+    return build
+
+
+def _build_demo_seed(env: Env) -> Scenario:
+    from flexmerge_core.demo.vision import build_demo_zoo
+
+    out = env.tmp / "demo"
+    return Scenario(call=lambda: build_demo_zoo(out=out, seed=-1), culprit=("seed", "-1"),
+                    argv=["zoo", "build-demo", "--out", str(out), "--seed=-1"])
+
+
+def _build_demo_over_folder(env: Env) -> Scenario:
+    """`zoo build-demo --out` a folder of someone else's files: refused before any training, files kept."""
+    from flexmerge_core.demo.vision import build_demo_zoo
+
+    out = env.tmp / "photos"
+    out.mkdir()
+    (out / "holiday.jpg").write_bytes(b"not really a photo")
+    return Scenario(call=lambda: build_demo_zoo(out=out), culprit=(str(out), "not empty", "--force"),
+                    argv=["zoo", "build-demo", "--out", str(out)], after=unchanged(out))
+
+
+def _environment_case(name: str, error: type, variable: str, value: str, culprit: tuple[str, ...]) -> Case:
+    """A bad value in the environment: refused with one line naming the variable (planning reads both)."""
+    def build(env: Env) -> Scenario:
+        root = env.zoo_copy(name)
+        def call():
+            from flexmerge_core.pipeline import Pipeline, resolve_zoo
+
+            return Pipeline(resolve_zoo(root), deploy_size=1.0)   # the cached plan and the memory guard
+
+        return Scenario(call=call, argv=plan_argv(root), culprit=culprit, app_zoo=root,
+                        fault=lambda: mock.patch.dict(os.environ, {variable: value}))
+    return Case(name, error, build)
+
+
 OPTION_CASES = [
     _size_case("size-zero", "0", 0.0, "0"),
     _size_case("size-negative", "-1.5", -1.5, "-1.5"),
@@ -411,6 +568,16 @@ OPTION_CASES = [
                  lambda env: _export_argv(env, "--out", str(env.tmp / "t.safetensors"), "--task", "delta"),
                  ("--task", "'delta'")),
     Case("export-out-is-a-folder", CacheError, _out_is_folder),
+    Case("export-out-is-the-zoo-checkpoint", InvalidArgumentError, _export_over_zoo_file("pretrained.safetensors")),
+    Case("export-out-is-the-zoo-manifest", InvalidArgumentError, _export_over_zoo_file("zoo.json")),
+    Case("export-out-inside-the-zoo", InvalidArgumentError, _export_over_zoo_file("tasks/merged.safetensors")),
+    Case("export-recipe-cannot-be-written", CacheError, _export_sibling_blocked("recipe.json", None)),
+    Case("export-head-cannot-be-written", CacheError, _export_sibling_blocked("head.safetensors", "beta")),
+    Case("build-demo-negative-seed", InvalidArgumentError, _build_demo_seed),
+    Case("build-demo-over-a-folder-of-other-files", InvalidArgumentError, _build_demo_over_folder),
+    _environment_case("cache-variable-empty", CacheError, "FLEXMERGE_CACHE", "", ("FLEXMERGE_CACHE", "empty")),
+    _environment_case("memory-limit-overflows", InvalidArgumentError, "FLEXMERGE_MEMORY_LIMIT", "1e300G",
+                      ("FLEXMERGE_MEMORY_LIMIT='1e300G'", "8 EiB")),
 ]
 
 
@@ -463,21 +630,28 @@ def _source(root: Path, tasks=("A", "B")) -> Path:
     return root
 
 
-def _import_case(name: str, arrange: Callable[[Path, Path], None], culprit: tuple[str, ...]) -> Case:
-    """arrange(source, data) lays out the bad input; nothing may appear at the zoo's output folder."""
+def _import_case(name: str, arrange: Callable[[Path, Path], None], culprit: tuple[str, ...],
+                 error: type = ZooError, model: str = IMPORT_MODEL,
+                 out: Callable[[Path, Path, Path], Path] = lambda tmp, source, data: tmp / "imported") -> Case:
+    """arrange(source, data) lays out the bad input; nothing may appear at the zoo's output folder, and
+    when the output is an input (or an existing folder) its bytes stay as they were."""
     from flexmerge_core.importers.research import import_research_folder
 
     def build(env: Env) -> Scenario:
-        source, data, out = _source(env.tmp / "src"), env.tmp / "data", env.tmp / "imported"
+        source, data = _source(env.tmp / "src"), env.tmp / "data"
         arrange(source, data)
+        target = out(env.tmp, source, data)
+        existed = target.exists()
+        protect = unchanged(source, *([target] if existed and target != source else []))
 
         def nothing_written() -> None:
-            assert not out.exists(), "a failed import left a zoo folder"
+            protect()
+            assert existed or not target.exists(), "a failed import left a zoo folder"
 
-        return Scenario(call=lambda: import_research_folder(source, out, IMPORT_MODEL, data=data), culprit=culprit,
-                        argv=["zoo", "import", str(source), "--out", str(out), "--model", IMPORT_MODEL,
+        return Scenario(call=lambda: import_research_folder(source, target, model, data=data), culprit=culprit,
+                        argv=["zoo", "import", str(source), "--out", str(target), "--model", model,
                               "--data", str(data)], after=nothing_written)
-    return Case(name, ZooError, build)
+    return Case(name, error, build)
 
 
 def _empty_class_folders(source: Path, data: Path) -> None:
@@ -534,6 +708,53 @@ def _import_pickle_case() -> Case:
     return Case(inner.name, ZooError, build)
 
 
+def _fifo_image(source: Path, data: Path) -> None:
+    _png(data / "A" / "c0" / "good.png")
+    os.mkfifo(data / "A" / "c0" / "x.png")   # opening it would block until a writer appears
+
+
+def _png_chunk(kind: bytes, body: bytes) -> bytes:
+    import struct
+    import zlib
+
+    return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+
+def _png_bytes(width: int, height: int, extra: bytes = b"") -> bytes:
+    """A PNG whose header claims width x height (RGB) with `extra` chunks before one row of image data."""
+    import struct
+    import zlib
+
+    header = _png_chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0))
+    return (b"\x89PNG\r\n\x1a\n" + header + extra + _png_chunk(b"IDAT", zlib.compress(b"\0" * (3 * width + 1)))
+            + _png_chunk(b"IEND", b""))
+
+
+def _decompression_bomb(source: Path, data: Path) -> None:
+    (data / "A" / "c0").mkdir(parents=True)
+    (data / "A" / "c0" / "bomb.png").write_bytes(_png_bytes(30_000, 30_000))   # 900M pixels claimed
+
+
+def _text_chunk_bomb(source: Path, data: Path) -> None:
+    import zlib
+
+    text = _png_chunk(b"zTXt", b"Comment\0\0" + zlib.compress(b"a" * 50_000_000))   # 50 MB of text, ~50 KB on disk
+    (data / "A" / "c0").mkdir(parents=True)
+    (data / "A" / "c0" / "text.png").write_bytes(_png_bytes(8, 8, text))
+
+
+def _classes_not_utf8(source: Path, data: Path) -> None:
+    _label_without_class_name(source, data)
+    (data / "A.classes.txt").write_bytes("caf\u00e9\nna\u00efve\n".encode("latin-1"))
+
+
+def _into_folder_of_other_files(tmp: Path, source: Path, data: Path) -> Path:
+    folder = tmp / "my-documents"
+    folder.mkdir()
+    (folder / "thesis.tex").write_text("years of work")
+    return folder
+
+
 IMPORT_CASES = [
     _import_case("import-class-folders-without-images", _empty_class_folders, ("data/A", "no .png/.jpg/.jpeg")),
     _import_case("import-images-without-class-folders", _images_without_class_folders,
@@ -546,6 +767,20 @@ IMPORT_CASES = [
     _import_case("import-one-task-folder", lambda source, data: (source / "B" / "finetuned.pt").unlink(),
                  ("src", "at least 2 task folders", "found 1")),
     _import_pickle_case(),
+    _import_case("import-fifo-named-png", _fifo_image, ("x.png", "not a regular file")),
+    _import_case("import-png-decompression-bomb", _decompression_bomb, ("bomb.png", "decompression bomb")),
+    _import_case("import-png-text-chunk-bomb", _text_chunk_bomb, ("text.png", "cannot read image")),
+    _import_case("import-class-names-not-utf8", _classes_not_utf8, ("A.classes.txt", "not UTF-8")),
+    _import_case("import-hf-hub-model", lambda source, data: data.mkdir(), ("hf-hub:org/model", "offline"),
+                 model="hf-hub:org/model"),
+    _import_case("import-out-is-the-source", lambda source, data: data.mkdir(), ("--out", "overlaps the input"),
+                 error=InvalidArgumentError, out=lambda tmp, source, data: source),
+    _import_case("import-out-inside-the-source", lambda source, data: data.mkdir(), ("--out", "overlaps the input"),
+                 error=InvalidArgumentError, out=lambda tmp, source, data: source / "A" / "zoo"),
+    _import_case("import-out-is-the-data", lambda source, data: _png(data / "A" / "c0" / "p.png"),
+                 ("--out", "overlaps the input"), error=InvalidArgumentError, out=lambda tmp, source, data: data),
+    _import_case("import-out-is-a-folder-of-other-files", lambda source, data: data.mkdir(),
+                 ("my-documents", "not empty", "--force"), error=InvalidArgumentError, out=_into_folder_of_other_files),
 ]
 
 
@@ -564,4 +799,4 @@ def _memory_case(env: Env) -> Scenario:
 
 MACHINE_CASES = CACHE_CASES + [Case("not-enough-memory", ResourceError, _memory_case)]
 
-CASES = ZOO_CASES + IMPORT_CASES + OPTION_CASES + MACHINE_CASES
+CASES = ZOO_CASES + SECOND_WAVE_ZOO_CASES + IMPORT_CASES + OPTION_CASES + MACHINE_CASES

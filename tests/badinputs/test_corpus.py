@@ -205,3 +205,80 @@ def test_export_page_reports_a_full_disk_and_missing_memory(tmp_path, template_z
     at.button(key="export_write_deployment").click().run()
     assert not at.exception and any("not enough memory" in e.value for e in at.error), at.error
     assert not list((tmp_path / "cache").glob("exports/*/*.safetensors"))
+
+
+def test_cache_entries_swapped_on_disk_are_rebuilt_not_trusted(tmp_path, template_zoo, monkeypatch):
+    """Valid eval and merged-group entries exchanged on disk (as a sync tool or a user might): each is
+    bound to its key, so a swapped one is a miss that is rebuilt; the numbers stay the uncached ones."""
+    import itertools
+
+    from flexmerge_core.pipeline import Pipeline, PlanSettings, resolve_zoo
+
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("FLEXMERGE_CACHE", str(cache))
+    zoo = resolve_zoo(template_zoo)
+
+    def rows():
+        return Pipeline(zoo, PlanSettings(algorithm="ties")).curve([1.0, 2.0, 3.0]).rows
+
+    reference = rows()
+    for folder in ("eval", "groups"):
+        entries = sorted((cache / folder).iterdir())
+        assert len(entries) >= 2, folder
+        for a, b in itertools.pairwise(entries):   # rotate every entry's bytes onto its neighbour's name
+            data_a, data_b = a.read_bytes(), b.read_bytes()
+            a.write_bytes(data_b)
+            b.write_bytes(data_a)
+    assert rows() == reference
+
+
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+def test_half_precision_zoos_compute_in_float32_and_export_in_their_dtype(dtype, tmp_path, template_zoo, monkeypatch):
+    """Decision for class 3: float16/bfloat16 zoos work (merging and evaluation in float32, exports in the
+    zoo's dtype); int8/bool/float8 zoos are refused at open (corpus cases). Reference: the same zoo with
+    its half-precision values widened to float32. Unmerged (size M) the two evaluate the very same values,
+    so their accuracies are equal; merged blocks are rounded to the zoo's dtype once merged (the deployed
+    model is a half-precision model), so there the exports agree to that precision."""
+    import torch
+    from safetensors.torch import load_file
+
+    from .cases import curve_of, export_of
+    from .zoos import copy_zoo, rewrite_tensors, task_file
+
+    monkeypatch.setenv("FLEXMERGE_CACHE", str(tmp_path / "cache"))
+    half, widened = copy_zoo(template_zoo, tmp_path / "half"), copy_zoo(template_zoo, tmp_path / "widened")
+    for root, final in ((half, getattr(torch, dtype)), (widened, torch.float32)):
+        for path in [root / "pretrained.safetensors"] + [task_file(root, t) for t in ("alpha", "beta", "gamma")]:
+            rewrite_tensors(path, lambda s: s.update({k: v.to(getattr(torch, dtype)).to(final) for k, v in s.items()}))
+    rows = curve_of(half, [1.0, 2.0, 3.0]).rows
+    assert [r["size_budget"] for r in rows] == [1.0, 2.0, 3.0] and all(0 <= r["avg_accuracy"] <= 1 for r in rows)
+    assert rows[-1] == curve_of(widened, [3.0]).rows[0]
+    export_of(half, 2.0, tmp_path / "half.safetensors", task="beta")
+    export_of(widened, 2.0, tmp_path / "widened.safetensors", task="beta")
+    exported, reference = load_file(str(tmp_path / "half.safetensors")), load_file(str(tmp_path / "widened.safetensors"))
+    assert {t.dtype for t in exported.values()} == {getattr(torch, dtype)}
+    assert all(torch.allclose(exported[n].float(), reference[n], rtol=1e-2, atol=1e-2) for n in reference)
+
+
+# -- the process's own streams: a real `python -m flexmerge_core`, as a shell runs it -----------------------
+
+def _cli_process(template_zoo, tmp_path, shell_tail: str) -> subprocess.CompletedProcess:
+    command = f"{sys.executable} -m flexmerge_core plan --zoo {template_zoo} --algorithm ta --json {shell_tail}"
+    return subprocess.run(["bash", "-c", command], cwd=REPO, capture_output=True, timeout=300,
+                          env={**os.environ, "FLEXMERGE_CACHE": str(tmp_path / "cache")})
+
+
+def test_output_streams_that_fail_give_no_traceback(tmp_path, template_zoo):
+    """A reader that went away (`| head`, here `| true`: gone before the plan is printed, so the write
+    surely meets a closed pipe) ends the command quietly (status 141, as SIGPIPE would); a full disk
+    (`> /dev/full`) or a closed stdout (`>&-`) is one `error:` line and exit 2."""
+    cases = {"| true": (141, ""), "> /dev/full": (2, "No space left on device"),
+             ">&-": (2, "standard output is closed")}
+    for tail, (status, line) in cases.items():
+        run = _cli_process(template_zoo, tmp_path, f"{tail}; exit ${{PIPESTATUS[0]}}")
+        stderr = run.stderr.decode()
+        assert run.returncode == status and "Traceback" not in stderr and "Exception ignored" not in stderr, (tail, stderr)
+        if line:
+            assert visible_stderr_line(stderr) == f"error: cannot write to standard output: {line}", (tail, stderr)
+        else:
+            assert stderr.split("\r")[-1].strip() == "" and "error" not in stderr, (tail, stderr)   # only the erased bar

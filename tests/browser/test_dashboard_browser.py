@@ -195,6 +195,19 @@ def test_overview_on_the_text_demo(browser, server, request):
     page.close()
 
 
+def test_findings_page_shows_five_verdicts(browser, server):
+    url, label = server
+    page = _open(browser, url + "/Findings", '[data-testid="stButton"]')
+    page.get_by_role("button", name="Reproduce the findings").click()
+    _wait_idle(page, ".js-plotly-plot .main-svg")
+    _assert_no_exception(page, "findings")
+    verdicts = page.locator('[data-testid="stAlert"]').all_inner_texts()
+    assert len([v for v in verdicts if v.split(":")[0] in ("REPRODUCED", "NOT REPRODUCED", "INCONCLUSIVE")]) == 5
+    assert page.locator(".js-plotly-plot").count() == 3       # differences by size: baselines, orders, linkages
+    _screenshot(page, f"browser-{label}-findings")
+    page.close()
+
+
 def test_slider_updates_charts_quickly(browser, server):
     url, label = server
     page = browser.new_page(viewport=VIEWPORT)

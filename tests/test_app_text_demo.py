@@ -37,7 +37,8 @@ def _page(path: str | None) -> AppTest:
     return at.run()
 
 
-@pytest.mark.parametrize("page", [None, "pages/1_Explore.py", "pages/2_Compare.py", "pages/3_Export.py"])
+@pytest.mark.parametrize("page", [None, "pages/1_Explore.py", "pages/2_Compare.py", "pages/3_Export.py",
+                                  "pages/4_Findings.py"])
 def test_every_page_renders_on_the_text_demo_with_accuracy_axes(text_zoo, page):
     at = _page(page)
     assert not at.exception, [e.value for e in at.exception]

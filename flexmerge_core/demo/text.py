@@ -205,10 +205,11 @@ def build_text_demo_zoo(out=None, seed: int = 0, force: bool = False, progress: 
         staged = tmp / "staged"
         with tempfile.TemporaryDirectory(prefix="flexmerge-text-demo-", dir=tmp) as source:
             import_lm_models(**write_source(Path(source), config, pretrained, states, heldout), out=staged,
-                             name=ZOO_NAME)
+                             name=ZOO_NAME, source={"demo": ZOO_NAME})
         finetuned = finetuned_accuracies(open_zoo(staged), book=ScoreBook(False))
         update_manifest(staged, finetuned=finetuned,
-                        recipe={"name": RECIPE_NAME, "version": RECIPE_VERSION, "hash": recipe_hash(config, seed),
+                        recipe={"name": RECIPE_NAME, "source": {"format": "demo"}, "version": RECIPE_VERSION,
+                                "hash": recipe_hash(config, seed),
                                 "seed": seed, "config": asdict(config),
                                 "families": dict(zip(config.tasks, families))})
         report = merge_report(open_zoo(staged), families)

@@ -30,7 +30,8 @@ Recipe (FULL, version 1; every number is a TextDemoConfig field, hashed into the
   data specs and imported with `importers.hf_lm` (the path a user's own LM zoo takes); fine-tuned
   scores are measured by the engine (rank classification), not by the trainer.
 - measured (seed 0, 2026-11-25, 2 cores shared with other jobs, load ~10): `zoo build-demo --text
-  --force` 209 s wall, 62 CPU-s (the process got 29% of the machine). Fine-tuned average 99.96%;
+  --force` 209 s and 147 s wall, 62 and 59 CPU-s (the build got 29-40% of the machine); the two
+  builds' files are byte-identical. Fine-tuned average 99.96%;
   Task Arithmetic on the greedy plan: 46.0% at 1x (gap 53.9 points, goal >= 10: one model for both
   questions answers neither), 92.8% at 2x (gap 7.1, goal <= 27); within-family block cosine 0.473 vs
   0.083 across, ratio 5.71 (goal >= 3). A rebuild gives the same bits (tests/test_demo_text.py).

@@ -14,11 +14,15 @@ from typing import Iterator
 
 import streamlit as st
 
+from flexmerge_core.cache import cache_root
 from flexmerge_core.errors import FlexMergeError
+from flexmerge_core.pipeline import DEMO_ZOOS, ensure_demo
 from flexmerge_core.studio import Studio, open_studio_zoo
-from flexmerge_core.demo.vision import default_path, ensure_demo_zoo
 
 ZOO_KEY = "zoo_spec"
+FOLDER_CHOICE = "folder"
+ZOO_CHOICES = {"demo": "Vision demo: tiny ViT, 8 image tasks", "demo-text": "Text demo: tiny Llama, 8 text tasks",
+               FOLDER_CHOICE: "A zoo folder..."}
 
 
 def _initial_zoo_spec() -> str:
@@ -35,11 +39,23 @@ def _apply_zoo_input() -> None:
     st.session_state[ZOO_KEY] = st.session_state["zoo_input"].strip() or "demo"
 
 
+def _apply_zoo_choice() -> None:
+    if st.session_state["zoo_choice"] in DEMO_ZOOS:
+        st.session_state[ZOO_KEY] = st.session_state["zoo_choice"]
+
+
 def zoo_picker() -> None:
-    """Sidebar field for the zoo ('demo' or a folder); the choice persists across pages."""
-    st.session_state["zoo_input"] = current_zoo_spec()
-    st.sidebar.text_input("Model zoo", key="zoo_input", on_change=_apply_zoo_input,
-                          help="'demo' for the embedded demo zoo, or the path of a zoo folder (with zoo.json)")
+    """Sidebar choice of the zoo: one of the embedded demos, or a folder typed in (shown once chosen);
+    the choice persists across pages."""
+    spec = current_zoo_spec()
+    folder = spec not in DEMO_ZOOS or st.session_state.get("zoo_choice") == FOLDER_CHOICE
+    st.session_state["zoo_choice"] = FOLDER_CHOICE if folder else spec
+    st.sidebar.selectbox("Model zoo", list(ZOO_CHOICES), key="zoo_choice", format_func=ZOO_CHOICES.__getitem__,
+                         on_change=_apply_zoo_choice)
+    if folder:
+        st.session_state["zoo_input"] = "" if spec in DEMO_ZOOS else spec
+        st.sidebar.text_input("Zoo folder", key="zoo_input", on_change=_apply_zoo_input,
+                              help="the path of a zoo folder (with zoo.json), or 'demo' / 'demo-text'")
 
 
 class ProgressBar:
@@ -75,24 +91,24 @@ def _studio(spec: str) -> Studio:
     return Studio(open_studio_zoo(spec))
 
 
-_demo_zoos_ready: set[Path] = set()  # checked once per process: the check costs ~17 ms on every rerun
+_demo_zoos_ready: set[tuple[str, Path]] = set()  # checked once per process: the check costs ~17 ms on every rerun
 
 
-def _ensure_demo_zoo(progress: ProgressBar) -> None:
-    """Build the demo zoo with a progress bar when it is missing or stale (once per cache folder)."""
-    folder = default_path()
-    if folder not in _demo_zoos_ready:
-        ensure_demo_zoo(progress=progress)
-        _demo_zoos_ready.add(folder)
+def _ensure_demo_zoo(name: str, progress: ProgressBar) -> None:
+    """Build the demo zoo `name` with a progress bar when it is missing or stale (once per cache folder)."""
+    key = (name, cache_root())
+    if key not in _demo_zoos_ready:
+        ensure_demo(name, progress=progress)
+        _demo_zoos_ready.add(key)
 
 
 def open_studio() -> Studio:
-    """The Studio of the chosen zoo (the demo zoo is built first when needed, with a progress bar); on a
+    """The Studio of the chosen zoo (a demo zoo is built first when needed, with a progress bar); on a
     bad zoo the page shows the engine's message and stops."""
     spec = current_zoo_spec()
     with progress_bar(f"Opening zoo {spec}") as bar, engine_errors():
-        if spec == "demo":
-            _ensure_demo_zoo(bar)
+        if spec in DEMO_ZOOS:
+            _ensure_demo_zoo(spec, bar)
         return _studio(spec)
 
 

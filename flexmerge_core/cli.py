@@ -69,14 +69,17 @@ def _add_zoo_commands(sub) -> None:
     zoo = sub.add_parser("zoo", help="build, inspect or import model zoos")
     zoo_sub = zoo.add_subparsers(dest="zoo_command", required=True, parser_class=_Parser)
 
-    build = zoo_sub.add_parser("build-demo", help="build (or reuse) the embedded demo zoo")
-    build.add_argument("--out", default=None, help="folder to write the zoo to (default: cache/demo-zoo)")
+    build = zoo_sub.add_parser("build-demo", help="build (or reuse) an embedded demo zoo")
+    build.add_argument("--text", action="store_true",
+                       help="the text demo (tiny Llama, 8 text tasks; 'demo-text') instead of the vision demo")
+    build.add_argument("--out", default=None,
+                       help="folder to write the zoo to (default: cache/demo-zoo, or cache/demo-text-zoo with --text)")
     build.add_argument("--seed", type=int, default=0)
     build.add_argument("--force", action="store_true", help="rebuild even if a valid zoo exists")
     build.set_defaults(handler=_cmd_zoo_build_demo)
 
     info = zoo_sub.add_parser("info", help="tasks, parameters, blocks, fine-tuned accuracies")
-    info.add_argument("--zoo", required=True, help="zoo folder, or 'demo'")
+    info.add_argument("--zoo", required=True, help="zoo folder, or 'demo' / 'demo-text'")
     info.add_argument("--json", action="store_true")
     info.set_defaults(handler=_cmd_zoo_info)
 
@@ -129,7 +132,7 @@ def _cmd_zoo_import(args: argparse.Namespace) -> int:
 
 
 def _add_plan_options(p, one_algorithm: bool = True) -> None:
-    p.add_argument("--zoo", required=True, help="zoo folder, or 'demo'")
+    p.add_argument("--zoo", required=True, help="zoo folder, or 'demo' / 'demo-text'")
     if one_algorithm:
         p.add_argument("--algorithm", required=True)
     p.add_argument("--param", action="append", default=[], metavar="NAME=VALUE",
@@ -224,10 +227,13 @@ def _cmd_zoo_build_demo(args: argparse.Namespace) -> int:
     # Idle OpenMP threads sleep instead of spinning: on a shared, loaded CPU spinning steals the cores
     # the build needs (several times slower). Read once when torch loads, hence before importing it.
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-    from flexmerge_core.demo.vision import build_demo_zoo
+    if args.text:
+        from flexmerge_core.demo.text import build_text_demo_zoo as build
+    else:
+        from flexmerge_core.demo.vision import build_demo_zoo as build
 
-    path = build_demo_zoo(out=args.out, seed=args.seed, force=args.force,
-                          progress=stderr_progress("demo zoo"))
+    path = build(out=args.out, seed=args.seed, force=args.force,
+                 progress=stderr_progress("text demo zoo" if args.text else "demo zoo"))
     print(path)
     report = json.loads((path / "zoo.json").read_text())["recipe"]["report"]
     for key, value in report.items():

@@ -5,7 +5,7 @@ same chain of steps, wired the same way (memory guard before loading, cached pla
 group merger with the on-disk group cache, incremental cached curves); when each wired it itself they
 drifted apart (the app's baseline curves re-evaluated every size from scratch). Baselines (Channel
 Merging, whole-model clustering) are plans like any other here, so they get the same machinery.
-Embedded demo names ("demo") are resolved here, above the zoo format, so the zoo loader never builds.
+Embedded demo names (DEMO_ZOOS) are resolved here, above the zoo format, so the zoo loader never builds.
 """
 from __future__ import annotations
 
@@ -19,16 +19,27 @@ from flexmerge_core.inputs import read_json
 from flexmerge_core.zoo import Zoo, open_zoo
 
 Progress = Optional[Callable[[int, int, str], None]]
-DEMO_ZOOS = ("demo",)
+DEMO_ZOOS = ("demo", "demo-text")   # embedded demos: vision (tiny ViT), text (tiny Llama)
 DEFAULT_ALGORITHM = "ta"
+
+
+def ensure_demo(name: str, progress: Progress = None) -> Path:
+    """The folder of the embedded demo zoo `name` (one of DEMO_ZOOS), built first when missing or stale."""
+    if name == "demo":
+        from flexmerge_core.demo.vision import ensure_demo_zoo
+
+        return ensure_demo_zoo(progress=progress)
+    if name == "demo-text":
+        from flexmerge_core.demo.text import ensure_text_demo_zoo
+
+        return ensure_text_demo_zoo(progress=progress)
+    raise InvalidArgumentError(f"unknown demo zoo {name!r} (known: {', '.join(DEMO_ZOOS)})")
 
 
 def resolve_zoo(name_or_path, progress: Progress = None) -> Zoo:
     """Open a zoo folder, or an embedded demo by name (built offline on first use, with progress)."""
-    if isinstance(name_or_path, str) and name_or_path == "demo":
-        from flexmerge_core.demo.vision import ensure_demo_zoo
-
-        return open_zoo(ensure_demo_zoo(progress=progress))
+    if isinstance(name_or_path, str) and name_or_path in DEMO_ZOOS:
+        return open_zoo(ensure_demo(name_or_path, progress))
     return open_zoo(name_or_path)
 
 

@@ -19,3 +19,11 @@ def build_micro_zoo(folder: Path) -> Path:
 def micro_zoo_for(request) -> Path:
     return build_micro_zoo(Path(request.config.cache.mkdir("flexmerge-micro-zoo")) / "zoo")
 
+
+
+def micro_text_zoo_for(request) -> Path:
+    """The micro text demo zoo (tiny Llama, rank-classification tasks), kept in pytest's cache folder."""
+    from flexmerge_core.demo.text import MICRO as TEXT_MICRO, build_text_demo_zoo
+
+    folder = Path(request.config.cache.mkdir("flexmerge-micro-text-zoo")) / "zoo"
+    return build_text_demo_zoo(out=folder, config=TEXT_MICRO, workers=1)

@@ -11,6 +11,7 @@ from flexmerge_core.pipeline import resolve_zoo
 from flexmerge_core.zoo import open_zoo
 from flexmerge_core.demo import vision as demo
 from flexmerge_core.demo import vision_tasks
+from flexmerge_core.demo.report import targets_met
 
 
 @pytest.fixture(scope="module")
@@ -227,9 +228,9 @@ def test_cli_build_demo_prints_the_folder_and_its_report(tmp_path, monkeypatch, 
 
 def test_targets_met_names_the_missed_goals():
     base = {"finetuned_avg_accuracy": 0.9, "ta_1x_gap": 0.12, "ta_2x_gap": 0.05, "cosine_ratio": 3.2}
-    assert demo._targets_met(base) == "4/4"
-    assert demo._targets_met({**base, "ta_2x_gap": 0.07}) == "3/4 (missed: 2x gap <= 1x gap / 2)"
-    assert demo._targets_met({**base, "cosine_ratio": None, "finetuned_avg_accuracy": 0.8}) == \
+    assert targets_met(base) == "4/4"
+    assert targets_met({**base, "ta_2x_gap": 0.07}) == "3/4 (missed: 2x gap <= 1x gap / 2)"
+    assert targets_met({**base, "cosine_ratio": None, "finetuned_avg_accuracy": 0.8}) == \
         "2/4 (missed: fine-tuned >= 0.85, cosine ratio >= 3)"
 
 

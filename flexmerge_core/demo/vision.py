@@ -46,8 +46,6 @@ Recipe (FULL, version 3; every number below is a DemoConfig field, hashed into t
 """
 from __future__ import annotations
 
-import json
-import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -62,8 +60,9 @@ from flexmerge_core.planning.plan import check_seed
 from flexmerge_core.zoo.writer import check_zoo_output
 from flexmerge_core.demo import vision_tasks
 from flexmerge_core.demo import vision_training
+from flexmerge_core.demo.publish import is_built, publish, update_manifest
+from flexmerge_core.demo.report import merge_report
 from flexmerge_core.demo.workers import BuildPool
-from flexmerge_core.zoo.manifest import MANIFEST_NAME
 
 Progress = Callable[[int, int, str], None]
 RECIPE_NAME = "flexmerge-demo"
@@ -163,83 +162,13 @@ def _write(folder: Path, config: DemoConfig, seed: int, pretrained, tasks, repor
               recipe=recipe, head_input="raw", name="demo")
 
 
-def _family_cosines(sims: np.ndarray, families: list[str]) -> tuple[float | None, float | None]:
-    """Mean block cosine over task pairs of the same family, and over pairs of different families."""
-    pairs = [(i, j) for i in range(len(families)) for j in range(i + 1, len(families))]
-    within = [sims[:, i, j].mean() for i, j in pairs if families[i] == families[j]]
-    across = [sims[:, i, j].mean() for i, j in pairs if families[i] != families[j]]
-    return (float(np.mean(within)) if within else None), (float(np.mean(across)) if across else None)
-
-
-def merge_report(zoo, families: list[str]) -> dict:
-    """The headline numbers of a demo zoo: fine-tuned vs Task Arithmetic at 1x and 2x on the greedy
-    plan (component blocks), and the within/across-family block cosines."""
-    from flexmerge_core.algorithms import get_algorithm
-    from flexmerge_core.planning.blocks import build_blocks
-    from flexmerge_core.deployment.deploy import build_deployment
-    from flexmerge_core.evaluation.evaluate import evaluate_deployment
-    from flexmerge_core.planning.plan import plan_from_similarities
-    from flexmerge_core.planning.similarity import block_similarities
-
-    finetuned = float(np.mean(list(zoo.finetuned_accuracy.values())))
-    spec = build_blocks(zoo.param_names, zoo.param_shapes, granularity="component")
-    algorithm = get_algorithm("ta")
-    sims = block_similarities(zoo, spec, algorithm)
-    plan = plan_from_similarities(sims, [b.numel for b in spec.blocks], algorithm.storage,
-                                  blocks=[b.name for b in spec.blocks])
-    within, across = _family_cosines(sims, families)
-    report = {"finetuned_avg_accuracy": round(finetuned, 4)}
-    for size in (1.0, 2.0):
-        result = evaluate_deployment(zoo, build_deployment(zoo, plan, algorithm, size, spec=spec), use_cache=False)
-        report[f"ta_{size:g}x_avg_accuracy"] = round(float(result.avg_accuracy), 4)
-    report["ta_1x_gap"] = round(finetuned - report["ta_1x_avg_accuracy"], 4)
-    report["ta_2x_gap"] = round(finetuned - report["ta_2x_avg_accuracy"], 4)
-    report["within_family_cosine"] = None if within is None else round(within, 4)
-    report["across_family_cosine"] = None if across is None else round(across, 4)
-    report["cosine_ratio"] = round(within / across, 2) if within is not None and across else None
-    report["targets_met"] = _targets_met(report)
-    return report
-
-
-def _targets_met(report: dict) -> str:
-    """How many of the demo's goals (module docstring) hold, naming the missed ones: '4/4' or
-    '3/4 (missed: 1x gap >= 0.10)'."""
-    ratio = report["cosine_ratio"]
-    checks = {"fine-tuned >= 0.85": report["finetuned_avg_accuracy"] >= 0.85,
-              "1x gap >= 0.10": report["ta_1x_gap"] >= 0.10,
-              "2x gap <= 1x gap / 2": report["ta_2x_gap"] <= report["ta_1x_gap"] / 2,
-              "cosine ratio >= 3": ratio is not None and ratio >= 3}
-    missed = [name for name, ok in checks.items() if not ok]
-    return f"{len(checks) - len(missed)}/{len(checks)}" + (f" (missed: {', '.join(missed)})" if missed else "")
-
-
 def default_path() -> Path:
     return cache_root() / "demo-zoo"
 
 
 def is_current(folder: Path, config: DemoConfig, seed: int = 0) -> bool:
     """True when `folder` holds a complete demo zoo (it opens, has a report) built by this recipe."""
-    from flexmerge_core.zoo.loader import open_zoo
-
-    try:
-        recipe = open_zoo(folder).recipe
-    except FlexMergeError:
-        return False
-    return recipe.get("hash") == recipe_hash(config, seed) and "report" in recipe
-
-
-def _publish(tmp: Path, staged: Path) -> None:
-    """Move the files of the staged zoo up into the atomic_directory temp folder."""
-    for entry in staged.iterdir():
-        os.replace(entry, tmp / entry.name)
-    staged.rmdir()
-
-
-def _set_report(folder: Path, report: dict) -> None:
-    path = folder / MANIFEST_NAME
-    doc = json.loads(path.read_text())
-    doc["recipe"]["report"] = report
-    path.write_text(json.dumps(doc, indent=2) + "\n")
+    return is_built(folder, recipe_hash(config, seed))
 
 
 def build_demo_zoo(out=None, seed: int = 0, force: bool = False, progress: Progress | None = None,
@@ -268,8 +197,8 @@ def build_demo_zoo(out=None, seed: int = 0, force: bool = False, progress: Progr
         report["pretrain_accuracy"] = round(pretrain_accuracy, 4)
         report["build_seconds"] = round(time.perf_counter() - start, 1)
         report["parameters"] = sum(t.numel() for t in pretrained.values())
-        _set_report(staged, report)
-        _publish(tmp, staged)
+        update_manifest(staged, recipe={"report": report})
+        publish(tmp, staged)
 
     return atomic_directory(out, build)
 

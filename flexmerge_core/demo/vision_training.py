@@ -9,7 +9,6 @@ numbers per coordinate, so the two ways give identical weights.
 """
 from __future__ import annotations
 
-import math
 from typing import Callable, Optional, Sequence
 
 import numpy as np
@@ -17,25 +16,10 @@ import torch
 import torch.nn.functional as F
 
 from flexmerge_core.demo import vision_tasks
+from flexmerge_core.demo.seeding import cosine_lr, rng, torch_generator
 from flexmerge_core.architectures.registry import construct
 
 GradientSync = Callable[[list[torch.Tensor]], list[torch.Tensor]]  # this shard's grads -> the batch mean's
-
-
-def rng(seed: int, stream: int, index: int) -> np.random.Generator:
-    """Independent generators per (seed, stream, index): stable across runs and Python versions."""
-    return np.random.default_rng([seed, stream, index])
-
-
-def torch_generator(seed: int, stream: int, index: int) -> torch.Generator:
-    return torch.Generator().manual_seed(int(rng(seed, stream, index).integers(2**62)))
-
-
-def cosine_lr(step: int, total: int, base: float) -> float:
-    warmup = max(1, total // 20)
-    if step < warmup:
-        return base * (step + 1) / warmup
-    return base * 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, total - warmup)))
 
 
 def train(forward, params: list[torch.Tensor], x: torch.Tensor, y: torch.Tensor, steps: int, lr: float,

@@ -26,7 +26,7 @@ VIEWPORT = {"width": 1400, "height": 1800}   # tall: Streamlit scrolls inside th
 LAUNCH_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"]
 sys.path.insert(0, str(REPO / "tests"))
 
-from app_support import micro_zoo_for  # noqa: E402
+from app_support import micro_text_zoo_for, micro_zoo_for  # noqa: E402
 
 pytestmark = pytest.mark.browser
 
@@ -179,6 +179,20 @@ def test_every_page_renders(browser, server):
         assert page.locator('[data-testid="stHeading"], h1').count() > 0, f"{name}: no heading rendered"
         _screenshot(page, f"browser-{label}-{name}")
         page.close()
+
+
+def test_overview_on_the_text_demo(browser, server, request):
+    """The same server opens the micro text demo zoo (tiny Llama, rank classification) by the `zoo` query
+    parameter: the Overview renders its charts, labelled with the tasks' metric."""
+    from urllib.parse import quote
+
+    url, _ = server
+    page = _open(browser, f"{url}/?zoo={quote(str(micro_text_zoo_for(request)))}", ".js-plotly-plot .main-svg")
+    _assert_no_exception(page, "overview on demo-text")
+    assert page.locator('[data-testid="stHeading"], h1').count() > 0, "overview on demo-text: no heading"
+    assert "accuracy (%)" in page.locator(".js-plotly-plot").first.inner_text()
+    _screenshot(page, "browser-demo-text-micro-overview")
+    page.close()
 
 
 def test_findings_page_shows_five_verdicts(browser, server):

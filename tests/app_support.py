@@ -6,6 +6,8 @@ It is kept in pytest's cache folder (rebuilt only when the demo recipe changes).
 """
 from __future__ import annotations
 
+import contextlib
+import os
 from pathlib import Path
 
 from flexmerge_core.demo.vision import MICRO, build_demo_zoo
@@ -27,3 +29,18 @@ def micro_text_zoo_for(request) -> Path:
 
     folder = Path(request.config.cache.mkdir("flexmerge-micro-text-zoo")) / "zoo"
     return build_text_demo_zoo(out=folder, config=TEXT_MICRO, workers=1)
+
+
+@contextlib.contextmanager
+def app_opens(zoo, cache):
+    """The app opens `zoo` (FLEXMERGE_ZOO) with the engine cache `cache` (FLEXMERGE_CACHE) inside the block."""
+    saved = {k: os.environ.get(k) for k in ("FLEXMERGE_CACHE", "FLEXMERGE_ZOO")}
+    os.environ["FLEXMERGE_CACHE"], os.environ["FLEXMERGE_ZOO"] = str(cache), str(zoo)
+    try:
+        yield zoo
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value

@@ -52,18 +52,10 @@ def private_cache(tmp_path, monkeypatch) -> Path:
 @pytest.fixture(scope="module")
 def app_zoo(request, tmp_path_factory):
     """The micro demo zoo, opened by the app (FLEXMERGE_ZOO) with a fresh engine cache (FLEXMERGE_CACHE)."""
-    from app_support import micro_zoo_for
+    from app_support import app_opens, micro_zoo_for
 
-    zoo = micro_zoo_for(request)
-    saved = {k: os.environ.get(k) for k in ("FLEXMERGE_CACHE", "FLEXMERGE_ZOO")}
-    os.environ["FLEXMERGE_CACHE"] = str(tmp_path_factory.mktemp("engine-cache"))
-    os.environ["FLEXMERGE_ZOO"] = str(zoo)
-    yield zoo
-    for key, value in saved.items():
-        if value is None:
-            os.environ.pop(key, None)
-        else:
-            os.environ[key] = value
+    with app_opens(micro_zoo_for(request), tmp_path_factory.mktemp("engine-cache")) as zoo:
+        yield zoo
 
 
 @pytest.fixture(scope="session")

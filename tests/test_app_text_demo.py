@@ -16,18 +16,10 @@ TIMEOUT = 180
 @pytest.fixture(scope="module")
 def text_zoo(request, tmp_path_factory):
     """The micro text demo zoo, opened by the app (FLEXMERGE_ZOO) with a fresh engine cache."""
-    from app_support import micro_text_zoo_for
+    from app_support import app_opens, micro_text_zoo_for
 
-    zoo = micro_text_zoo_for(request)
-    saved = {k: os.environ.get(k) for k in ("FLEXMERGE_CACHE", "FLEXMERGE_ZOO")}
-    os.environ["FLEXMERGE_CACHE"] = str(tmp_path_factory.mktemp("engine-cache"))
-    os.environ["FLEXMERGE_ZOO"] = str(zoo)
-    yield zoo
-    for key, value in saved.items():
-        if value is None:
-            os.environ.pop(key, None)
-        else:
-            os.environ[key] = value
+    with app_opens(micro_text_zoo_for(request), tmp_path_factory.mktemp("engine-cache")) as zoo:
+        yield zoo
 
 
 def _page(path: str | None) -> AppTest:

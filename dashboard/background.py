@@ -104,15 +104,15 @@ class Background:
             tasks = ([self._running] if self._running else []) + self._queue + self._finished[::-1]
         return [t for t in tasks if t.session == session]
 
-    def cancel(self, session: str) -> int:
-        """Drop this session's queued tasks (a running one finishes); how many were dropped."""
+    def cancel(self, session: str) -> list[Task]:
+        """Drop this session's queued tasks (a running one finishes); the tasks dropped."""
         with self._cond:
             dropped = [t for t in self._queue if t.session == session]
             self._queue = [t for t in self._queue if t.session != session]
             for task in dropped:
                 task.state = "cancelled"
                 self._remember(task)
-        return len(dropped)
+        return dropped
 
     def wait_idle(self, timeout: float) -> bool:
         """Block until nothing is queued or running (for tests and scripts); False on timeout."""

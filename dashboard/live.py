@@ -18,6 +18,7 @@ from dashboard.background import background
 from flexmerge_core.studio import Explorer
 
 REFRESH_S = 1.0
+CANCELLED_KEY = "work_cancelled"   # the plan settings whose queued work this session cancelled
 
 
 def session_id() -> str:
@@ -25,8 +26,10 @@ def session_id() -> str:
 
 
 def want(explorer: Explorer, budgets: Sequence[float], urgent: bool = False) -> None:
-    """Ask for these sizes of this plan to be evaluated in the background (known ones are skipped)."""
-    background().want(session_id(), explorer, budgets, urgent=urgent)
+    """Ask for these sizes of this plan to be evaluated in the background (known ones are skipped).
+    Once this session cancelled a plan's work, only urgent asks (the size on screen) queue more of it."""
+    if urgent or explorer.choice not in st.session_state.get(CANCELLED_KEY, set()):
+        background().want(session_id(), explorer, budgets, urgent=urgent)
 
 
 def pending(explorer: Explorer) -> bool:
@@ -68,7 +71,8 @@ def _work_list(busy: bool) -> None:
             st.caption(f"{task.state} - {task.label}{note}")
         if st.button("Cancel queued work", key="work_cancel", disabled=queued == 0,
                      help="Drop this session's evaluations that have not started (the running one finishes)"):
-            background().cancel(session_id())
+            dropped = background().cancel(session_id())
+            st.session_state.setdefault(CANCELLED_KEY, set()).update(t.explorer.choice for t in dropped)
             st.rerun()
     if busy != (running + queued > 0):
         st.rerun()

@@ -240,3 +240,12 @@ def test_recommendation_for_an_error_metric_uses_normalised_scores(explorer):
     assert (got["ci_low"], got["ci_high"]) == (expected["ci_low"], expected["ci_high"])   # the row's own interval
     stripped = [{k: v for k, v in r.items() if k not in ("ci_low", "ci_high")} for r in rows]
     assert explorer.recommendation(stripped)["ci_low"] is None          # no per-example scores: no interval
+
+
+def test_background_order_draws_the_curve_anchors_then_fills_the_biggest_gaps():
+    from dashboard.background import evaluation_order
+
+    grid = [1.0, 1.5, 2.0, 2.5, 3.0, 3.5, 4.0]
+    assert evaluation_order(grid, 1.0, 4.0) == [1.0, 4.0, 2.0, 3.0, 1.5, 2.5, 3.5]
+    assert evaluation_order([1.2, 1.5, 2.0, 2.5, 3.0], 1.2, 3.0) == [1.2, 3.0, 2.0, 2.5, 1.5]
+    assert evaluation_order([1.0, 2.0], 1.0, 2.0) == [1.0, 2.0]

@@ -366,3 +366,20 @@ def test_demo_zoo_built_by_one_session_opens_in_the_next(tmp_path, monkeypatch):
     finally:
         _studio.clear()
     assert demo.is_current(tmp_path / "demo-zoo", demo.MICRO)
+
+
+def test_overview_draws_the_zoo_at_once_and_the_curve_as_it_lands(app_zoo, gated_evaluations):
+    from dashboard.background import background
+    from flexmerge_core.zoo import open_zoo
+
+    at = _page(None, settle=False)
+    _clean(at, "Overview while evaluating")
+    assert _metric(at, "Tasks") == str(len(open_zoo(app_zoo).task_names))
+    assert any("0 of" in c.value and "sizes ready" in c.value for c in at.caption)
+    assert not _figures(at), "no curve before its first size lands"
+    gated_evaluations.set()
+    assert background().wait_idle(TIMEOUT)
+    at.run()
+    _clean(at, "Overview after the evaluations landed")
+    assert "1.00x" in at.markdown[0].value and "pending" not in at.markdown[0].value
+    assert list(_figures(at)) == ["Accuracy vs deployment size"]

@@ -74,6 +74,8 @@ class Background:
                 if explorer.known(budget) or self.failure(explorer, budget) is not None or \
                         (self._running and self._running.same_work(explorer, events)):
                     continue
+                if any(t.same_work(explorer, events) for t in fresh):
+                    continue
                 queued = next((t for t in self._queue if t.same_work(explorer, events)), None)
                 if queued is None:
                     fresh.append(Task(session, explorer, float(budget), events))

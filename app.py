@@ -10,8 +10,7 @@ import streamlit as st
 
 from dashboard import charts
 from dashboard.metric_axis import MetricAxis, axis_for
-from dashboard.background import evaluation_order
-from dashboard.live import live_fragment, want, work_panel
+from dashboard.live import live_fragment, want_curve, work_panel
 from dashboard.recommendation import knee_text
 from dashboard.session import engine_errors, open_studio, progress_bar, zoo_picker
 from flexmerge_core.studio import DEFAULT_ALGORITHM, Explorer, PlanChoice
@@ -64,8 +63,7 @@ def overview() -> None:
     st.header(f"The trade-off with {DEFAULT_ALGORITHM.upper()} (default settings)")
     with engine_errors(), progress_bar("Building the merge plan") as bar:
         explorer = studio.explorer(PlanChoice(), progress=bar)
-    grid = explorer.grid()
-    want(explorer, [2.0] + evaluation_order(grid, explorer.plan.min_size, explorer.plan.max_size))
+    want_curve(explorer, first=[2.0])   # the headline's 2x first
     work_panel()
     live_fragment(trade_off, explorer, len(summary.tasks), summary.model_megabytes)
     st.caption("Explore a size interactively on the Explore page; compare algorithms on Compare; "

@@ -14,7 +14,7 @@ from typing import Callable, Sequence
 
 import streamlit as st
 
-from dashboard.background import background
+from dashboard.background import background, evaluation_order
 from flexmerge_core.studio import Explorer
 
 REFRESH_S = 1.0
@@ -30,6 +30,11 @@ def want(explorer: Explorer, budgets: Sequence[float], urgent: bool = False) -> 
     Once this session cancelled a plan's work, only urgent asks (the size on screen) queue more of it."""
     if urgent or explorer.choice not in st.session_state.get(CANCELLED_KEY, set()):
         background().want(session_id(), explorer, budgets, urgent=urgent)
+
+
+def want_curve(explorer: Explorer, first: Sequence[float] = ()) -> None:
+    """Ask for the plan's overview curve (`first`, then background.evaluation_order of its grid)."""
+    want(explorer, list(first) + evaluation_order(explorer.grid(), explorer.plan.min_size, explorer.plan.max_size))
 
 
 def pending(explorer: Explorer) -> bool:

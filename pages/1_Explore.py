@@ -13,8 +13,8 @@ from dashboard import charts
 from dashboard.controls import explorer_from_settings
 from dashboard.metric_axis import MetricAxis, axis_for
 from dashboard.recommendation import knee_text
-from dashboard.background import background, evaluation_order
-from dashboard.live import live_fragment, want, work_panel
+from dashboard.background import background
+from dashboard.live import live_fragment, want, want_curve, work_panel
 from dashboard.session import engine_errors, open_studio
 from flexmerge_core.studio import Explorer, PartitionView
 
@@ -22,7 +22,7 @@ st.title("Explore a deployment size")
 studio = open_studio()
 
 explorer = explorer_from_settings(studio, "explore")
-want(explorer, evaluation_order(explorer.grid(), explorer.plan.min_size, explorer.plan.max_size))
+want_curve(explorer)
 work_panel()
 
 SLIDER_STEP = 0.05

@@ -10,9 +10,10 @@ import streamlit as st
 
 from dashboard import charts
 from dashboard.metric_axis import MetricAxis, axis_for
+from dashboard.live import live_fragment, want_curve, work_panel
 from dashboard.recommendation import knee_text
 from dashboard.session import engine_errors, open_studio, progress_bar, zoo_picker
-from flexmerge_core.studio import DEFAULT_ALGORITHM, PlanChoice
+from flexmerge_core.studio import DEFAULT_ALGORITHM, Explorer, PlanChoice
 
 
 def _near_finetuned(rows: list[dict], axis: MetricAxis) -> tuple[dict | None, str]:
@@ -60,35 +61,51 @@ def overview() -> None:
                f"{SOURCE_LABELS.get(summary.source, summary.source or 'an unrecorded source (hand-written zoo.json)')}")
 
     st.header(f"The trade-off with {DEFAULT_ALGORITHM.upper()} (default settings)")
-    with engine_errors():
-        with progress_bar("Building the merge plan") as bar:
-            explorer = studio.explorer(PlanChoice(), progress=bar)
-        with progress_bar("Evaluating deployments") as bar:
-            rows = explorer.curve(explorer.grid(), progress=bar)
-            two = explorer.row_at(2.0, progress=bar)
-    m = len(summary.tasks)
-    low, full = rows[0], rows[-1]   # Mx keeps every fine-tuned model: exactly their values
-    axis = axis_for(rows)
-    lines = [
-        f"- **{low['size']:.2f}x** (everything merged into one model): **{axis.format(axis.average(low))}** "
-        f"average {axis.name}, {100 * low['avg_normalized_accuracy']:.1f}% of the fine-tuned models.",
-        f"- **{two['size']:.2f}x** (a budget of twice one model): **{axis.format(axis.average(two))}** "
-        f"({100 * two['avg_normalized_accuracy']:.1f}% of fine-tuned).",
-        f"- **{full['size']:.0f}x** (all {m} fine-tuned models kept): **{axis.format(axis.average(full))}**.",
-    ]
-    near, how = _near_finetuned(rows, axis)
-    lines.append(f"- {axis.capitalized} comes {how} at "
-                 f"**{near['size']:.2f}x** ({explorer.partition(near['size_budget']).megabytes:.2f} MB instead of "
-                 f"{m * summary.model_megabytes:.2f} MB for all {m} models; sizes tried every "
-                 f"{explorer.grid()[-1] - explorer.grid()[-2]:g}x).")
-    st.markdown("\n".join(lines))
-    with engine_errors():
-        st.info(knee_text(explorer.recommendation(rows), axis))
-    st.plotly_chart(charts.rows_figure({DEFAULT_ALGORITHM: rows}, axis, finetuned=axis.average(full)),
-                    key="chart_overview_curve")
+    with engine_errors(), progress_bar("Building the merge plan") as bar:
+        explorer = studio.explorer(PlanChoice(), progress=bar)
+    want_curve(explorer, first=[2.0])   # the headline's 2x first
+    work_panel()
+    live_fragment(trade_off, explorer, len(summary.tasks), summary.model_megabytes)
     st.caption("Explore a size interactively on the Explore page; compare algorithms on Compare; "
                "download a deployment on Export; check the paper's findings on this zoo on Findings. "
                "Shaded bands: 95% intervals of the average.")
+
+
+def trade_off(explorer: Explorer, m: int, model_megabytes: float) -> None:
+    """The headline numbers and the curve, drawn from the sizes evaluated so far (refreshed as more land)."""
+    grid = explorer.grid()
+    known = [row for row in (explorer.known_row(b) for b in grid) if row is not None]
+    if not known:
+        st.caption(f"Evaluating the curve in the background (0 of {len(grid)} sizes ready; see Work in progress).")
+        return
+    axis = axis_for(known)
+    low, two, full = (explorer.known_row(b) for b in (grid[0], 2.0, grid[-1]))
+    lines = [
+        f"- **{low['size']:.2f}x** (everything merged into one model): **{axis.format(axis.average(low))}** "
+        f"average {axis.name}, {100 * low['avg_normalized_accuracy']:.1f}% of the fine-tuned models." if low else
+        "- 1x (everything merged into one model): pending.",
+        f"- **{two['size']:.2f}x** (a budget of twice one model): **{axis.format(axis.average(two))}** "
+        f"({100 * two['avg_normalized_accuracy']:.1f}% of fine-tuned)." if two else
+        "- 2x (a budget of twice one model): pending.",
+        f"- **{full['size']:.0f}x** (all {m} fine-tuned models kept): **{axis.format(axis.average(full))}**." if full
+        else f"- {m}x (all {m} fine-tuned models kept): pending.",
+    ]
+    if len(known) == len(grid):
+        near, how = _near_finetuned(known, axis)
+        lines.append(f"- {axis.capitalized} comes {how} at "
+                     f"**{near['size']:.2f}x** ({explorer.partition(near['size_budget']).megabytes:.2f} MB instead of "
+                     f"{m * model_megabytes:.2f} MB for all {m} models; sizes tried every "
+                     f"{grid[-1] - grid[-2]:g}x).")
+    st.markdown("\n".join(lines))
+    if len(known) == len(grid):
+        with engine_errors():
+            st.info(knee_text(explorer.recommendation(known), axis))
+    else:
+        st.caption(f"The recommended size appears when the curve is evaluated ({len(known)} of {len(grid)} sizes "
+                   f"ready; see Work in progress).")
+    st.plotly_chart(charts.rows_figure({DEFAULT_ALGORITHM: known}, axis,
+                                       finetuned=axis.average(full) if full else None),
+                    key="chart_overview_curve")
 
 
 st.set_page_config(page_title="FlexMerge Studio", layout="wide")

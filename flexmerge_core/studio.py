@@ -233,10 +233,18 @@ class Explorer:
 
     def finetuned(self, progress: Optional[Progress] = None) -> dict[str, float]:
         """Each task's fine-tuned score, measured through the engine (cached), for the reference lines."""
+        if self._finetuned is not None:   # known: answered without waiting for an evaluation holding the lock
+            return self._finetuned
         with self._lock:
             if self._finetuned is None:
                 self._finetuned = finetuned_scores(self.zoo, progress=progress)
             return self._finetuned
+
+    def known_row(self, budget: float) -> Optional[dict]:
+        """The curve row at this budget if it is computed, else None; never waits for a running evaluation
+        (front ends draw what is known while the rest is evaluated in the background)."""
+        row = self._rows.get(self.plan.partition_at(budget).num_events)
+        return None if row is None else {**row, "size_budget": float(budget)}
 
     def row_at(self, budget: float, progress: Optional[Progress] = None) -> dict:
         return self.curve([budget], progress=progress)[0]

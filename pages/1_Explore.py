@@ -1,4 +1,8 @@
-"""Explore: one plan, a size slider, and what the deployment at that size looks like."""
+"""Explore: one plan, a size slider, and what the deployment at that size looks like.
+
+The page never waits on evaluations: the partition at any size is instant (the plan alone), and the
+accuracies are evaluated in the background (dashboard/live.py), the curve's anchors first; the
+slider's view marks an unseen size "pending" and refreshes as results land."""
 from __future__ import annotations
 
 import math
@@ -9,22 +13,33 @@ from dashboard import charts
 from dashboard.controls import explorer_from_settings
 from dashboard.metric_axis import MetricAxis, axis_for
 from dashboard.recommendation import knee_text
-from dashboard.session import engine_errors, open_studio, progress_bar
+from dashboard.background import background
+from dashboard.live import live_fragment, want, want_curve, work_panel
+from dashboard.session import engine_errors, open_studio
 from flexmerge_core.studio import Explorer, PartitionView
 
 st.title("Explore a deployment size")
 studio = open_studio()
 
 explorer = explorer_from_settings(studio, "explore")
-with engine_errors(), progress_bar("Evaluating the overview curve") as bar:
-    overview_rows = explorer.curve(explorer.grid(), progress=bar)
-with engine_errors():
-    st.info(knee_text(explorer.recommendation(overview_rows), axis_for(overview_rows)))
+want_curve(explorer)
+work_panel()
 
 SLIDER_STEP = 0.05
 MB_SLIDER_STEPS = 200     # the MB slider moves in about this many steps from the smallest deployment to Mx
 FIGURE_MEMO_LIMIT = 512
 UNITS = ("x one model", "MB")
+
+
+def knee_note(explorer: Explorer) -> None:
+    """The recommendation once the overview curve is known; until then, how much of it is."""
+    rows = [explorer.known_row(budget) for budget in explorer.grid()]
+    if all(rows):
+        with engine_errors():
+            st.info(knee_text(explorer.recommendation(rows), axis_for(rows)))
+    else:
+        st.caption(f"The recommended size appears when the overview curve is evaluated "
+                   f"({sum(r is not None for r in rows)} of {len(rows)} sizes ready; see Work in progress).")
 
 
 def size_figures(explorer: Explorer, budget: float, view: PartitionView, row: dict, axis: MetricAxis) -> tuple:
@@ -60,9 +75,21 @@ def megabyte_slider(explorer: Explorer) -> tuple[float, str]:
     return mb, f"{mb:.{decimals}f} MB"
 
 
-@st.fragment
+def pending_figures(explorer: Explorer, view: PartitionView) -> tuple:
+    """The figures while this size's accuracies are pending: the curve so far (if any) and the partition."""
+    rows = explorer.known_rows()
+    curve = None
+    if rows:
+        axis = axis_for(rows)
+        curve = charts.rows_figure({explorer.algorithm.name: rows}, axis,
+                                   finetuned=axis.finetuned_average(explorer.finetuned()))
+    return curve, charts.cluster_count_figure(explorer.block_names, view.cluster_counts, explorer.plan.num_tasks)
+
+
 def size_view(explorer: Explorer) -> None:
-    """Everything that depends on the size: re-run alone when the slider moves (fast for known sizes)."""
+    """Everything that depends on the size: re-run alone when the slider moves (fast for known sizes),
+    and every second while evaluations of this plan are pending."""
+    knee_note(explorer)
     plan = explorer.plan
     unit = st.radio("Size in", UNITS, horizontal=True, key="explore_unit",
                     help="The budget as a multiple of one model's merged parameters, or in megabytes "
@@ -77,27 +104,42 @@ def size_view(explorer: Explorer) -> None:
         mb, asked = megabyte_slider(explorer)
         budget = explorer.budget_for_megabytes(mb)
     view = explorer.partition(budget)
-    with engine_errors(), progress_bar("Evaluating this size") as bar:
-        row = explorer.row_at(budget, progress=bar)
-    axis = axis_for([row])
+    row = explorer.known_row(budget)
+    failure = None if row is not None else background().failure(explorer, budget)
+    if row is None and failure is None:
+        want(explorer, [budget], urgent=True)
     cols = st.columns(5)
     cols[0].metric("Budget asked", asked)
     cols[1].metric("Size achieved", f"{view.size:.3f}x")
     cols[2].metric("Memory", f"{view.megabytes:.2f} MB")
-    cols[3].metric(f"Average {axis.name}", axis.format(axis.average(row), decimals=2),
-                   help=f"{100 * row['avg_normalized_accuracy']:.1f}% of the fine-tuned models")
+    if row is None:
+        cols[3].metric("Average accuracy", "failed" if failure else "pending",
+                       help=failure or "Being evaluated in the background; shown as soon as it lands")
+    else:
+        axis = axis_for([row])
+        cols[3].metric(f"Average {axis.name}", axis.format(axis.average(row), decimals=2),
+                       help=f"{100 * row['avg_normalized_accuracy']:.1f}% of the fine-tuned models")
     cols[4].metric("Merge events applied", f"{view.num_events} of {len(plan.events)}")
     if not view.budget_met:
         st.warning(f"A budget of {asked} cannot be met with {explorer.algorithm.name}: the smallest "
                    f"achievable size is {plan.min_size:.3f}x, shown here.")
-    tasks, curve, clusters = size_figures(explorer, budget, view, row, axis)
+    if failure:
+        st.error(f"Evaluating this size failed: {failure}")
     left, right = st.columns(2)
-    left.plotly_chart(tasks, key="chart_explore_tasks")
-    right.plotly_chart(curve, key="chart_explore_curve")
+    if row is None:
+        curve, clusters = pending_figures(explorer, view)
+        left.caption(f"Per-task accuracies at {asked}: pending.")
+    else:
+        tasks, curve, clusters = size_figures(explorer, budget, view, row, axis)
+        left.plotly_chart(tasks, key="chart_explore_tasks")
+    if curve is None:
+        right.caption("The curve appears as its first sizes are evaluated.")
+    else:
+        right.plotly_chart(curve, key="chart_explore_curve")
     st.plotly_chart(clusters, key="chart_explore_clusters")
 
 
-size_view(explorer)
+live_fragment(size_view, explorer)
 
 st.subheader("Merge order")
 st.caption("Each column applies one more merge event of the plan; the size metric above says how many events "

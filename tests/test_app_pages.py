@@ -8,6 +8,7 @@ traceback.
 from __future__ import annotations
 
 import json
+import threading
 from pathlib import Path
 
 import pytest
@@ -19,11 +20,20 @@ REPO = Path(__file__).resolve().parents[1]
 TIMEOUT = 180
 
 
-def _page(path: str | None) -> AppTest:
+def _settled(at: AppTest) -> AppTest:
+    """Run the page, let the background evaluations it asked for finish, and run it again to show them."""
+    from dashboard.background import background
+
+    at.run()
+    assert background().wait_idle(TIMEOUT), "background evaluations did not finish"
+    return at.run()
+
+
+def _page(path: str | None, settle: bool = True) -> AppTest:
     at = AppTest.from_file(str(REPO / "app.py"), default_timeout=TIMEOUT)
     if path:
         at.switch_page(path)
-    return at.run()
+    return _settled(at) if settle else at.run()
 
 
 def _clean(at: AppTest, page: str) -> None:
@@ -141,7 +151,7 @@ def test_slider_shows_the_engines_numbers_at_each_size(app_zoo):
     at = _page("pages/1_Explore.py")
     seen = {}
     for budget in (1.0, 1.5, at.slider(key="explore_size").max):
-        at.slider(key="explore_size").set_value(budget).run()
+        _settled(at.slider(key="explore_size").set_value(budget))
         _clean(at, f"Explore at {budget}")
         accuracy, counts, block_names = _explore_numbers(at)
         partition, engine_accuracy, engine_blocks = _engine(app_zoo, budget)
@@ -155,6 +165,73 @@ def test_slider_shows_the_engines_numbers_at_each_size(app_zoo):
     (acc_low, counts_low), (acc_high, counts_high) = seen[1.0], seen[max(seen)]
     assert counts_low == [1] * len(counts_low) and counts_high == [len(acc_high)] * len(counts_high)
     assert acc_low != acc_high, "moving the slider from 1x to Mx must change the per-task accuracies"
+
+
+@pytest.fixture
+def gated_evaluations(monkeypatch):
+    """Fresh explorers whose evaluations wait until the test opens the gate (an evaluation that takes
+    as long as the test wants, without timing anything)."""
+    from dashboard.background import background
+    from dashboard.session import _studio
+    from flexmerge_core.studio import Explorer
+
+    gate = threading.Event()
+    curve = Explorer.curve
+
+    def gated(self, budgets, progress=None):
+        if not all(self.known(b) for b in budgets):
+            gate.wait(TIMEOUT)
+        return curve(self, budgets, progress)
+
+    monkeypatch.setattr(Explorer, "curve", gated)
+    _studio.clear()
+    try:
+        yield gate
+    finally:
+        gate.set()
+        background().wait_idle(TIMEOUT)
+        _studio.clear()
+
+
+def test_explore_shows_the_partition_at_once_and_the_accuracy_when_it_lands(app_zoo, gated_evaluations):
+    from dashboard.background import background
+
+    at = _page("pages/1_Explore.py", settle=False)
+    _clean(at, "Explore while evaluating")
+    budget = at.slider(key="explore_size").value
+    partition, engine_accuracy, block_names = _engine(app_zoo, budget)
+    assert _metric(at, "Size achieved") == f"{partition.size:.3f}x"
+    assert _metric(at, "Average accuracy") == "pending"
+    assert "Per-task accuracy" not in _figures(at)
+    counts = _figures(at)["Task groups per block (model order)"]["data"][0]["y"]
+    assert counts == [len(groups) for groups in partition.groups]
+    assert background().pending(), "the grid is being evaluated in the background"
+
+    gated_evaluations.set()
+    assert background().wait_idle(TIMEOUT)
+    at.run()
+    _clean(at, "Explore after the evaluations landed")
+    mean = sum(engine_accuracy.values()) / len(engine_accuracy)
+    assert _metric(at, "Average accuracy") == f"{100 * mean:.2f}%"
+    assert not background().pending()
+
+
+def test_cancel_drops_the_sessions_queued_work(app_zoo, gated_evaluations):
+    from dashboard.background import background
+
+    at = _page("pages/1_Explore.py", settle=False)
+    queued = [t for t in background().pending() if t.state == "queued"]
+    assert queued, "the grid sizes wait behind the running evaluation"
+    on_screen = at.slider(key="explore_size").value
+    at.button(key="work_cancel").click().run()
+    _clean(at, "Explore after cancelling")
+    running = [t for t in background().pending() if t.state == "running"]
+    left = {t.budget for t in background().pending() if t.state == "queued"}
+    assert len(running) == 1 and left <= {on_screen}, "only the size on screen is asked for again"
+    assert {t.state for t in queued if t.budget != on_screen} == {"cancelled"}
+    at.run()
+    assert {t.budget for t in background().pending() if t.state == "queued"} <= {on_screen}, \
+        "a later run does not queue the cancelled curve again"
 
 
 def test_findings_page_shows_the_engines_five_verdicts_with_their_numbers(app_zoo):
@@ -289,3 +366,20 @@ def test_demo_zoo_built_by_one_session_opens_in_the_next(tmp_path, monkeypatch):
     finally:
         _studio.clear()
     assert demo.is_current(tmp_path / "demo-zoo", demo.MICRO)
+
+
+def test_overview_draws_the_zoo_at_once_and_the_curve_as_it_lands(app_zoo, gated_evaluations):
+    from dashboard.background import background
+    from flexmerge_core.zoo import open_zoo
+
+    at = _page(None, settle=False)
+    _clean(at, "Overview while evaluating")
+    assert _metric(at, "Tasks") == str(len(open_zoo(app_zoo).task_names))
+    assert any("0 of" in c.value and "sizes ready" in c.value for c in at.caption)
+    assert not _figures(at), "no curve before its first size lands"
+    gated_evaluations.set()
+    assert background().wait_idle(TIMEOUT)
+    at.run()
+    _clean(at, "Overview after the evaluations landed")
+    assert "1.00x" in at.markdown[0].value and "pending" not in at.markdown[0].value
+    assert list(_figures(at)) == ["Accuracy vs deployment size"]

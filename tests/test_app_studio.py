@@ -240,3 +240,58 @@ def test_recommendation_for_an_error_metric_uses_normalised_scores(explorer):
     assert (got["ci_low"], got["ci_high"]) == (expected["ci_low"], expected["ci_high"])   # the row's own interval
     stripped = [{k: v for k, v in r.items() if k not in ("ci_low", "ci_high")} for r in rows]
     assert explorer.recommendation(stripped)["ci_low"] is None          # no per-example scores: no interval
+
+
+def test_background_order_draws_the_curve_anchors_then_fills_the_biggest_gaps():
+    from dashboard.background import evaluation_order
+
+    grid = [1.0, 1.5, 2.0, 2.5, 3.0, 3.5, 4.0]
+    assert evaluation_order(grid, 1.0, 4.0) == [1.0, 4.0, 2.0, 3.0, 1.5, 2.5, 3.5]
+    assert evaluation_order([1.2, 1.5, 2.0, 2.5, 3.0], 1.2, 3.0) == [1.2, 3.0, 2.0, 2.5, 1.5]
+    assert evaluation_order([1.0, 2.0], 1.0, 2.0) == [1.0, 2.0]
+
+
+class _GatedExplorer:
+    """Stands in for an Explorer: sizes are partitions by their integer part; curve waits for a gate."""
+
+    def __init__(self, gate, fail_at=None):
+        self.gate, self.fail_at, self.done, self.order = gate, fail_at, set(), []
+        self.algorithm = type("Algorithm", (), {"name": "ta"})()
+        self.choice = "choice"
+
+    def partition(self, budget):
+        return type("View", (), {"num_events": int(budget)})()
+
+    def known(self, budget):
+        return int(budget) in self.done
+
+    def curve(self, budgets):
+        self.gate.wait(60)
+        self.order.append(budgets[0])
+        if int(budgets[0]) == self.fail_at:
+            raise ValueError("out of\n memory")
+        self.done.add(int(budgets[0]))
+
+
+def test_background_runs_each_partition_once_urgent_first_and_drops_cancelled_work():
+    import threading
+    import time
+
+    from dashboard.background import Background
+
+    gate, work = threading.Event(), Background()
+    explorer = _GatedExplorer(gate, fail_at=4)
+    work.want("a", explorer, [1.0])
+    while work.tasks("a")[0].state != "running":   # the worker takes it (and waits at the gate)
+        time.sleep(0.01)
+    work.want("a", explorer, [2.0, 2.5, 3.0, 4.0, 5.0])        # 2.5 is 2.0's partition: queued once
+    work.want("b", explorer, [6.0, 3.5], urgent=True)          # the sizes on screen jump the queue
+    assert [t.budget for t in work.pending()] == [1.0, 6.0, 3.0, 2.0, 4.0, 5.0]
+    assert [t.budget for t in work.cancel("a")] == [3.0, 2.0, 4.0, 5.0], "3.0 stays a's: a asked first"
+    work.want("a", explorer, [2.0, 4.0])
+    gate.set()
+    assert work.wait_idle(60)
+    assert explorer.order == [1.0, 6.0, 2.0, 4.0]
+    assert work.failure(explorer, 4.0) == "out of memory"
+    work.want("a", explorer, [4.0, 1.0])
+    assert work.pending() == [], "known sizes and failed ones are not queued again"

@@ -80,6 +80,7 @@ def test_two_app_sessions_at_once_each_see_their_own_size(zoo_dir, tmp_path, mon
     """Two Explore sessions (as two browser tabs on one server) move their sliders at the same time."""
     from streamlit.testing.v1 import AppTest
 
+    from dashboard.background import background
     from flexmerge_core.studio import PlanChoice, Studio
     from flexmerge_core.zoo import open_zoo
 
@@ -93,7 +94,8 @@ def test_two_app_sessions_at_once_each_see_their_own_size(zoo_dir, tmp_path, mon
             at.query_params["zoo"] = str(zoo_dir)
             at.run()
             at.slider(key="explore_size").set_value(budgets[name]).run()
-            sessions[name] = at
+            assert background().wait_idle(300), "background evaluations did not finish"
+            sessions[name] = at.run()   # the accuracies evaluated in the background, now shown
         except Exception as exc:  # reported below: a thread's exception would otherwise vanish
             failures.append(f"{name}: {exc!r}")
 

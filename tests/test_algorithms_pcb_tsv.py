@@ -192,7 +192,20 @@ def test_tsv_truncated_decomposition_matches_the_full_one(shape, monkeypatch):
     assert_relative(merged32.double().numpy(), ref_tsv(stack.numpy()), 1e-4)  # 4e-5: 4 decades of spectrum
 
 
-def test_tsv_takes_the_full_svd_for_a_flat_spectrum(monkeypatch):
-    stack = decaying_stack(6, 200, 150, decay=0.999, seed=1)  # the iteration cannot pin the top 25 down
+@pytest.mark.parametrize("shape", [(200, 150), (150, 200)])
+def test_tsv_flat_spectrum_takes_the_gram_route(shape, monkeypatch):
+    stack = decaying_stack(6, *shape, decay=0.999, seed=1)  # the iteration cannot pin the top 25 down
+    monkeypatch.setattr(tsv, "top_singular_triplets_full", None)  # the Gram route only
+    U, S, V = top_singular_triplets(stack, 25)
+    for u, s, v, member in zip(U, S, V, stack):
+        full_U, full_S, full_Vt = np.linalg.svd(member.numpy())
+        assert np.allclose(s.numpy(), full_S[:25], rtol=1e-12, atol=0)
+        assert_relative(((u * s) @ v.T).numpy(), (full_U[:, :25] * full_S[:25]) @ full_Vt[:25], 1e-9)
+    merged32 = get_algorithm("tsv").merge({"w": stack.float()}, list(range(6))).unified["w"]
+    assert_relative(merged32.double().numpy(), ref_tsv(stack.numpy()), 1e-5)
+
+
+def test_tsv_gram_route_leaves_steep_spectra_to_the_full_svd(monkeypatch):
+    stack = decaying_stack(6, 200, 150, decay=0.5, seed=2).float()  # s_25 / s_1 = 6e-8: below float32's Gram
     monkeypatch.setattr(tsv, "top_singular_triplets_full", lambda s, k: ("full", k))
-    assert top_singular_triplets(stack, 25) == ("full", 25)
+    assert tsv.top_singular_triplets_gram(stack, 25) == ("full", 25)

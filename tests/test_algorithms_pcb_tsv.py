@@ -202,7 +202,8 @@ def test_tsv_flat_spectrum_takes_the_gram_route(shape, monkeypatch):
         assert np.allclose(s.numpy(), full_S[:25], rtol=1e-12, atol=0)
         assert_relative(((u * s) @ v.T).numpy(), (full_U[:, :25] * full_S[:25]) @ full_Vt[:25], 1e-9)
     merged32 = get_algorithm("tsv").merge({"w": stack.float()}, list(range(6))).unified["w"]
-    assert_relative(merged32.double().numpy(), ref_tsv(stack.numpy()), 1e-5)
+    # 1.2e-5 (a float32 full SVD: 1.7e-4 / 9.6e-5): singular values 0.1% apart pin the top 25 down loosely
+    assert_relative(merged32.double().numpy(), ref_tsv(stack.numpy()), 3e-5)
 
 
 def test_tsv_gram_route_leaves_steep_spectra_to_the_full_svd(monkeypatch):

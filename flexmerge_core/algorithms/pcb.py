@@ -133,21 +133,22 @@ class Pcb(MergeAlgorithm):
         threshold = self._threshold[index].to(device, dtype).unsqueeze(1)
         maximum = self._maximum[index].to(device, dtype).unsqueeze(1)
 
-        # pass 2: the clamped scores (kept: exp and tanh are most of the work) and their range per row
-        clamped = {n: torch.empty(r.shape, dtype=dtype, device=device) for n, r in rows.items()}
+        # pass 2: the clamped scores (kept, slice by slice as computed: exp and tanh are most of the
+        # work, and copying them into one [g, d] buffer cost a strided pass) and their range per row
+        clamped = []
         p_low = torch.full((g, 1), float("inf"), dtype=dtype, device=device)
         p_high = torch.full_like(p_low, float("-inf"))
         for n, cols, X in slices():
             P = competition_scores(X, column_sum[n][cols], q_low, q_high, g).clamp_min_(threshold).clamp_max_(maximum)
-            clamped[n][:, cols] = P
+            clamped.append(P)
             torch.minimum(p_low, P.amin(dim=1, keepdim=True), out=p_low)
             torch.maximum(p_high, P.amax(dim=1, keepdim=True), out=p_high)
         unit = unit_scale(p_low, p_high)
 
         # pass 3: the weighted mean, scale_k = minmax of the clamped scores over the block
         merged = {n: torch.empty(r.shape[1], dtype=dtype, device=device) for n, r in rows.items()}
-        for n, cols, X in slices():
-            scale = clamped[n][:, cols].sub_(p_low).mul_(unit)
+        for (n, cols, X), P in zip(slices(), clamped):
+            scale = P.sub_(p_low).mul_(unit)
             weighted = torch.sign(X).mul_(clamped_magnitudes(X, q_low, q_high)).mul_(scale)
             merged[n][cols] = weighted.sum(dim=0) / scale.sum(dim=0).clamp_(min=1e-12)
         lam = self._hp["lam"]

@@ -27,10 +27,11 @@ Cost model (the old code ran a float64 full SVD of every member: 36.7 s of one t
   Rayleigh-Ritz step (2e-6; 4.5e-6); the Rayleigh-Ritz step brings float32 eigh's error on the rank-k
   truncation within 2-6x of float64 eigh's (per member: 2.3e-6 / 6.9e-7 / 1.4e-6). 0.7^i: 3e-2, hence
   the s_k/s_1 gate.
-  Measured, g = 30, one thread, CPU time against averaging in the same run: Gaussian noise 7.0 s, 181x
-  (the float32 full SVD before: 23.9 s, 621x; of the 7.0 s, 0.7 s per matrix is the failed iteration
-  and 2.5 s the Gram route: 1.0 s GEMM, 1.2 s eigh); the benchmark's 0.7^i block 10.1 s, 290x, most of
-  it the float64 redo below (its s_k/s_1 = 1.9e-4 is under max(m, n) * eps = 3.7e-4).
+  Measured, g = 30, one thread, CPU time against averaging in the same run: Gaussian noise 6.2 s, 175x
+  (the float32 full SVD before: 23.9 s, 621x; per matrix ~2.5 s in the Gram route: 1.0 s GEMM, 1.2 s
+  eigh; the flat spectrum shows in the first Ritz values, after 2 of the iteration's products, see FLAT);
+  the benchmark's 0.7^i block 10.1 s, 290x, most of it the float64 redo below (its s_k/s_1 = 1.9e-4 is
+  under max(m, n) * eps = 3.7e-4).
 - Polar factors from the small side: M (M^T M)^(-1/2) via the eigendecomposition of the gk x gk Gram
   matrix, O(m (gk)^2) instead of an m x gk SVD (0.1-0.15 s per matrix at g = 30), in float64 when that Gram
   matrix is ill-conditioned (see polar_factor). Directions with eigenvalue below gk * eps * the largest
@@ -51,6 +52,8 @@ ALPHA = HyperParam("alpha", 1.0, float, 0.0, 10.0, help="scaling of the merged m
 OVERSAMPLE = 10
 POWER_ITERATIONS = 2
 SEED = 0  # the subspace iteration's start: results are reproducible run to run
+FLAT = 0.3  # first Ritz values s_{k+p}/s_k above this: the iteration would not converge (Gaussian
+# 3072 x 768, k = 25: 0.93-0.95, 1/i: 0.46-0.53; 0.7^i: 0.01-0.03, and convergence needs <= 0.063)
 CONVERGED = 1e-6  # largest accepted bound on the iteration's subspace error, relative
 GRAM_ACCURACY = 1e-4  # largest accepted Gram rounding (eps * s_1^2) relative to s_k^2
 WELL_CONDITIONED = 1e-3  # float32 polar factors only above this smallest/largest Gram eigenvalue ratio
@@ -84,8 +87,13 @@ def top_singular_triplets(stack: torch.Tensor, k: int):
         return top_singular_triplets_gram(stack, k)
     start = torch.randn(g, n, width, generator=torch.Generator().manual_seed(SEED), dtype=stack.dtype)
     basis = torch.linalg.qr(stack @ start.to(stack.device)).Q
-    for _ in range(POWER_ITERATIONS):
-        basis = torch.linalg.qr(stack @ torch.linalg.qr(stack.mT @ basis).Q).Q
+    for iteration in range(POWER_ITERATIONS):
+        projected = stack.mT @ basis
+        if iteration == 0:  # its singular values are the first Ritz values: a flat spectrum shows already
+            ritz = torch.linalg.svdvals(projected)
+            if (ritz[:, -1] > FLAT * ritz[:, k - 1]).any():
+                return top_singular_triplets_gram(stack, k)
+        basis = torch.linalg.qr(stack @ torch.linalg.qr(projected).Q).Q
     small_U, S, Vh = torch.linalg.svd(basis.mT @ stack, full_matrices=False)  # [g, width, n]
     # the error bound (s_{k+p}/s_k)^(2q+1), from the Ritz values: a flat spectrum takes the full SVD,
     # unless what is flat is rounding noise (below max(m, n) * eps * s_1, no decomposition resolves it)

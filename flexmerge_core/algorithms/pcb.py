@@ -17,8 +17,8 @@ Cost model of the merge (columns.py), three reads of the group in column slices:
 2. the clamped scores P (exp and tanh: most of the arithmetic) with their per-row range; P is kept,
    each slice's own tensor (no copy into a [g, d] buffer), since recomputing it costs more than storing it;
 3. the weighted mean from X and the stored P.
-Measured on one ViT-B-32 MLP block, CPU time of one thread against averaging in the same run: 0.98-1.19 s
-at g = 30, 28-33x averaging (1.42 s, 41x, with torch.tanh and a [g, d] buffer; the old code,
+Measured on one ViT-B-32 MLP block, CPU time of one thread against averaging in the same run: 1.0 s
+at g = 30, 26-28x averaging (1.2 s, 33-34x, with torch.tanh and a [g, d] buffer; the old code,
 whole-tensor ops and two torch.topk per row: 8.4 s, 240x); of it exp and expm1 ~0.1 s each, the first
 touch of the 566 MB of kept scores 0.15-0.3 s of kernel time.
 """

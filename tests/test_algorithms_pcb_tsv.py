@@ -9,6 +9,7 @@ import torch
 import flexmerge_core.algorithms.columns as columns
 from algorithm_cases import DEVICES, GROUP_SIZES
 from flexmerge_core.algorithms import get_algorithm
+import flexmerge_core.algorithms.pcb as pcb_module
 import flexmerge_core.algorithms.tsv as tsv
 from flexmerge_core.algorithms.tsv import OVERSAMPLE, top_singular_triplets, tsv_factors
 
@@ -115,6 +116,14 @@ def test_pcb_needs_prepare_and_survives_degenerate_input():
         assert torch.isfinite(pcb.merge(block, [0, 1, 2]).unified["w"]).all()
 
 
+@pytest.mark.parametrize("dtype, rtol", [(torch.float64, 1e-15), (torch.float32, 3e-7)])
+def test_pcb_tanh_is_tanh_from_tiny_to_huge_arguments(dtype, rtol):
+    values = [-1e4, -30.0, -20.5, -3.0, -0.3, -1e-9, -1e-30, 0.0, 1e-30, 1e-9, 1e-4, 0.3, 2.0, 19.9, 20.5, 1e4]
+    got = pcb_module.tanh_(torch.tensor(values, dtype=dtype))
+    expected = np.tanh(np.array(values))
+    assert np.allclose(got.double().numpy(), expected, rtol=rtol, atol=0)
+
+
 def ref_tsv(stack: np.ndarray, alpha=1.0) -> np.ndarray:
     g, m, n = stack.shape
     k = min(m, n) // g
@@ -192,7 +201,21 @@ def test_tsv_truncated_decomposition_matches_the_full_one(shape, monkeypatch):
     assert_relative(merged32.double().numpy(), ref_tsv(stack.numpy()), 1e-4)  # 4e-5: 4 decades of spectrum
 
 
-def test_tsv_takes_the_full_svd_for_a_flat_spectrum(monkeypatch):
-    stack = decaying_stack(6, 200, 150, decay=0.999, seed=1)  # the iteration cannot pin the top 25 down
+@pytest.mark.parametrize("shape", [(200, 150), (150, 200)])
+def test_tsv_flat_spectrum_takes_the_gram_route(shape, monkeypatch):
+    stack = decaying_stack(6, *shape, decay=0.999, seed=1)  # the iteration cannot pin the top 25 down
+    monkeypatch.setattr(tsv, "top_singular_triplets_full", None)  # the Gram route only
+    U, S, V = top_singular_triplets(stack, 25)
+    for u, s, v, member in zip(U, S, V, stack):
+        full_U, full_S, full_Vt = np.linalg.svd(member.numpy())
+        assert np.allclose(s.numpy(), full_S[:25], rtol=1e-12, atol=0)
+        assert_relative(((u * s) @ v.T).numpy(), (full_U[:, :25] * full_S[:25]) @ full_Vt[:25], 1e-9)
+    merged32 = get_algorithm("tsv").merge({"w": stack.float()}, list(range(6))).unified["w"]
+    # 1.2e-5 (a float32 full SVD: 1.7e-4 / 9.6e-5): singular values 0.1% apart pin the top 25 down loosely
+    assert_relative(merged32.double().numpy(), ref_tsv(stack.numpy()), 3e-5)
+
+
+def test_tsv_gram_route_leaves_steep_spectra_to_the_full_svd(monkeypatch):
+    stack = decaying_stack(6, 200, 150, decay=0.5, seed=2).float()  # s_25 / s_1 = 6e-8: below float32's Gram
     monkeypatch.setattr(tsv, "top_singular_triplets_full", lambda s, k: ("full", k))
-    assert top_singular_triplets(stack, 25) == ("full", 25)
+    assert tsv.top_singular_triplets_gram(stack, 25) == ("full", 25)

@@ -16,12 +16,24 @@ Cost model (the old code ran a float64 full SVD of every member: 36.7 s of one t
   products of the members with thin [n, k + OVERSAMPLE] matrices, O(mn(k + p)) per member instead of
   the SVD's O(mn min(m, n)). Its subspace error is bounded by (s_{k+p}/s_k)^(2 * POWER_ITERATIONS + 1);
   with the Ritz values' estimate of that bound above CONVERGED (a flat spectrum: Gaussian noise, or a
-  power law 1/i; a tail at float rounding noise does not count) the iteration's result is dropped for
-  the full SVD, so results never drift.
-  Measured, g = 30, one thread: 1.85 s on spectra falling as 0.7^i (48x averaging); 23.3 s on Gaussian
-  noise (the full-SVD fall-back in float32, 600x).
+  power law 1/i; a tail at float rounding noise does not count) the iteration's result is dropped, so
+  results never drift.
+- Flat spectra, and k too large for the iteration: the min-side Gram route (top_singular_triplets_gram:
+  one GEMM per member, a min(m, n)-square eigh, a float64 Rayleigh-Ritz step), itself accurate only
+  while s_k/s_1 is not tiny, which is where the iteration succeeds; else the full SVD.
+  Deviation of the merged c_fc (30 members, 3072 x 768, k = 25) from float64 full SVDs, float32 input:
+  Gaussian 1.6e-5 with a float32 eigh and no Rayleigh-Ritz step (2e-6 with a float64 eigh; the float32
+  full SVD this route replaces: 4.2e-5), spectrum 1/sqrt(i) 4e-6 (4e-6), 1/i 7.8e-5 without the
+  Rayleigh-Ritz step (2e-6; 4.5e-6); the Rayleigh-Ritz step brings float32 eigh's error on the rank-k
+  truncation within 2-6x of float64 eigh's (per member: 2.3e-6 / 6.9e-7 / 1.4e-6). 0.7^i: 3e-2, hence
+  the s_k/s_1 gate.
+  Measured, g = 30, one thread, CPU time against averaging in the same run: Gaussian noise 6.2 s, 175x
+  (the float32 full SVD before: 23.9 s, 621x; per matrix ~2.5 s in the Gram route: 1.0 s GEMM, 1.2 s
+  eigh; the flat spectrum shows in the first Ritz values, after 2 of the iteration's products, see FLAT);
+  the benchmark's 0.7^i block 10.1 s, 290x, most of it the float64 redo below (its s_k/s_1 = 1.9e-4 is
+  under max(m, n) * eps = 3.7e-4).
 - Polar factors from the small side: M (M^T M)^(-1/2) via the eigendecomposition of the gk x gk Gram
-  matrix, O(m (gk)^2) instead of an m x gk SVD (0.35 s of the 1.85 s above), in float64 when that Gram
+  matrix, O(m (gk)^2) instead of an m x gk SVD (0.1-0.15 s per matrix at g = 30), in float64 when that Gram
   matrix is ill-conditioned (see polar_factor). Directions with eigenvalue below gk * eps * the largest
   are dropped, which keeps rank-deficient groups finite.
 - float32 against float64 (relative Frobenius deviation of the merged matrix): 4e-5 / 2e-5 (c_fc /
@@ -40,7 +52,10 @@ ALPHA = HyperParam("alpha", 1.0, float, 0.0, 10.0, help="scaling of the merged m
 OVERSAMPLE = 10
 POWER_ITERATIONS = 2
 SEED = 0  # the subspace iteration's start: results are reproducible run to run
+FLAT = 0.3  # first Ritz values s_{k+p}/s_k above this: the iteration would not converge (Gaussian
+# 3072 x 768, k = 25: 0.93-0.95, 1/i: 0.46-0.53; 0.7^i: 0.01-0.03, and convergence needs <= 0.063)
 CONVERGED = 1e-6  # largest accepted bound on the iteration's subspace error, relative
+GRAM_ACCURACY = 1e-4  # largest accepted Gram rounding (eps * s_1^2) relative to s_k^2
 WELL_CONDITIONED = 1e-3  # float32 polar factors only above this smallest/largest Gram eigenvalue ratio
 
 
@@ -63,25 +78,56 @@ def polar_factor(matrix: torch.Tensor) -> torch.Tensor:
 def top_singular_triplets(stack: torch.Tensor, k: int):
     """(U [g, m, k], S [g, k], V [g, n, k]) of each member of a [g, m, n] stack.
 
-    A full SVD when k is not small against min(m, n) or the spectrum is too flat for the iteration
+    The Gram route when k is not small against min(m, n) or the spectrum is too flat for the iteration
     to pin the top k down; else subspace iteration.
     """
     g, m, n = stack.shape
     width = k + OVERSAMPLE
     if 4 * width > min(m, n):
-        return top_singular_triplets_full(stack, k)
+        return top_singular_triplets_gram(stack, k)
     start = torch.randn(g, n, width, generator=torch.Generator().manual_seed(SEED), dtype=stack.dtype)
     basis = torch.linalg.qr(stack @ start.to(stack.device)).Q
-    for _ in range(POWER_ITERATIONS):
-        basis = torch.linalg.qr(stack @ torch.linalg.qr(stack.mT @ basis).Q).Q
+    for iteration in range(POWER_ITERATIONS):
+        projected = stack.mT @ basis
+        if iteration == 0:  # its singular values are the first Ritz values: a flat spectrum shows already
+            ritz = torch.linalg.svdvals(projected)
+            if (ritz[:, -1] > FLAT * ritz[:, k - 1]).any():
+                return top_singular_triplets_gram(stack, k)
+        basis = torch.linalg.qr(stack @ torch.linalg.qr(projected).Q).Q
     small_U, S, Vh = torch.linalg.svd(basis.mT @ stack, full_matrices=False)  # [g, width, n]
     # the error bound (s_{k+p}/s_k)^(2q+1), from the Ritz values: a flat spectrum takes the full SVD,
     # unless what is flat is rounding noise (below max(m, n) * eps * s_1, no decomposition resolves it)
     converged = CONVERGED ** (1 / (2 * POWER_ITERATIONS + 1)) * S[:, k - 1]
     noise = max(m, n) * torch.finfo(stack.dtype).eps * S[:, 0]
     if (S[:, -1] > torch.maximum(converged, noise)).any():
-        return top_singular_triplets_full(stack, k)
+        return top_singular_triplets_gram(stack, k)
     return basis @ small_U[..., :k], S[:, :k], Vh[:, :k].mT
+
+
+def top_singular_triplets_gram(stack: torch.Tensor, k: int):
+    """The top k triplets from the eigendecomposition of the min-side Gram matrices, else the full SVD.
+
+    One GEMM pass in the input's dtype builds the min(m, n)-square Gram matrices G; their eigh runs in
+    that dtype too (a float64 one costs twice as much), and a Rayleigh-Ritz step in float64 on the top
+    2k eigenvectors removes most of float32 eigh's error (Gaussian 3072 x 768 members, k = 25: 8.7e-6
+    -> 2.3e-6 off the float64 rank-k truncation; 5.7e-7 with a float64 eigh); the other side is
+    X V_k / s_k. The Gram's rounding is ~eps * s_1^2, so s_k^2 must stand GRAM_ACCURACY / eps above it
+    (s_k/s_1 >= 0.035 in float32: flat and power-law spectra, where the subspace iteration fails);
+    steeper spectra and rank-deficient members take the full SVD.
+    """
+    wide = stack.shape[1] < stack.shape[2]
+    X = stack.mT if wide else stack  # [g, max side, min side]
+    gram = X.mT @ X
+    _, vectors = torch.linalg.eigh(gram)
+    basis = torch.linalg.qr(vectors[..., -min(2 * k, gram.shape[-1]):].to(torch.float64)).Q
+    eigenvalues, rotation = torch.linalg.eigh(basis.mT @ gram.to(torch.float64) @ basis)
+    top = eigenvalues[:, -k:].flip(-1)  # descending
+    if not (top[:, -1] > torch.finfo(stack.dtype).eps / GRAM_ACCURACY * top[:, 0]).all():
+        return top_singular_triplets_full(stack, k)
+    S = top.sqrt().to(stack.dtype)
+    V = (basis @ rotation[..., -k:].flip(-1)).to(stack.dtype)
+    U = (X @ V) / S.unsqueeze(1)
+    return (V, S, U) if wide else (U, S, V)
 
 
 def top_singular_triplets_full(stack: torch.Tensor, k: int):

@@ -44,3 +44,13 @@ def app_opens(zoo, cache):
                 os.environ.pop(key, None)
             else:
                 os.environ[key] = value
+
+
+def settled(at, timeout: float = 300):
+    """Run the page, let the background evaluations it asked for finish, and run it again to show them
+    (pages draw at once and evaluate in the background)."""
+    from dashboard.background import background
+
+    at.run()
+    assert background().wait_idle(timeout), "background evaluations did not finish"
+    return at.run()

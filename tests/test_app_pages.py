@@ -16,17 +16,14 @@ import torch
 from safetensors.torch import load_file
 from streamlit.testing.v1 import AppTest
 
+from app_support import settled
+
 REPO = Path(__file__).resolve().parents[1]
 TIMEOUT = 180
 
 
 def _settled(at: AppTest) -> AppTest:
-    """Run the page, let the background evaluations it asked for finish, and run it again to show them."""
-    from dashboard.background import background
-
-    at.run()
-    assert background().wait_idle(TIMEOUT), "background evaluations did not finish"
-    return at.run()
+    return settled(at, TIMEOUT)
 
 
 def _page(path: str | None, settle: bool = True) -> AppTest:

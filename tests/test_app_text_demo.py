@@ -9,6 +9,8 @@ from pathlib import Path
 import pytest
 from streamlit.testing.v1 import AppTest
 
+from app_support import settled
+
 REPO = Path(__file__).resolve().parents[1]
 TIMEOUT = 180
 
@@ -26,7 +28,7 @@ def _page(path: str | None) -> AppTest:
     at = AppTest.from_file(str(REPO / "app.py"), default_timeout=TIMEOUT)
     if path:
         at.switch_page(path)
-    return at.run()
+    return settled(at, TIMEOUT)
 
 
 @pytest.mark.parametrize("page", [None, "pages/1_Explore.py", "pages/2_Compare.py", "pages/3_Export.py",

@@ -145,7 +145,7 @@ def test_plan_curve_and_export_through_the_cli_match_a_plain_forward(bundle, tmp
         exported = load_file(str(out))
         assert torch.equal(exported["proj.bias"], states[name]["proj.bias"])   # unmerged: the task's own
         assert accuracy(exported, heads[name], *zoo.heldout(t)) == bottom["accuracy"][name]
-    assert bottom["avg_accuracy"] < top["avg_accuracy"]
+        assert any(not torch.equal(exported[n], states[name][n]) for n in zoo.param_names)   # 1x is merged
 
 
 def test_staged_and_unstaged_evaluation_agree(bundle, monkeypatch):

@@ -336,12 +336,14 @@ def test_dashboard_pages_render_a_text_zoo(page, llama_source, tmp_path, monkeyp
 
     from streamlit.testing.v1 import AppTest
 
+    from app_support import settled
+
     _import(llama_source, tmp_path / "zoo")
     monkeypatch.setenv("FLEXMERGE_ZOO", str(tmp_path / "zoo"))
     at = AppTest.from_file(str(Path(__file__).resolve().parents[1] / "app.py"), default_timeout=300)
     if page:
         at.switch_page(page)
-    at.run()
+    settled(at)
     assert not at.exception and not at.error, [e.value for e in list(at.exception) + list(at.error)]
     if page == "pages/1_Explore.py":
         assert "normalised score" in json.dumps([str(e.proto) for e in at.get("plotly_chart")] + [m.label for m in at.metric])

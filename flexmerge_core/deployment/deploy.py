@@ -34,6 +34,18 @@ from flexmerge_core.planning.size_accounting import MASK_BITS
 FINETUNED, MERGED, MASKED = "finetuned", "merged", "masked"
 
 
+def entry_kind(algorithm, group_size: int) -> str:
+    """How a group of `group_size` tasks is stored: its members' own tensors, merged, or masked."""
+    if not algorithm.merges_group(group_size):
+        return FINETUNED
+    return MASKED if algorithm.storage == "mask" else MERGED
+
+
+def cast_floating(tensors: dict[str, torch.Tensor], dtype: torch.dtype) -> dict[str, torch.Tensor]:
+    """Floating tensors as `dtype` (an export's --dtype); masks and integer tensors unchanged."""
+    return {n: t.to(dtype) if t.is_floating_point() else t for n, t in tensors.items()}
+
+
 def pack_mask(mask: torch.Tensor) -> torch.Tensor:
     """bool [g, *shape] -> uint8 [g, ceil(numel/8)]: 1 bit per entry, as the size rule counts it."""
     flat = mask.reshape(mask.shape[0], -1).cpu().numpy()
@@ -128,7 +140,7 @@ class Deployment:
         unchanged): what an export in fp16/bf16 holds. Masked tasks are rebuilt in `dtype` too, and
         the recipe records `name` ('fp16', ...) so the export can be reproduced."""
         def cast(tensors):
-            return {n: t.to(dtype) if t.is_floating_point() else t for n, t in tensors.items()}
+            return cast_floating(tensors, dtype)
 
         entries = [[StoredGroup(e.members, e.kind, cast(e.tensors), e.masks, e.scales) for e in block]
                    for block in self.entries]
@@ -215,12 +227,13 @@ class GroupStore:
 
     def _build(self, b: int, group: tuple[int, ...]) -> list[StoredGroup]:
         names = self.spec.blocks[b].params
-        if not self.algorithm.merges_group(len(group)):
+        kind = entry_kind(self.algorithm, len(group))
+        if kind == FINETUNED:
             return [StoredGroup((t,), FINETUNED, {n: self.zoo.task_tensor(t, n) for n in names}) for t in group]
         result = self.merger.result(b, group)
         dtypes = self.zoo.param_dtypes
         unified = {n: result.unified[n].to("cpu", torch.float32) for n in names}
-        if self.algorithm.storage != "mask":
+        if kind == MERGED:
             tensors = {n: (self.pretrained(n).to(torch.float32) + unified[n]).to(dtypes[n]) for n in names}
             return [StoredGroup(group, MERGED, tensors)]
         unified = {n: unified[n].to(dtypes[n]) for n in names}
@@ -229,22 +242,31 @@ class GroupStore:
         return [StoredGroup(group, MASKED, unified, masks, scales)]
 
 
+def block_entries(store, b: int, groups, num_tasks: int) -> tuple[list[StoredGroup], list[int], dict]:
+    """One block of a partition: (its stored entries in order, routing[task] -> entry index, the
+    pretrained tensors it needs: its own when an entry is masked)."""
+    entries: list[StoredGroup] = []
+    routing = [-1] * num_tasks
+    pretrained = {}
+    for group in groups:
+        for entry in store.entries(b, group):
+            for t in entry.members:
+                routing[t] = len(entries)
+            entries.append(entry)
+            if entry.kind == MASKED:
+                pretrained.update({n: store.pretrained(n) for n in store.spec.blocks[b].params})
+    return entries, routing, pretrained
+
+
 def deployment_from_partition(zoo, spec, algorithm, partition, store: GroupStore, recipe: dict) -> Deployment:
     """Assemble a Deployment from a partition, taking stored entries from `store` (shared, memoised)."""
     num_tasks = len(zoo.task_names)
     entries, routing, pretrained = [], [], {}
     for b, groups in enumerate(partition.groups):
-        block_entries: list[StoredGroup] = []
-        block_routing = [-1] * num_tasks
-        for group in groups:
-            for entry in store.entries(b, group):
-                for t in entry.members:
-                    block_routing[t] = len(block_entries)
-                block_entries.append(entry)
-                if entry.kind == MASKED:
-                    pretrained.update({n: store.pretrained(n) for n in spec.blocks[b].params})
-        entries.append(block_entries)
-        routing.append(block_routing)
+        own_entries, own_routing, own_pretrained = block_entries(store, b, groups, num_tasks)
+        entries.append(own_entries)
+        routing.append(own_routing)
+        pretrained.update(own_pretrained)
     return Deployment(
         task_names=list(zoo.task_names), block_names=[blk.name for blk in spec.blocks],
         block_params=[tuple(blk.params) for blk in spec.blocks],

@@ -21,16 +21,21 @@ class GroupMerger:
     algorithm's preprocessing (after one `prepare` pass over the whole zoo, run lazily the first
     time a group is merged); groups the algorithm does not merge (singletons, mask-method pairs)
     keep their members' raw vectors, so reconstruction gives the fine-tuned model exactly.
+    memo=False keeps nothing in memory: for callers that visit each group once (a streamed export, the
+    spectrum benchmark), where the memo would end up holding every merged block.
     """
 
-    def __init__(self, zoo, spec, algorithm: MergeAlgorithm, cache=None, device=None):
+    def __init__(self, zoo, spec, algorithm: MergeAlgorithm, cache=None, device=None, memo: bool = True):
         self.zoo, self.spec, self.algorithm, self.cache = zoo, spec, algorithm, cache
         self.device = pick_device(device)
+        self.memo = memo
         self._memo: dict = {}
         self._prepared = not algorithm.has_preprocessing
 
     def result(self, block_index: int, members: Sequence[int]) -> MergeResult:
         members = tuple(sorted(int(m) for m in members))
+        if not self.memo:
+            return self._cached_or_computed(int(block_index), members)
         memo_key = (int(block_index), members, self.algorithm.key)
         if memo_key not in self._memo:
             self._memo[memo_key] = self._cached_or_computed(int(block_index), members)

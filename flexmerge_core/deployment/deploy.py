@@ -192,10 +192,13 @@ class GroupStore:
     Why: a curve walks through many sizes whose partitions share most groups; an entry that was
     materialised once (pretrained + unified, cast) is reused by reference, so neighbouring
     deployments also share storage. `retain` drops entries no longer in use to bound memory.
+    copy_reads: checkpoint tensors are private copies (Zoo.task_tensor(copy=True)) instead of views of
+    the memory maps, whose pages stay resident while the zoo is open: for one-pass streamed exports.
     """
 
-    def __init__(self, zoo, spec, algorithm, merger):
+    def __init__(self, zoo, spec, algorithm, merger, copy_reads: bool = False):
         self.zoo, self.spec, self.algorithm, self.merger = zoo, spec, algorithm, merger
+        self.copy_reads = copy_reads
         self._entries: dict[tuple[int, tuple[int, ...]], list[StoredGroup]] = {}
         self._pretrained: dict[str, torch.Tensor] = {}
         self._own: dict[int, tuple[dict, Optional[dict]]] = {}
@@ -209,7 +212,7 @@ class GroupStore:
 
     def pretrained(self, name: str) -> torch.Tensor:
         if name not in self._pretrained:
-            self._pretrained[name] = self.zoo.pretrained_tensor(name)
+            self._pretrained[name] = self.zoo.pretrained_tensor(name, copy=self.copy_reads)
         return self._pretrained[name]
 
     def entries(self, block_index: int, group: tuple[int, ...]) -> list[StoredGroup]:
@@ -229,7 +232,8 @@ class GroupStore:
         names = self.spec.blocks[b].params
         kind = entry_kind(self.algorithm, len(group))
         if kind == FINETUNED:
-            return [StoredGroup((t,), FINETUNED, {n: self.zoo.task_tensor(t, n) for n in names}) for t in group]
+            return [StoredGroup((t,), FINETUNED, {n: self.zoo.task_tensor(t, n, copy=self.copy_reads) for n in names})
+                    for t in group]
         result = self.merger.result(b, group)
         dtypes = self.zoo.param_dtypes
         unified = {n: result.unified[n].to("cpu", torch.float32) for n in names}

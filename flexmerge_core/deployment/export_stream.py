@@ -72,7 +72,7 @@ def streamed_deployment_writes(zoo, spec, algorithm, merger, partition, recipe: 
     stores: dict[int, GroupStore] = {}
 
     def store_of(b: int) -> GroupStore:
-        return stores.setdefault(b, GroupStore(zoo, spec, algorithm, merger))
+        return stores.setdefault(b, GroupStore(zoo, spec, algorithm, merger, copy_reads=True))
 
     first_masked = next(((b, g) for b, groups in enumerate(partition.groups) for g in groups
                          if entry_kind(algorithm, len(g)) == MASKED), None)
@@ -99,7 +99,7 @@ def streamed_deployment_writes(zoo, spec, algorithm, merger, partition, recipe: 
                 _put(file, pretrained_tensors(cast(pretrained)))
                 del entries, pretrained
             for t in range(num_tasks):
-                params = {n: zoo.task_tensor(t, n) for n in zoo.unmerged_names}
+                params = {n: zoo.task_tensor(t, n, copy=True) for n in zoo.unmerged_names}
                 head = zoo.head(t)
                 _put(file, task_own_tensors(t, cast(params), None if head is None else cast(head)))
 

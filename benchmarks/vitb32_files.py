@@ -27,6 +27,24 @@ FAMILIES = 4
 CLASSES = 10
 FP32_MODEL_BYTES = 88_000_000 * 4     # the visual tower's ~88 M parameters
 
+# the plain averaging script the benchmarks compare against: argv = zoo folder, output file
+AVERAGE = """
+import sys, json, torch
+from safetensors.torch import load_file, save_file
+zoo, out = sys.argv[1], sys.argv[2]
+manifest = json.load(open(f"{zoo}/zoo.json"))
+total = None
+for task in manifest["tasks"]:
+    state = load_file(f"{zoo}/{task['checkpoint']}")
+    if total is None:
+        total = {k: v.to(torch.float32, copy=True) for k, v in state.items()}
+    else:
+        for k, v in state.items():
+            total[k] += v
+    del state
+save_file({k: v / len(manifest["tasks"]) for k, v in total.items()}, out)
+"""
+
 
 def _direction(index: int, tensor_index: int, like: torch.Tensor) -> torch.Tensor:
     gen = torch.Generator().manual_seed(1_000_003 * (index + 1) + tensor_index)

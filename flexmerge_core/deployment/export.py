@@ -8,7 +8,8 @@ dict that loads strictly into the zoo's encoder (its head goes beside it, `<name
 The recipe JSON beside an export re-creates it byte for byte (`pipeline.reproduce_export`): safetensors
 serialisation is deterministic and so is everything upstream (plan, merge on CPU, seeded DARE).
 An export's files are published together (cache.atomic_write_all: the recipe last, all or none), and
-never onto the zoo they come from (outputs.check_apart).
+never onto the zoo they come from (outputs.check_apart). A whole deployment is written block by block
+(export_stream.py: the same bytes as save_deployment, one block in memory at a time).
 """
 from __future__ import annotations
 

@@ -100,6 +100,7 @@ class Pipeline:
     def __init__(self, zoo: Zoo, settings: PlanSettings = PlanSettings(), progress: Progress = None,
                  deploy_size: Union[float, str, None] = None):
         from flexmerge_core.planning.blocks import build_blocks
+        from flexmerge_core.planning.lazy_plan import LazyPlan
         from flexmerge_core.planning.plan_cache import cached_baseline_plan, cached_plan
         from flexmerge_core.resources import check_memory
 
@@ -109,8 +110,12 @@ class Pipeline:
         self.spec = build_blocks(self.zoo.param_names, self.zoo.param_shapes, settings.block_granularity())
         check_memory(self.zoo, deploy_size, self.spec)
         if settings.baseline is None:
-            self.plan = cached_plan(self.zoo, self.spec, self.algorithm, settings.linkage, settings.order,
-                                    settings.seed, progress=progress)
+            # built on first need: exports and curves at 1x (or the smallest size) and at Mx never need it
+            self.plan = LazyPlan(len(self.zoo.task_names), [b.name for b in self.spec.blocks],
+                                 [b.numel for b in self.spec.blocks], self.algorithm.storage, settings.linkage,
+                                 settings.order, settings.seed,
+                                 lambda: cached_plan(self.zoo, self.spec, self.algorithm, settings.linkage,
+                                                     settings.order, settings.seed, progress=progress))
         else:
             self.plan = cached_baseline_plan(self.zoo, self.spec, self.algorithm, settings.baseline,
                                              settings.linkage, settings.seed, progress=progress)

@@ -338,3 +338,24 @@ def test_half_precision_zoo_yields_float32_task_vectors(tmp_path, pretrained, ta
     assert vectors.dtype == torch.float32
     expected = tasks[1]["state_dict"]["proj"].float() - half["proj"].float()
     assert torch.equal(vectors[0], expected)
+
+
+def test_read_into_copies_what_read_gives_in_any_dtype_and_row_range(tmp_path):
+    """pread copies (no mapped pages left resident) of whole tensors and row ranges, converted like .to."""
+    g = torch.Generator().manual_seed(5)
+    tensors = {"w16": torch.randn(6, 5, generator=g).half(), "wbf": torch.randn(4, 3, 2, generator=g).bfloat16(),
+               "w32": torch.randn(7, generator=g), "scalar": torch.tensor(2.5)}
+    save_file(tensors, str(tmp_path / "m.safetensors"))
+    file = checkpoint_module.CheckpointFile(tmp_path / "m.safetensors", "pretrained")
+    for name, tensor in tensors.items():
+        whole = file.read_into(name, torch.empty(tensor.shape))
+        assert whole.dtype == torch.float32 and torch.equal(whole, tensor.float())
+        same = file.read_into(name, torch.empty(tensor.shape, dtype=tensor.dtype))
+        assert torch.equal(same, tensor) and same.data_ptr() != file.read(name).data_ptr()
+    rows = file.read_into("wbf", torch.empty(2, 3, 2), 1, 3)
+    assert torch.equal(rows, tensors["wbf"][1:3].float())
+    assert torch.equal(file.read_into("w32", torch.empty(3), 4, 7), tensors["w32"][4:7])
+    bad = dict(tensors, w32=torch.tensor([1.0, float("nan")]))
+    save_file(bad, str(tmp_path / "bad.safetensors"))
+    with pytest.raises(ZooError, match="non-finite.*'w32'"):
+        checkpoint_module.CheckpointFile(tmp_path / "bad.safetensors", "pretrained").read_into("w32", torch.empty(2))

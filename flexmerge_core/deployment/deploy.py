@@ -35,6 +35,18 @@ from flexmerge_core.zoo.added_rows import appended
 FINETUNED, MERGED, MASKED = "finetuned", "merged", "masked"
 
 
+def entry_kind(algorithm, group_size: int) -> str:
+    """How a group of `group_size` tasks is stored: its members' own tensors, merged, or masked."""
+    if not algorithm.merges_group(group_size):
+        return FINETUNED
+    return MASKED if algorithm.storage == "mask" else MERGED
+
+
+def cast_floating(tensors: dict[str, torch.Tensor], dtype: torch.dtype) -> dict[str, torch.Tensor]:
+    """Floating tensors as `dtype` (an export's --dtype); masks and integer tensors unchanged."""
+    return {n: t.to(dtype) if t.is_floating_point() else t for n, t in tensors.items()}
+
+
 def pack_mask(mask: torch.Tensor) -> torch.Tensor:
     """bool [g, *shape] -> uint8 [g, ceil(numel/8)]: 1 bit per entry, as the size rule counts it."""
     flat = mask.reshape(mask.shape[0], -1).cpu().numpy()
@@ -130,7 +142,7 @@ class Deployment:
         unchanged): what an export in fp16/bf16 holds. Masked tasks are rebuilt in `dtype` too, and
         the recipe records `name` ('fp16', ...) so the export can be reproduced."""
         def cast(tensors):
-            return {n: t.to(dtype) if t.is_floating_point() else t for n, t in tensors.items()}
+            return cast_floating(tensors, dtype)
 
         entries = [[StoredGroup(e.members, e.kind, cast(e.tensors), e.masks, e.scales) for e in block]
                    for block in self.entries]
@@ -184,10 +196,13 @@ class GroupStore:
     Why: a curve walks through many sizes whose partitions share most groups; an entry that was
     materialised once (pretrained + unified, cast) is reused by reference, so neighbouring
     deployments also share storage. `retain` drops entries no longer in use to bound memory.
+    copy_reads: checkpoint tensors are private copies (Zoo.task_tensor(copy=True)) instead of views of
+    the memory maps, whose pages stay resident while the zoo is open: for one-pass streamed exports.
     """
 
-    def __init__(self, zoo, spec, algorithm, merger):
+    def __init__(self, zoo, spec, algorithm, merger, copy_reads: bool = False):
         self.zoo, self.spec, self.algorithm, self.merger = zoo, spec, algorithm, merger
+        self.copy_reads = copy_reads
         self._entries: dict[tuple[int, tuple[int, ...]], list[StoredGroup]] = {}
         self._pretrained: dict[str, torch.Tensor] = {}
         self._own: dict[int, tuple[dict, Optional[dict], dict]] = {}
@@ -202,7 +217,7 @@ class GroupStore:
 
     def pretrained(self, name: str) -> torch.Tensor:
         if name not in self._pretrained:
-            self._pretrained[name] = self.zoo.pretrained_tensor(name)
+            self._pretrained[name] = self.zoo.pretrained_tensor(name, copy=self.copy_reads)
         return self._pretrained[name]
 
     def entries(self, block_index: int, group: tuple[int, ...]) -> list[StoredGroup]:
@@ -220,12 +235,14 @@ class GroupStore:
 
     def _build(self, b: int, group: tuple[int, ...]) -> list[StoredGroup]:
         names = self.spec.blocks[b].params
-        if not self.algorithm.merges_group(len(group)):
-            return [StoredGroup((t,), FINETUNED, {n: self.zoo.task_tensor(t, n) for n in names}) for t in group]
+        kind = entry_kind(self.algorithm, len(group))
+        if kind == FINETUNED:
+            return [StoredGroup((t,), FINETUNED, {n: self.zoo.task_tensor(t, n, copy=self.copy_reads) for n in names})
+                    for t in group]
         result = self.merger.result(b, group)
         dtypes = self.zoo.param_dtypes
         unified = {n: result.unified[n].to("cpu", torch.float32) for n in names}
-        if self.algorithm.storage != "mask":
+        if kind == MERGED:
             tensors = {n: (self.pretrained(n).to(torch.float32) + unified[n]).to(dtypes[n]) for n in names}
             return [StoredGroup(group, MERGED, tensors)]
         unified = {n: unified[n].to(dtypes[n]) for n in names}
@@ -234,22 +251,31 @@ class GroupStore:
         return [StoredGroup(group, MASKED, unified, masks, scales)]
 
 
+def block_entries(store, b: int, groups, num_tasks: int) -> tuple[list[StoredGroup], list[int], dict]:
+    """One block of a partition: (its stored entries in order, routing[task] -> entry index, the
+    pretrained tensors it needs: its own when an entry is masked)."""
+    entries: list[StoredGroup] = []
+    routing = [-1] * num_tasks
+    pretrained = {}
+    for group in groups:
+        for entry in store.entries(b, group):
+            for t in entry.members:
+                routing[t] = len(entries)
+            entries.append(entry)
+            if entry.kind == MASKED:
+                pretrained.update({n: store.pretrained(n) for n in store.spec.blocks[b].params})
+    return entries, routing, pretrained
+
+
 def deployment_from_partition(zoo, spec, algorithm, partition, store: GroupStore, recipe: dict) -> Deployment:
     """Assemble a Deployment from a partition, taking stored entries from `store` (shared, memoised)."""
     num_tasks = len(zoo.task_names)
     entries, routing, pretrained = [], [], {}
     for b, groups in enumerate(partition.groups):
-        block_entries: list[StoredGroup] = []
-        block_routing = [-1] * num_tasks
-        for group in groups:
-            for entry in store.entries(b, group):
-                for t in entry.members:
-                    block_routing[t] = len(block_entries)
-                block_entries.append(entry)
-                if entry.kind == MASKED:
-                    pretrained.update({n: store.pretrained(n) for n in spec.blocks[b].params})
-        entries.append(block_entries)
-        routing.append(block_routing)
+        own_entries, own_routing, own_pretrained = block_entries(store, b, groups, num_tasks)
+        entries.append(own_entries)
+        routing.append(own_routing)
+        pretrained.update(own_pretrained)
     return Deployment(
         task_names=list(zoo.task_names), block_names=[blk.name for blk in spec.blocks],
         block_params=[tuple(blk.params) for blk in spec.blocks],

@@ -8,7 +8,8 @@ dict that loads strictly into the zoo's encoder (its head goes beside it, `<name
 The recipe JSON beside an export re-creates it byte for byte (`pipeline.reproduce_export`): safetensors
 serialisation is deterministic and so is everything upstream (plan, merge on CPU, seeded DARE).
 An export's files are published together (cache.atomic_write_all: the recipe last, all or none), and
-never onto the zoo they come from (outputs.check_apart).
+never onto the zoo they come from (outputs.check_apart). A whole deployment is written block by block
+(export_stream.py: the same bytes as save_deployment, one block in memory at a time).
 """
 from __future__ import annotations
 
@@ -47,22 +48,35 @@ def _entry_key(b: int, j: int, part: str) -> str:
     return f"blocks/{b}/{j}/{part}"
 
 
+def entry_tensors(b: int, j: int, entry: StoredGroup) -> dict[str, torch.Tensor]:
+    """The file's {key: tensor} of entry j of block b."""
+    out = {_entry_key(b, j, f"tensor/{name}"): t for name, t in entry.tensors.items()}
+    out.update({_entry_key(b, j, f"mask/{name}"): m for name, m in (entry.masks or {}).items()})
+    if entry.scales is not None:
+        out[_entry_key(b, j, "scales")] = entry.scales
+    return out
+
+
+def pretrained_tensors(pretrained: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {f"pretrained/{n}": t for n, t in pretrained.items()}
+
+
+def task_own_tensors(t: int, params: dict[str, torch.Tensor], head: Optional[dict]) -> dict[str, torch.Tensor]:
+    """The file's {key: tensor} of task t's never-merged tensors (unmerged parameters, head)."""
+    out = {f"tasks/{t}/param/{n}": v for n, v in params.items()}
+    out.update({f"tasks/{t}/head/{k}": v for k, v in (head or {}).items()})
+    return out
+
+
 def deployment_tensors(deployment: Deployment) -> dict[str, torch.Tensor]:
     """The flat {key: tensor} of a deployment (stored tensors once, plus per-task extras)."""
     out: dict[str, torch.Tensor] = {}
     for b, entries in enumerate(deployment.entries):
         for j, entry in enumerate(entries):
-            for name, t in entry.tensors.items():
-                out[_entry_key(b, j, f"tensor/{name}")] = t
-            for name, m in (entry.masks or {}).items():
-                out[_entry_key(b, j, f"mask/{name}")] = m
-            if entry.scales is not None:
-                out[_entry_key(b, j, "scales")] = entry.scales
-    out.update({f"pretrained/{n}": t for n, t in deployment.pretrained.items()})
+            out.update(entry_tensors(b, j, entry))
+    out.update(pretrained_tensors(deployment.pretrained))
     for t, own in enumerate(deployment.per_task):
-        out.update({f"tasks/{t}/param/{n}": v for n, v in own.items()})
-        for k, v in (deployment.heads[t] or {}).items():
-            out[f"tasks/{t}/head/{k}"] = v
+        out.update(task_own_tensors(t, own, deployment.heads[t]))
     for t, rows in enumerate(deployment.added_rows):
         out.update({f"tasks/{t}/added/{n}": v for n, v in rows.items()})
     return {k: v.contiguous() for k, v in out.items()}
@@ -78,7 +92,7 @@ def deployment_layout(deployment: Deployment) -> dict:
             "entries": [[{"members": list(e.members), "kind": e.kind} for e in block] for block in deployment.entries]}
 
 
-def _metadata(**documents) -> dict[str, str]:
+def file_metadata(**documents) -> dict[str, str]:
     """One metadata key: safetensors writes its metadata map in hash order, a single entry keeps the bytes stable."""
     return {_META_KEY: json.dumps(documents, sort_keys=True)}
 
@@ -93,7 +107,7 @@ def _safetensors_writer(tensors: dict[str, torch.Tensor], meta: dict) -> Callabl
 def deployment_writes(deployment: Deployment, out) -> Writes:
     """{path: writer} of the whole deployment as one safetensors file."""
     tensors = deployment_tensors(deployment)
-    meta = _metadata(format=DEPLOYMENT_FORMAT, recipe=deployment.recipe, layout=deployment_layout(deployment))
+    meta = file_metadata(format=DEPLOYMENT_FORMAT, recipe=deployment.recipe, layout=deployment_layout(deployment))
     return {Path(out): _safetensors_writer(tensors, meta)}
 
 
@@ -161,7 +175,7 @@ def task_model_writes(deployment: Deployment, task: int, out, encoder_order: lis
     """{path: writer} of one task's standalone encoder state dict (strict-loadable) and its head beside it."""
     state = deployment.encoder_state_dict(task)
     tensors = {n: state[n].contiguous() for n in encoder_order}
-    meta = _metadata(format=TASK_FORMAT, recipe=deployment.recipe, task=deployment.task_names[task])
+    meta = file_metadata(format=TASK_FORMAT, recipe=deployment.recipe, task=deployment.task_names[task])
     writes = {Path(out): _safetensors_writer(tensors, meta)}
     head = deployment.heads[task]
     if head is not None:
@@ -206,7 +220,8 @@ def export(zoo, spec, plan, algorithm, size, out, task: Optional[str] = None, zo
     dtype: 'fp32' | 'fp16' | 'bf16' writes every floating tensor in that dtype (recorded in the recipe);
     None keeps the zoo's dtypes.
     """
-    from flexmerge_core.deployment.deploy import build_deployment
+    from flexmerge_core.deployment.deploy import build_deployment, deployment_recipe
+    from flexmerge_core.deployment.export_stream import streamed_deployment_writes
     from flexmerge_core.deployment.footprint import parse_dtype
     from flexmerge_core.deployment.group_cache import GroupResultCache
     from flexmerge_core.deployment.merge import GroupMerger
@@ -216,15 +231,27 @@ def export(zoo, spec, plan, algorithm, size, out, task: Optional[str] = None, zo
     # inside the zoo folder is refused too: a rebuilt or re-imported zoo replaces its whole folder
     check_apart([out, recipe_path(out), head_path(out)], [zoo.root])
     # merged on CPU: bit-reproducible, so the recipe re-creates the same bytes on any machine
-    merger = GroupMerger(zoo, spec, algorithm, cache=GroupResultCache(), device="cpu")
-    deployment = build_deployment(zoo, plan, algorithm, size, merger=merger)
-    if dtype is not None:
-        deployment = deployment.with_dtype(parse_dtype(dtype), dtype)
-    if task is None:
-        writes = deployment_writes(deployment, out)
+    # streamed block by block (memory holds one block, not the deployment); tasks' added vocabulary rows
+    # (resize_vocab zoos) ride along only in a whole deployment
+    streamed = task is None and not zoo.manifest.resize_vocab
+    merger = GroupMerger(zoo, spec, algorithm, cache=GroupResultCache(), device="cpu", memo=not streamed)
+    torch_dtype = None if dtype is None else parse_dtype(dtype)
+    if streamed:
+        if [b.name for b in spec.blocks] != list(plan.blocks):
+            raise InvalidArgumentError(f"the plan's blocks do not match granularity '{spec.granularity}' of this zoo")
+        partition = plan.partition_at(size)
+        made = deployment_recipe(zoo, spec, plan, algorithm, partition.budget, partition.size)
+        made["budget_met"] = partition.budget_met
+        writes, made = streamed_deployment_writes(zoo, spec, algorithm, merger, partition, made, out,
+                                                  torch_dtype, dtype)
     else:
-        writes = task_writes(zoo, deployment, zoo.task_names.index(task), out)
-    recipe = {"format": RECIPE_FORMAT, "zoo_path": zoo_path or str(zoo.root), "task": task, **deployment.recipe}
+        deployment = build_deployment(zoo, plan, algorithm, size, merger=merger)
+        if dtype is not None:
+            deployment = deployment.with_dtype(torch_dtype, dtype)
+        writes = (deployment_writes(deployment, out) if task is None
+                  else task_writes(zoo, deployment, zoo.task_names.index(task), out))
+        made = deployment.recipe
+    recipe = {"format": RECIPE_FORMAT, "zoo_path": zoo_path or str(zoo.root), "task": task, **made}
     text = (json.dumps(recipe, indent=2, sort_keys=True) + "\n").encode()
     writes[recipe_path(out)] = lambda tmp: tmp.write_bytes(text)   # last: a recipe means the export is whole
     atomic_write_all(writes)

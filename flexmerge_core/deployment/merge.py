@@ -23,18 +23,22 @@ class GroupMerger:
     algorithm's preprocessing (after one `prepare` pass over the whole zoo, run lazily the first
     time a group is merged); groups the algorithm does not merge (singletons, mask-method pairs)
     keep their members' raw vectors, so reconstruction gives the fine-tuned model exactly.
-    memo_bytes: the memo's byte budget (default: memo.default_memo_bytes()).
+    memo_bytes: the memo's byte budget (default: memo.default_memo_bytes()). memo=False keeps nothing in
+    memory: for callers that visit each group once (a streamed export, the spectrum benchmark), where the memo
+    would only churn.
     """
 
     def __init__(self, zoo, spec, algorithm: MergeAlgorithm, cache=None, device=None,
-                 memo_bytes: Optional[int] = None):
+                 memo_bytes: Optional[int] = None, memo: bool = True):
         self.zoo, self.spec, self.algorithm, self.cache = zoo, spec, algorithm, cache
         self.device = pick_device(device)
-        self.memo = ByteBudgetLRU(memo_bytes)
+        self.memo = ByteBudgetLRU(memo_bytes) if memo else None
         self._prepared = not algorithm.has_preprocessing
 
     def result(self, block_index: int, members: Sequence[int]) -> MergeResult:
         members = tuple(sorted(int(m) for m in members))
+        if self.memo is None:
+            return self._cached_or_computed(int(block_index), members)
         memo_key = (int(block_index), members, self.algorithm.key)
         found = self.memo.get(memo_key)
         if found is None:

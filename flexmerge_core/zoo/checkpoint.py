@@ -3,13 +3,21 @@
 Why: a zoo may hold dozens of multi-GB models, so opening one must only read headers, and a
 tensor is read on demand, one at a time, from a memory map. Torch files are loaded with
 `weights_only=True` (never runs pickled code) and `mmap=True` (tensors stay on disk until touched).
+`read_into` copies a tensor with pread instead: pages touched through a map stay in this process's
+resident set while the file is open, so one pass over a zoo through the maps (an export, a merge of
+every block) grew peak RSS by every checkpoint read (3 GB for 8 ViT-B-32 models); a copy is freed
+with the tensor it was read into.
 Sharded HuggingFace checkpoints are named by their index (`model.safetensors.index.json`, whose
 `weight_map` names each tensor's shard): every shard is memory-mapped and only headers are read at
 open, so a 7B model never sits whole in memory.
 """
 from __future__ import annotations
 
+import json
+import math
+import os
 from pathlib import Path
+from typing import Optional
 
 import torch
 from safetensors import safe_open
@@ -56,7 +64,7 @@ class CheckpointFile:
                            f"(use .safetensors, {INDEX_SUFFIX}, .pt, .pth or .bin)")
 
     def _open_safetensors(self) -> None:
-        self.shapes, self.dtypes, self._handles = {}, {}, {}
+        self.shapes, self.dtypes, self._handles, self._offsets = {}, {}, {}, {}
         self._add_shard(self.path, None)
         self._state = None
 
@@ -71,6 +79,11 @@ class CheckpointFile:
                 self.shapes[name] = tuple(view.get_shape())
                 self.dtypes[name] = SAFETENSORS_DTYPES[view.get_dtype()]
                 self._handles[name] = handle
+            with open(path, "rb") as f:   # the header again, for the data offsets read_into needs
+                length = int.from_bytes(f.read(8), "little")
+                header = json.loads(f.read(length))
+            self._offsets.update({name: (path, 8 + length + header[name]["data_offsets"][0])
+                                  for name in header if name in self._handles and name not in self._offsets})
         except Exception as exc:  # OSError, a bad header (SafetensorError), an unknown dtype (KeyError)
             raise ZooError(f"{path}: cannot read safetensors file of {self.role}: {exc}") from exc
 
@@ -84,7 +97,7 @@ class CheckpointFile:
                 raise ValueError("'weight_map' must map tensor names to shard file names")
         except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError) as exc:
             raise ZooError(f"{self.path}: not a safetensors index of {self.role}: {exc}") from exc
-        self.shapes, self.dtypes, self._handles, self._state = {}, {}, {}, None
+        self.shapes, self.dtypes, self._handles, self._offsets, self._state = {}, {}, {}, {}, None
         by_shard: dict[str, set] = {}
         for name, shard in weight_map.items():
             by_shard.setdefault(shard, set()).add(name)
@@ -112,7 +125,7 @@ class CheckpointFile:
             raise ZooError(f"{self.path}: the torch checkpoint of {self.role} is not a flat state dict "
                            f"of named tensors")
         self._state = state
-        self._handles = {}
+        self._handles, self._offsets = {}, {}
         self.shapes = {name: tuple(t.shape) for name, t in state.items()}
         self.dtypes = {name: t.dtype for name, t in state.items()}
 
@@ -146,6 +159,37 @@ class CheckpointFile:
         if name not in self._checked_finite:
             self._check_finite(name, tensor)
         return tensor
+
+    def read_into(self, name: str, out: torch.Tensor, start: int = 0, stop: Optional[int] = None) -> torch.Tensor:
+        """Rows start:stop (along dim 0; default all) of one tensor copied into the contiguous `out` (any
+        floating dtype; converted like .to), read with pread rather than through the map (module docstring).
+        Torch files, already mapped whole by torch.load, copy from their map."""
+        if name not in self.shapes:
+            raise ZooError(f"{self.path}: tensor '{name}' missing from {self.role}")
+        shape, dtype = self.shapes[name], self.dtypes[name]
+        whole = start == 0 and (stop is None or not shape or stop == shape[0])
+        if name not in self._offsets:
+            out.copy_(self.read(name) if whole else self.read_rows(name, start, shape[0] if stop is None else stop))
+            return out
+        target = out if out.dtype == dtype else torch.empty(out.shape, dtype=dtype)
+        path, begin = self._offsets[name]
+        row_bytes = math.prod(shape[1:]) * target.element_size() if shape else 0
+        buffer = memoryview(target.reshape(-1).view(torch.uint8).numpy())
+        with open(path, "rb", buffering=0) as f:
+            done, offset = 0, begin + start * row_bytes
+            while done < len(buffer):
+                got = os.preadv(f.fileno(), [buffer[done:]], offset + done)
+                if got <= 0:
+                    raise ZooError(f"{path}: tensor '{name}' of {self.role} is cut short (file truncated?)")
+                done += got
+        self.reads += 1
+        if name not in self._checked_finite:
+            self._check_finite(name, target)
+            if whole:
+                self._checked_finite.add(name)
+        if target is not out:
+            out.copy_(target)
+        return out
 
     def _check_finite(self, name: str, tensor: torch.Tensor) -> None:
         """NaN/Inf check by the extremes: aminmax propagates NaN and reads the data once without a bool

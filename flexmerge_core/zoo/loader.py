@@ -255,13 +255,20 @@ class Zoo:
         if name not in self.param_shapes:
             raise InvalidArgumentError(f"unknown parameter '{name}' in zoo '{self.name}'")
 
-    def pretrained_tensor(self, name: str) -> torch.Tensor:
+    def pretrained_tensor(self, name: str, copy: bool = False) -> torch.Tensor:
+        """The pretrained tensor: a view of the file's memory map, or with `copy` a private copy
+        (CheckpointFile.read_into: freed when dropped, for one-pass readers such as a streamed export)."""
         self._check_param(name)
-        return self._pretrained_file.read(name)
+        return self._read(self._pretrained_file, name, copy)
 
-    def task_tensor(self, task_id: int, name: str) -> torch.Tensor:
+    def task_tensor(self, task_id: int, name: str, copy: bool = False) -> torch.Tensor:
         self._check_param(name)
-        return self._task_file(task_id).read(name)
+        return self._read(self._task_file(task_id), name, copy)
+
+    def _read(self, file, name: str, copy: bool) -> torch.Tensor:
+        if not copy or isinstance(file, LoraCheckpoint):   # a LoRA tensor is computed, never mapped
+            return file.read(name)
+        return file.read_into(name, torch.empty(self.param_shapes[name], dtype=self.param_dtypes[name]))
 
     def added_rows(self, task_id: int) -> dict[str, torch.Tensor]:
         """{name: rows the task added beyond the pretrained tensor} (resize_vocab zoos; else empty): never
@@ -290,8 +297,8 @@ class Zoo:
                     stacked[row] = file.task_vector(name)
                     continue
                 if base is None:
-                    base = self.pretrained_tensor(name).to(torch.float32)
-                torch.sub(file.read(name).to(torch.float32), base, out=stacked[row])
+                    base = self._pretrained_file.read_into(name, torch.empty(stacked.shape[1:], dtype=torch.float32))
+                file.read_into(name, stacked[row]).sub_(base)   # copies: a pass leaves no mapped pages behind
             out[name] = stacked
         return out
 
@@ -316,8 +323,8 @@ class Zoo:
                 out[row] = file.task_vector_rows(name, start, stop)
                 continue
             if base is None:
-                base = self._pretrained_file.read_rows(name, start, stop).to(torch.float32)
-            torch.sub(file.read_rows(name, start, stop).to(torch.float32), base, out=out[row])
+                base = self._pretrained_file.read_into(name, torch.empty(out.shape[1:], dtype=torch.float32), start, stop)
+            file.read_into(name, out[row], start, stop).sub_(base)
         return out
 
     def head(self, task_id: int) -> dict[str, torch.Tensor] | None:

@@ -1,0 +1,90 @@
+"""Sizes that need no plan (1x / the smallest size, and Mx) give exactly what the plan gives, and the
+streamed export writes exactly the bytes of the in-memory deployment."""
+import numpy as np
+import pytest
+import torch
+
+from deploy_zoos import evaluable_zoo, plan_for
+from flexmerge_core.algorithms import ALGORITHM_NAMES
+from flexmerge_core.deployment.deploy import build_deployment
+from flexmerge_core.deployment.export import export, recipe_path, save_deployment
+from flexmerge_core.evaluation.curve import compute_curve
+from flexmerge_core.pipeline import Pipeline, PlanSettings
+from flexmerge_core.planning.lazy_plan import LazyPlan
+from flexmerge_core.planning.plan import plan_from_similarities
+
+pytestmark = pytest.mark.usefixtures("one_thread", "private_cache")
+
+
+def _random_plan(num_tasks, storage, order, seed):
+    rng = np.random.default_rng(seed)
+    vectors = rng.standard_normal((3, num_tasks, 5))
+    norms = np.linalg.norm(vectors, axis=2, keepdims=True)
+    sims = (vectors / norms) @ (vectors / norms).transpose(0, 2, 1)
+    numels = [7, 3, 11]
+    return numels, plan_from_similarities(sims, numels, storage, "min", order, seed, blocks=["a", "b", "c"])
+
+
+@pytest.mark.parametrize("storage", ["standard", "mask"])
+@pytest.mark.parametrize("num_tasks", [1, 2, 3, 5])
+@pytest.mark.parametrize("order", ["greedy", "random", "right-to-left"])
+def test_direct_partitions_are_the_plans_partitions_without_building_it(storage, num_tasks, order):
+    numels, plan = _random_plan(num_tasks, storage, order, seed=num_tasks)
+    built = []
+    lazy = LazyPlan(num_tasks, ["a", "b", "c"], numels, storage, "min", order, num_tasks,
+                    lambda: built.append(1) or plan)
+    assert lazy.min_size == plan.min_size and lazy.max_size == plan.max_size
+    for budget in (0.25, plan.min_size, plan.max_size, plan.max_size + 0.5, 1e9):
+        assert lazy.partition_at(budget) == plan.partition_at(budget), budget
+    assert not built
+    if plan.min_size < plan.max_size:   # anything in between needs the plan, built once
+        middle = (plan.min_size + plan.max_size) / 2
+        assert lazy.partition_at(middle) == plan.partition_at(middle)
+        assert lazy.events == plan.events and built == [1]
+
+
+@pytest.fixture(scope="module")
+def zoo(tmp_path_factory):
+    zoo, *_ = evaluable_zoo(tmp_path_factory.mktemp("zoo") / "tiny", num_tasks=4, head_input="normalized",
+                            unmerged=["^proj$"])
+    return zoo
+
+
+@pytest.mark.parametrize("algorithm", ALGORITHM_NAMES)
+def test_streamed_export_is_byte_identical_to_the_built_deployment(zoo, tmp_path, algorithm):
+    spec, algo, plan = plan_for(zoo, algorithm)
+    middle = (plan.min_size + plan.max_size) / 2
+    for budget, dtype in ((1.0, None), (middle, None), (4.0, None), (middle, "fp16")):
+        deployment = build_deployment(zoo, plan, algo, budget, spec=spec)
+        if dtype is not None:
+            deployment = deployment.with_dtype(torch.float16, dtype)
+        expected = save_deployment(deployment, tmp_path / f"expected-{budget}.safetensors")
+        out = tmp_path / f"streamed-{budget}-{dtype}.safetensors"
+        recipe = export(zoo, spec, plan, algo, budget, out, dtype=dtype)
+        assert out.read_bytes() == expected.read_bytes(), (budget, dtype)
+        assert {k: recipe[k] for k in deployment.recipe} == deployment.recipe
+
+
+@pytest.mark.parametrize("algorithm", ["ta", "emr"])
+def test_pipeline_exports_and_curves_at_1x_and_mx_skip_the_plan(zoo, tmp_path, algorithm):
+    spec, algo, plan = plan_for(zoo, algorithm)
+    pipeline = Pipeline(zoo, PlanSettings(algorithm=algorithm))
+    for budget in (0.5, 1.0, 4.0):
+        fast = tmp_path / f"fast-{budget}.safetensors"
+        slow = tmp_path / f"slow-{budget}.safetensors"
+        pipeline.export(budget, fast)
+        export(zoo, spec, plan, algo, budget, slow)
+        assert fast.read_bytes() == slow.read_bytes()
+        assert recipe_path(fast).read_text() == recipe_path(slow).read_text()
+    sizes = [1.0, pipeline.plan.min_size, 4.0]
+    rows = pipeline.curve(sizes, use_cache=False).rows
+    assert not pipeline.plan.built
+    assert rows == compute_curve(zoo, plan, algo, sizes, spec=spec, use_cache=False).rows
+
+
+def test_a_pipeline_still_refuses_bad_plan_options_before_any_plan_is_built(zoo):
+    from flexmerge_core.errors import InvalidArgumentError
+
+    for settings in (PlanSettings(linkage="median"), PlanSettings(order="sideways"), PlanSettings(seed=-1)):
+        with pytest.raises(InvalidArgumentError):
+            Pipeline(zoo, settings)

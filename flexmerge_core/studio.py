@@ -101,6 +101,7 @@ class Explorer:
         self.pipeline = Pipeline(zoo, choice, progress=progress)
         self.zoo, self.algorithm, self.spec = self.pipeline.zoo, self.pipeline.algorithm, self.pipeline.spec
         self.plan: MergePlan = self.pipeline.plan    # a baseline's ClusteringPlan when choice.baseline is set
+        self.plan.achievable_sizes()   # the app needs the whole plan: built here, where pages report its errors
         self.footprint = self.pipeline.footprint()     # exact bytes of any partition, at the zoo's dtypes
         self._counts: Optional[dict[str, int]] = None  # held-out examples per task (interval widths)
         self._lock = threading.RLock()

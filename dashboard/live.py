@@ -19,6 +19,7 @@ from flexmerge_core.studio import Explorer
 
 REFRESH_S = 1.0
 CANCELLED_KEY = "work_cancelled"   # the plan settings whose queued work this session cancelled
+ASKED_KEY = "work_asked"           # this run asked for sizes that were not known yet
 
 
 def session_id() -> str:
@@ -29,7 +30,10 @@ def want(explorer: Explorer, budgets: Sequence[float], urgent: bool = False) -> 
     """Ask for these sizes of this plan to be evaluated in the background (known ones are skipped).
     Once this session cancelled a plan's work, only urgent asks (the size on screen) queue more of it."""
     if urgent or explorer.choice not in st.session_state.get(CANCELLED_KEY, set()):
-        background().want(session_id(), explorer, budgets, urgent=urgent)
+        work = background()
+        if any(not explorer.known(b) and work.failure(explorer, b) is None for b in budgets):
+            st.session_state[ASKED_KEY] = True   # what is drawn now may show "pending" (see _settling)
+        work.want(session_id(), explorer, budgets, urgent=urgent)
 
 
 def want_curve(explorer: Explorer, first: Sequence[float] = ()) -> None:
@@ -50,8 +54,11 @@ def live_fragment(body: Callable[..., None], explorer: Explorer, *args) -> None:
 def _settling(body: Callable[..., None]) -> Callable[..., None]:
     @functools.wraps(body)   # the fragment's identity follows the page's function
     def run(explorer: Explorer, refreshing: bool, *args) -> None:
+        st.session_state[ASKED_KEY] = False
         body(explorer, *args)
-        if refreshing != pending(explorer):   # the timer must start or stop: only a full run sets it
+        # the timer must start or stop: only a full run sets it. Without a timer, work this run asked for
+        # may already have landed (nothing pending) after "pending" was drawn: run again to draw it.
+        if refreshing != pending(explorer) or (not refreshing and st.session_state.get(ASKED_KEY)):
             st.rerun()
     return run
 

@@ -53,8 +53,7 @@ class ZooSummary:
     name: str
     root: str
     tasks: list[str]
-    finetuned: Optional[dict[str, float]]
-    metrics: dict[str, str]              # task -> its task kind's metric name (what `finetuned` holds)
+    metrics: dict[str, str]              # task -> its task kind's metric name
     merged_params: int
     num_blocks: int
     model_megabytes: float
@@ -87,7 +86,7 @@ def model_bytes(zoo: Zoo) -> int:
 def summarize_zoo(zoo: Zoo, granularity: str = DEFAULT_GRANULARITY) -> ZooSummary:
     spec = build_blocks(zoo.param_names, zoo.param_shapes, granularity=granularity)
     return ZooSummary(name=zoo.name, root=str(zoo.root), tasks=list(zoo.task_names),
-                      finetuned=zoo.finetuned_accuracy, merged_params=int(spec.total_params),
+                      merged_params=int(spec.total_params),
                       metrics={name: zoo.task_kind(t).metric for t, name in enumerate(zoo.task_names)},
                       num_blocks=len(spec.blocks), model_megabytes=model_bytes(zoo) / 1e6,
                       source=source_format(zoo.recipe), architecture=zoo.manifest.architecture_kind)

@@ -292,6 +292,7 @@ def _cmd_plan(args: argparse.Namespace) -> int:
     budget_mb = None if args.budget_mb is None else parse_megabytes(args.budget_mb, single=True)[0]
     pipeline = _pipeline_from_args(args)
     zoo, plan = pipeline.zoo, pipeline.plan
+    events = plan.events   # built (or read from the cache) before anything is printed: its errors come alone
     model_bytes = pipeline.footprint(args.dtype).model_bytes
     budget = None if budget_mb is None else _megabytes(pipeline, budget_mb, args.dtype)
     if args.json:
@@ -307,7 +308,7 @@ def _cmd_plan(args: argparse.Namespace) -> int:
     if budget is not None:
         print(f"at most {budget_mb:g} MB: size {budget['size']:.4f} ({budget['megabytes']:.2f} MB, "
               f"{budget['num_events']} events)" + ("" if budget["budget_met"] else ", the smallest; it does not fit"))
-    for e in plan.events:
+    for e in events:
         a = "+".join(names[t] for t in e.group_a)
         b = "+".join(names[t] for t in e.group_b)
         print(f"{e.step:5d}  {plan.blocks[e.block]:<40s}  {a} | {b}  sim {e.similarity:+.4f}  "

@@ -68,6 +68,11 @@ def task_own_tensors(t: int, params: dict[str, torch.Tensor], head: Optional[dic
     return out
 
 
+def added_rows_tensors(t: int, rows: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The file's {key: tensor} of the vocabulary rows task t added (resize_vocab zoos; else none)."""
+    return {f"tasks/{t}/added/{n}": v for n, v in rows.items()}
+
+
 def deployment_tensors(deployment: Deployment) -> dict[str, torch.Tensor]:
     """The flat {key: tensor} of a deployment (stored tensors once, plus per-task extras)."""
     out: dict[str, torch.Tensor] = {}
@@ -78,7 +83,7 @@ def deployment_tensors(deployment: Deployment) -> dict[str, torch.Tensor]:
     for t, own in enumerate(deployment.per_task):
         out.update(task_own_tensors(t, own, deployment.heads[t]))
     for t, rows in enumerate(deployment.added_rows):
-        out.update({f"tasks/{t}/added/{n}": v for n, v in rows.items()})
+        out.update(added_rows_tensors(t, rows))
     return {k: v.contiguous() for k, v in out.items()}
 
 
@@ -231,9 +236,8 @@ def export(zoo, spec, plan, algorithm, size, out, task: Optional[str] = None, zo
     # inside the zoo folder is refused too: a rebuilt or re-imported zoo replaces its whole folder
     check_apart([out, recipe_path(out), head_path(out)], [zoo.root])
     # merged on CPU: bit-reproducible, so the recipe re-creates the same bytes on any machine
-    # streamed block by block (memory holds one block, not the deployment); tasks' added vocabulary rows
-    # (resize_vocab zoos) ride along only in a whole deployment
-    streamed = task is None and not zoo.manifest.resize_vocab
+    # a whole deployment is streamed block by block (memory holds one block, not the deployment)
+    streamed = task is None
     merger = GroupMerger(zoo, spec, algorithm, cache=GroupResultCache(), device="cpu", memo=not streamed)
     torch_dtype = None if dtype is None else parse_dtype(dtype)
     if streamed:

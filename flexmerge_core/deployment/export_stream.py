@@ -21,7 +21,7 @@ import torch
 
 from flexmerge_core.deployment.deploy import (FINETUNED, MASKED, GroupStore, StoredGroup, block_entries,
                                               cast_floating, deployment_from_partition, entry_kind)
-from flexmerge_core.deployment.export import (DEPLOYMENT_FORMAT, deployment_layout, deployment_tensors,
+from flexmerge_core.deployment.export import (DEPLOYMENT_FORMAT, added_rows_tensors, deployment_layout, deployment_tensors,
                                               entry_tensors, file_metadata, pretrained_tensors, task_own_tensors)
 from flexmerge_core.zoo.safetensors_stream import StreamedSafetensors, save_file_order
 
@@ -57,7 +57,8 @@ class _SkeletonStore:
     def task_own(self, task_id: int):
         head = self.zoo.task_files(task_id).head
         heads = None if head is None else {k: _meta(head.shapes[k], head.dtypes[k]) for k in head.names}
-        return self._params(self.zoo.unmerged_names), heads
+        added = {n: _meta(rows.shape, rows.dtype) for n, rows in self.zoo.added_rows(task_id).items()}
+        return self._params(self.zoo.unmerged_names), heads, added
 
 
 def streamed_deployment_writes(zoo, spec, algorithm, merger, partition, recipe: dict, out,
@@ -102,6 +103,7 @@ def streamed_deployment_writes(zoo, spec, algorithm, merger, partition, recipe: 
                 params = {n: zoo.task_tensor(t, n, copy=True) for n in zoo.unmerged_names}
                 head = zoo.head(t)
                 _put(file, task_own_tensors(t, cast(params), None if head is None else cast(head)))
+                _put(file, added_rows_tensors(t, cast(zoo.added_rows(t))))
 
     return {Path(out): write}, skeleton.recipe
 

@@ -28,7 +28,7 @@ def grown_rows(pretrained, task) -> dict[str, int]:
 class AddedRowsCheckpoint:
     """A task checkpoint read with the pretrained shapes; `added(name)` = its rows beyond them.
 
-    Reads like CheckpointFile (names, shapes, dtypes, read, read_rows, reads, files, path, role)."""
+    Reads like CheckpointFile (names, shapes, dtypes, read, read_rows, read_into, reads, files, path, role)."""
 
     def __init__(self, file, pretrained):
         self.file, self.path, self.role, self.files = file, file.path, file.role, file.files
@@ -56,6 +56,11 @@ class AddedRowsCheckpoint:
         if name in self.grown:
             stop = min(stop, self.shapes[name][0])
         return self.file.read_rows(name, start, stop)
+
+    def read_into(self, name: str, out: torch.Tensor, start: int = 0, stop=None) -> torch.Tensor:
+        if name in self.grown:
+            stop = self.shapes[name][0] if stop is None else min(stop, self.shapes[name][0])
+        return self.file.read_into(name, out, start, stop)
 
     def added(self) -> dict[str, torch.Tensor]:
         """{name: the rows beyond the pretrained ones} of every grown tensor."""

@@ -527,7 +527,9 @@ def _environment_case(name: str, error: type, variable: str, value: str, culprit
         def call():
             from flexmerge_core.pipeline import Pipeline, resolve_zoo
 
-            return Pipeline(resolve_zoo(root), deploy_size=1.0)   # the cached plan and the memory guard
+            pipeline = Pipeline(resolve_zoo(root), deploy_size=1.0)   # the memory guard
+            pipeline.plan.achievable_sizes()   # the cached plan (1x alone would not need one)
+            return pipeline
 
         return Scenario(call=call, argv=plan_argv(root), culprit=culprit, app_zoo=root,
                         fault=lambda: mock.patch.dict(os.environ, {variable: value}))

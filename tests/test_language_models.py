@@ -247,6 +247,8 @@ def test_resize_vocab_merges_shared_rows_and_keeps_added_ones(llama_source, tmp_
         assert engine.scores.tolist() == _reference(reloaded, tok, "task1")
         assert pipeline.curve([size]).rows[0]["accuracy"]["task1"] == engine.value
     save_deployment(deployment, tmp_path / "deployment.safetensors")      # the whole deployment keeps them too
+    pipeline.export(2, tmp_path / "streamed.safetensors")                  # streamed block by block: same bytes
+    assert (tmp_path / "streamed.safetensors").read_bytes() == (tmp_path / "deployment.safetensors").read_bytes()
     again = load_deployment(tmp_path / "deployment.safetensors")
     for t in range(3):
         expected = deployment.encoder_state_dict(t)

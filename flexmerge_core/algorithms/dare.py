@@ -22,6 +22,7 @@ import torch
 from flexmerge_core.algorithms.base import HyperParam, float_block, iter_rows
 from flexmerge_core.algorithms.ta import TaskArithmetic
 from flexmerge_core.algorithms.ties import Ties
+from flexmerge_core.cache import content_hash
 
 DROP = HyperParam("p", 0.9, float, 0.0, 1.0, high_inclusive=False, help="drop probability")
 SEED = HyperParam("seed", 0, int, 0, 2 ** 62, help="seed of the drop masks")
@@ -51,6 +52,11 @@ class DareMixin:
     @property
     def has_preprocessing(self) -> bool:
         return True
+
+    @property
+    def input_key(self) -> str:
+        """The drop depends on p and seed only: dare_ta and dare_ties with equal p and seed share it."""
+        return content_hash("rows", "dare-drop", self._hp["p"], self._hp["seed"])
 
     def _input_vectors(self, block, tasks):
         return drop_and_rescale(block, tasks, self._hp["p"], self._hp["seed"])

@@ -120,7 +120,8 @@ def main() -> None:
             seconds, _, _ = measured(me + ["--child", "write", "--zoo", str(zoo), "--tasks", str(args.tasks)]
                                      + (["--fp16"] if args.fp16 else []))
             print(f"wrote the zoo in {seconds:.1f} s ({zoo})", flush=True)
-        print(f"{args.tasks} tasks of ViT-B-32 ({'fp16' if args.fp16 else 'fp32'} files), device {args.device}, "
+        tasks = len(json.loads((zoo / "zoo.json").read_text())["tasks"])
+        print(f"{tasks} tasks of ViT-B-32 ({'fp16' if args.fp16 else 'fp32'} files), device {args.device}, "
               f"torch {torch.__version__}, {torch.get_num_threads()} CPU threads", flush=True)
         avg_s, avg_mb, _ = measured([sys.executable, "-c", AVERAGE, str(zoo), str(workdir / "avg.safetensors")], env)
         floor_wall, floor_mb, out = measured(me + ["--child", "floor", "--zoo", str(zoo), "--device", args.device], env)

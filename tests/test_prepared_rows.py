@@ -65,8 +65,11 @@ def test_preprocessing_runs_once_per_block_and_task_across_a_whole_curve(tmp_pat
         return original(block, tasks)
 
     algorithm.preprocess_block = counted
+    prepares = []
+    algorithm.prepare = lambda stream: prepares.append(stream)
     merger = GroupMerger(zoo, spec, algorithm, device="cpu")
     compute_curve(zoo, plan, algorithm, "all", merger=merger, use_cache=False)
+    assert prepares == []                                       # the plan's global pass on this zoo is reused
     merged_blocks = {b for b, groups in enumerate(plan.partition_at(plan.min_size).groups)
                      if any(len(g) > 1 for g in groups)}
     assert merged_blocks and set(calls.values()) == {1}
@@ -158,7 +161,7 @@ def test_a_rewritten_checkpoint_never_gets_stale_rows(tmp_path, monkeypatch):
     os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))
     changed = open_zoo(zoo.root)
     assert changed.fingerprint != zoo.fingerprint
-    after = GroupMerger(changed, spec, get_algorithm("ties"), device="cpu", rows=rows).result(0, (0, 1, 2))
+    after = GroupMerger(changed, spec, algorithm, device="cpu", rows=rows).result(0, (0, 1, 2))   # prepared again
     fresh = GroupMerger(changed, spec, get_algorithm("ties"), device="cpu", memo=False).result(0, (0, 1, 2))
     assert same(after, fresh) and not same(after, before)
 

@@ -137,6 +137,7 @@ class MergeAlgorithm:
             raise InvalidArgumentError(
                 f"algorithm {self.name!r} has no option {unknown[0]!r} (options: {sorted(declared)})")
         self._hp = {p.name: p.validate(overrides.get(p.name, p.default)) for p in self.params}
+        self._prepared_on: Optional[str] = None
 
     # ---- identity -------------------------------------------------------------------------
     @property
@@ -199,6 +200,16 @@ class MergeAlgorithm:
     def prepare(self, stream: BlockStream) -> None:
         """Record global state from the whole model; stream() gives a fresh block iterator."""
 
+    def prepare_for(self, source: str, stream: BlockStream) -> None:
+        """prepare(stream) unless the last prepare_for named the same `source` (a zoo fingerprint):
+        the plan's similarity pass and the merger then share one global pass (TIES' thresholds:
+        ~40% of a ViT-B-32 spectrum's time when run twice). Prepared state never depends on how the
+        stream cuts the model into blocks, so any block spec of that zoo gives the same state."""
+        if self._prepared_on != source:
+            self._prepared_on = None
+            self.prepare(stream)
+            self._prepared_on = source
+
     def preprocess_block(self, block: Block, tasks: Optional[Sequence[int]] = None) -> dict:
         """The block's vectors as the merge expects them: preprocess_inputs over _input_vectors.
 
@@ -221,6 +232,7 @@ class MergeAlgorithm:
 
     def preprocess(self, task_vectors: Block) -> dict:
         """The whole-model interface of docs/ARCHITECTURE.md: prepare on one chunk, then preprocess it."""
+        self._prepared_on = None
         self.prepare(lambda: iter([task_vectors]))
         return self.preprocess_block(task_vectors)
 

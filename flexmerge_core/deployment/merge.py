@@ -38,7 +38,6 @@ class GroupMerger:
         self.device = pick_device(device)
         self.memo = ByteBudgetLRU(memo_bytes) if memo else None
         self.rows = rows if rows is not None or not memo else PreparedRows()
-        self._prepared = not algorithm.has_preprocessing
 
     def result(self, block_index: int, members: Sequence[int]) -> MergeResult:
         members = tuple(sorted(int(m) for m in members))
@@ -82,7 +81,8 @@ class GroupMerger:
         return self.algorithm.merge(vectors, members)
 
     def _prepare(self) -> None:
-        if not self._prepared:
+        """The algorithm's global pass, skipped when it already ran on this zoo (the plan's, another merger's)."""
+        if self.algorithm.has_preprocessing:
             blocks = self.spec.blocks
-            self.algorithm.prepare(lambda: (load_rows(self.zoo, b.params, None, self.device) for b in blocks))
-            self._prepared = True
+            self.algorithm.prepare_for(self.zoo.fingerprint,
+                                       lambda: (load_rows(self.zoo, b.params, None, self.device) for b in blocks))

@@ -11,7 +11,9 @@ Draws are made on the CPU so CUDA and CPU runs drop the same entries.
 Cost model: the merge is the base algorithm's on the dropped vectors (dare_ta 1.0x averaging, dare_ties
 3.4x at g = 30, one ViT-B-32 MLP block, one thread's CPU time); preprocess_block is bound by drawing
 one uniform number per entry from a sequential CPU generator (one per task and tensor), the price of
-drop masks that do not depend on block order or device.
+drop masks that do not depend on block order or device. So the drop is drawn once per (block, task):
+the merger's row cache (deployment/prepared_rows.py) keys dropped rows by `input_key` = (p, seed), which
+dare_ta and dare_ties share; dare_ties' rows add the trim's keep (ties.py).
 """
 from __future__ import annotations
 

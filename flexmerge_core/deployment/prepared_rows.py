@@ -78,10 +78,10 @@ class PreparedRows:
         held = self._held(where, key, every)
         absent = [t for t in every if t not in held]
         tasks = absent if len(absent) * each <= self.lru.budget else list(missing)
-        with self._lock:
-            self.lru.reserve(len(tasks) * each)
         staged = {} if raw or key == algorithm.input_key or not algorithm.staged_preprocessing \
             else self._held(where, algorithm.input_key, tasks)
+        with self._lock:
+            self.lru.reserve(len(tasks) * each)   # the old rows go before the new are built, not after
         out = {}
         if staged:
             done = sorted(staged)
@@ -90,7 +90,9 @@ class PreparedRows:
         fresh = [t for t in tasks if t not in staged]
         if fresh:
             vectors = load_rows(zoo, block.params, fresh, device)
-            out.update(self._split(float_block(vectors) if raw else algorithm.preprocess_block(vectors, tasks=fresh), fresh))
+            prepared = float_block(vectors) if raw else algorithm.preprocess_block(vectors, tasks=fresh)
+            del vectors   # the raw block is freed before its rows are copied out
+            out.update(self._split(prepared, fresh))
         with self._lock:
             self.loaded += len(fresh)
             self.preprocessed += 0 if raw else len(tasks)

@@ -6,7 +6,8 @@ preprocessing) and merge every group the plan ever forms that the algorithm stor
 would on first reaching each size). Groups are visited block by block, and the merger's row cache
 (deployment/prepared_rows.py) holds one block's preprocessed rows of every task (its budget: the
 largest block's), so each task is read and preprocessed once per block, not once per group; the
-`rows` column counts the (block, task) rows read from disk. Next to them, two references, each a
+`rows` column counts the (block, task) rows read from disk; the plan's global pass (TIES' and PCB's
+thresholds) serves the merges too (MergeAlgorithm.prepare_for). Next to them, two references, each a
 child process too:
   floor      one streamed read of every task vector + each block's Gram matrix (what any plan needs)
   averaging  a plain script that averages the fine-tuned files (vitb32_files.AVERAGE)

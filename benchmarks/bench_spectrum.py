@@ -6,7 +6,7 @@ preprocessing) and merge every group the plan ever forms that the algorithm stor
 would on first reaching each size). Groups are visited block by block, and the merger's row cache
 (deployment/prepared_rows.py) holds one block's preprocessed rows of every task (its budget: the
 largest block's), so each task is read and preprocessed once per block, not once per group; the
-`rows` column counts the (block, task) rows read from disk; the plan's global pass (TIES' and PCB's
+`rows` column counts the (block, task) rows read from disk; the plan's global pass (ties' and dare_ties'
 thresholds) serves the merges too (MergeAlgorithm.prepare_for). Next to them, two references, each a
 child process too:
   floor      one streamed read of every task vector + each block's Gram matrix (what any plan needs)

@@ -3,7 +3,12 @@
 For each algorithm, one child process: build the plan (its similarity pass, with the algorithm's
 preprocessing) and merge every group the plan ever forms that the algorithm stores merged, once each
 (plan.events -> the group each event makes; GroupMerger without memo or disk cache, as a cold app
-would on first reaching each size). Next to them, two references, each a child process too:
+would on first reaching each size). Groups are visited block by block, and the merger's row cache
+(deployment/prepared_rows.py) holds one block's preprocessed rows of every task (its budget: the
+largest block's), so each task is read and preprocessed once per block, not once per group; the
+`rows` column counts the (block, task) rows read from disk; the plan's global pass (ties' and dare_ties'
+thresholds) serves the merges too (MergeAlgorithm.prepare_for). Next to them, two references, each a
+child process too:
   floor      one streamed read of every task vector + each block's Gram matrix (what any plan needs)
   averaging  a plain script that averages the fine-tuned files (vitb32_files.AVERAGE)
 Reported per run: wall time and peak RSS (os.wait4's ru_maxrss), and each algorithm's time as a
@@ -34,6 +39,7 @@ def child_spectrum(zoo_path: str, algorithm_name: str, device: str) -> dict:
     """Plan + every merged group once; prints a JSON line of the phase times."""
     from flexmerge_core.algorithms import get_algorithm
     from flexmerge_core.deployment.merge import GroupMerger
+    from flexmerge_core.deployment.prepared_rows import PreparedRows
     from flexmerge_core.planning.blocks import build_blocks
     from flexmerge_core.planning.plan import build_plan
     from flexmerge_core.zoo import open_zoo
@@ -45,13 +51,16 @@ def child_spectrum(zoo_path: str, algorithm_name: str, device: str) -> dict:
     plan = build_plan(zoo, spec, algorithm, device=device)
     _sync(device)
     planned = time.perf_counter()
-    merger = GroupMerger(zoo, spec, algorithm, cache=None, device=device, memo=False)
-    groups = [(e.block, tuple(sorted(e.group_a + e.group_b))) for e in plan.events]
+    one_block = max(b.numel for b in spec.blocks) * 4 * len(zoo.task_names)
+    rows = PreparedRows(budget=one_block)
+    merger = GroupMerger(zoo, spec, algorithm, cache=None, device=device, memo=False, rows=rows)
+    groups = sorted((e.block, tuple(sorted(e.group_a + e.group_b))) for e in plan.events)
     merged = [(b, g) for b, g in groups if algorithm.merges_group(len(g))]
     for b, g in merged:
         merger.result(b, g)
     _sync(device)
-    return {"plan_s": planned - start, "merge_s": time.perf_counter() - planned, "groups": len(merged)}
+    return {"plan_s": planned - start, "merge_s": time.perf_counter() - planned, "groups": len(merged),
+            "rows": rows.loaded}
 
 
 def child_floor(zoo_path: str, device: str) -> dict:
@@ -112,22 +121,24 @@ def main() -> None:
             seconds, _, _ = measured(me + ["--child", "write", "--zoo", str(zoo), "--tasks", str(args.tasks)]
                                      + (["--fp16"] if args.fp16 else []))
             print(f"wrote the zoo in {seconds:.1f} s ({zoo})", flush=True)
-        print(f"{args.tasks} tasks of ViT-B-32 ({'fp16' if args.fp16 else 'fp32'} files), device {args.device}, "
+        tasks = len(json.loads((zoo / "zoo.json").read_text())["tasks"])
+        print(f"{tasks} tasks of ViT-B-32 ({'fp16' if args.fp16 else 'fp32'} files), device {args.device}, "
               f"torch {torch.__version__}, {torch.get_num_threads()} CPU threads", flush=True)
         avg_s, avg_mb, _ = measured([sys.executable, "-c", AVERAGE, str(zoo), str(workdir / "avg.safetensors")], env)
         floor_wall, floor_mb, out = measured(me + ["--child", "floor", "--zoo", str(zoo), "--device", args.device], env)
         floor_s = json.loads(out.strip().splitlines()[-1])["floor_s"]
-        print(f"{'run':<16s} {'wall s':>8s} {'plan s':>8s} {'merge s':>8s} {'groups':>7s} {'peak MB':>8s} "
-              f"{'x avg':>7s} {'x floor':>8s}")
-        print(f"{'averaging':<16s} {avg_s:8.1f} {'':>8s} {'':>8s} {'':>7s} {avg_mb:8.0f} {1:7.2f} {avg_s / floor_wall:8.2f}")
-        print(f"{'floor':<16s} {floor_wall:8.1f} {floor_s:8.1f} {'':>8s} {'':>7s} {floor_mb:8.0f} "
+        print(f"{'run':<16s} {'wall s':>8s} {'plan s':>8s} {'merge s':>8s} {'groups':>7s} {'rows':>6s} "
+              f"{'peak MB':>8s} {'x avg':>7s} {'x floor':>8s}")
+        print(f"{'averaging':<16s} {avg_s:8.1f} {'':>8s} {'':>8s} {'':>7s} {'':>6s} {avg_mb:8.0f} {1:7.2f} "
+              f"{avg_s / floor_wall:8.2f}")
+        print(f"{'floor':<16s} {floor_wall:8.1f} {floor_s:8.1f} {'':>8s} {'':>7s} {'':>6s} {floor_mb:8.0f} "
               f"{floor_wall / avg_s:7.2f} {1:8.2f}", flush=True)
         for name in names:
             wall, peak, out = measured(me + ["--child", "spectrum", "--zoo", str(zoo), "--algorithm", name,
                                              "--device", args.device], env)
             phases = json.loads(out.strip().splitlines()[-1])
             print(f"{name:<16s} {wall:8.1f} {phases['plan_s']:8.1f} {phases['merge_s']:8.1f} {phases['groups']:7d} "
-                  f"{peak:8.0f} {wall / avg_s:7.2f} {wall / floor_wall:8.2f}", flush=True)
+                  f"{phases['rows']:6d} {peak:8.0f} {wall / avg_s:7.2f} {wall / floor_wall:8.2f}", flush=True)
         print("wall = the whole child (interpreter, imports, zoo open, plan, merges); x avg: goal <= 10 on CPU")
     finally:
         if not args.keep:

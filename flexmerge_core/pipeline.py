@@ -95,10 +95,12 @@ class Pipeline:
 
     deploy_size: the largest deployment the caller will build ("all" = a curve over every size; None:
     planning only), so the memory guard refuses before anything is loaded.
+    rows: a deployment.prepared_rows.PreparedRows shared by the pipelines of one zoo (Compare, recommend),
+    so algorithms with the same preprocessing read and preprocess each task's rows once; None: its own.
     """
 
     def __init__(self, zoo: Zoo, settings: PlanSettings = PlanSettings(), progress: Progress = None,
-                 deploy_size: Union[float, str, None] = None):
+                 deploy_size: Union[float, str, None] = None, rows=None):
         from flexmerge_core.planning.blocks import build_blocks
         from flexmerge_core.planning.lazy_plan import LazyPlan
         from flexmerge_core.planning.plan_cache import cached_baseline_plan, cached_plan
@@ -120,6 +122,7 @@ class Pipeline:
             self.plan = cached_baseline_plan(self.zoo, self.spec, self.algorithm, settings.baseline,
                                              settings.linkage, settings.seed, progress=progress)
         self._merger = None
+        self._rows = rows
         self._lock = threading.RLock()
 
     def merger(self):
@@ -129,7 +132,8 @@ class Pipeline:
 
         with self._lock:
             if self._merger is None:
-                self._merger = GroupMerger(self.zoo, self.spec, self.algorithm, cache=GroupResultCache())
+                self._merger = GroupMerger(self.zoo, self.spec, self.algorithm, cache=GroupResultCache(),
+                                           rows=self._rows)
             return self._merger
 
     def curve(self, sizes="all", tasks=None, progress: Progress = None, **options):
@@ -194,9 +198,11 @@ def recommend(zoo: Zoo, choices: Sequence[PlanSettings], *, within_points: Optio
     names = [c.algorithm for c in choices]
     if not names or len(set(names)) != len(names):
         raise InvalidArgumentError(f"recommend needs distinct algorithms, got {names}")
-    curves, counts, finetuned = {}, None, {}
+    from flexmerge_core.deployment.prepared_rows import PreparedRows
+
+    curves, counts, finetuned, rows = {}, None, {}, PreparedRows()
     for choice in choices:
-        pipeline = Pipeline(zoo, choice, progress=progress, deploy_size="all")
+        pipeline = Pipeline(zoo, choice, progress=progress, deploy_size="all", rows=rows)
         result = pipeline.curve("all", progress=progress)
         if counts is None and any("n" not in row for row in result.rows):
             counts = example_counts(pipeline.zoo)

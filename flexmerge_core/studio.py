@@ -19,6 +19,7 @@ import numpy as np
 from flexmerge_core.algorithms import ALGORITHM_NAMES, HyperParam, get_algorithm
 from flexmerge_core.cache import cache_root, content_hash
 from flexmerge_core.deployment.footprint import megabytes
+from flexmerge_core.deployment.prepared_rows import PreparedRows
 from flexmerge_core.errors import InvalidArgumentError
 from flexmerge_core.outputs import child_path
 from flexmerge_core.evaluation.paired import ALPHA
@@ -95,9 +96,9 @@ def summarize_zoo(zoo: Zoo, granularity: str = DEFAULT_GRANULARITY) -> ZooSummar
 class Explorer:
     """One plan (zoo subset + algorithm + granularity/linkage/order) and everything derived from it."""
 
-    def __init__(self, zoo: Zoo, choice: PlanChoice, progress: Optional[Progress] = None):
+    def __init__(self, zoo: Zoo, choice: PlanChoice, progress: Optional[Progress] = None, rows=None):
         self.choice = choice
-        self.pipeline = Pipeline(zoo, choice, progress=progress)
+        self.pipeline = Pipeline(zoo, choice, progress=progress, rows=rows)
         self.zoo, self.algorithm, self.spec = self.pipeline.zoo, self.pipeline.algorithm, self.pipeline.spec
         self.plan: MergePlan = self.pipeline.plan    # a baseline's ClusteringPlan when choice.baseline is set
         self.plan.achievable_sizes()   # the app needs the whole plan: built here, where pages report its errors
@@ -259,6 +260,7 @@ class Studio:
 
     def __init__(self, zoo: Zoo):
         self.zoo = zoo
+        self.rows = PreparedRows()   # every explorer's merger shares the zoo's preprocessed rows (Compare)
         self._explorers: dict[PlanChoice, Explorer] = {}
         self._finetuned: Optional[dict[str, float]] = None
         self._findings: dict[tuple[str, ...], dict] = {}
@@ -273,7 +275,7 @@ class Studio:
             raise InvalidArgumentError(f"unknown task(s) {', '.join(unknown)} in zoo {self.zoo.name}")
         with self._lock:
             if choice not in self._explorers:
-                self._explorers[choice] = Explorer(self.zoo, choice, progress)
+                self._explorers[choice] = Explorer(self.zoo, choice, progress, rows=self.rows)
             return self._explorers[choice]
 
     def finetuned(self, progress: Optional[Progress] = None) -> dict[str, float]:

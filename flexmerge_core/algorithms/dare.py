@@ -11,7 +11,9 @@ Draws are made on the CPU so CUDA and CPU runs drop the same entries.
 Cost model: the merge is the base algorithm's on the dropped vectors (dare_ta 1.0x averaging, dare_ties
 3.4x at g = 30, one ViT-B-32 MLP block, one thread's CPU time); preprocess_block is bound by drawing
 one uniform number per entry from a sequential CPU generator (one per task and tensor), the price of
-drop masks that do not depend on block order or device.
+drop masks that do not depend on block order or device. So the drop is drawn once per (block, task):
+the merger's row cache (deployment/prepared_rows.py) keys dropped rows by `input_key` = (p, seed), which
+dare_ta and dare_ties share; dare_ties' rows add the trim's keep (ties.py).
 """
 from __future__ import annotations
 
@@ -22,6 +24,7 @@ import torch
 from flexmerge_core.algorithms.base import HyperParam, float_block, iter_rows
 from flexmerge_core.algorithms.ta import TaskArithmetic
 from flexmerge_core.algorithms.ties import Ties
+from flexmerge_core.cache import content_hash
 
 DROP = HyperParam("p", 0.9, float, 0.0, 1.0, high_inclusive=False, help="drop probability")
 SEED = HyperParam("seed", 0, int, 0, 2 ** 62, help="seed of the drop masks")
@@ -51,6 +54,11 @@ class DareMixin:
     @property
     def has_preprocessing(self) -> bool:
         return True
+
+    @property
+    def input_key(self) -> str:
+        """The drop depends on p and seed only: dare_ta and dare_ties with equal p and seed share it."""
+        return content_hash("rows", "dare-drop", self._hp["p"], self._hp["seed"])
 
     def _input_vectors(self, block, tasks):
         return drop_and_rescale(block, tasks, self._hp["p"], self._hp["seed"])

@@ -20,11 +20,17 @@ _FALLBACK_BYTES = 1 << 30
 
 
 def default_memo_bytes() -> int:
-    chosen = os.environ.get(MEMO_ENV, "").strip()
+    return budget_from_env(MEMO_ENV, 4)
+
+
+def budget_from_env(env: str, share: int) -> int:
+    """$env (bytes, or with a K/M/G suffix), else 1/share of the memory this process can still get,
+    else 1 GiB / share when that cannot be read."""
+    chosen = os.environ.get(env, "").strip()
     if chosen:
-        return parse_bytes(chosen, MEMO_ENV)
+        return parse_bytes(chosen, env)
     available = available_memory()
-    return available // 4 if available is not None else _FALLBACK_BYTES
+    return (available if available is not None else 4 * _FALLBACK_BYTES) // share
 
 
 def tensors_bytes(*collections) -> int:
@@ -62,10 +68,15 @@ class ByteBudgetLRU:
             self.bytes -= self._items.pop(key)[1]
         if nbytes > self.budget:
             return
-        while self.bytes + nbytes > self.budget:
-            _, (_, dropped) = self._items.popitem(last=False)
-            self.bytes -= dropped
-            self.evictions += 1
+        self.reserve(nbytes)
         self._items[key] = (value, nbytes)
         self.bytes += nbytes
         self.peak = max(self.peak, self.bytes)
+
+    def reserve(self, nbytes: int) -> None:
+        """Evict least recently used items until `nbytes` more would fit (so a caller about to build
+        that much frees the old first, instead of holding both at its peak)."""
+        while self._items and self.bytes + nbytes > self.budget:
+            _, (_, dropped) = self._items.popitem(last=False)
+            self.bytes -= dropped
+            self.evictions += 1

@@ -13,27 +13,31 @@ from typing import Optional, Sequence
 from flexmerge_core.algorithms.base import MergeAlgorithm, MergeResult
 from flexmerge_core.cache import content_hash
 from flexmerge_core.deployment.memo import ByteBudgetLRU, tensors_bytes
+from flexmerge_core.deployment.prepared_rows import PreparedRows, load_rows
 from flexmerge_core.planning.similarity import pick_device
 
 
 class GroupMerger:
     """result(block_index, members) -> MergeResult, memoised per (block, members, algorithm.key).
 
-    Members' vectors come from zoo.task_vectors(block params, tasks=members). Merged groups get the
+    Members' vectors come from zoo.task_vectors(block params), through the row cache (prepared_rows.py:
+    each task's rows read and preprocessed once per block, not once per group). Merged groups get the
     algorithm's preprocessing (after one `prepare` pass over the whole zoo, run lazily the first
     time a group is merged); groups the algorithm does not merge (singletons, mask-method pairs)
     keep their members' raw vectors, so reconstruction gives the fine-tuned model exactly.
     memo_bytes: the memo's byte budget (default: memo.default_memo_bytes()). memo=False keeps nothing in
-    memory: for callers that visit each group once (a streamed export, the spectrum benchmark), where the memo
-    would only churn.
+    memory: for callers that visit each group once (a streamed export), where the memo would only churn.
+    rows: the PreparedRows the members' (preprocessed) rows come from, shared with other mergers of the
+    zoo (pipeline.py hands one to all); None: a private one, or with memo=False none (each group reads
+    and preprocesses its members itself, so a streamed export holds one block at a time).
     """
 
     def __init__(self, zoo, spec, algorithm: MergeAlgorithm, cache=None, device=None,
-                 memo_bytes: Optional[int] = None, memo: bool = True):
+                 memo_bytes: Optional[int] = None, memo: bool = True, rows: Optional[PreparedRows] = None):
         self.zoo, self.spec, self.algorithm, self.cache = zoo, spec, algorithm, cache
         self.device = pick_device(device)
         self.memo = ByteBudgetLRU(memo_bytes) if memo else None
-        self._prepared = not algorithm.has_preprocessing
+        self.rows = rows if rows is not None or not memo else PreparedRows()
 
     def result(self, block_index: int, members: Sequence[int]) -> MergeResult:
         members = tuple(sorted(int(m) for m in members))
@@ -64,19 +68,21 @@ class GroupMerger:
         return result
 
     def _compute(self, block_index: int, members: tuple) -> MergeResult:
-        names = list(self.spec.blocks[block_index].params)
-        vectors = self._load(names, list(members))
-        if self.algorithm.merges_group(len(members)):
+        block = self.spec.blocks[block_index]
+        merged = self.algorithm.merges_group(len(members))
+        if merged:
             self._prepare()
-            vectors = self.algorithm.preprocess_block(vectors, tasks=members)
+        if self.rows is not None:
+            vectors = self.rows.rows(self.zoo, block, members, self.algorithm, self.device, raw=not merged)
+        else:
+            vectors = load_rows(self.zoo, block.params, list(members), self.device)
+            if merged:
+                vectors = self.algorithm.preprocess_block(vectors, tasks=members)
         return self.algorithm.merge(vectors, members)
 
-    def _load(self, names: list, tasks: Optional[list]) -> dict:
-        loaded = self.zoo.task_vectors(names, tasks=tasks)
-        return {n: t.to(self.device) for n, t in loaded.items()}
-
     def _prepare(self) -> None:
-        if not self._prepared:
+        """The algorithm's global pass, skipped when it already ran on this zoo (the plan's, another merger's)."""
+        if self.algorithm.has_preprocessing:
             blocks = self.spec.blocks
-            self.algorithm.prepare(lambda: (self._load(list(b.params), None) for b in blocks))
-            self._prepared = True
+            self.algorithm.prepare_for(self.zoo.fingerprint,
+                                       lambda: (load_rows(self.zoo, b.params, None, self.device) for b in blocks))

@@ -274,7 +274,7 @@ def build_plan(zoo, spec, algorithm, linkage: str = "min", order: str = "greedy"
         raise InvalidArgumentError("linkage 'uni' needs a merge algorithm (its merged vectors)")
     device = pick_device(device)
     if algorithm.has_preprocessing:
-        algorithm.prepare(block_stream(zoo, spec))
+        algorithm.prepare_for(zoo.fingerprint, block_stream(zoo, spec))
     sequences = []
     for b, block in enumerate(spec.blocks):
         sequences.append(uni_block_sequence(zoo, block, algorithm, block_rng(order, seed, b), device))

@@ -103,7 +103,7 @@ def block_similarities(zoo, spec, algorithm=None, device=None,
     """float64 [B, M, M]: per block, the cosine similarity of the tasks' (preprocessed) block vectors."""
     device = pick_device(device)
     if algorithm is not None and algorithm.similarity_needs_prepare:
-        algorithm.prepare(block_stream(zoo, spec))
+        algorithm.prepare_for(zoo.fingerprint, block_stream(zoo, spec))
     total = len(spec.blocks)
     out = np.empty((total, len(zoo.task_names), len(zoo.task_names)), dtype=np.float64)
     for b, block in enumerate(spec.blocks):

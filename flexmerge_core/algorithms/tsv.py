@@ -47,6 +47,7 @@ from __future__ import annotations
 import torch
 
 from flexmerge_core.algorithms.base import HyperParam, MergeAlgorithm, MergeResult
+from flexmerge_core.cache import content_hash
 
 ALPHA = HyperParam("alpha", 1.0, float, 0.0, 10.0, help="scaling of the merged matrix")
 OVERSAMPLE = 10
@@ -56,6 +57,8 @@ FLAT = 0.3  # first Ritz values s_{k+p}/s_k above this: the iteration would not 
 # 3072 x 768, k = 25: 0.93-0.95, 1/i: 0.46-0.53; 0.7^i: 0.01-0.03, and convergence needs <= 0.063)
 CONVERGED = 1e-6  # largest accepted bound on the iteration's subspace error, relative
 GRAM_ACCURACY = 1e-4  # largest accepted Gram rounding (eps * s_1^2) relative to s_k^2
+FACTORS_VERSION = 1  # of what preprocess_block stores: names preprocessed rows in caches (preprocessing_key)
+FACTOR_PARTS = ("U", "S", "V")
 WELL_CONDITIONED = 1e-3  # float32 polar factors only above this smallest/largest Gram eigenvalue ratio
 
 
@@ -118,14 +121,18 @@ def top_singular_triplets_gram(stack: torch.Tensor, k: int):
     wide = stack.shape[1] < stack.shape[2]
     X = stack.mT if wide else stack  # [g, max side, min side]
     gram = X.mT @ X
-    _, vectors = torch.linalg.eigh(gram)
-    basis = torch.linalg.qr(vectors[..., -min(2 * k, gram.shape[-1]):].to(torch.float64)).Q
-    eigenvalues, rotation = torch.linalg.eigh(basis.mT @ gram.to(torch.float64) @ basis)
+    if 2 * k < gram.shape[-1]:
+        _, vectors = torch.linalg.eigh(gram)
+        basis = torch.linalg.qr(vectors[..., -2 * k:].to(torch.float64)).Q
+        eigenvalues, rotation = torch.linalg.eigh(basis.mT @ gram.to(torch.float64) @ basis)
+        rotation = basis @ rotation
+    else:  # the step over the whole space is the float64 eigh itself
+        eigenvalues, rotation = torch.linalg.eigh(gram.to(torch.float64))
     top = eigenvalues[:, -k:].flip(-1)  # descending
     if not (top[:, -1] > torch.finfo(stack.dtype).eps / GRAM_ACCURACY * top[:, 0]).all():
         return top_singular_triplets_full(stack, k)
     S = top.sqrt().to(stack.dtype)
-    V = (basis @ rotation[..., -k:].flip(-1)).to(stack.dtype)
+    V = rotation[..., -k:].flip(-1).to(stack.dtype)
     U = (X @ V) / S.unsqueeze(1)
     return (V, S, U) if wide else (U, S, V)
 
@@ -135,30 +142,86 @@ def top_singular_triplets_full(stack: torch.Tensor, k: int):
     return U[..., :k], S[:, :k], Vh[:, :k].mT
 
 
-def tsv_factors(stack: torch.Tensor):
-    """(U_perp, S, V_perp) of a [g, m, n] stack, or None when k = 0."""
+def top_triplets(stack: torch.Tensor, k: int):
+    """top_singular_triplets, redone in float64 when a kept singular value is float32 rounding noise
+    (the polar step weights that direction like any other)."""
+    g, m, n = stack.shape
+    U, S, V = top_singular_triplets(stack, k)
+    if stack.dtype != torch.float64 and (S[:, -1] <= max(m, n) * torch.finfo(stack.dtype).eps * S[:, 0]).any():
+        U, S, V = (t.to(stack.dtype) for t in top_singular_triplets(stack.to(torch.float64), k))
+    return U, S, V
+
+
+def member_triplets(stack: torch.Tensor):
+    """(U [g, m, r], S [g, r], V [g, n, r]): each member's top r = min(m, n) // 2 triplets, the most a
+    group of two or more uses; member by member, so that a row depends on its own task only."""
+    g, m, n = stack.shape
+    r = min(m, n) // 2
+    if g == 0:
+        return stack.new_zeros(0, m, r), stack.new_zeros(0, r), stack.new_zeros(0, n, r)
+    parts = [top_triplets(member.unsqueeze(0), r) for member in stack]
+    return tuple(torch.cat(part) for part in zip(*parts))
+
+
+def tsv_factors(stack: torch.Tensor, triplets=None):
+    """(U_perp, S, V_perp) of a [g, m, n] stack, or None when k = 0.
+
+    triplets: the members' own top triplets (member_triplets), of which the first k are taken;
+    without them the top k are computed here.
+    """
     g, m, n = stack.shape
     k = min(m, n) // g
     if k == 0:
         return None
-    U, S, V = top_singular_triplets(stack, k)
-    if stack.dtype != torch.float64 and (S[:, -1] <= max(m, n) * torch.finfo(stack.dtype).eps * S[:, 0]).any():
-        # a kept direction is float32 rounding noise, and the polar step weights it like any other
-        U, S, V = (t.to(stack.dtype) for t in top_singular_triplets(stack.to(torch.float64), k))
+    if triplets is None or triplets[1].shape[-1] < k:
+        U, S, V = top_triplets(stack, k)
+    else:
+        U, S, V = (t[..., :k] for t in triplets)
     U_cat = U.permute(1, 0, 2).reshape(m, g * k)
     V_cat = V.permute(1, 0, 2).reshape(n, g * k)
     return polar_factor(U_cat), S.reshape(g * k), polar_factor(V_cat)
+
+
+def factor_name(name: str, part: str) -> str:
+    """The preprocessed entry holding one part ("U", "S" or "V") of a matrix's member_triplets."""
+    return f"{name}:tsv.{part}"
 
 
 class TsvMerge(MergeAlgorithm):
     name = "tsv"
     params = (ALPHA,)
 
+    @property
+    def preprocessing_key(self) -> str:
+        """What a preprocessed row depends on besides its own task's vectors (alpha does not count)."""
+        return content_hash("tsv-factors", FACTORS_VERSION)
+
+    @property
+    def raw_similarity(self) -> bool:
+        return True  # similarity_block is the task vectors themselves, never their factors
+
+    def similarity_block(self, block, tasks=None):
+        return self._input_vectors(block, tasks)
+
+    def preprocess_block(self, block, tasks=None):
+        """The vectors plus, per matrix, its members' top triplets (factor_name entries, one row per task):
+        a task is factorised once, whatever groups it joins, and a merge only slices and runs the polar step."""
+        vectors = self._input_vectors(block, tasks)
+        out = dict(vectors)
+        for name, stack in vectors.items():
+            if stack.ndim == 3 and min(stack.shape[1:]) >= 2:
+                out.update(zip((factor_name(name, part) for part in FACTOR_PARTS), member_triplets(stack)))
+        return out
+
     def _merge(self, block, members):
         alpha = self._hp["alpha"]
+        stored = {factor_name(name, part) for name in block for part in FACTOR_PARTS}
         out = {}
         for name, stack in block.items():
-            factors = tsv_factors(stack) if stack.ndim == 3 else None
+            if name in stored:
+                continue
+            triplets = [block.get(factor_name(name, part)) for part in FACTOR_PARTS]
+            factors = tsv_factors(stack, None if triplets[0] is None else triplets) if stack.ndim == 3 else None
             if factors is None:
                 out[name] = alpha * stack.mean(dim=0)
             else:

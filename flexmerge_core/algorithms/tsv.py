@@ -60,22 +60,54 @@ GRAM_ACCURACY = 1e-4  # largest accepted Gram rounding (eps * s_1^2) relative to
 FACTORS_VERSION = 1  # of what preprocess_block stores: names preprocessed rows in caches (preprocessing_key)
 FACTOR_PARTS = ("U", "S", "V")
 WELL_CONDITIONED = 1e-3  # float32 polar factors only above this smallest/largest Gram eigenvalue ratio
+NEAR_SQUARE = 0.88  # gk / rows above this: float64 polar factor without trying float32 (random subspaces'
+# Gram eigenvalues spread by ((1 + sqrt(c)) / (1 - sqrt(c)))^2 > 1 / WELL_CONDITIONED at c > 0.88; the
+# small side is that near-square for almost every g, since gk = g * floor(min(m, n) / g))
 
 
-def polar_factor(matrix: torch.Tensor) -> torch.Tensor:
-    """P Q^T for matrix = P Sigma Q^T (orthonormal columns spanning the same space), from the small side.
+def inverse_root(matrix: torch.Tensor):
+    """(M^T M)^(-1/2) of a matrix M with more rows than columns, or None where float32 is not enough.
 
     The Gram matrix squares the condition number: when its eigenvalues spread by more than
     1 / WELL_CONDITIONED (a near-square concatenation, overlapping task subspaces) float32 would lose
-    more than ~1e-4, so that factor is redone in float64.
+    more than ~1e-4 (None). Past NEAR_SQUARE that is known before the eigh. Directions with eigenvalue
+    below gk * eps * the largest are dropped, which keeps rank-deficient groups finite.
     """
+    rows, columns = matrix.shape
+    single = matrix.dtype != torch.float64
+    if single and columns > NEAR_SQUARE * rows:
+        return None
     eigenvalues, vectors = torch.linalg.eigh(matrix.mT @ matrix)
-    if matrix.dtype != torch.float64 and not eigenvalues[0] > WELL_CONDITIONED * eigenvalues[-1]:
-        return polar_factor(matrix.to(torch.float64)).to(matrix.dtype)
-    floor = eigenvalues[-1].clamp(min=0) * matrix.shape[-1] * torch.finfo(matrix.dtype).eps
+    if single and not eigenvalues[0] > WELL_CONDITIONED * eigenvalues[-1]:
+        return None
+    floor = eigenvalues[-1].clamp(min=0) * columns * torch.finfo(matrix.dtype).eps
     kept = eigenvalues > floor
     inverse_root = torch.where(kept, eigenvalues.clamp(min=floor).rsqrt(), torch.zeros_like(eigenvalues))
-    return matrix @ ((vectors * inverse_root) @ vectors.mT)
+    return (vectors * inverse_root) @ vectors.mT
+
+
+def polar_factor(matrix: torch.Tensor) -> torch.Tensor:
+    """P Q^T for matrix = P Sigma Q^T (orthonormal columns spanning the same space), from the small side;
+    in float64 where inverse_root says float32 is not enough."""
+    root = inverse_root(matrix)
+    if root is None:
+        return polar_factor(matrix.to(torch.float64)).to(matrix.dtype)
+    return matrix @ root
+
+
+def tsv_matrix(U_cat: torch.Tensor, S: torch.Tensor, V_cat: torch.Tensor) -> torch.Tensor:
+    """U_perp diag(S) V_perp^T, without forming the large side's polar factor where float32 takes it:
+    L_perp diag(S) s_perp^T = L (R diag(S) s_perp^T) with R = inverse_root(L), a gk x gk by gk x small
+    product in place of a large x gk by gk x gk one."""
+    tall = U_cat.shape[0] >= V_cat.shape[0]
+    large, small = (U_cat, V_cat) if tall else (V_cat, U_cat)
+    scaled = polar_factor(small) * S  # [small side, gk]
+    root = inverse_root(large)
+    if root is None:
+        large, core = polar_factor(large.to(torch.float64)).to(large.dtype), scaled.mT
+    else:
+        core = root @ scaled.mT  # [gk, small side]
+    return large @ core if tall else core.mT @ large.mT
 
 
 def top_singular_triplets(stack: torch.Tensor, k: int):
@@ -163,8 +195,9 @@ def member_triplets(stack: torch.Tensor):
     return tuple(torch.cat(part) for part in zip(*parts))
 
 
-def tsv_factors(stack: torch.Tensor, triplets=None):
-    """(U_perp, S, V_perp) of a [g, m, n] stack, or None when k = 0.
+def concatenated_triplets(stack: torch.Tensor, triplets=None):
+    """(U_cat [m, gk], S [gk], V_cat [n, gk]): the members' top k = floor(min(m, n) / g) triplets side by
+    side, or None when k = 0.
 
     triplets: the members' own top triplets (member_triplets), of which the first k are taken;
     without them the top k are computed here.
@@ -177,9 +210,16 @@ def tsv_factors(stack: torch.Tensor, triplets=None):
         U, S, V = top_triplets(stack, k)
     else:
         U, S, V = (t[..., :k] for t in triplets)
-    U_cat = U.permute(1, 0, 2).reshape(m, g * k)
-    V_cat = V.permute(1, 0, 2).reshape(n, g * k)
-    return polar_factor(U_cat), S.reshape(g * k), polar_factor(V_cat)
+    return U.permute(1, 0, 2).reshape(m, g * k), S.reshape(g * k), V.permute(1, 0, 2).reshape(n, g * k)
+
+
+def tsv_factors(stack: torch.Tensor):
+    """(U_perp, S, V_perp) of a [g, m, n] stack, or None when k = 0: the factors that tsv_matrix folds."""
+    parts = concatenated_triplets(stack)
+    if parts is None:
+        return None
+    U_cat, S, V_cat = parts
+    return polar_factor(U_cat), S, polar_factor(V_cat)
 
 
 def factor_name(name: str, part: str) -> str:
@@ -221,10 +261,6 @@ class TsvMerge(MergeAlgorithm):
             if name in stored:
                 continue
             triplets = [block.get(factor_name(name, part)) for part in FACTOR_PARTS]
-            factors = tsv_factors(stack, None if triplets[0] is None else triplets) if stack.ndim == 3 else None
-            if factors is None:
-                out[name] = alpha * stack.mean(dim=0)
-            else:
-                U, S, V = factors
-                out[name] = alpha * (U * S) @ V.T
+            parts = concatenated_triplets(stack, None if triplets[0] is None else triplets) if stack.ndim == 3 else None
+            out[name] = alpha * (stack.mean(dim=0) if parts is None else tsv_matrix(*parts))
         return MergeResult(unified=out)

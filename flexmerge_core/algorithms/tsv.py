@@ -7,40 +7,66 @@ alpha * U_perp diag(S) V_perp^T. Other tensors (1-D, 4-D conv kernels) and matri
 (rank below the group size) are averaged. The result is sign-invariant (flipping a singular pair
 flips the matching polar column), so device-specific SVD sign choices do not change it.
 
-Cost model (the old code ran a float64 full SVD of every member: 36.7 s of one thread's CPU time for
-30 ViT-B-32 MLP blocks, 1050x averaging):
-- Arithmetic stays in the input's dtype (float32 for real checkpoints, float64 stays float64).
-- Top-k triplets: when k + OVERSAMPLE is at most a quarter of min(m, n) (g >= 5 for square-ish
-  matrices), randomized subspace iteration (Halko et al. 2011) from a seeded Gaussian start with
-  OVERSAMPLE extra columns and POWER_ITERATIONS power iterations: 2 * POWER_ITERATIONS + 2 batched
-  products of the members with thin [n, k + OVERSAMPLE] matrices, O(mn(k + p)) per member instead of
-  the SVD's O(mn min(m, n)). Its subspace error is bounded by (s_{k+p}/s_k)^(2 * POWER_ITERATIONS + 1);
-  with the Ritz values' estimate of that bound above CONVERGED (a flat spectrum: Gaussian noise, or a
-  power law 1/i; a tail at float rounding noise does not count) the iteration's result is dropped, so
-  results never drift.
+Where the work goes: a member's top k triplets are the first k of its own SVD, whatever the group.
+So preprocess_block factorises each task alone (member_triplets: its top r = min(m, n) // 2 triplets,
+the most a group of two or more uses, stored beside the vectors as factor_name entries, one row per
+task; preprocessing_key names them for caches of preprocessed rows, so that a task is factorised once
+per block however many groups it joins), and a merge takes the first k of each member and runs only the
+polar step. merge() on raw vectors (the tests, the reference) computes the group's top k itself.
+
+Measured on one ViT-B-32 MLP block (c_fc 3072 x 768 + c_proj 768 x 3072, benchmarks/bench_algorithms.py),
+one thread, CPU time as a multiple of averaging the same group in the same run (old: the group's own
+factorisation inside the merge, 1050x at g = 30 when it ran float64 full SVDs):
+                      merge after preprocess_block   old merge   preprocess_block per task
+  random  g = 30      0.45 s, 13x                    7.6 s, 215x     0.4 s
+          g = 8       1.25 s, 124x                   5.1 s, 272x     0.4-0.6 s
+  0.7^i   g = 30      1.0 s, 14x                     21 s, 297x      2.6 s
+          g = 8       0.5 s, 84x                     43 s, 5600x     2.6-6 s
+(a shared machine: absolute times vary 2x, the ratios less). merge() on raw vectors: random g = 30 155x.
+Relative Frobenius deviation of the merged c_fc (float32 input) from float64 full SVDs, preprocessed /
+merge() on raw vectors: g = 30 Gaussian 1.9e-6 / 3.9e-6, spectrum 1/sqrt(i) 1.6e-6 / 2.4e-6, 1/i
+4.5e-6 / 1.4e-5, 0.7^i 1.6e-6 / 1.6e-6; g = 8 1.9e-6 / 3.3e-6, 1.9e-6 / 5.9e-6, 5.9e-6 / 5.9e-6,
+1.6e-6 / 1.6e-6; the two within 1.5e-5 of each other (1/i at g = 30, where the group route's float32
+eigh errs most), else within 6e-6.
+
+Top triplets (arithmetic in the input's dtype: float32 for real checkpoints, float64 stays float64):
+- A task's top r (member_triplets): the min-side Gram route below at k = r, where its Rayleigh-Ritz step
+  covers the whole space and so is the float64 eigh of the float32 Gram matrix (per matrix ~0.03 s GEMM,
+  ~0.07 s eigh). Its gate is on s_r: Gaussian noise (s_384/s_1 = 0.64) and 1/sqrt(i) spectra (0.05,
+  against 0.035) pass, 1/i (0.0026) takes the float32 full SVD (~0.25 s), 0.7^i the float64 one (~0.4 s)
+  after the float32 one finds s_r under its rounding noise (the redo below).
+- A group's top k in merge() on raw vectors: when k + OVERSAMPLE is at most a quarter of min(m, n)
+  (g >= 5 for square-ish matrices), randomized subspace iteration (Halko et al. 2011) from a seeded
+  Gaussian start with OVERSAMPLE extra columns and POWER_ITERATIONS power iterations: 2 *
+  POWER_ITERATIONS + 2 batched products of the members with thin [n, k + OVERSAMPLE] matrices,
+  O(mn(k + p)) per member instead of the SVD's O(mn min(m, n)). Its subspace error is bounded by
+  (s_{k+p}/s_k)^(2 * POWER_ITERATIONS + 1); with the Ritz values' estimate of that bound above CONVERGED
+  (a flat spectrum: Gaussian noise, or a power law 1/i; a tail at float rounding noise does not count)
+  the iteration's result is dropped, so results never drift (the flat spectrum shows in the first Ritz
+  values, after 2 of the iteration's products, see FLAT).
 - Flat spectra, and k too large for the iteration: the min-side Gram route (top_singular_triplets_gram:
   one GEMM per member, a min(m, n)-square eigh, a float64 Rayleigh-Ritz step), itself accurate only
   while s_k/s_1 is not tiny, which is where the iteration succeeds; else the full SVD.
-  Deviation of the merged c_fc (30 members, 3072 x 768, k = 25) from float64 full SVDs, float32 input:
-  Gaussian 1.6e-5 with a float32 eigh and no Rayleigh-Ritz step (2e-6 with a float64 eigh; the float32
-  full SVD this route replaces: 4.2e-5), spectrum 1/sqrt(i) 4e-6 (4e-6), 1/i 7.8e-5 without the
-  Rayleigh-Ritz step (2e-6; 4.5e-6); the Rayleigh-Ritz step brings float32 eigh's error on the rank-k
-  truncation within 2-6x of float64 eigh's (per member: 2.3e-6 / 6.9e-7 / 1.4e-6). 0.7^i: 3e-2, hence
-  the s_k/s_1 gate.
-  Measured, g = 30, one thread, CPU time against averaging in the same run: Gaussian noise 6.2 s, 175x
-  (the float32 full SVD before: 23.9 s, 621x; per matrix ~2.5 s in the Gram route: 1.0 s GEMM, 1.2 s
-  eigh; the flat spectrum shows in the first Ritz values, after 2 of the iteration's products, see FLAT);
-  the benchmark's 0.7^i block 10.1 s, 290x, most of it the float64 redo below (its s_k/s_1 = 1.9e-4 is
-  under max(m, n) * eps = 3.7e-4).
-- Polar factors from the small side: M (M^T M)^(-1/2) via the eigendecomposition of the gk x gk Gram
-  matrix, O(m (gk)^2) instead of an m x gk SVD (0.1-0.15 s per matrix at g = 30), in float64 when that Gram
-  matrix is ill-conditioned (see polar_factor). Directions with eigenvalue below gk * eps * the largest
-  are dropped, which keeps rank-deficient groups finite.
-- float32 against float64 (relative Frobenius deviation of the merged matrix): 4e-5 / 2e-5 (c_fc /
-  c_proj) on the benchmark's 0.7^i block at g = 30 (spectra spanning 4 decades in the top k), 4e-5 for
-  the test's, 5e-6 on power-law spectra. When a member's k-th singular value sinks to float32 rounding
-  noise (s_k <= max(m, n) * eps * s_1; the 0.7^i block at g = 8, k = 96: 59% apart) the factorization
-  is redone in float64.
+  Deviation of the merged c_fc (30 members, k = 25) from float64 full SVDs, float32 input: Gaussian
+  1.6e-5 with a float32 eigh and no Rayleigh-Ritz step (2e-6 with a float64 eigh; the float32 full SVD
+  this route replaces: 4.2e-5), spectrum 1/sqrt(i) 4e-6 (4e-6), 1/i 7.8e-5 without the Rayleigh-Ritz
+  step (2e-6; 4.5e-6); the Rayleigh-Ritz step brings float32 eigh's error on the rank-k truncation
+  within 2-6x of float64 eigh's (per member: 2.3e-6 / 6.9e-7 / 1.4e-6). 0.7^i: 3e-2, hence the s_k/s_1
+  gate.
+- When a member's k-th singular value sinks to float32 rounding noise (s_k <= max(m, n) * eps * s_1;
+  the benchmark's 0.7^i block at g = 30: s_25/s_1 = 1.9e-4 against 3.7e-4; without the redo float32 and
+  float64 were 59% apart at g = 8) its factorisation is redone in float64 (top_triplets).
+
+Polar step (per matrix, g = 30: 0.24-0.28 s, 14-16x averaging that matrix, was 0.30-0.39 s, 18-23x;
+g = 8: 0.31-0.35 s, was 0.39-0.47 s): M (M^T M)^(-1/2) via the eigendecomposition of
+the gk x gk Gram matrix, O(m (gk)^2) instead of an m x gk SVD. The small side is near-square (gk is
+within g of min(m, n)), so ill-conditioned: it is done in float64 straight away (NEAR_SQUARE), the large
+side in float32 unless its Gram matrix is ill-conditioned too (inverse_root). The large side's polar
+factor is never formed (tsv_matrix): its inverse root goes onto the small side, which saves a
+max(m, n) x gk x gk product; what is left is the large side's Gram matrix and the final product
+(~1.8 G multiply-adds each at g = 30), two gk-square eighs (the small side's in float64) and small-side
+products. Directions
+with eigenvalue below gk * eps * the largest are dropped, which keeps rank-deficient groups finite.
 """
 from __future__ import annotations
 

@@ -15,14 +15,18 @@ per block however many groups it joins), and a merge takes the first k of each m
 polar step. merge() on raw vectors (the tests, the reference) computes the group's top k itself.
 
 Measured on one ViT-B-32 MLP block (c_fc 3072 x 768 + c_proj 768 x 3072, benchmarks/bench_algorithms.py),
-one thread, CPU time as a multiple of averaging the same group in the same run (old: the group's own
-factorisation inside the merge, 1050x at g = 30 when it ran float64 full SVDs):
-                      merge after preprocess_block   old merge   preprocess_block per task
-  random  g = 30      0.45 s, 13x                    7.6 s, 215x     0.4 s
-          g = 8       1.25 s, 124x                   5.1 s, 272x     0.4-0.6 s
-  0.7^i   g = 30      1.0 s, 14x                     21 s, 297x      2.6 s
-          g = 8       0.5 s, 84x                     43 s, 5600x     2.6-6 s
-(a shared machine: absolute times vary 2x, the ratios less). merge() on raw vectors: random g = 30 155x.
+one thread, CPU time as a multiple of averaging the same group in the same run, over three runs on a
+shared machine (absolute times varied 2x; old: the group's own factorisation inside the merge, which
+took 1050x at g = 30 when it ran float64 full SVDs):
+                      merge after preprocess_block   old merge     preprocess_block per task
+  random  g = 30      13-15x (0.45-1.0 s)            170-215x      0.4-0.5 s
+          g = 8       88-134x                        272-328x      0.4-0.6 s
+  0.7^i   g = 30      12-14x                         259-297x      2.6-2.8 s
+          g = 8       65-84x                         2500-5600x    2.6-6 s
+merge() on raw vectors (the old routes with the new polar step): random g = 30 155-195x. A task's top r
+costs more than its share of a group's top k, so where nothing keeps preprocessed rows a group pays
+more than the old merge (g = 30: random ~1.2x, 0.7^i ~4.5x); kept per task and block, a curve
+factorises each task once instead of once per group it joins.
 Relative Frobenius deviation of the merged c_fc (float32 input) from float64 full SVDs, preprocessed /
 merge() on raw vectors: g = 30 Gaussian 1.9e-6 / 3.9e-6, spectrum 1/sqrt(i) 1.6e-6 / 2.4e-6, 1/i
 4.5e-6 / 1.4e-5, 0.7^i 1.6e-6 / 1.6e-6; g = 8 1.9e-6 / 3.3e-6, 1.9e-6 / 5.9e-6, 5.9e-6 / 5.9e-6,

@@ -96,7 +96,7 @@ NEAR_SQUARE = 0.88  # gk / rows above this: float64 polar factor without trying 
 
 
 def inverse_root(matrix: torch.Tensor):
-    """(M^T M)^(-1/2) of a matrix M with more rows than columns, or None where float32 is not enough.
+    """(M^T M)^(-1/2) of a matrix M with no more columns than rows, or None where float32 is not enough.
 
     The Gram matrix squares the condition number: when its eigenvalues spread by more than
     1 / WELL_CONDITIONED (a near-square concatenation, overlapping task subspaces) float32 would lose

@@ -219,3 +219,40 @@ def test_tsv_gram_route_leaves_steep_spectra_to_the_full_svd(monkeypatch):
     stack = decaying_stack(6, 200, 150, decay=0.5, seed=2).float()  # s_25 / s_1 = 6e-8: below float32's Gram
     monkeypatch.setattr(tsv, "top_singular_triplets_full", lambda s, k: ("full", k))
     assert tsv.top_singular_triplets_gram(stack, 25) == ("full", 25)
+
+
+@pytest.mark.parametrize("shape", [(12, 7), (6, 13)])
+def test_tsv_preprocessed_rows_are_each_tasks_own_top_triplets(shape):
+    gen = torch.Generator().manual_seed(7)
+    block = {"w": torch.randn(5, *shape, generator=gen, dtype=torch.float64),
+             "b": torch.randn(5, shape[0], generator=gen, dtype=torch.float64)}
+    algo = get_algorithm("tsv", alpha=0.8)
+    every = algo.preprocess_block(block)
+    members = [1, 3, 4]
+    some = algo.preprocess_block({n: t[members] for n, t in block.items()}, tasks=members)
+    assert set(some) == set(every) == {"w", "b"} | {tsv.factor_name("w", part) for part in "USV"}
+    assert all(torch.equal(some[n], every[n][members]) for n in every)  # a row depends on its own task only
+    r = min(shape) // 2  # the most a group of two uses
+    U, S, V = (every[tsv.factor_name("w", part)] for part in "USV")
+    assert U.shape == (5, shape[0], r) and S.shape == (5, r) and V.shape == (5, shape[1], r)
+    for u, s, v, member in zip(U, S, V, block["w"]):
+        full_U, full_S, full_Vt = np.linalg.svd(member.numpy())
+        assert np.allclose(s.numpy(), full_S[:r], rtol=1e-12, atol=0)
+        assert_relative(((u * s) @ v.T).numpy(), (full_U[:, :r] * full_S[:r]) @ full_Vt[:r], 1e-10)
+    for group in ([1, 3], members):
+        result = algo.merge({n: t[[members.index(m) for m in group]] for n, t in some.items()}, group)
+        assert set(result.unified) == {"w", "b"}
+        assert_relative(result.unified["w"].numpy(), ref_tsv(block["w"][group].numpy(), 0.8), 1e-6)
+    # the factors do not depend on alpha, and similarity reads the task vectors themselves
+    assert algo.preprocessing_key == get_algorithm("tsv", alpha=2.0).preprocessing_key != algo.key
+    assert algo.raw_similarity and set(algo.similarity_block(block)) == {"w", "b"}
+
+
+@pytest.mark.parametrize("shape", [(200, 150), (150, 200), (100, 100)])
+@pytest.mark.parametrize("decay, rtol", [(0.7, 1e-4), (0.999, 3e-5)])
+def test_tsv_preprocessed_float32_merge_stays_close_to_the_reference(shape, decay, rtol):
+    stack = decaying_stack(6, *shape, decay=decay, seed=3)
+    algo = get_algorithm("tsv")
+    merged32 = algo.merge(algo.preprocess_block({"w": stack.float()}), list(range(6))).unified["w"]
+    assert merged32.dtype == torch.float32
+    assert_relative(merged32.double().numpy(), ref_tsv(stack.numpy()), rtol)

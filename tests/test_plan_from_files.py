@@ -4,6 +4,7 @@ import weakref
 
 import numpy as np
 import pytest
+import torch
 
 from flexmerge_core.planning import plan_cache
 from flexmerge_core.algorithms import get_algorithm
@@ -70,6 +71,27 @@ def test_uni_plan_from_files_equals_naive_loop_on_merged_vectors(tmp_path):
     expected = naive_plan(len(spec.blocks), 4, uni)
     assert [t[:3] for t in event_tuples(plan)] == [t[:3] for t in expected]
     np.testing.assert_allclose([e.similarity for e in plan.events], [t[3] for t in expected], atol=1e-6)
+
+
+def test_uni_plan_with_tsv_merges_the_task_vectors_not_their_factors(tmp_path):
+    zoo, _, _ = random_zoo(tmp_path / "zoo", num_tasks=4, seed=2)
+    spec = build_blocks(zoo.param_names, zoo.param_shapes, "layer")
+    tsv = get_algorithm("tsv")
+    blocks = [zoo.task_vectors(b.params) for b in spec.blocks]
+
+    def merged(b, group):   # tsv's merge on the raw rows (it factorises them itself); a singleton is its row
+        rows = {n: t[list(group)] for n, t in blocks[b].items()}
+        out = tsv.merge(rows, list(group)).unified if len(group) > 1 else {n: t[0] for n, t in rows.items()}
+        return torch.cat([t.reshape(-1) for t in out.values()]).double().numpy()
+
+    def uni(b, a, c):
+        u, v = merged(b, a), merged(b, c)
+        return float(u @ v / (np.linalg.norm(u) * np.linalg.norm(v) + 1e-8))
+
+    plan = build_plan(zoo, spec, tsv, linkage="uni")
+    expected = naive_plan(len(spec.blocks), 4, uni)
+    assert [t[:3] for t in event_tuples(plan)] == [t[:3] for t in expected]
+    np.testing.assert_allclose([e.similarity for e in plan.events], [t[3] for t in expected], atol=1e-5)
 
 
 def test_mask_algorithm_storage_reaches_the_plan(tmp_path):

@@ -7,46 +7,77 @@ alpha * U_perp diag(S) V_perp^T. Other tensors (1-D, 4-D conv kernels) and matri
 (rank below the group size) are averaged. The result is sign-invariant (flipping a singular pair
 flips the matching polar column), so device-specific SVD sign choices do not change it.
 
-Cost model (the old code ran a float64 full SVD of every member: 36.7 s of one thread's CPU time for
-30 ViT-B-32 MLP blocks, 1050x averaging):
-- Arithmetic stays in the input's dtype (float32 for real checkpoints, float64 stays float64).
-- Top-k triplets: when k + OVERSAMPLE is at most a quarter of min(m, n) (g >= 5 for square-ish
-  matrices), randomized subspace iteration (Halko et al. 2011) from a seeded Gaussian start with
-  OVERSAMPLE extra columns and POWER_ITERATIONS power iterations: 2 * POWER_ITERATIONS + 2 batched
-  products of the members with thin [n, k + OVERSAMPLE] matrices, O(mn(k + p)) per member instead of
-  the SVD's O(mn min(m, n)). Its subspace error is bounded by (s_{k+p}/s_k)^(2 * POWER_ITERATIONS + 1);
-  with the Ritz values' estimate of that bound above CONVERGED (a flat spectrum: Gaussian noise, or a
-  power law 1/i; a tail at float rounding noise does not count) the iteration's result is dropped, so
-  results never drift.
+Where the work goes: a member's top k triplets are the first k of its own SVD, whatever the group.
+So preprocess_block factorises each task alone (member_triplets: its top r = min(m, n) // 2 triplets,
+the most a group of two or more uses, stored beside the vectors as factor_name entries, one row per
+task; preprocessing_key names them for caches of preprocessed rows, so that a task is factorised once
+per block however many groups it joins), and a merge takes the first k of each member and runs only the
+polar step. merge() on raw vectors (the tests, the reference) computes the group's top k itself.
+
+Measured on one ViT-B-32 MLP block (c_fc 3072 x 768 + c_proj 768 x 3072, benchmarks/bench_algorithms.py),
+one thread, CPU time as a multiple of averaging the same group in the same run, over three runs on a
+shared machine (absolute times varied 2x; old: the group's own factorisation inside the merge, which
+took 1050x at g = 30 when it ran float64 full SVDs):
+                      merge after preprocess_block   old merge     preprocess_block per task
+  random  g = 30      13-15x (0.45-1.0 s)            170-215x      0.4-0.5 s
+          g = 8       88-134x                        272-328x      0.4-0.6 s
+  0.7^i   g = 30      12-14x                         259-297x      2.6-2.8 s
+          g = 8       65-84x                         2500-5600x    2.6-6 s
+merge() on raw vectors (the old routes with the new polar step): random g = 30 155-195x. A task's top r
+costs more than its share of a group's top k, so where nothing keeps preprocessed rows a group pays
+more than the old merge (g = 30: random ~1.2x, 0.7^i ~4.5x); kept per task and block, a curve
+factorises each task once instead of once per group it joins.
+Relative Frobenius deviation of the merged c_fc (float32 input) from float64 full SVDs, preprocessed /
+merge() on raw vectors: g = 30 Gaussian 1.9e-6 / 3.9e-6, spectrum 1/sqrt(i) 1.6e-6 / 2.4e-6, 1/i
+4.5e-6 / 1.4e-5, 0.7^i 1.6e-6 / 1.6e-6; g = 8 1.9e-6 / 3.3e-6, 1.9e-6 / 5.9e-6, 5.9e-6 / 5.9e-6,
+1.6e-6 / 1.6e-6; the two within 1.5e-5 of each other (1/i at g = 30, where the group route's float32
+eigh errs most), else within 6e-6.
+
+Top triplets (arithmetic in the input's dtype: float32 for real checkpoints, float64 stays float64):
+- A task's top r (member_triplets): the min-side Gram route below at k = r, where its Rayleigh-Ritz step
+  covers the whole space and so is the float64 eigh of the float32 Gram matrix (per matrix ~0.03 s GEMM,
+  ~0.07 s eigh). Its gate is on s_r: Gaussian noise (s_384/s_1 = 0.64) and 1/sqrt(i) spectra (0.05,
+  against 0.035) pass, 1/i (0.0026) takes the float32 full SVD (~0.25 s), 0.7^i the float64 one (~0.4 s)
+  after the float32 one finds s_r under its rounding noise (the redo below).
+- A group's top k in merge() on raw vectors: when k + OVERSAMPLE is at most a quarter of min(m, n)
+  (g >= 5 for square-ish matrices), randomized subspace iteration (Halko et al. 2011) from a seeded
+  Gaussian start with OVERSAMPLE extra columns and POWER_ITERATIONS power iterations: 2 *
+  POWER_ITERATIONS + 2 batched products of the members with thin [n, k + OVERSAMPLE] matrices,
+  O(mn(k + p)) per member instead of the SVD's O(mn min(m, n)). Its subspace error is bounded by
+  (s_{k+p}/s_k)^(2 * POWER_ITERATIONS + 1); with the Ritz values' estimate of that bound above CONVERGED
+  (a flat spectrum: Gaussian noise, or a power law 1/i; a tail at float rounding noise does not count)
+  the iteration's result is dropped, so results never drift (the flat spectrum shows in the first Ritz
+  values, after 2 of the iteration's products, see FLAT).
 - Flat spectra, and k too large for the iteration: the min-side Gram route (top_singular_triplets_gram:
   one GEMM per member, a min(m, n)-square eigh, a float64 Rayleigh-Ritz step), itself accurate only
   while s_k/s_1 is not tiny, which is where the iteration succeeds; else the full SVD.
-  Deviation of the merged c_fc (30 members, 3072 x 768, k = 25) from float64 full SVDs, float32 input:
-  Gaussian 1.6e-5 with a float32 eigh and no Rayleigh-Ritz step (2e-6 with a float64 eigh; the float32
-  full SVD this route replaces: 4.2e-5), spectrum 1/sqrt(i) 4e-6 (4e-6), 1/i 7.8e-5 without the
-  Rayleigh-Ritz step (2e-6; 4.5e-6); the Rayleigh-Ritz step brings float32 eigh's error on the rank-k
-  truncation within 2-6x of float64 eigh's (per member: 2.3e-6 / 6.9e-7 / 1.4e-6). 0.7^i: 3e-2, hence
-  the s_k/s_1 gate.
-  Measured, g = 30, one thread, CPU time against averaging in the same run: Gaussian noise 6.2 s, 175x
-  (the float32 full SVD before: 23.9 s, 621x; per matrix ~2.5 s in the Gram route: 1.0 s GEMM, 1.2 s
-  eigh; the flat spectrum shows in the first Ritz values, after 2 of the iteration's products, see FLAT);
-  the benchmark's 0.7^i block 10.1 s, 290x, most of it the float64 redo below (its s_k/s_1 = 1.9e-4 is
-  under max(m, n) * eps = 3.7e-4).
-- Polar factors from the small side: M (M^T M)^(-1/2) via the eigendecomposition of the gk x gk Gram
-  matrix, O(m (gk)^2) instead of an m x gk SVD (0.1-0.15 s per matrix at g = 30), in float64 when that Gram
-  matrix is ill-conditioned (see polar_factor). Directions with eigenvalue below gk * eps * the largest
-  are dropped, which keeps rank-deficient groups finite.
-- float32 against float64 (relative Frobenius deviation of the merged matrix): 4e-5 / 2e-5 (c_fc /
-  c_proj) on the benchmark's 0.7^i block at g = 30 (spectra spanning 4 decades in the top k), 4e-5 for
-  the test's, 5e-6 on power-law spectra. When a member's k-th singular value sinks to float32 rounding
-  noise (s_k <= max(m, n) * eps * s_1; the 0.7^i block at g = 8, k = 96: 59% apart) the factorization
-  is redone in float64.
+  Deviation of the merged c_fc (30 members, k = 25) from float64 full SVDs, float32 input: Gaussian
+  1.6e-5 with a float32 eigh and no Rayleigh-Ritz step (2e-6 with a float64 eigh; the float32 full SVD
+  this route replaces: 4.2e-5), spectrum 1/sqrt(i) 4e-6 (4e-6), 1/i 7.8e-5 without the Rayleigh-Ritz
+  step (2e-6; 4.5e-6); the Rayleigh-Ritz step brings float32 eigh's error on the rank-k truncation
+  within 2-6x of float64 eigh's (per member: 2.3e-6 / 6.9e-7 / 1.4e-6). 0.7^i: 3e-2, hence the s_k/s_1
+  gate.
+- When a member's k-th singular value sinks to float32 rounding noise (s_k <= max(m, n) * eps * s_1;
+  the benchmark's 0.7^i block at g = 30: s_25/s_1 = 1.9e-4 against 3.7e-4; without the redo float32 and
+  float64 were 59% apart at g = 8) its factorisation is redone in float64 (top_triplets).
+
+Polar step (per matrix, g = 30: 0.24-0.28 s, 14-16x averaging that matrix, was 0.30-0.39 s, 18-23x;
+g = 8: 0.31-0.35 s, was 0.39-0.47 s): M (M^T M)^(-1/2) via the eigendecomposition of
+the gk x gk Gram matrix, O(m (gk)^2) instead of an m x gk SVD. The small side is near-square (gk is
+within g of min(m, n)), so ill-conditioned: it is done in float64 straight away (NEAR_SQUARE), the large
+side in float32 unless its Gram matrix is ill-conditioned too (inverse_root). The large side's polar
+factor is never formed (tsv_matrix): its inverse root goes onto the small side, which saves a
+max(m, n) x gk x gk product; what is left is the large side's Gram matrix and the final product
+(~1.8 G multiply-adds each at g = 30), two gk-square eighs (the small side's in float64) and small-side
+products. Directions
+with eigenvalue below gk * eps * the largest are dropped, which keeps rank-deficient groups finite.
 """
 from __future__ import annotations
 
 import torch
 
 from flexmerge_core.algorithms.base import HyperParam, MergeAlgorithm, MergeResult
+from flexmerge_core.cache import content_hash
 
 ALPHA = HyperParam("alpha", 1.0, float, 0.0, 10.0, help="scaling of the merged matrix")
 OVERSAMPLE = 10
@@ -56,23 +87,57 @@ FLAT = 0.3  # first Ritz values s_{k+p}/s_k above this: the iteration would not 
 # 3072 x 768, k = 25: 0.93-0.95, 1/i: 0.46-0.53; 0.7^i: 0.01-0.03, and convergence needs <= 0.063)
 CONVERGED = 1e-6  # largest accepted bound on the iteration's subspace error, relative
 GRAM_ACCURACY = 1e-4  # largest accepted Gram rounding (eps * s_1^2) relative to s_k^2
+FACTORS_VERSION = 1  # of what preprocess_block stores: names preprocessed rows in caches (preprocessing_key)
+FACTOR_PARTS = ("U", "S", "V")
 WELL_CONDITIONED = 1e-3  # float32 polar factors only above this smallest/largest Gram eigenvalue ratio
+NEAR_SQUARE = 0.88  # gk / rows above this: float64 polar factor without trying float32 (random subspaces'
+# Gram eigenvalues spread by ((1 + sqrt(c)) / (1 - sqrt(c)))^2 > 1 / WELL_CONDITIONED at c > 0.88; the
+# small side is that near-square for almost every g, since gk = g * floor(min(m, n) / g))
 
 
-def polar_factor(matrix: torch.Tensor) -> torch.Tensor:
-    """P Q^T for matrix = P Sigma Q^T (orthonormal columns spanning the same space), from the small side.
+def inverse_root(matrix: torch.Tensor):
+    """(M^T M)^(-1/2) of a matrix M with no more columns than rows, or None where float32 is not enough.
 
     The Gram matrix squares the condition number: when its eigenvalues spread by more than
     1 / WELL_CONDITIONED (a near-square concatenation, overlapping task subspaces) float32 would lose
-    more than ~1e-4, so that factor is redone in float64.
+    more than ~1e-4 (None). Past NEAR_SQUARE that is known before the eigh. Directions with eigenvalue
+    below gk * eps * the largest are dropped, which keeps rank-deficient groups finite.
     """
+    rows, columns = matrix.shape
+    single = matrix.dtype != torch.float64
+    if single and columns > NEAR_SQUARE * rows:
+        return None
     eigenvalues, vectors = torch.linalg.eigh(matrix.mT @ matrix)
-    if matrix.dtype != torch.float64 and not eigenvalues[0] > WELL_CONDITIONED * eigenvalues[-1]:
-        return polar_factor(matrix.to(torch.float64)).to(matrix.dtype)
-    floor = eigenvalues[-1].clamp(min=0) * matrix.shape[-1] * torch.finfo(matrix.dtype).eps
+    if single and not eigenvalues[0] > WELL_CONDITIONED * eigenvalues[-1]:
+        return None
+    floor = eigenvalues[-1].clamp(min=0) * columns * torch.finfo(matrix.dtype).eps
     kept = eigenvalues > floor
     inverse_root = torch.where(kept, eigenvalues.clamp(min=floor).rsqrt(), torch.zeros_like(eigenvalues))
-    return matrix @ ((vectors * inverse_root) @ vectors.mT)
+    return (vectors * inverse_root) @ vectors.mT
+
+
+def polar_factor(matrix: torch.Tensor) -> torch.Tensor:
+    """P Q^T for matrix = P Sigma Q^T (orthonormal columns spanning the same space), from the small side;
+    in float64 where inverse_root says float32 is not enough."""
+    root = inverse_root(matrix)
+    if root is None:
+        return polar_factor(matrix.to(torch.float64)).to(matrix.dtype)
+    return matrix @ root
+
+
+def tsv_matrix(U_cat: torch.Tensor, S: torch.Tensor, V_cat: torch.Tensor) -> torch.Tensor:
+    """U_perp diag(S) V_perp^T, without forming the large side's polar factor where float32 takes it:
+    L_perp diag(S) s_perp^T = L (R diag(S) s_perp^T) with R = inverse_root(L), a gk x gk by gk x small
+    product in place of a large x gk by gk x gk one."""
+    tall = U_cat.shape[0] >= V_cat.shape[0]
+    large, small = (U_cat, V_cat) if tall else (V_cat, U_cat)
+    scaled = polar_factor(small) * S  # [small side, gk]
+    root = inverse_root(large)
+    if root is None:
+        large, core = polar_factor(large.to(torch.float64)).to(large.dtype), scaled.mT
+    else:
+        core = root @ scaled.mT  # [gk, small side]
+    return large @ core if tall else core.mT @ large.mT
 
 
 def top_singular_triplets(stack: torch.Tensor, k: int):
@@ -118,14 +183,18 @@ def top_singular_triplets_gram(stack: torch.Tensor, k: int):
     wide = stack.shape[1] < stack.shape[2]
     X = stack.mT if wide else stack  # [g, max side, min side]
     gram = X.mT @ X
-    _, vectors = torch.linalg.eigh(gram)
-    basis = torch.linalg.qr(vectors[..., -min(2 * k, gram.shape[-1]):].to(torch.float64)).Q
-    eigenvalues, rotation = torch.linalg.eigh(basis.mT @ gram.to(torch.float64) @ basis)
+    if 2 * k < gram.shape[-1]:
+        _, vectors = torch.linalg.eigh(gram)
+        basis = torch.linalg.qr(vectors[..., -2 * k:].to(torch.float64)).Q
+        eigenvalues, rotation = torch.linalg.eigh(basis.mT @ gram.to(torch.float64) @ basis)
+        rotation = basis @ rotation
+    else:  # the step over the whole space is the float64 eigh itself
+        eigenvalues, rotation = torch.linalg.eigh(gram.to(torch.float64))
     top = eigenvalues[:, -k:].flip(-1)  # descending
     if not (top[:, -1] > torch.finfo(stack.dtype).eps / GRAM_ACCURACY * top[:, 0]).all():
         return top_singular_triplets_full(stack, k)
     S = top.sqrt().to(stack.dtype)
-    V = (basis @ rotation[..., -k:].flip(-1)).to(stack.dtype)
+    V = rotation[..., -k:].flip(-1).to(stack.dtype)
     U = (X @ V) / S.unsqueeze(1)
     return (V, S, U) if wide else (U, S, V)
 
@@ -135,33 +204,93 @@ def top_singular_triplets_full(stack: torch.Tensor, k: int):
     return U[..., :k], S[:, :k], Vh[:, :k].mT
 
 
-def tsv_factors(stack: torch.Tensor):
-    """(U_perp, S, V_perp) of a [g, m, n] stack, or None when k = 0."""
+def top_triplets(stack: torch.Tensor, k: int):
+    """top_singular_triplets, redone in float64 when a kept singular value is float32 rounding noise
+    (the polar step weights that direction like any other)."""
+    g, m, n = stack.shape
+    U, S, V = top_singular_triplets(stack, k)
+    if stack.dtype != torch.float64 and (S[:, -1] <= max(m, n) * torch.finfo(stack.dtype).eps * S[:, 0]).any():
+        U, S, V = (t.to(stack.dtype) for t in top_singular_triplets(stack.to(torch.float64), k))
+    return U, S, V
+
+
+def member_triplets(stack: torch.Tensor):
+    """(U [g, m, r], S [g, r], V [g, n, r]): each member's top r = min(m, n) // 2 triplets, the most a
+    group of two or more uses; member by member, so that a row depends on its own task only."""
+    g, m, n = stack.shape
+    r = min(m, n) // 2
+    if g == 0:
+        return stack.new_zeros(0, m, r), stack.new_zeros(0, r), stack.new_zeros(0, n, r)
+    parts = [top_triplets(member.unsqueeze(0), r) for member in stack]
+    return tuple(torch.cat(part) for part in zip(*parts))
+
+
+def concatenated_triplets(stack: torch.Tensor, triplets=None):
+    """(U_cat [m, gk], S [gk], V_cat [n, gk]): the members' top k = floor(min(m, n) / g) triplets side by
+    side, or None when k = 0.
+
+    triplets: the members' own top triplets (member_triplets), of which the first k are taken;
+    without them the top k are computed here.
+    """
     g, m, n = stack.shape
     k = min(m, n) // g
     if k == 0:
         return None
-    U, S, V = top_singular_triplets(stack, k)
-    if stack.dtype != torch.float64 and (S[:, -1] <= max(m, n) * torch.finfo(stack.dtype).eps * S[:, 0]).any():
-        # a kept direction is float32 rounding noise, and the polar step weights it like any other
-        U, S, V = (t.to(stack.dtype) for t in top_singular_triplets(stack.to(torch.float64), k))
-    U_cat = U.permute(1, 0, 2).reshape(m, g * k)
-    V_cat = V.permute(1, 0, 2).reshape(n, g * k)
-    return polar_factor(U_cat), S.reshape(g * k), polar_factor(V_cat)
+    if triplets is None or triplets[1].shape[-1] < k:
+        U, S, V = top_triplets(stack, k)
+    else:
+        U, S, V = (t[..., :k] for t in triplets)
+    return U.permute(1, 0, 2).reshape(m, g * k), S.reshape(g * k), V.permute(1, 0, 2).reshape(n, g * k)
+
+
+def tsv_factors(stack: torch.Tensor):
+    """(U_perp, S, V_perp) of a [g, m, n] stack, or None when k = 0: the factors that tsv_matrix folds."""
+    parts = concatenated_triplets(stack)
+    if parts is None:
+        return None
+    U_cat, S, V_cat = parts
+    return polar_factor(U_cat), S, polar_factor(V_cat)
+
+
+def factor_name(name: str, part: str) -> str:
+    """The preprocessed entry holding one part ("U", "S" or "V") of a matrix's member_triplets."""
+    return f"{name}:tsv.{part}"
 
 
 class TsvMerge(MergeAlgorithm):
     name = "tsv"
     params = (ALPHA,)
 
+    @property
+    def preprocessing_key(self) -> str:
+        """What a preprocessed row depends on besides its own task's vectors (alpha does not count)."""
+        return content_hash("tsv-factors", FACTORS_VERSION)
+
+    @property
+    def raw_similarity(self) -> bool:
+        return True  # similarity_block is the task vectors themselves, never their factors
+
+    def similarity_block(self, block, tasks=None):
+        return self._input_vectors(block, tasks)
+
+    def preprocess_block(self, block, tasks=None):
+        """The vectors plus, per matrix, its members' top triplets (factor_name entries, one row per task):
+        a task is factorised once, whatever groups it joins, and a merge only slices and runs the polar step."""
+        vectors = self._input_vectors(block, tasks)
+        out = dict(vectors)
+        for name, stack in vectors.items():
+            if stack.ndim == 3 and min(stack.shape[1:]) >= 2:
+                out.update(zip((factor_name(name, part) for part in FACTOR_PARTS), member_triplets(stack)))
+        return out
+
     def _merge(self, block, members):
         alpha = self._hp["alpha"]
+        stored = {factor_name(name, part) for name in block for part in FACTOR_PARTS}
         out = {}
         for name, stack in block.items():
-            factors = tsv_factors(stack) if stack.ndim == 3 else None
-            if factors is None:
-                out[name] = alpha * stack.mean(dim=0)
-            else:
-                U, S, V = factors
-                out[name] = alpha * (U * S) @ V.T
+            if name in stored:
+                continue
+            triplets = [block.get(factor_name(name, part)) for part in FACTOR_PARTS]
+            parts = concatenated_triplets(stack, None if triplets[0] is None else triplets) if stack.ndim == 3 else None
+            out[name] = alpha * (stack.mean(dim=0) if parts is None else tsv_matrix(*parts))
         return MergeResult(unified=out)

@@ -12,8 +12,9 @@ Key of one task's rows: (zoo fingerprint, block params, task id, preprocessing_k
   subset (re-numbered ids) never meets old rows; TIES' per-task thresholds, computed over the zoo by
   `prepare`, are covered by it too.
 - preprocessing_key (MergeAlgorithm) names the rest, so algorithms share rows when it is equal:
-  avg, ta, consensus, consensus_ta, emr, pcb, tsv the raw vectors (RAW_ROWS; pcb's thresholds only
-  weight its merge); ties its trim's keep; dare_ta DARE's (p, seed); dare_ties (p, seed) then keep.
+  avg, ta, consensus, consensus_ta, emr, pcb the raw vectors (RAW_ROWS; pcb's thresholds only
+  weight its merge); ties its trim's keep; dare_ta DARE's (p, seed); dare_ties (p, seed) then keep;
+  tsv the vectors with each member's own singular triplets (its factorisation: once per task and block).
   When an algorithm's rows are missing but its input-stage rows (input_key) are held, only the rest
   runs: dare_ties after dare_ta with equal p and seed trims dare_ta's dropped rows, drawing nothing.
 - Groups an algorithm does not merge (singletons, mask-method pairs) take the raw rows.

@@ -8,6 +8,8 @@ Merged vectors are kept only for the groups that still exist, to bound memory by
 """
 from __future__ import annotations
 
+from typing import Sequence
+
 import torch
 
 from flexmerge_core.errors import InvalidArgumentError
@@ -15,18 +17,22 @@ from flexmerge_core.planning.linkage import Group, GroupSimilarity, callable_seq
 from flexmerge_core.planning.similarity import cosine_from_gram, gram_matrix
 
 
-def uni_group_similarity(vectors: dict[str, torch.Tensor], algorithm, device: torch.device) -> GroupSimilarity:
-    """(group_a, group_b) -> cosine of the two groups' merged block vectors."""
+def uni_group_similarity(vectors: dict[str, torch.Tensor], algorithm, device: torch.device,
+                         names: Sequence[str]) -> GroupSimilarity:
+    """(group_a, group_b) -> cosine of the two groups' merged block vectors.
+
+    names: the block's tensors; `vectors` (preprocessed) may hold more entries, such as TSV-M's
+    per-task factors, which only the merge reads.
+    """
     if algorithm is None:
         raise InvalidArgumentError("linkage 'uni' needs a merge algorithm (its merged vectors)")
-    names = list(vectors)
     live: dict[Group, torch.Tensor] = {}
 
     def merged(group: Group) -> torch.Tensor:
         if group not in live:
             for old in [g for g in live if set(g) < set(group)]:
                 del live[old]
-            rows = {n: vectors[n][list(group)] for n in names}
+            rows = {n: t[list(group)] for n, t in vectors.items()}
             result = algorithm.merge(rows, group) if len(group) > 1 else None
             if result is not None and result.unified is not None:
                 parts = [result.unified[n].reshape(-1) for n in names]
@@ -45,4 +51,5 @@ def uni_group_similarity(vectors: dict[str, torch.Tensor], algorithm, device: to
 def uni_block_sequence(zoo, block, algorithm, rng, device):
     """The `uni` merge sequence of one block, read from the zoo and freed when this returns."""
     vectors = algorithm.preprocess_block(zoo.task_vectors(block.params))
-    return callable_sequence(len(zoo.task_names), uni_group_similarity(vectors, algorithm, device), rng)
+    similarity = uni_group_similarity(vectors, algorithm, device, list(block.params))
+    return callable_sequence(len(zoo.task_names), similarity, rng)

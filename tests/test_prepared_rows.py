@@ -37,7 +37,7 @@ def same(a, b) -> bool:
     return (a.scales is None) == (b.scales is None) and (a.scales is None or torch.equal(a.scales, b.scales))
 
 
-@pytest.mark.parametrize("name", ["ties", "dare_ties", "consensus", "consensus_ta"])
+@pytest.mark.parametrize("name", ["ties", "dare_ties", "consensus", "consensus_ta", "tsv", "pcb"])
 def test_shared_rows_give_exactly_each_group_computed_alone(name):
     zoo, spec = FakeZoo(TASKS, SHAPES, seed=3), FakeSpec(SHAPES, [("a.weight", "a.bias"), ("b.weight",)])
     options = {"keep": 0.4} if "ties" in name else {}
@@ -48,7 +48,7 @@ def test_shared_rows_give_exactly_each_group_computed_alone(name):
             assert same(merger.result(b, members), alone(zoo, reference, block.params, members)), (b, members)
 
 
-@pytest.mark.parametrize("name", ["ties", "dare_ties"])
+@pytest.mark.parametrize("name", ["ties", "dare_ties", "tsv"])
 def test_preprocessing_runs_once_per_block_and_task_across_a_whole_curve(tmp_path, monkeypatch, name):
     from deploy_zoos import evaluable_zoo, plan_for
     from flexmerge_core.evaluation.curve import compute_curve
@@ -117,8 +117,9 @@ def test_dare_ties_trims_the_rows_dare_ta_dropped():
 
 def test_preprocessing_keys_name_what_rows_depend_on():
     key = lambda name, **o: get_algorithm(name, **o).preprocessing_key  # noqa: E731
-    raw = {key(n) for n in ("avg", "ta", "consensus", "consensus_ta", "emr", "pcb", "tsv")}
+    raw = {key(n) for n in ("avg", "ta", "consensus", "consensus_ta", "emr", "pcb")}
     assert len(raw) == 1 and key("ta", lam=0.3) in raw
+    assert key("tsv") == key("tsv", alpha=0.5) not in raw     # its rows carry each task's factorisation
     assert key("ties") == key("ties", lam=2.0, similarity_on="original") != key("ties", keep=0.2)
     assert key("ties") not in raw and key("dare_ta") not in raw | {key("ties")}
     assert key("dare_ta", p=0.5) != key("dare_ta") != key("dare_ta", seed=1)

@@ -7,8 +7,12 @@ wall time and peak RSS (os.wait4's ru_maxrss, which counts the interpreter, torc
 memory. The CLI export runs on a cold cache (a fresh FLEXMERGE_CACHE). The largest tensor group is
 M task tensors of the largest merged parameter in float32 (the streamed export's floor is one block's).
 
+`--before DIR` adds the same export run from another checkout of the repository (e.g. `git archive
+<branch> | tar -x -C DIR`), measured in the same run, so a change is judged by ratios taken side by side
+on a shared machine.
+
 Usage: .venv/bin/python benchmarks/bench_export.py [--tasks 8] [--algorithm avg] [--repeats N] [--workdir DIR]
-       [--zoo DIR (reuse a zoo kept by --keep)]
+       [--zoo DIR (reuse a zoo kept by --keep)] [--before DIR]
 """
 from __future__ import annotations
 
@@ -19,7 +23,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from vitb32_files import AVERAGE, FP32_MODEL_BYTES, check_free_disk, measured, write_vitb32_zoo
+from vitb32_files import AVERAGE, FP32_MODEL_BYTES, REPO, check_free_disk, measured, write_vitb32_zoo
 
 TIME_GOAL, RSS_GOAL = 1.2, 1.5
 
@@ -34,6 +38,7 @@ def main() -> None:
     parser.add_argument("--keep", action="store_true", help="keep the written zoo")
     parser.add_argument("--repeats", type=int, default=1, help="runs of each child: the fastest time and "
                         "the highest peak are reported (a shared machine's timings are noisy)")
+    parser.add_argument("--before", default=None, help="another checkout whose export is measured beside this one")
     parser.add_argument("--write-only", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.write_only:
@@ -47,28 +52,35 @@ def main() -> None:
             seconds, _, _ = measured([sys.executable, __file__, "--write-only", str(zoo), "--tasks", str(args.tasks)])
             print(f"wrote the zoo in {seconds:.1f} s ({zoo})", flush=True)
         python = [sys.executable]
-        runs = {
-            "baseline (imports only)": python + ["-c", "import torch, safetensors.torch, flexmerge_core.cli"],
-            "averaging script": python + ["-c", AVERAGE, str(zoo), str(workdir / "avg.safetensors")],
-            f"export --size 1 ({args.algorithm})": python + [
-                "-m", "flexmerge_core", "export", "--zoo", str(zoo), "--algorithm", args.algorithm, "--size", "1",
-                "--out", str(workdir / "export.safetensors")],
+        export = python + ["-m", "flexmerge_core", "export", "--zoo", str(zoo), "--algorithm", args.algorithm,
+                           "--size", "1", "--out", str(workdir / "export.safetensors")]
+        label = f"export --size 1 ({args.algorithm})"
+        runs = {   # label: (command, checkout on PYTHONPATH)
+            "baseline (imports only)": (python + ["-c", "import torch, safetensors.torch, flexmerge_core.cli"], REPO),
+            "averaging script": (python + ["-c", AVERAGE, str(zoo), str(workdir / "avg.safetensors")], REPO),
         }
+        if args.before:
+            runs[f"{label}, before"] = (export, Path(args.before).resolve())
+        runs[label] = (export, REPO)
         results = {}
         for _ in range(args.repeats):
-            for label, command in runs.items():
+            for name, (command, checkout) in runs.items():
                 cache = workdir / "cache"
                 shutil.rmtree(cache, ignore_errors=True)
-                seconds, peak, _ = measured(command, env={"FLEXMERGE_CACHE": str(cache), "OMP_WAIT_POLICY": "PASSIVE"})
-                known = results.get(label, (seconds, peak))
-                results[label] = (min(seconds, known[0]), max(peak, known[1]))
+                seconds, peak, _ = measured(command, env={"FLEXMERGE_CACHE": str(cache), "OMP_WAIT_POLICY": "PASSIVE"},
+                                            checkout=checkout)
+                known = results.get(name, (seconds, peak))
+                results[name] = (min(seconds, known[0]), max(peak, known[1]))
         largest = _largest_group_mb(zoo, args.tasks)
         base = results["baseline (imports only)"][1]
         print(f"{args.tasks} tasks of ViT-B-32; largest tensor group (M x largest parameter, fp32): {largest:.0f} MB")
-        print(f"{'run':<28s} {'seconds':>8s} {'peak RSS MB':>12s} {'above baseline':>15s}")
-        for label, (seconds, peak) in results.items():
-            print(f"{label:<28s} {seconds:8.2f} {peak:12.0f} {peak - base:15.0f}")
-        (t_avg, m_avg), (t_exp, m_exp) = results["averaging script"], list(results.values())[-1]
+        t_avg, m_avg = results["averaging script"]
+        print(f"{'run':<36s} {'seconds':>8s} {'peak RSS MB':>12s} {'above baseline':>15s} {'time / avg':>11s} "
+              f"{'RSS / avg':>10s}")
+        for name, (seconds, peak) in results.items():
+            print(f"{name:<36s} {seconds:8.2f} {peak:12.0f} {peak - base:15.0f} {seconds / t_avg:10.2f}x "
+                  f"{peak / m_avg:9.2f}x")
+        t_exp, m_exp = results[label]
         print(f"export / averaging: time {t_exp / t_avg:.2f}x (goal <= {TIME_GOAL}), "
               f"peak RSS {m_exp / m_avg:.2f}x (goal <= {RSS_GOAL}); export above baseline "
               f"{(m_exp - base) / largest:.2f}x the largest tensor group")

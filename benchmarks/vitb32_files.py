@@ -92,11 +92,12 @@ def check_free_disk(folder: Path, needed: int) -> None:
                          f"(use --tasks, --fp16 or --workdir)")
 
 
-def measured(command: list[str], env: dict | None = None) -> tuple[float, float, str]:
-    """(wall seconds, peak RSS in MB, stdout) of one child process, measured alone (os.wait4's rusage)."""
+def measured(command: list[str], env: dict | None = None, checkout: Path = REPO) -> tuple[float, float, str]:
+    """(wall seconds, peak RSS in MB, stdout) of one child process, measured alone (os.wait4's rusage),
+    run with `checkout` (this repository by default) as its folder and on its PYTHONPATH."""
     start = time.perf_counter()
-    env = {**os.environ, "PYTHONPATH": str(REPO), **(env or {})}
-    child = subprocess.Popen(command, stdout=subprocess.PIPE, env=env, cwd=REPO, text=True)
+    env = {**os.environ, "PYTHONPATH": str(checkout), **(env or {})}
+    child = subprocess.Popen(command, stdout=subprocess.PIPE, env=env, cwd=checkout, text=True)
     out = child.stdout.read()
     _, status, usage = os.wait4(child.pid, 0)
     seconds = time.perf_counter() - start

@@ -128,6 +128,9 @@ class MergeAlgorithm:
     name: str = ""
     storage: str = "standard"  # "standard" | "mask"
     params: tuple = ()
+    # True when preprocessing and merging a block is doing so to each of its tensors alone, so a one-pass
+    # reader may merge a block tensor by tensor (deployment/tensorwise.py) and get the same values
+    tensorwise: bool = False
 
     def __init__(self, **overrides: Any):
         declared = {p.name: p for p in self.params}

@@ -12,6 +12,7 @@ LAMBDA = HyperParam("lam", 1.5, float, 0.0, 10.0, help="scaling of the mean task
 
 class TaskArithmetic(MergeAlgorithm):
     name = "ta"
+    tensorwise = True
     params = (LAMBDA,)
 
     def _merge(self, block, members):

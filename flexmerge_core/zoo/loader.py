@@ -280,8 +280,9 @@ class Zoo:
         """The task's checkpoint file (a fine-tune's folder may hold its own side files, e.g. its tokenizer)."""
         return self._task_file(task_id).path
 
-    def task_vectors(self, names, tasks=None) -> dict[str, torch.Tensor]:
-        """{name: float32 [m, *shape]} of fine-tuned minus pretrained, for task ids `tasks` (default all)."""
+    def task_vectors(self, names, tasks=None, into=None) -> dict[str, torch.Tensor]:
+        """{name: float32 [m, *shape]} of fine-tuned minus pretrained, for task ids `tasks` (default all).
+        into: {name: contiguous float32 [m, *shape]} filled instead of new tensors (a caller's reused buffer)."""
         task_ids = list(range(len(self.manifest.tasks))) if tasks is None else list(tasks)
         for task_id in task_ids:
             self._task(task_id)
@@ -289,7 +290,10 @@ class Zoo:
         for name in names:
             if name not in self._merged:
                 raise InvalidArgumentError(f"'{name}' is not a merged parameter of zoo '{self.name}'")
-            stacked = torch.empty((len(task_ids), *self.param_shapes[name]), dtype=torch.float32)
+            shape = (len(task_ids), *self.param_shapes[name])
+            stacked = torch.empty(shape, dtype=torch.float32) if into is None else into[name]
+            if stacked.shape != shape or stacked.dtype != torch.float32 or not stacked.is_contiguous():
+                raise InvalidArgumentError(f"task_vectors: the buffer of '{name}' is not contiguous float32 {list(shape)}")
             base = None
             for row, task_id in enumerate(task_ids):
                 file = self._task_file(task_id)

@@ -88,3 +88,50 @@ def test_a_pipeline_still_refuses_bad_plan_options_before_any_plan_is_built(zoo)
     for settings in (PlanSettings(linkage="median"), PlanSettings(order="sideways"), PlanSettings(seed=-1)):
         with pytest.raises(InvalidArgumentError):
             Pipeline(zoo, settings)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("algorithm", ["avg", "ta"])
+def test_tensorwise_export_of_a_half_precision_zoo_is_byte_identical(zoo, tmp_path, dtype, algorithm):
+    """Merged one tensor at a time (pretrained read in half precision, added back in float32, cast back)."""
+    from flexmerge_core.deployment.tensorwise import merges_tensorwise
+    from flexmerge_core.zoo import open_zoo, write_zoo
+
+    def state(read):
+        return {n: read(n).to(dtype) for n in zoo.state_names}
+
+    tasks = [{"name": name, "state_dict": state(lambda n, t=t: zoo.task_tensor(t, n)), "head": None}
+             for t, name in enumerate(zoo.task_names)]
+    half = open_zoo(write_zoo(tmp_path / "half", zoo.manifest.to_json()["architecture"], state(zoo.pretrained_tensor),
+                              tasks, unmerged=["^proj$"]))
+    spec, algo, plan = plan_for(half, algorithm)
+    assert merges_tensorwise(algo)
+    for budget in (1.0, (plan.min_size + plan.max_size) / 2):
+        expected = save_deployment(build_deployment(half, plan, algo, budget, spec=spec), tmp_path / "expected.safetensors")
+        export(half, spec, plan, algo, budget, tmp_path / "streamed.safetensors")
+        assert (tmp_path / "streamed.safetensors").read_bytes() == expected.read_bytes(), budget
+
+
+def test_tensorwise_merges_fill_the_callers_buffer_and_leave_the_group_cache_alone(zoo, tmp_path):
+    from flexmerge_core.cache import cache_root
+    from flexmerge_core.algorithms import get_algorithm
+    from flexmerge_core.deployment.tensorwise import TensorwiseMerge, merges_tensorwise
+    from flexmerge_core.errors import InvalidArgumentError
+
+    assert [n for n in ALGORITHM_NAMES if merges_tensorwise(get_algorithm(n))] == ["avg", "ta"]
+    name, members = zoo.param_names[2], (0, 2, 3)
+    buffer = torch.full((3, *zoo.param_shapes[name]), 7.0)
+    vectors = zoo.task_vectors([name], tasks=members, into={name: buffer})[name]
+    assert vectors.data_ptr() == buffer.data_ptr()
+    assert torch.equal(vectors, torch.stack([zoo.task_tensor(t, name) - zoo.pretrained_tensor(name) for t in members]))
+    with pytest.raises(InvalidArgumentError, match=f"buffer of '{name}'"):
+        zoo.task_vectors([name], tasks=members, into={name: buffer[:2]})
+    merge = TensorwiseMerge(zoo, get_algorithm("ta", lam=0.7))
+    expected = zoo.pretrained_tensor(name) + 0.7 * torch.stack([zoo.task_tensor(t, name) for t in members]
+                                                                ).sub(zoo.pretrained_tensor(name)).mean(0)
+    torch.testing.assert_close(merge.stored(name, members), expected, rtol=0, atol=1e-6)
+    spec, algo, plan = plan_for(zoo, "avg")
+    export(zoo, spec, plan, algo, 1.0, tmp_path / "avg.safetensors")
+    assert not (cache_root() / "groups").exists()
+    with pytest.raises(ValueError, match="tensor by tensor"):
+        TensorwiseMerge(zoo, get_algorithm("ties"))

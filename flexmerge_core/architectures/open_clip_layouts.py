@@ -3,9 +3,9 @@
 Why: checking a zoo's checkpoints against its architecture needs only the tower's parameter names and
 shapes in state_dict order, but asking open_clip for them imports torchvision and transformers: 1.9 s
 on every command, more than the whole merge of an `export --size 1` of 8 ViT-B-32 tasks. The towers
-below (the paper's ViT-B-32, ViT-B-16 and ViT-L-14, under every open_clip name that builds the same
-tower) are open_clip OPEN_CLIP_VERSION's; tests/test_architecture_open_clip.py checks each against the
-installed library (names, shapes, order, which names share it, no tied aliases). Another name, or
+below (the paper's ViT-B-32, ViT-B-16 and ViT-L-14, under the open_clip names that build the same
+tower) are open_clip OPEN_CLIP_VERSION's; tests/test_architecture_open_clip.py checks each name against
+the installed library (names, shapes, dtypes, order, no tied aliases). Another name, or
 another installed open_clip version, is laid out by building the tower on the meta device as before.
 """
 from __future__ import annotations

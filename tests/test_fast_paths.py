@@ -135,3 +135,20 @@ def test_tensorwise_merges_fill_the_callers_buffer_and_leave_the_group_cache_alo
     assert not (cache_root() / "groups").exists()
     with pytest.raises(ValueError, match="tensor by tensor"):
         TensorwiseMerge(zoo, get_algorithm("ties"))
+
+
+@pytest.mark.parametrize("algorithm", ["avg", "emr"])
+def test_cli_exports_and_curves_at_sizes_that_need_no_plan_run_no_similarity_pass(zoo, tmp_path, private_cache,
+                                                                                   capsys, algorithm):
+    from flexmerge_core.cli import main
+
+    smallest = Pipeline(zoo, PlanSettings(algorithm=algorithm)).plan.min_size
+    for size in ("1", f"{smallest!r}", "4"):
+        assert main(["export", "--zoo", str(zoo.root), "--algorithm", algorithm, "--size", size,
+                     "--out", str(tmp_path / f"{size}.safetensors")]) == 0
+    assert main(["curve", "--zoo", str(zoo.root), "--algorithm", algorithm, "--sizes", f"1,{smallest!r},4",
+                 "--json"]) == 0
+    assert not (private_cache / "plans").exists()
+    assert "similarity" not in capsys.readouterr().err
+    assert main(["plan", "--zoo", str(zoo.root), "--algorithm", algorithm, "--json"]) == 0
+    assert (private_cache / "plans").exists()   # where the plan would be

@@ -7,7 +7,7 @@ import torch
 from deploy_zoos import evaluable_zoo, plan_for
 from flexmerge_core.algorithms import ALGORITHM_NAMES
 from flexmerge_core.deployment.deploy import build_deployment
-from flexmerge_core.deployment.export import export, recipe_path, save_deployment
+from flexmerge_core.deployment.export import export, load_deployment, recipe_path, save_deployment
 from flexmerge_core.evaluation.curve import compute_curve
 from flexmerge_core.pipeline import Pipeline, PlanSettings
 from flexmerge_core.planning.lazy_plan import LazyPlan
@@ -152,3 +152,52 @@ def test_cli_exports_and_curves_at_sizes_that_need_no_plan_run_no_similarity_pas
     assert "similarity" not in capsys.readouterr().err
     assert main(["plan", "--zoo", str(zoo.root), "--algorithm", algorithm, "--json"]) == 0
     assert (private_cache / "plans").exists()   # where the plan would be
+
+
+def _copy_with(zoo, folder, changes):
+    """The zoo's tensors written anew, with changes[(role, name)] = function(tensor) applied (role: task id
+    or 'pretrained')."""
+    from flexmerge_core.zoo import open_zoo, write_zoo
+
+    def state(role, read):
+        return {n: changes.get((role, n), lambda t: t)(read(n).clone()) for n in zoo.state_names}
+
+    tasks = [{"name": name, "state_dict": state(t, lambda n, t=t: zoo.task_tensor(t, n)), "head": None}
+             for t, name in enumerate(zoo.task_names)]
+    return open_zoo(write_zoo(folder, zoo.manifest.to_json()["architecture"], state("pretrained", zoo.pretrained_tensor),
+                              tasks, unmerged=["^proj$"]))
+
+
+def _poke(value):
+    def change(t):
+        t.view(-1)[3] = value
+        return t
+    return change
+
+
+@pytest.mark.parametrize("role, value", [(2, float("nan")), (0, float("inf")), (3, -float("inf")),
+                                         ("pretrained", float("nan"))])
+def test_a_tensorwise_export_names_a_non_finite_value_as_every_other_read_does(zoo, tmp_path, role, value):
+    from flexmerge_core.errors import ZooError
+
+    name = zoo.param_names[4]
+    bad = _copy_with(zoo, tmp_path / "bad", {(role, name): _poke(value)})
+    for algorithm in ("avg", "ta"):
+        pipeline = Pipeline(bad, PlanSettings(algorithm=algorithm))   # a plan would read every value first
+        with pytest.raises(ZooError) as slow:
+            build_deployment(bad, pipeline.plan, pipeline.algorithm, 1.0, spec=pipeline.spec)
+        with pytest.raises(ZooError) as fast:
+            pipeline.export(1.0, tmp_path / f"{algorithm}.safetensors")
+        assert str(fast.value) == str(slow.value)
+        assert f"'{name}'" in str(fast.value) and ("pretrained" if role == "pretrained" else f"task{role}") in str(fast.value)
+
+
+def test_a_tensorwise_export_of_finite_values_that_overflow_writes_them_as_before(zoo, tmp_path):
+    name = zoo.param_names[4]
+    big = _copy_with(zoo, tmp_path / "big", {(t, name): _poke(3e38) for t in range(len(zoo.task_names))})
+    pipeline = Pipeline(big, PlanSettings(algorithm="ta"))   # lam 1.5 x a mean of ~3e38 overflows float32
+    expected = save_deployment(build_deployment(big, pipeline.plan, pipeline.algorithm, 1.0, spec=pipeline.spec),
+                               tmp_path / "expected.safetensors")
+    pipeline.export(1.0, tmp_path / "streamed.safetensors")
+    assert torch.isinf(load_deployment(expected).task_state_dict(0)[name]).any()
+    assert (tmp_path / "streamed.safetensors").read_bytes() == expected.read_bytes()

@@ -9,12 +9,18 @@ tensor's g task vectors are read into one buffer kept for the whole export (g x 
 preprocessed and merged by the algorithm's own methods, and pretrained is added back as GroupStore does:
 the same float operations on the same values, so the same bytes (tests compare exports byte for byte).
 Nothing is cached: recomputing such a merge costs about what reading its cached result would.
+NaN/Inf: a sum-like merge carries any non-finite input into its result, so the task tensors are read
+unchecked and only the merged tensor is checked (one pass over one tensor instead of g + 1); when it is
+not finite they are read again with the checkpoint's own check, which raises the error naming the
+file, task and tensor that every other read path raises.
 """
 from __future__ import annotations
 
 import math
 
 import torch
+
+from flexmerge_core.zoo.checkpoint import all_finite
 
 
 def merges_tensorwise(algorithm) -> bool:
@@ -40,10 +46,14 @@ class TensorwiseMerge:
         return self._buffer[:numel].view(shape)
 
     def stored(self, name: str, members: tuple[int, ...]) -> torch.Tensor:
+        """members: a group the algorithm merges (two or more tasks)."""
         members = tuple(members)
-        vectors = self.zoo.task_vectors([name], tasks=members, into={name: self._rows(name, len(members))})
+        into = {name: self._rows(name, len(members))}
+        vectors = self.zoo.task_vectors([name], tasks=members, into=into, check_finite=False)
         vectors = self.algorithm.preprocess_block(vectors, tasks=members)
         unified = self.algorithm.merge(vectors, members).unified[name].to(torch.float32)
         # pretrained + unified, added in place (float addition commutes exactly): one tensor less in memory
         merged = unified.add_(self.zoo.pretrained_tensor(name, copy=True))
+        if not all_finite(merged):   # a NaN/Inf read (or an overflow): the checked reads name the culprit
+            self.zoo.task_vectors([name], tasks=members, into=into)
         return merged.to(self.zoo.param_dtypes[name])

@@ -280,9 +280,10 @@ class Zoo:
         """The task's checkpoint file (a fine-tune's folder may hold its own side files, e.g. its tokenizer)."""
         return self._task_file(task_id).path
 
-    def task_vectors(self, names, tasks=None, into=None) -> dict[str, torch.Tensor]:
+    def task_vectors(self, names, tasks=None, into=None, check_finite: bool = True) -> dict[str, torch.Tensor]:
         """{name: float32 [m, *shape]} of fine-tuned minus pretrained, for task ids `tasks` (default all).
-        into: {name: contiguous float32 [m, *shape]} filled instead of new tensors (a caller's reused buffer)."""
+        into: {name: contiguous float32 [m, *shape]} filled instead of new tensors (a caller's reused buffer).
+        check_finite=False: checkpoint values are not checked for NaN/Inf (CheckpointFile.read_into)."""
         task_ids = list(range(len(self.manifest.tasks))) if tasks is None else list(tasks)
         for task_id in task_ids:
             self._task(task_id)
@@ -301,8 +302,10 @@ class Zoo:
                     stacked[row] = file.task_vector(name)
                     continue
                 if base is None:
-                    base = self._pretrained_file.read_into(name, torch.empty(stacked.shape[1:], dtype=torch.float32))
-                file.read_into(name, stacked[row]).sub_(base)   # copies: a pass leaves no mapped pages behind
+                    base = self._pretrained_file.read_into(name, torch.empty(stacked.shape[1:], dtype=torch.float32),
+                                                           check_finite=check_finite)
+                # copies: a pass leaves no mapped pages behind
+                file.read_into(name, stacked[row], check_finite=check_finite).sub_(base)
             out[name] = stacked
         return out
 

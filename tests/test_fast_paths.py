@@ -90,20 +90,27 @@ def test_a_pipeline_still_refuses_bad_plan_options_before_any_plan_is_built(zoo)
             Pipeline(zoo, settings)
 
 
+def _rewritten(zoo, folder, edit):
+    """The zoo (no heads) written anew with each tensor replaced by edit(role, name, tensor), role = a task
+    id or 'pretrained'."""
+    from flexmerge_core.zoo import open_zoo, write_zoo
+
+    def state(role, read):
+        return {n: edit(role, n, read(n)) for n in zoo.state_names}
+
+    tasks = [{"name": name, "state_dict": state(t, lambda n, t=t: zoo.task_tensor(t, n)), "head": None}
+             for t, name in enumerate(zoo.task_names)]
+    return open_zoo(write_zoo(folder, zoo.manifest.to_json()["architecture"], state("pretrained", zoo.pretrained_tensor),
+                              tasks, unmerged=["^proj$"]))
+
+
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 @pytest.mark.parametrize("algorithm", ["avg", "ta"])
 def test_tensorwise_export_of_a_half_precision_zoo_is_byte_identical(zoo, tmp_path, dtype, algorithm):
     """Merged one tensor at a time (pretrained read in half precision, added back in float32, cast back)."""
     from flexmerge_core.deployment.tensorwise import merges_tensorwise
-    from flexmerge_core.zoo import open_zoo, write_zoo
 
-    def state(read):
-        return {n: read(n).to(dtype) for n in zoo.state_names}
-
-    tasks = [{"name": name, "state_dict": state(lambda n, t=t: zoo.task_tensor(t, n)), "head": None}
-             for t, name in enumerate(zoo.task_names)]
-    half = open_zoo(write_zoo(tmp_path / "half", zoo.manifest.to_json()["architecture"], state(zoo.pretrained_tensor),
-                              tasks, unmerged=["^proj$"]))
+    half = _rewritten(zoo, tmp_path / "half", lambda role, name, t: t.to(dtype))
     spec, algo, plan = plan_for(half, algorithm)
     assert merges_tensorwise(algo)
     for budget in (1.0, (plan.min_size + plan.max_size) / 2):
@@ -154,25 +161,14 @@ def test_cli_exports_and_curves_at_sizes_that_need_no_plan_run_no_similarity_pas
     assert (private_cache / "plans").exists()   # where the plan would be
 
 
-def _copy_with(zoo, folder, changes):
-    """The zoo's tensors written anew, with changes[(role, name)] = function(tensor) applied (role: task id
-    or 'pretrained')."""
-    from flexmerge_core.zoo import open_zoo, write_zoo
-
-    def state(role, read):
-        return {n: changes.get((role, n), lambda t: t)(read(n).clone()) for n in zoo.state_names}
-
-    tasks = [{"name": name, "state_dict": state(t, lambda n, t=t: zoo.task_tensor(t, n)), "head": None}
-             for t, name in enumerate(zoo.task_names)]
-    return open_zoo(write_zoo(folder, zoo.manifest.to_json()["architecture"], state("pretrained", zoo.pretrained_tensor),
-                              tasks, unmerged=["^proj$"]))
-
-
-def _poke(value):
-    def change(t):
-        t.view(-1)[3] = value
+def _poked(name: str, roles, value: float):
+    """An edit for _rewritten: entry 3 of tensor `name` of each of `roles` (task ids, 'pretrained') set to `value`."""
+    def edit(role, own, t):
+        if own == name and role in roles:
+            t = t.clone()
+            t.view(-1)[3] = value
         return t
-    return change
+    return edit
 
 
 @pytest.mark.parametrize("role, value", [(2, float("nan")), (0, float("inf")), (3, -float("inf")),
@@ -181,7 +177,7 @@ def test_a_tensorwise_export_names_a_non_finite_value_as_every_other_read_does(z
     from flexmerge_core.errors import ZooError
 
     name = zoo.param_names[4]
-    bad = _copy_with(zoo, tmp_path / "bad", {(role, name): _poke(value)})
+    bad = _rewritten(zoo, tmp_path / "bad", _poked(name, [role], value))
     for algorithm in ("avg", "ta"):
         pipeline = Pipeline(bad, PlanSettings(algorithm=algorithm))   # a plan would read every value first
         with pytest.raises(ZooError) as slow:
@@ -194,7 +190,7 @@ def test_a_tensorwise_export_names_a_non_finite_value_as_every_other_read_does(z
 
 def test_a_tensorwise_export_of_finite_values_that_overflow_writes_them_as_before(zoo, tmp_path):
     name = zoo.param_names[4]
-    big = _copy_with(zoo, tmp_path / "big", {(t, name): _poke(3e38) for t in range(len(zoo.task_names))})
+    big = _rewritten(zoo, tmp_path / "big", _poked(name, range(len(zoo.task_names)), 3e38))
     pipeline = Pipeline(big, PlanSettings(algorithm="ta"))   # lam 1.5 x a mean of ~3e38 overflows float32
     expected = save_deployment(build_deployment(big, pipeline.plan, pipeline.algorithm, 1.0, spec=pipeline.spec),
                                tmp_path / "expected.safetensors")

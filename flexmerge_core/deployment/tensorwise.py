@@ -6,7 +6,7 @@ of 8 ViT-B-32 tasks spent 1.9 s of its 3 s merge faulting in 2.8 GB of fresh sta
 the model a second time into the cache. When an algorithm merges each tensor of a block alone
 (`tensorwise`, no whole-model preparation: avg, ta), a block can be merged tensor by tensor: each
 tensor's g task vectors are read into one buffer kept for the whole export (g x the largest tensor),
-preprocessed and merged by the algorithm's own methods, and pretrained is added back as GroupStore does:
+preprocessed and merged by the algorithm's own methods, and pretrained (read once) is added back as GroupStore does:
 the same float operations on the same values, so the same bytes (tests compare exports byte for byte).
 Nothing is cached: recomputing such a merge costs about what reading its cached result would.
 NaN/Inf: a sum-like merge carries any non-finite input into its result, so the task tensors are read
@@ -49,11 +49,13 @@ class TensorwiseMerge:
         """members: a group the algorithm merges (two or more tasks)."""
         members = tuple(members)
         into = {name: self._rows(name, len(members))}
-        vectors = self.zoo.task_vectors([name], tasks=members, into=into, check_finite=False)
+        # read once, checked first (as the task vectors' base is): the same error for a NaN/Inf in it
+        pretrained = {name: self.zoo.pretrained_tensor(name, copy=True).to(torch.float32)}
+        vectors = self.zoo.task_vectors([name], tasks=members, into=into, check_finite=False, pretrained=pretrained)
         vectors = self.algorithm.preprocess_block(vectors, tasks=members)
         unified = self.algorithm.merge(vectors, members).unified[name].to(torch.float32)
         # pretrained + unified, added in place (float addition commutes exactly): one tensor less in memory
-        merged = unified.add_(self.zoo.pretrained_tensor(name, copy=True))
+        merged = unified.add_(pretrained[name])
         if not all_finite(merged):   # a NaN/Inf read (or an overflow): the checked reads name the culprit
             self.zoo.task_vectors([name], tasks=members, into=into)
         return merged.to(self.zoo.param_dtypes[name])

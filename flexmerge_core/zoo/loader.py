@@ -280,10 +280,12 @@ class Zoo:
         """The task's checkpoint file (a fine-tune's folder may hold its own side files, e.g. its tokenizer)."""
         return self._task_file(task_id).path
 
-    def task_vectors(self, names, tasks=None, into=None, check_finite: bool = True) -> dict[str, torch.Tensor]:
+    def task_vectors(self, names, tasks=None, into=None, check_finite: bool = True,
+                     pretrained=None) -> dict[str, torch.Tensor]:
         """{name: float32 [m, *shape]} of fine-tuned minus pretrained, for task ids `tasks` (default all).
-        into: {name: contiguous float32 [m, *shape]} filled instead of new tensors (a caller's reused buffer).
-        check_finite=False: checkpoint values are not checked for NaN/Inf (CheckpointFile.read_into)."""
+        A one-pass caller (deployment/tensorwise.py) may pass into: {name: contiguous float32 [m, *shape]} filled
+        instead of new tensors (its reused buffer); check_finite=False: checkpoint values are not checked for
+        NaN/Inf (CheckpointFile.read_into); pretrained: {name: float32 pretrained tensor} it has read already."""
         task_ids = list(range(len(self.manifest.tasks))) if tasks is None else list(tasks)
         for task_id in task_ids:
             self._task(task_id)
@@ -295,7 +297,7 @@ class Zoo:
             stacked = torch.empty(shape, dtype=torch.float32) if into is None else into[name]
             if stacked.shape != shape or stacked.dtype != torch.float32 or not stacked.is_contiguous():
                 raise InvalidArgumentError(f"task_vectors: the buffer of '{name}' is not contiguous float32 {list(shape)}")
-            base = None
+            base = None if pretrained is None else pretrained[name]
             for row, task_id in enumerate(task_ids):
                 file = self._task_file(task_id)
                 if isinstance(file, LoraCheckpoint):      # the LoRA delta itself (zero where not adapted: no read)

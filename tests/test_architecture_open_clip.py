@@ -55,3 +55,23 @@ def test_laying_out_a_stored_tower_and_importing_the_cli_import_no_model_library
             "'scipy', 'pandas', 'plotly', 'streamlit', 'ray'}))")
     done = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True)
     assert done.stdout.strip() == "[]"
+
+
+@pytest.mark.parametrize("name", ["ViT-B-32", "ViT-B-16"])
+def test_a_stored_tower_says_an_input_fits_exactly_when_its_forward_takes_it(name):
+    import torch
+
+    from flexmerge_core.architectures.registry import construct
+
+    adapter, config = get_architecture(KIND), {"name": name}
+    shapes = {n: shape for n, (shape, _) in state_layout(KIND, config).items()}
+    tower = construct(KIND, config, "meta").eval()
+    for shape in ((3, 224, 224), (3, 224, 239), (3, 240, 224), (1, 224, 224), (3, 160, 160), (3, 8, 8), (224, 224),
+                  (4, 224, 224)):
+        try:
+            with torch.no_grad():
+                adapter.forward(tower, torch.empty((1, *shape), device="meta"))
+            takes = True
+        except Exception:   # whatever the module raises on an input it cannot take
+            takes = False
+        assert adapter.input_fits(config, shapes, shape) == takes, shape

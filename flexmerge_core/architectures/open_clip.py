@@ -230,6 +230,15 @@ class OpenClipModel(_OpenClipVisual):
     def tied(self, config: dict) -> dict[str, str]:
         return {} if stored_layout(config["name"]) is not None else super().tied(config)
 
+    def input_fits(self, config: dict, shapes: dict[str, tuple[int, ...]], input_shape: tuple[int, ...]) -> bool:
+        """A stored tower is a plain ViT: RGB images whose p x p patches (conv1, stride p) plus the class token
+        are as many as its positions."""
+        if stored_layout(config["name"]) is None or len(input_shape) != 3:
+            return False
+        channels, height, width = input_shape
+        patch, positions = shapes["conv1.weight"][-1], shapes["positional_embedding"][0]
+        return channels == 3 and (height // patch) * (width // patch) + 1 == positions
+
     def input_transform(self, config: dict):
         return eval_transform(config)
 

@@ -141,11 +141,14 @@ def _check_inputs_fit(manifest: Manifest, files: _Files, adapter) -> None:
     whatever the architecture, instead of a shape error deep inside the first evaluation. The task kind
     says what one example's input shape is (None: nothing to check, e.g. token ids of varying length)."""
     encoder, outcome = None, {}
+    shapes = files.get(manifest.pretrained, "pretrained").shapes
     for task in manifest.tasks:
         task_files = _task_files(files, manifest, task, None)
         shape = get_task_kind(task.kind).input_shape(task_files) if task.data is not None else None
         if shape is None:
             continue
+        if shape not in outcome and adapter.input_fits(manifest.architecture_config, shapes, shape):
+            outcome[shape] = None   # known from the shapes: no model library imported, nothing built
         if shape not in outcome:
             encoder = encoder or construct(manifest.architecture_kind, manifest.architecture_config, "meta").eval()
             try:

@@ -17,4 +17,5 @@ class TaskArithmetic(MergeAlgorithm):
 
     def _merge(self, block, members):
         lam = self._hp["lam"]
-        return MergeResult(unified={n: lam * t.mean(dim=0) for n, t in block.items()})
+        # scaled in place: the same products as lam * mean (multiplication commutes exactly), no second tensor
+        return MergeResult(unified={n: t.mean(dim=0).mul_(lam) for n, t in block.items()})

@@ -139,7 +139,9 @@ def _check_inputs_fit(manifest: Manifest, files: _Files, adapter) -> None:
     """Held-out inputs must be what the model takes (e.g. image channels and resolution): one forward pass
     of a single example on the meta device (shapes only: no memory, no compute) per distinct input shape,
     whatever the architecture, instead of a shape error deep inside the first evaluation. The task kind
-    says what one example's input shape is (None: nothing to check, e.g. token ids of varying length)."""
+    says what one example's input shape is (None: nothing to check, e.g. token ids of varying length).
+    A shape the adapter knows to fit from the checkpoint's shapes (`input_fits`) needs no forward: opening
+    such a zoo then builds nothing and imports no model library."""
     encoder, outcome = None, {}
     shapes = files.get(manifest.pretrained, "pretrained").shapes
     for task in manifest.tasks:
@@ -299,7 +301,8 @@ class Zoo:
             shape = (len(task_ids), *self.param_shapes[name])
             stacked = torch.empty(shape, dtype=torch.float32) if into is None else into[name]
             if stacked.shape != shape or stacked.dtype != torch.float32 or not stacked.is_contiguous():
-                raise InvalidArgumentError(f"task_vectors: the buffer of '{name}' is not contiguous float32 {list(shape)}")
+                raise InvalidArgumentError(f"task_vectors: the buffer of '{name}' is not contiguous float32 "
+                                           f"{list(shape)}")
             base = None if pretrained is None else pretrained[name]
             for row, task_id in enumerate(task_ids):
                 file = self._task_file(task_id)

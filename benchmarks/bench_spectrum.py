@@ -118,14 +118,14 @@ def main() -> None:
         zoo = Path(args.zoo) if args.zoo else workdir / "zoo"
         if not args.zoo:
             check_free_disk(workdir, (args.tasks + 2) * FP32_MODEL_BYTES // (2 if args.fp16 else 1))
-            seconds, _, _ = measured(me + ["--child", "write", "--zoo", str(zoo), "--tasks", str(args.tasks)]
+            seconds, _, _, _ = measured(me + ["--child", "write", "--zoo", str(zoo), "--tasks", str(args.tasks)]
                                      + (["--fp16"] if args.fp16 else []))
             print(f"wrote the zoo in {seconds:.1f} s ({zoo})", flush=True)
         tasks = len(json.loads((zoo / "zoo.json").read_text())["tasks"])
         print(f"{tasks} tasks of ViT-B-32 ({'fp16' if args.fp16 else 'fp32'} files), device {args.device}, "
               f"torch {torch.__version__}, {torch.get_num_threads()} CPU threads", flush=True)
-        avg_s, avg_mb, _ = measured([sys.executable, "-c", AVERAGE, str(zoo), str(workdir / "avg.safetensors")], env)
-        floor_wall, floor_mb, out = measured(me + ["--child", "floor", "--zoo", str(zoo), "--device", args.device], env)
+        avg_s, avg_mb, _, _ = measured([sys.executable, "-c", AVERAGE, str(zoo), str(workdir / "avg.safetensors")], env)
+        floor_wall, floor_mb, out, _ = measured(me + ["--child", "floor", "--zoo", str(zoo), "--device", args.device], env)
         floor_s = json.loads(out.strip().splitlines()[-1])["floor_s"]
         print(f"{'run':<16s} {'wall s':>8s} {'plan s':>8s} {'merge s':>8s} {'groups':>7s} {'rows':>6s} "
               f"{'peak MB':>8s} {'x avg':>7s} {'x floor':>8s}")
@@ -134,7 +134,7 @@ def main() -> None:
         print(f"{'floor':<16s} {floor_wall:8.1f} {floor_s:8.1f} {'':>8s} {'':>7s} {'':>6s} {floor_mb:8.0f} "
               f"{floor_wall / avg_s:7.2f} {1:8.2f}", flush=True)
         for name in names:
-            wall, peak, out = measured(me + ["--child", "spectrum", "--zoo", str(zoo), "--algorithm", name,
+            wall, peak, out, _ = measured(me + ["--child", "spectrum", "--zoo", str(zoo), "--algorithm", name,
                                              "--device", args.device], env)
             phases = json.loads(out.strip().splitlines()[-1])
             print(f"{name:<16s} {wall:8.1f} {phases['plan_s']:8.1f} {phases['merge_s']:8.1f} {phases['groups']:7d} "

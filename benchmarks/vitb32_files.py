@@ -92,15 +92,17 @@ def check_free_disk(folder: Path, needed: int) -> None:
                          f"(use --tasks, --fp16 or --workdir)")
 
 
-def measured(command: list[str], env: dict | None = None) -> tuple[float, float, str]:
-    """(wall seconds, peak RSS in MB, stdout) of one child process, measured alone (os.wait4's rusage)."""
+def measured(command: list[str], env: dict | None = None, checkout: Path = REPO) -> tuple[float, float, str, float]:
+    """(wall seconds, peak RSS in MB, stdout, CPU seconds: user + system) of one child process, measured alone
+    (os.wait4's rusage), run with `checkout` (this repository by default) as its folder and on its PYTHONPATH.
+    On a shared, loaded machine wall time mostly measures waiting for a core: CPU time is the steadier figure."""
     start = time.perf_counter()
-    env = {**os.environ, "PYTHONPATH": str(REPO), **(env or {})}
-    child = subprocess.Popen(command, stdout=subprocess.PIPE, env=env, cwd=REPO, text=True)
+    env = {**os.environ, "PYTHONPATH": str(checkout), **(env or {})}
+    child = subprocess.Popen(command, stdout=subprocess.PIPE, env=env, cwd=checkout, text=True)
     out = child.stdout.read()
     _, status, usage = os.wait4(child.pid, 0)
     seconds = time.perf_counter() - start
     child.returncode = os.waitstatus_to_exitcode(status)
     if child.returncode != 0:
         raise SystemExit(f"{' '.join(command)} failed with exit code {child.returncode}")
-    return seconds, usage.ru_maxrss / 1024, out
+    return seconds, usage.ru_maxrss / 1024, out, usage.ru_utime + usage.ru_stime

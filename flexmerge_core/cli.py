@@ -15,7 +15,7 @@ import sys
 import weakref
 from typing import Callable, Sequence
 
-from flexmerge_core.deployment.footprint import DTYPES, MEGABYTE, parse_megabytes
+from flexmerge_core.deployment.footprint import DTYPES, MEGABYTE, parse_megabytes, parse_sizes
 from flexmerge_core.errors import FlexMergeError
 from flexmerge_core.pipeline import DEMO_ZOOS
 from flexmerge_core.resources import check_memory
@@ -317,8 +317,6 @@ def _cmd_plan(args: argparse.Namespace) -> int:
 
 
 def _cmd_curve(args: argparse.Namespace) -> int:
-    from flexmerge_core.evaluation.curve import parse_sizes
-
     budgets_mb = None if args.budget_mb is None else parse_megabytes(args.budget_mb)
     sizes = parse_sizes(args.sizes) if budgets_mb is None else None
     pipeline = _pipeline_from_args(args, deploy_size="all")   # a curve starts from all M models kept
@@ -349,7 +347,6 @@ def _names(text: str) -> list[str]:
 
 def _cmd_sweep(args: argparse.Namespace) -> int:
     from flexmerge_core.backend.executors import make_executor
-    from flexmerge_core.evaluation.curve import parse_sizes
     from flexmerge_core.pipeline import resolve_zoo
     from flexmerge_core.sweep import run_sweep
 
@@ -375,7 +372,6 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
 
 def _cmd_export(args: argparse.Namespace) -> int:
     from flexmerge_core.deployment.export import file_tensor_bytes, recipe_path
-    from flexmerge_core.evaluation.curve import parse_sizes
 
     budget_mb = None if args.budget_mb is None else parse_megabytes(args.budget_mb, single=True)[0]
     if budget_mb is None:

@@ -6,7 +6,8 @@ import torch
 
 from deploy_zoos import TINY_VIT, evaluable_zoo, plan_for, reference_logits
 from flexmerge_core.cli import main
-from flexmerge_core.evaluation.curve import accuracy_curve, compute_curve, parse_sizes, spec_for_plan
+from flexmerge_core.deployment.footprint import parse_sizes
+from flexmerge_core.evaluation.curve import accuracy_curve, compute_curve, spec_for_plan
 from flexmerge_core.deployment.deploy import build_deployment
 from flexmerge_core.errors import BudgetError
 from flexmerge_core.evaluation.evaluate import evaluate_deployment

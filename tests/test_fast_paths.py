@@ -7,7 +7,7 @@ import torch
 from deploy_zoos import evaluable_zoo, plan_for
 from flexmerge_core.algorithms import ALGORITHM_NAMES
 from flexmerge_core.deployment.deploy import build_deployment
-from flexmerge_core.deployment.export import export, recipe_path, save_deployment
+from flexmerge_core.deployment.export import export, load_deployment, recipe_path, save_deployment
 from flexmerge_core.evaluation.curve import compute_curve
 from flexmerge_core.pipeline import Pipeline, PlanSettings
 from flexmerge_core.planning.lazy_plan import LazyPlan
@@ -88,3 +88,112 @@ def test_a_pipeline_still_refuses_bad_plan_options_before_any_plan_is_built(zoo)
     for settings in (PlanSettings(linkage="median"), PlanSettings(order="sideways"), PlanSettings(seed=-1)):
         with pytest.raises(InvalidArgumentError):
             Pipeline(zoo, settings)
+
+
+def _rewritten(zoo, folder, edit):
+    """The zoo (no heads) written anew with each tensor replaced by edit(role, name, tensor), role = a task
+    id or 'pretrained'."""
+    from flexmerge_core.zoo import open_zoo, write_zoo
+
+    def state(role, read):
+        return {n: edit(role, n, read(n)) for n in zoo.state_names}
+
+    tasks = [{"name": name, "state_dict": state(t, lambda n, t=t: zoo.task_tensor(t, n)), "head": None}
+             for t, name in enumerate(zoo.task_names)]
+    return open_zoo(write_zoo(folder, zoo.manifest.to_json()["architecture"], state("pretrained", zoo.pretrained_tensor),
+                              tasks, unmerged=["^proj$"]))
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("algorithm", ["avg", "ta"])
+def test_tensorwise_export_of_a_half_precision_zoo_is_byte_identical(zoo, tmp_path, dtype, algorithm):
+    """Merged one tensor at a time (pretrained read in half precision, added back in float32, cast back)."""
+    from flexmerge_core.deployment.tensorwise import merges_tensorwise
+
+    half = _rewritten(zoo, tmp_path / "half", lambda role, name, t: t.to(dtype))
+    spec, algo, plan = plan_for(half, algorithm)
+    assert merges_tensorwise(algo)
+    for budget in (1.0, (plan.min_size + plan.max_size) / 2):
+        expected = save_deployment(build_deployment(half, plan, algo, budget, spec=spec), tmp_path / "expected.safetensors")
+        export(half, spec, plan, algo, budget, tmp_path / "streamed.safetensors")
+        assert (tmp_path / "streamed.safetensors").read_bytes() == expected.read_bytes(), budget
+
+
+def test_tensorwise_merges_fill_the_callers_buffer_and_leave_the_group_cache_alone(zoo, tmp_path):
+    from flexmerge_core.cache import cache_root
+    from flexmerge_core.algorithms import get_algorithm
+    from flexmerge_core.deployment.tensorwise import TensorwiseMerge, merges_tensorwise
+    from flexmerge_core.errors import InvalidArgumentError
+
+    assert [n for n in ALGORITHM_NAMES if merges_tensorwise(get_algorithm(n))] == ["avg", "ta"]
+    name, members = zoo.param_names[2], (0, 2, 3)
+    buffer = torch.full((3, *zoo.param_shapes[name]), 7.0)
+    vectors = zoo.task_vectors([name], tasks=members, into={name: buffer})[name]
+    assert vectors.data_ptr() == buffer.data_ptr()
+    assert torch.equal(vectors, torch.stack([zoo.task_tensor(t, name) - zoo.pretrained_tensor(name) for t in members]))
+    with pytest.raises(InvalidArgumentError, match=f"buffer of '{name}'"):
+        zoo.task_vectors([name], tasks=members, into={name: buffer[:2]})
+    merge = TensorwiseMerge(zoo, get_algorithm("ta", lam=0.7))
+    expected = zoo.pretrained_tensor(name) + 0.7 * torch.stack([zoo.task_tensor(t, name) for t in members]
+                                                                ).sub(zoo.pretrained_tensor(name)).mean(0)
+    torch.testing.assert_close(merge.stored(name, members), expected, rtol=0, atol=1e-6)
+    spec, algo, plan = plan_for(zoo, "avg")
+    export(zoo, spec, plan, algo, 1.0, tmp_path / "avg.safetensors")
+    assert not (cache_root() / "groups").exists()
+    with pytest.raises(ValueError, match="tensor by tensor"):
+        TensorwiseMerge(zoo, get_algorithm("ties"))
+
+
+@pytest.mark.parametrize("algorithm", ["avg", "emr"])
+def test_cli_exports_and_curves_at_sizes_that_need_no_plan_run_no_similarity_pass(zoo, tmp_path, private_cache,
+                                                                                   capsys, algorithm):
+    from flexmerge_core.cli import main
+
+    smallest = Pipeline(zoo, PlanSettings(algorithm=algorithm)).plan.min_size
+    for size in ("1", f"{smallest!r}", "4"):
+        assert main(["export", "--zoo", str(zoo.root), "--algorithm", algorithm, "--size", size,
+                     "--out", str(tmp_path / f"{size}.safetensors")]) == 0
+    assert main(["curve", "--zoo", str(zoo.root), "--algorithm", algorithm, "--sizes", f"1,{smallest!r},4",
+                 "--json"]) == 0
+    assert not (private_cache / "plans").exists()
+    assert "similarity" not in capsys.readouterr().err
+    assert main(["plan", "--zoo", str(zoo.root), "--algorithm", algorithm, "--json"]) == 0
+    assert (private_cache / "plans").exists()   # where the plan would be
+
+
+def _poked(name: str, roles, value: float):
+    """An edit for _rewritten: entry 3 of tensor `name` of each of `roles` (task ids, 'pretrained') set to `value`."""
+    def edit(role, own, t):
+        if own == name and role in roles:
+            t = t.clone()
+            t.view(-1)[3] = value
+        return t
+    return edit
+
+
+@pytest.mark.parametrize("role, value", [(2, float("nan")), (0, float("inf")), (3, -float("inf")),
+                                         ("pretrained", float("nan"))])
+def test_a_tensorwise_export_names_a_non_finite_value_as_every_other_read_does(zoo, tmp_path, role, value):
+    from flexmerge_core.errors import ZooError
+
+    name = zoo.param_names[4]
+    bad = _rewritten(zoo, tmp_path / "bad", _poked(name, [role], value))
+    for algorithm in ("avg", "ta"):
+        pipeline = Pipeline(bad, PlanSettings(algorithm=algorithm))   # a plan would read every value first
+        with pytest.raises(ZooError) as slow:
+            build_deployment(bad, pipeline.plan, pipeline.algorithm, 1.0, spec=pipeline.spec)
+        with pytest.raises(ZooError) as fast:
+            pipeline.export(1.0, tmp_path / f"{algorithm}.safetensors")
+        assert str(fast.value) == str(slow.value)
+        assert f"'{name}'" in str(fast.value) and ("pretrained" if role == "pretrained" else f"task{role}") in str(fast.value)
+
+
+def test_a_tensorwise_export_of_finite_values_that_overflow_writes_them_as_before(zoo, tmp_path):
+    name = zoo.param_names[4]
+    big = _rewritten(zoo, tmp_path / "big", _poked(name, range(len(zoo.task_names)), 3e38))
+    pipeline = Pipeline(big, PlanSettings(algorithm="ta"))   # lam 1.5 x a mean of ~3e38 overflows float32
+    expected = save_deployment(build_deployment(big, pipeline.plan, pipeline.algorithm, 1.0, spec=pipeline.spec),
+                               tmp_path / "expected.safetensors")
+    pipeline.export(1.0, tmp_path / "streamed.safetensors")
+    assert torch.isinf(load_deployment(expected).task_state_dict(0)[name]).any()
+    assert (tmp_path / "streamed.safetensors").read_bytes() == expected.read_bytes()

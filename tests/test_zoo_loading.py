@@ -359,3 +359,20 @@ def test_read_into_copies_what_read_gives_in_any_dtype_and_row_range(tmp_path):
     save_file(bad, str(tmp_path / "bad.safetensors"))
     with pytest.raises(ZooError, match="non-finite.*'w32'"):
         checkpoint_module.CheckpointFile(tmp_path / "bad.safetensors", "pretrained").read_into("w32", torch.empty(2))
+
+
+def test_inputs_the_adapter_knows_to_fit_build_no_module_at_open(zoo_dir, monkeypatch):
+    """The held-out inputs check builds the model on the meta device only when the adapter cannot tell from the
+    checkpoint's shapes (the forward's own exception words a misfit)."""
+    from flexmerge_core.architectures.open_clip import OpenClipViT
+    from flexmerge_core.zoo import loader
+
+    asked, built = [], []
+    real_construct = loader.construct
+    monkeypatch.setattr(loader, "construct", lambda *a, **k: built.append(a) or real_construct(*a, **k))
+    monkeypatch.setattr(OpenClipViT, "input_fits", lambda self, config, shapes, shape: asked.append(shape) or True)
+    open_zoo(zoo_dir)
+    assert asked == [(3, 8, 8)] and built == []   # one distinct input shape, asked once
+    monkeypatch.setattr(OpenClipViT, "input_fits", lambda self, config, shapes, shape: False)
+    open_zoo(zoo_dir)
+    assert len(built) == 1

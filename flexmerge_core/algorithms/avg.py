@@ -10,6 +10,7 @@ from flexmerge_core.algorithms.base import MergeAlgorithm, MergeResult
 
 class Average(MergeAlgorithm):
     name = "avg"
+    tensorwise = True
 
     def _merge(self, block, members):
         return MergeResult(unified={n: t.mean(dim=0) for n, t in block.items()})

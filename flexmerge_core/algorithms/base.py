@@ -129,6 +129,10 @@ class MergeAlgorithm:
     name: str = ""
     storage: str = "standard"  # "standard" | "mask"
     params: tuple = ()
+    # True when preprocessing and merging a block is doing so to each of its tensors alone, and a NaN/Inf in
+    # any input makes the merged tensor non-finite (sums, means): a one-pass reader may then merge a block
+    # tensor by tensor and check only the result for NaN/Inf (deployment/tensorwise.py), with the same values
+    tensorwise: bool = False
 
     def __init__(self, **overrides: Any):
         declared = {p.name: p for p in self.params}

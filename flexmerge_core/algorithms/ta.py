@@ -12,8 +12,10 @@ LAMBDA = HyperParam("lam", 1.5, float, 0.0, 10.0, help="scaling of the mean task
 
 class TaskArithmetic(MergeAlgorithm):
     name = "ta"
+    tensorwise = True
     params = (LAMBDA,)
 
     def _merge(self, block, members):
         lam = self._hp["lam"]
-        return MergeResult(unified={n: lam * t.mean(dim=0) for n, t in block.items()})
+        # scaled in place: the same products as lam * mean (multiplication commutes exactly), no second tensor
+        return MergeResult(unified={n: t.mean(dim=0).mul_(lam) for n, t in block.items()})

@@ -78,6 +78,12 @@ class ArchitectureAdapter:
         """The whole forward pass, yielding what a head consumes."""
         return module(inputs)
 
+    def input_fits(self, config: dict, shapes: dict[str, tuple[int, ...]], input_shape: tuple[int, ...]) -> bool:
+        """True when one example of `input_shape` surely fits the model, known from the checkpoint's `shapes`
+        alone; False: not known so, and the zoo runs a forward pass on the meta device to find out (building the
+        module: its library's import; its exception words the error)."""
+        return False
+
     def input_transform(self, config: dict) -> Optional[Callable]:
         """Preprocessing of one raw input (e.g. a PIL image) into a model input; None = data is preprocessed."""
         return None

@@ -10,12 +10,14 @@ reads their spellings (`size` as an int, {"shortest_edge"} or {"height", "width"
 """
 from __future__ import annotations
 
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 import torch
-from PIL import Image
 
 from flexmerge_core.errors import ZooError
+
+if TYPE_CHECKING:   # PIL is imported where images are handled: opening a zoo never needs it
+    from PIL import Image
 
 CLIP_MEAN = [0.48145466, 0.4578275, 0.40821073]
 CLIP_STD = [0.26862954, 0.26130258, 0.27577711]
@@ -58,6 +60,8 @@ def normalize_preprocess(raw: dict, where: str, image_size: int) -> dict:
     std = [float(v) for v in raw.get("image_std", CLIP_STD)] if normalize else None
     if mean is not None and (len(mean) != 3 or len(std) != 3 or min(std) <= 0):
         raise ZooError(f"{where}: image_mean and image_std need 3 values each (std > 0)")
+    from PIL import Image
+
     resample = raw.get("resample", BICUBIC)
     if not isinstance(resample, int) or resample not in {m.value for m in Image.Resampling}:
         raise ZooError(f"{where}: resample {resample!r} is not a PIL resampling filter number")

@@ -14,7 +14,8 @@ split into stem (patch embedding, class/positional embeddings, ln_pre), two stag
 (attention half: ln_1, attn, ls_1; MLP half: ln_2, mlp, ls_2), and the pool (ln_post, projection), so
 a changed block only forces re-running the stages from its own onwards. Any other tower (attentional
 pooling, custom blocks, parameters outside these stages) runs as one stage: correct, not incremental.
-open_clip is imported inside functions: importing it costs seconds and most commands never build a model.
+open_clip is imported inside functions: importing it costs seconds and most commands never build a model;
+the layouts of the common named towers are stored (open_clip_layouts.py), so opening their zoos needs no import.
 """
 from __future__ import annotations
 
@@ -27,6 +28,7 @@ from typing import Iterator
 import torch
 
 from flexmerge_core.architectures.base import ArchitectureAdapter, StageSplit
+from flexmerge_core.architectures.open_clip_layouts import stored_layout
 from flexmerge_core.errors import ZooError
 
 _MODEL_KEYS = {"name", "quick_gelu"}
@@ -37,10 +39,8 @@ _POOL = ("ln_post.", "proj")
 HUB_PREFIX = "hf-hub:"   # open_clip downloads the config (and weights) of such names
 
 
-def model_config(config: dict) -> dict:
-    """open_clip's model config (embed_dim, vision_cfg, text_cfg, ...) for an `open_clip_model` config."""
-    import open_clip
-
+def _check_model_keys(config: dict) -> None:
+    """What an `open_clip_model` config must look like, checked without open_clip."""
     unknown = sorted(set(config) - _MODEL_KEYS)
     if unknown or not isinstance(config.get("name"), str):
         raise ZooError(f"zoo.json: architecture 'open_clip_model' takes config {{'name': str, "
@@ -48,6 +48,13 @@ def model_config(config: dict) -> dict:
     if config["name"].startswith(HUB_PREFIX):
         raise ZooError(f"zoo.json: '{config['name']}' names a model on the Hugging Face Hub; FlexMerge works "
                        f"offline: give an open_clip architecture name (e.g. ViT-B-32) and the weights as local files")
+
+
+def model_config(config: dict) -> dict:
+    """open_clip's model config (embed_dim, vision_cfg, text_cfg, ...) for an `open_clip_model` config."""
+    import open_clip
+
+    _check_model_keys(config)
     found = open_clip.get_model_config(config["name"])
     if found is None or "vision_cfg" not in found:
         raise ZooError(f"zoo.json: '{config['name']}' is not an open_clip model name "
@@ -205,11 +212,32 @@ class OpenClipModel(_OpenClipVisual):
     kind = "open_clip_model"
 
     def check_config(self, config: dict) -> dict:
-        model_config(super().check_config(config))
+        _check_model_keys(super().check_config(config))
+        if stored_layout(config["name"]) is None:   # a stored tower's name is a known one
+            model_config(config)
         return config
 
     def build(self, config: dict) -> torch.nn.Module:
         return build_visual(config)
+
+    def layout(self, config: dict) -> dict[str, tuple[tuple[int, ...], torch.dtype]]:
+        stored = stored_layout(config["name"])
+        if stored is None:
+            return super().layout(config)
+        dtype = torch.get_default_dtype()   # what a build would give its parameters
+        return {name: (shape, dtype) for name, shape in stored.items()}
+
+    def tied(self, config: dict) -> dict[str, str]:
+        return {} if stored_layout(config["name"]) is not None else super().tied(config)
+
+    def input_fits(self, config: dict, shapes: dict[str, tuple[int, ...]], input_shape: tuple[int, ...]) -> bool:
+        """A stored tower is a plain ViT: RGB images whose p x p patches (conv1, stride p) plus the class token
+        are as many as its positions."""
+        if stored_layout(config["name"]) is None or len(input_shape) != 3:
+            return False
+        channels, height, width = input_shape
+        patch, positions = shapes["conv1.weight"][-1], shapes["positional_embedding"][0]
+        return channels == 3 and (height // patch) * (width // patch) + 1 == positions
 
     def input_transform(self, config: dict):
         return eval_transform(config)

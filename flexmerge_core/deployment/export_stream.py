@@ -6,7 +6,8 @@ memory (4.9 GB peak RSS for `export --size 1` of 8 ViT-B-32 tasks, against 1.9 G
 averages the files). The file's header (keys, shapes, dtypes, offsets, metadata) is known before
 anything is merged: a skeleton Deployment whose tensors are meta tensors (shapes and dtypes, no
 data) gives the same keys, layout JSON and recipe as the real one. Then each block's groups are
-merged (GroupStore), cast, written at their offsets and dropped, then each task's own tensors.
+merged (GroupStore), cast, written at their offsets and dropped, then each task's own tensors. A tensorwise
+algorithm's blocks go one tensor at a time instead (tensorwise.py: one reused buffer, no group cache).
 The file is byte-identical to save_deployment of the built deployment (tests compare the bytes).
 Whether mask entries carry scalars (EMR's rescalers) is the algorithm's business: the first masked
 group is merged before the header is written and tells.
@@ -23,6 +24,7 @@ from flexmerge_core.deployment.deploy import (FINETUNED, MASKED, GroupStore, Sto
                                               cast_floating, deployment_from_partition, entry_kind)
 from flexmerge_core.deployment.export import (DEPLOYMENT_FORMAT, added_rows_tensors, deployment_layout, deployment_tensors,
                                               entry_tensors, file_metadata, pretrained_tensors, task_own_tensors)
+from flexmerge_core.deployment.tensorwise import TensorwiseMerge, merges_tensorwise
 from flexmerge_core.zoo.safetensors_stream import StreamedSafetensors, save_file_order
 
 
@@ -89,9 +91,14 @@ def streamed_deployment_writes(zoo, spec, algorithm, merger, partition, recipe: 
     def cast(tensors):
         return tensors if dtype is None else cast_floating(tensors, dtype)
 
+    tensorwise = TensorwiseMerge(zoo, algorithm) if merges_tensorwise(algorithm) else None
+
     def write(tmp: Path) -> None:
         with StreamedSafetensors(tmp, layout, meta) as file:
             for b, groups in enumerate(partition.groups):
+                if tensorwise is not None:
+                    _write_tensorwise(file, zoo, b, spec.blocks[b].params, skeleton.entries[b], tensorwise, cast)
+                    continue
                 entries, _, pretrained = block_entries(store_of(b), b, groups, num_tasks)
                 stores.pop(b)
                 for j, entry in enumerate(entries):
@@ -106,6 +113,17 @@ def streamed_deployment_writes(zoo, spec, algorithm, merger, partition, recipe: 
                 _put(file, added_rows_tensors(t, cast(zoo.added_rows(t))))
 
     return {Path(out): write}, skeleton.recipe
+
+
+def _write_tensorwise(file: StreamedSafetensors, zoo, b: int, names, entries: list[StoredGroup],
+                      tensorwise: TensorwiseMerge, cast) -> None:
+    """Block b's entries (as the skeleton lists them) one tensor at a time: a member's own tensor, or the
+    group's merged one (no masked entries: a tensorwise algorithm stores standard groups)."""
+    for j, entry in enumerate(entries):
+        for name in names:
+            tensor = (zoo.task_tensor(entry.members[0], name, copy=True) if entry.kind == FINETUNED
+                      else tensorwise.stored(name, entry.members))
+            _put(file, entry_tensors(b, j, StoredGroup(entry.members, entry.kind, cast({name: tensor}))))
 
 
 def _put(file: StreamedSafetensors, tensors: dict[str, torch.Tensor]) -> None:

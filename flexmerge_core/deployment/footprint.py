@@ -48,6 +48,13 @@ def positive_numbers(parts, option: str, unit: str, hint: str = "") -> list[floa
     return values
 
 
+def parse_sizes(text: str, option: str = "--sizes") -> "str | list[float]":
+    """'all' or a comma-separated list of positive finite budgets in model units (CLI `option`, named in errors)."""
+    if text.strip() == "all":
+        return "all"
+    return positive_numbers(text.split(","), option, "size in model units", " (use e.g. 1,1.5,2 or all)")
+
+
 def parse_megabytes(text: str, option: str = "--budget-mb", single: bool = False) -> list[float]:
     """A comma-separated list of positive finite megabyte budgets (one when `single`), named in errors."""
     return positive_numbers([text] if single else text.split(","), option, "number of megabytes",

@@ -13,7 +13,6 @@ from dataclasses import dataclass, field
 from typing import Callable, Mapping, Optional
 
 from flexmerge_core.deployment.deploy import GroupStore, deployment_from_partition, deployment_recipe
-from flexmerge_core.deployment.footprint import positive_numbers
 from flexmerge_core.errors import InvalidArgumentError
 from flexmerge_core.evaluation.intervals import row_interval
 from flexmerge_core.evaluation.scores import TaskScore
@@ -48,13 +47,6 @@ def curve_row(budget: float, size: float, summary: Mapping, scores: Mapping[str,
            **{k: dict(summary[k]) if isinstance(summary[k], dict) else summary[k] for k in _ROW_KEYS}}
     row["ci_low"], row["ci_high"] = row_interval(row, scores)
     return row
-
-
-def parse_sizes(text: str, option: str = "--sizes") -> "str | list[float]":
-    """'all' or a comma-separated list of positive finite budgets (CLI `option`, named in errors)."""
-    if text.strip() == "all":
-        return "all"
-    return positive_numbers(text.split(","), option, "size in model units", " (use e.g. 1,1.5,2 or all)")
 
 
 def spec_for_plan(zoo, plan):

@@ -139,13 +139,18 @@ def _check_inputs_fit(manifest: Manifest, files: _Files, adapter) -> None:
     """Held-out inputs must be what the model takes (e.g. image channels and resolution): one forward pass
     of a single example on the meta device (shapes only: no memory, no compute) per distinct input shape,
     whatever the architecture, instead of a shape error deep inside the first evaluation. The task kind
-    says what one example's input shape is (None: nothing to check, e.g. token ids of varying length)."""
+    says what one example's input shape is (None: nothing to check, e.g. token ids of varying length).
+    A shape the adapter knows to fit from the checkpoint's shapes (`input_fits`) needs no forward: opening
+    such a zoo then builds nothing and imports no model library."""
     encoder, outcome = None, {}
+    shapes = files.get(manifest.pretrained, "pretrained").shapes
     for task in manifest.tasks:
         task_files = _task_files(files, manifest, task, None)
         shape = get_task_kind(task.kind).input_shape(task_files) if task.data is not None else None
         if shape is None:
             continue
+        if shape not in outcome and adapter.input_fits(manifest.architecture_config, shapes, shape):
+            outcome[shape] = None   # known from the shapes: no model library imported, nothing built
         if shape not in outcome:
             encoder = encoder or construct(manifest.architecture_kind, manifest.architecture_config, "meta").eval()
             try:
@@ -280,8 +285,12 @@ class Zoo:
         """The task's checkpoint file (a fine-tune's folder may hold its own side files, e.g. its tokenizer)."""
         return self._task_file(task_id).path
 
-    def task_vectors(self, names, tasks=None) -> dict[str, torch.Tensor]:
-        """{name: float32 [m, *shape]} of fine-tuned minus pretrained, for task ids `tasks` (default all)."""
+    def task_vectors(self, names, tasks=None, into=None, check_finite: bool = True,
+                     pretrained=None) -> dict[str, torch.Tensor]:
+        """{name: float32 [m, *shape]} of fine-tuned minus pretrained, for task ids `tasks` (default all).
+        A one-pass caller (deployment/tensorwise.py) may pass into: {name: contiguous float32 [m, *shape]} filled
+        instead of new tensors (its reused buffer); check_finite=False: checkpoint values are not checked for
+        NaN/Inf (CheckpointFile.read_into); pretrained: {name: float32 pretrained tensor} it has read already."""
         task_ids = list(range(len(self.manifest.tasks))) if tasks is None else list(tasks)
         for task_id in task_ids:
             self._task(task_id)
@@ -289,16 +298,22 @@ class Zoo:
         for name in names:
             if name not in self._merged:
                 raise InvalidArgumentError(f"'{name}' is not a merged parameter of zoo '{self.name}'")
-            stacked = torch.empty((len(task_ids), *self.param_shapes[name]), dtype=torch.float32)
-            base = None
+            shape = (len(task_ids), *self.param_shapes[name])
+            stacked = torch.empty(shape, dtype=torch.float32) if into is None else into[name]
+            if stacked.shape != shape or stacked.dtype != torch.float32 or not stacked.is_contiguous():
+                raise InvalidArgumentError(f"task_vectors: the buffer of '{name}' is not contiguous float32 "
+                                           f"{list(shape)}")
+            base = None if pretrained is None else pretrained[name]
             for row, task_id in enumerate(task_ids):
                 file = self._task_file(task_id)
                 if isinstance(file, LoraCheckpoint):      # the LoRA delta itself (zero where not adapted: no read)
                     stacked[row] = file.task_vector(name)
                     continue
                 if base is None:
-                    base = self._pretrained_file.read_into(name, torch.empty(stacked.shape[1:], dtype=torch.float32))
-                file.read_into(name, stacked[row]).sub_(base)   # copies: a pass leaves no mapped pages behind
+                    base = self._pretrained_file.read_into(name, torch.empty(stacked.shape[1:], dtype=torch.float32),
+                                                           check_finite=check_finite)
+                # copies: a pass leaves no mapped pages behind
+                file.read_into(name, stacked[row], check_finite=check_finite).sub_(base)
             out[name] = stacked
         return out
 

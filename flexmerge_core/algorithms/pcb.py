@@ -97,8 +97,7 @@ class Pcb(MergeAlgorithm):
                 X = flatten_rows(self._input_vectors(block, None))
                 yield X.to(work_dtype(X.shape[0], X.dtype))
 
-        magnitudes = lambda: (X.abs() for X in rows())  # noqa: E731
-        bounds = streamed_order_statistics(magnitudes, lambda d: torch.tensor(clamp_positions(d, q)))
+        bounds = streamed_order_statistics(rows, lambda d: torch.tensor(clamp_positions(d, q)), absolute=True)
 
         def scores():
             for X in rows():

@@ -76,13 +76,12 @@ class Ties(MergeAlgorithm):
         return self._hp["similarity_on"] == "trimmed"
 
     def prepare(self, stream):
-        def magnitudes():
+        def vectors():
             for block in stream():
-                for t in self._input_vectors(block, None).values():
-                    yield t.abs()
+                yield from self._input_vectors(block, None).values()
         keep = self._hp["keep"]
         self._thresholds = streamed_order_statistics(
-            magnitudes, lambda d: torch.tensor([trim_position(d, keep)]))[:, 0].cpu()
+            vectors, lambda d: torch.tensor([trim_position(d, keep)]), absolute=True)[:, 0].cpu()
 
     @property
     def preprocessing_key(self) -> str:

@@ -36,15 +36,20 @@ def drop_generator(seed: int, task: int, name: str) -> torch.Generator:
 
 
 def drop_and_rescale(block, tasks, p: float, seed: int) -> dict:
-    """Each row (task) of each tensor: keep an entry where its uniform draw >= p, scale by 1/(1-p)."""
+    """Each row (task) of each tensor: keep an entry where its uniform draw >= p, scale by 1/(1-p).
+
+    Row by row into one output, the draws into one reused buffer: no [M, ...] mask, zeros or scaled
+    temporaries (their fresh pages cost as much as the draws)."""
     block = float_block(block)
     rows = next(iter(block.values())).shape[0]
     task_ids = list(iter_rows(tasks, rows))
     out = {}
     for name, t in block.items():
-        keep = torch.stack([torch.rand(t.shape[1:], generator=drop_generator(seed, task, name)) >= p
-                            for task in task_ids]).to(t.device)
-        out[name] = torch.where(keep, t / (1.0 - p), torch.zeros_like(t))
+        dropped, draws = torch.empty_like(t), torch.empty(t.shape[1:])
+        for row, task in enumerate(task_ids):
+            torch.rand(t.shape[1:], generator=drop_generator(seed, task, name), out=draws)
+            torch.div(t[row], 1.0 - p, out=dropped[row]).masked_fill_((draws < p).to(t.device), 0.0)
+        out[name] = dropped
     return out
 
 

@@ -100,46 +100,65 @@ def streamed_order_statistics(stream: Callable[[], Iterator[torch.Tensor]],
     wanted = rank.shape[1]
     chosen, rank, size = _choose(counts.unsqueeze(1).expand(-1, wanted, -1), rank)
     prefix, shift = chosen - BUCKETS // 2, nbits - DIGIT_BITS  # the key bits fixed so far: key >> shift
-    while shift > 0 and int(size.sum()) > CANDIDATES:  # next 16 bits among the prefix's values
+    found = torch.zeros_like(rank, dtype=torch.bool)  # (row, position) whose whole key is in `prefix`
+    while shift > 0 and not found.all():  # one pass: select among small buckets, narrow the others
+        collect = _smallest(size, ~found)
+        narrow = ~(found | collect)
+        keys, counts = _refine_pass(stream, absolute, prefix, shift, collect, narrow, nbits)
+        for r, k in collect.nonzero().tolist():
+            prefix[r, k] = keys[k][r].kthvalue(int(rank[r, k]) + 1).values
+        found |= collect
         shift -= DIGIT_BITS
-        counts = torch.zeros(rows, wanted, BUCKETS, dtype=torch.int64, device=device)
-        row_offset = (torch.arange(rows, device=device) * BUCKETS).unsqueeze(1)
-        for chunk in _chunks(stream):
-            keys = _keys(chunk, absolute).to(torch.int64)
-            digit = ((keys >> shift) & (BUCKETS - 1)).add_(row_offset)
-            high = keys >> (shift + DIGIT_BITS)
-            for k in range(wanted):
-                counts[:, k] += torch.bincount(digit[high == prefix[:, k:k + 1]],
-                                               minlength=rows * BUCKETS).view(rows, BUCKETS)
-        chosen, rank, size = _choose(counts, rank)
-        prefix = (prefix << DIGIT_BITS) | chosen
-    if shift > 0:
-        prefix = _select_among_candidates(stream, absolute, prefix, shift, rank)
+        if narrow.any():
+            chosen, rank[narrow], size[narrow] = _choose(counts[narrow], rank[narrow])
+            prefix[narrow] = (prefix[narrow] << DIGIT_BITS) | chosen
     return _key_to_float(prefix, dtype)
 
 
-def _select_among_candidates(stream, absolute: bool, prefix: torch.Tensor, shift: int,
-                             rank: torch.Tensor) -> torch.Tensor:
-    """The keys at `rank` among the keys k with k >> shift == prefix, per (row, position): one pass
-    keeps those keys (each chunk's hits come row by row), then kthvalue among each row's."""
+def _smallest(size: torch.Tensor, open_: torch.Tensor) -> torch.Tensor:
+    """The open (row, position) pairs with the smallest buckets that hold CANDIDATES keys at most together."""
+    order = torch.argsort(size.masked_fill(~open_, 0).reshape(-1), stable=True)
+    total = size.reshape(-1)[order].masked_fill(~open_.reshape(-1)[order], 0).cumsum(0)
+    pick = torch.zeros(size.numel(), dtype=torch.bool, device=size.device)
+    pick[order] = total <= CANDIDATES
+    return pick.view(size.shape) & open_
+
+
+def _refine_pass(stream, absolute: bool, prefix: torch.Tensor, shift: int, collect: torch.Tensor,
+                 narrow: torch.Tensor, nbits: int) -> tuple:
+    """One pass over the keys k with k >> shift == prefix[r, p]: for `collect` pairs their keys
+    (keys[p][r], sorted into rows at the end), for `narrow` pairs the histogram of their next 16 bits
+    (counts [M, K, BUCKETS]). A pair in neither compares against a value no key reaches."""
     rows, wanted = prefix.shape
+    never, key_dtype = 1 << (nbits - 1 - shift), torch.int32 if nbits == 32 else torch.int64  # never: > every key >> shift
+    targets = {mode: torch.where(pick, prefix, never).T.unsqueeze(-1).to(key_dtype)
+               for mode, pick in (("collect", collect), ("narrow", narrow))}
     found_rows, found_keys = [[] for _ in range(wanted)], [[] for _ in range(wanted)]
+    counts = torch.zeros(rows, wanted, BUCKETS, dtype=torch.int64, device=prefix.device)
     for chunk in _chunks(stream):
         keys = _keys(chunk, absolute)
-        high, fixed = keys >> shift, prefix.to(keys.dtype)
+        high, digits = keys >> shift, None
         for k in range(wanted):
-            row, column = (high == fixed[:, k:k + 1]).nonzero(as_tuple=True)
-            found_rows[k].append(row)
-            found_keys[k].append(keys[row, column])
-    out = torch.empty_like(prefix)
+            if collect[:, k].any():
+                row, column = (high == targets["collect"][k]).nonzero(as_tuple=True)
+                found_rows[k].append(row)
+                found_keys[k].append(keys[row, column])
+            if narrow[:, k].any():
+                if digits is None:
+                    digits = (keys >> (shift - DIGIT_BITS)).bitwise_and_(BUCKETS - 1)
+                outside = BUCKETS  # one bucket past the histogram: keys of other prefixes
+                among = digits.masked_fill(high != targets["narrow"][k], outside)
+                for r in narrow[:, k].nonzero()[:, 0].tolist():
+                    counts[r, k] += torch.bincount(among[r], minlength=BUCKETS + 1)[:BUCKETS]
+    keys_of = []
     for k in range(wanted):
+        if not found_rows[k]:
+            keys_of.append(None)
+            continue
         row, keys = torch.cat(found_rows[k]), torch.cat(found_keys[k])
-        keys = keys[torch.argsort(row, stable=True)]
-        ends = torch.bincount(row, minlength=rows).cumsum(0).tolist()
-        for r in range(rows):
-            begin = ends[r - 1] if r else 0
-            out[r, k] = keys[begin:ends[r]].kthvalue(int(rank[r, k]) + 1).values
-    return out
+        keys_of.append(torch.split(keys[torch.argsort(row, stable=True)],
+                                   torch.bincount(row, minlength=rows).tolist()))
+    return keys_of, counts
 
 
 class RowTails:

@@ -4,18 +4,19 @@ Why: TIES' trim threshold and PCB's quantiles/thresholds are order statistics of
 model vector (10 GB for ViT-B-32 x 30 tasks), so sorting it in memory is not an option.
 Method: radix selection on the float bit patterns. A float's bits are mapped to an integer key with
 the same order (int32 for float32, int64 for float64). Pass 1 counts the values and histograms each
-row's top 16 key bits (65536 buckets per row), which fixes the bucket of every wanted position. Pass 2
-collects the keys that fall in those buckets (~0.2% of a ViT-B-32 task vector at the TIES threshold)
-and selects exactly among them (kthvalue). Only when the chosen buckets hold more than CANDIDATES
-values (e.g. the exact zeros of DARE's dropped entries) does a pass histogram the next 16 bits instead,
-as many times as needed: float32 takes 2 passes in every case, float64 2 to 4. The result is exact (no
-interpolation, no sampling; -0.0 sorts before +0.0) and memory is M * 65536 counters plus at most
-CANDIDATES keys whatever the model size.
-Cost model: per value and pass a few integer ops on cache-sized chunks (CHUNK values: whole-tensor
-temporaries were fresh pages, and their page faults cost more than the arithmetic) and one histogram
-increment or one comparison. Measured on an 8-task fp32 ViT-B-32 zoo (2 busy cores): TIES' threshold
-pass ~MEASURED (the old code: a counting pass, then int64 keys over 16M-value chunks and a boolean mask per
-position, 84 s).
+row's top 16 key bits (65536 buckets per row), which fixes the bucket of every wanted position. Each
+further pass reads the stream once for all (row, position) pairs: where the chosen buckets hold at
+most CANDIDATES keys together (the TIES threshold's bucket: ~0.2% of a ViT-B-32 task vector) it keeps
+those keys and selects exactly among them (kthvalue); a larger bucket (the exact zeros DARE drops to,
+an all-equal row) is narrowed by a histogram of its next 16 bits instead. So float32 always takes 2
+passes, float64 2 to 4. The result is exact (no interpolation, no sampling; -0.0 sorts before +0.0)
+and memory is M * K * 65536 counters plus at most CANDIDATES keys whatever the model size.
+Cost model: per value and pass, a few integer ops on cache-sized chunks (CHUNK values: whole-tensor
+temporaries are fresh pages, whose faults cost more than the arithmetic) and one bincount or one
+comparison. Measured on an 8-task fp32 ViT-B-32 zoo, old and new code in one run on 2 shared cores (load
+~3.5): TIES' plan 93 s -> 8.7 s, dare_ties' 114 s -> 44 s, PCB's global pass 160 s -> 23 s (the old code:
+a counting pass, then per 16-bit digit a pass of int64 keys over 16M-value chunks and a boolean mask per
+position: 84 s of that 93 s TIES plan).
 """
 from __future__ import annotations
 
@@ -65,10 +66,10 @@ def _histogram(digits: torch.Tensor, counts: torch.Tensor) -> None:
 
 def _choose(counts: torch.Tensor, rank: torch.Tensor) -> tuple:
     """Per (row, position): the bucket holding the rank-th value, the rank within it, and its count."""
-    cum = counts.cumsum(-1)  # [M, K, B]
-    chosen = torch.searchsorted(cum, rank.unsqueeze(-1), right=True).squeeze(-1)
-    before = cum.gather(-1, chosen.unsqueeze(-1)).squeeze(-1) - counts.gather(-1, chosen.unsqueeze(-1)).squeeze(-1)
-    return chosen, rank - before, counts.gather(-1, chosen.unsqueeze(-1)).squeeze(-1)
+    cum = counts.cumsum(-1)  # [..., B]
+    chosen = torch.searchsorted(cum, rank.unsqueeze(-1), right=True)
+    size = counts.gather(-1, chosen)
+    return chosen.squeeze(-1), (rank.unsqueeze(-1) - cum.gather(-1, chosen) + size).squeeze(-1), size.squeeze(-1)
 
 
 def streamed_order_statistics(stream: Callable[[], Iterator[torch.Tensor]],
@@ -117,10 +118,10 @@ def streamed_order_statistics(stream: Callable[[], Iterator[torch.Tensor]],
 
 def _smallest(size: torch.Tensor, open_: torch.Tensor) -> torch.Tensor:
     """The open (row, position) pairs with the smallest buckets that hold CANDIDATES keys at most together."""
-    order = torch.argsort(size.masked_fill(~open_, 0).reshape(-1), stable=True)
-    total = size.reshape(-1)[order].masked_fill(~open_.reshape(-1)[order], 0).cumsum(0)
-    pick = torch.zeros(size.numel(), dtype=torch.bool, device=size.device)
-    pick[order] = total <= CANDIDATES
+    sizes = size.masked_fill(~open_, 0).reshape(-1)
+    order = torch.argsort(sizes, stable=True)
+    pick = torch.empty_like(open_.reshape(-1))
+    pick[order] = sizes[order].cumsum(0) <= CANDIDATES
     return pick.view(size.shape) & open_
 
 
@@ -130,25 +131,27 @@ def _refine_pass(stream, absolute: bool, prefix: torch.Tensor, shift: int, colle
     (keys[p][r], sorted into rows at the end), for `narrow` pairs the histogram of their next 16 bits
     (counts [M, K, BUCKETS]). A pair in neither compares against a value no key reaches."""
     rows, wanted = prefix.shape
-    never, key_dtype = 1 << (nbits - 1 - shift), torch.int32 if nbits == 32 else torch.int64  # never: > every key >> shift
+    never = 1 << (nbits - 1 - shift)  # above every key >> shift
+    key_dtype = torch.int32 if nbits == 32 else torch.int64
     targets = {mode: torch.where(pick, prefix, never).T.unsqueeze(-1).to(key_dtype)
                for mode, pick in (("collect", collect), ("narrow", narrow))}
+    collecting = collect.any(dim=0).tolist()
+    narrowing = [narrow[:, k].nonzero()[:, 0].tolist() for k in range(wanted)]
     found_rows, found_keys = [[] for _ in range(wanted)], [[] for _ in range(wanted)]
     counts = torch.zeros(rows, wanted, BUCKETS, dtype=torch.int64, device=prefix.device)
     for chunk in _chunks(stream):
         keys = _keys(chunk, absolute)
         high, digits = keys >> shift, None
         for k in range(wanted):
-            if collect[:, k].any():
+            if collecting[k]:
                 row, column = (high == targets["collect"][k]).nonzero(as_tuple=True)
                 found_rows[k].append(row)
                 found_keys[k].append(keys[row, column])
-            if narrow[:, k].any():
+            if narrowing[k]:
                 if digits is None:
                     digits = (keys >> (shift - DIGIT_BITS)).bitwise_and_(BUCKETS - 1)
-                outside = BUCKETS  # one bucket past the histogram: keys of other prefixes
-                among = digits.masked_fill(high != targets["narrow"][k], outside)
-                for r in narrow[:, k].nonzero()[:, 0].tolist():
+                among = digits.masked_fill(high != targets["narrow"][k], BUCKETS)  # BUCKETS: another prefix
+                for r in narrowing[k]:
                     counts[r, k] += torch.bincount(among[r], minlength=BUCKETS + 1)[:BUCKETS]
     keys_of = []
     for k in range(wanted):

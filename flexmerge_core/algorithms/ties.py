@@ -6,7 +6,8 @@ exact order statistic found by a streamed radix selection (order_stats.py), so n
 vector is ever held in memory. Similarity uses the trimmed vectors unless similarity_on="original".
 Cost of the plan: the thresholds read the zoo twice (their magnitudes are keyed straight from the
 task vectors, no |x| pass) and the similarity pass once more; on an 8-task fp32 ViT-B-32 zoo the plan
-takes 8.7 s, ~4x one averaging run of its files (93 s with the old order statistics and 4 reads).
+takes 8.7 s, 8.6 s of CPU (93 s with the old order statistics and 4 reads; 2 shared cores), where one
+averaging run of its files takes 2.2 s.
 
 Cost model of the merge (columns.py): two reads of the group, no [g, d] temporary. Read 1: the column
 sums for the sign election. Read 2, per cache-sized column slice: max(x * gamma, 0), its column sum and

@@ -27,6 +27,43 @@ def test_selection_matches_sort_across_chunks_signs_and_ties(device, dtype, monk
     assert torch.equal(got.cpu()[:, 0], x.cpu().sort(dim=1).values[[0, 1, 2], [0, 5, 299]])
 
 
+
+def _sorted_with_signed_zeros(x: torch.Tensor) -> torch.Tensor:
+    """torch.sort of each row, with -0.0 placed before +0.0 (sort keeps them in input order)."""
+    values = x.sort(dim=1).values
+    for r in range(x.shape[0]):
+        first, negative = int((x[r] < 0).sum()), int((torch.signbit(x[r]) & (x[r] == 0)).sum())
+        zeros = int((x[r] == 0).sum())
+        values[r, first:first + zeros] = 0.0
+        values[r, first:first + negative] = -0.0
+    return values
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("absolute", [False, True])
+@pytest.mark.parametrize("candidates", [0, 40, 1 << 24])  # histogram every digit / some digits / select at once
+def test_selection_is_exact_whichever_way_it_narrows(device, dtype, absolute, candidates, monkeypatch):
+    monkeypatch.setattr(order_stats, "CHUNK", 4 * 64)
+    monkeypatch.setattr(order_stats, "CANDIDATES", candidates)
+    gen = torch.Generator().manual_seed(1)
+    x = torch.randn(4, 500, generator=gen, dtype=dtype) * torch.logspace(-3, 3, 500, dtype=dtype)
+    x[1] = 0.75  # an all-equal row
+    x[2, :100], x[2, 100:160] = -0.0, 0.0  # negative and positive zeros around the positions
+    x[3] = torch.randint(-2, 3, (500,), generator=gen).to(dtype) * 0.5  # ties at every position
+    x = x.to(device)
+    parts = [x[:, :130], x[:, 130:131].reshape(4, 1, 1), x[:, 131:].reshape(4, 3, 123)]
+    stream = (lambda: (p.abs() for p in parts)) if absolute else (lambda: iter(parts))
+    expected = _sorted_with_signed_zeros((x.abs() if absolute else x).cpu())
+    wanted = torch.tensor([[0, 99, 100, 159, 160, 499], [0, 1, 250, 250, 498, 499],
+                           [0, 99, 100, 101, 159, 160], [7, 100, 200, 300, 400, 450]])
+    for use_flag in ([False, True] if absolute else [False]):
+        source = (lambda: iter(parts)) if use_flag else stream
+        got = order_stats.streamed_order_statistics(source, lambda d: wanted, absolute=use_flag).cpu()
+        reference = expected.gather(1, wanted)
+        assert got.dtype == dtype and torch.equal(got, reference)
+        assert torch.equal(torch.signbit(got), torch.signbit(reference))  # -0.0 and +0.0 told apart
+
 def test_bad_positions_and_empty_streams_are_refused():
     with pytest.raises(ValueError, match="within"):
         order_stats.streamed_order_statistics(lambda: iter([torch.ones(2, 3)]), lambda d: torch.tensor([d]))

@@ -58,6 +58,27 @@ def test_vit_b_32_shaped_plan_streams_one_block_at_a_time(tmp_path):
                                rtol=0, atol=1e-6)
 
 
+
+def test_ties_plan_reads_the_zoo_three_times_with_exact_thresholds(tmp_path):
+    zoo, states, pretrained = random_zoo(tmp_path / "zoo", NARROW_VIT_B_32, num_tasks=8)
+    spec = build_blocks(zoo.param_names, zoo.param_shapes, "component")
+    meter = TaskVectorMeter(zoo)
+    algorithm = get_algorithm("ties", keep=0.2)
+    plan = build_plan(zoo, spec, algorithm)
+
+    # the thresholds' two radix passes (the count rides on the first) and the similarity pass, each in model order
+    order = [p for block in spec.blocks for p in block.params]
+    assert [n for request in meter.requests for n in request] == order * 3
+    rows = torch.from_numpy(np.concatenate([block_rows(states, pretrained, b.params) for b in spec.blocks], 1)).float()
+    position = rows.shape[1] - int(rows.shape[1] * 0.2)  # the k-th smallest magnitude, 1-indexed
+    assert torch.equal(algorithm._thresholds, rows.abs().kthvalue(position, dim=1).values)
+    trimmed = torch.where(rows.abs() >= algorithm._thresholds[:, None], rows, 0.0).double().numpy()
+    starts = np.cumsum([0] + [b.numel for b in spec.blocks])
+    sims = np.stack([textbook_cosine(trimmed[:, a:b]) for a, b in zip(starts[:-1], starts[1:])])
+    expected = plan_from_similarities(sims, [b.numel for b in spec.blocks])
+    assert [(e.block, e.group_a, e.group_b) for e in plan.events] == \
+        [(e.block, e.group_a, e.group_b) for e in expected.events]
+
 def test_uni_plan_from_files_equals_naive_loop_on_merged_vectors(tmp_path):
     zoo, states, pretrained = random_zoo(tmp_path / "zoo", num_tasks=4, seed=2)
     spec = build_blocks(zoo.param_names, zoo.param_shapes, "layer")

@@ -4,6 +4,10 @@ Trim (preprocessing): per task over its WHOLE model vector, keep entries with |x
 k-th smallest |x|, k = d - int(d * keep) (at least 1); ties at the threshold are all kept. t_k is an
 exact order statistic found by a streamed radix selection (order_stats.py), so no whole-model
 vector is ever held in memory. Similarity uses the trimmed vectors unless similarity_on="original".
+Cost of the plan: the thresholds read the zoo twice (their magnitudes are keyed straight from the
+task vectors, no |x| pass) and the similarity pass once more; on an 8-task fp32 ViT-B-32 zoo the plan
+takes 8.7 s, 8.6 s of CPU (93 s with the old order statistics and 4 reads; 2 shared cores), where one
+averaging run of its files takes 2.2 s.
 
 Cost model of the merge (columns.py): two reads of the group, no [g, d] temporary. Read 1: the column
 sums for the sign election. Read 2, per cache-sized column slice: max(x * gamma, 0), its column sum and
@@ -76,13 +80,12 @@ class Ties(MergeAlgorithm):
         return self._hp["similarity_on"] == "trimmed"
 
     def prepare(self, stream):
-        def magnitudes():
+        def vectors():
             for block in stream():
-                for t in self._input_vectors(block, None).values():
-                    yield t.abs()
+                yield from self._input_vectors(block, None).values()
         keep = self._hp["keep"]
         self._thresholds = streamed_order_statistics(
-            magnitudes, lambda d: torch.tensor([trim_position(d, keep)]))[:, 0].cpu()
+            vectors, lambda d: torch.tensor([trim_position(d, keep)]), absolute=True)[:, 0].cpu()
 
     @property
     def preprocessing_key(self) -> str:

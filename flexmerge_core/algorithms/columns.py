@@ -42,3 +42,23 @@ def positive_(values: torch.Tensor) -> torch.Tensor:
     a > b, so callers compare by subtracting first.
     """
     return values.clamp_min_(0).bool()
+
+
+class Scratch:
+    """Buffers for a merge's per-slice temporaries, reused from slice to slice.
+
+    Why: a fresh [g, c] tensor per op and slice is fresh memory each time, which the allocator maps
+    and the kernel zero-fills page by page: that cost more than the op itself in PCB (out-of-place
+    square: 0.56 ms a slice, in place 0.14 ms).
+    """
+
+    def __init__(self, dtype: torch.dtype, device: torch.device):
+        self.dtype, self.device = dtype, device
+        self._buffers = {}
+
+    def __call__(self, key, like: torch.Tensor) -> torch.Tensor:
+        """A contiguous tensor shaped like `like`, the same memory on every call with this key."""
+        buffer = self._buffers.get(key)
+        if buffer is None or buffer.numel() < like.numel():
+            buffer = self._buffers[key] = torch.empty(like.numel(), dtype=self.dtype, device=self.device)
+        return buffer[:like.numel()].view(like.shape)

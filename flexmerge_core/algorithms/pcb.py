@@ -11,7 +11,7 @@ import torch
 from flexmerge_core.algorithms.base import HyperParam, MergeAlgorithm, MergeResult, flatten_rows
 from flexmerge_core.algorithms.columns import Scratch, as_rows, column_slices, positive_
 from flexmerge_core.algorithms.order_stats import streamed_order_statistics
-from flexmerge_core.algorithms.stripes import STRIPE, Stripes, stripe_reduce
+from flexmerge_core.algorithms.stripes import STRIPE, Stripes, reduce, stripe_extremes
 
 KEEP = HyperParam("keep", 0.1, float, 0.0, 1.0, low_inclusive=False,
                   help="top fraction of each task's global PCB scores that survives (0.1 vision, 0.2 language)")
@@ -22,6 +22,7 @@ FP32_SAFE_GROUP = 80  # exp(g) stays finite in float32 up to g = 88
 TANH_CAP = 20.0  # tanh is 1 in float64 from here on; capping keeps expm1(2 x) finite
 TANH_SERIES = (1.0, -1 / 3, 2 / 15, -17 / 315, 62 / 2835, -1382 / 155925)  # tanh(x) = x * sum_k c_k x^2k
 SLACK = 1e-5  # relative margin of the stripe bounds of P over rounding (~100 float32 ulps)
+LEADS = 16  # first guesses of a row's max P: its best-bounded stripes in as many groups
 CANDIDATE_SHARE = 8  # with more than 1/8 of the entries below the bounds, one full pass is cheaper
 
 
@@ -154,42 +155,42 @@ class Pcb(MergeAlgorithm):
         g, dtype, device = len(members), work_dtype(len(members), reference.dtype), reference.device
         d = sum(r.shape[1] for r in rows.values())
 
+        layout = [(n, slice(*cols.indices(r.shape[1])[:2])) for n, r in rows.items() for cols in column_slices(r)]
+
         def slices():  # (name, columns, X slice in the work dtype), all tensors in order
-            for n, r in rows.items():
-                for cols in column_slices(r):
-                    yield n, cols, r[:, cols].to(dtype)
+            for n, cols in layout:
+                yield n, cols, rows[n][:, cols].to(dtype)
 
         def entries(row, stripe):
             return stripes.entries(rows, row, stripe).to(dtype)
 
         import time; T=[time.perf_counter()]
-        # pass 1: column sums, and the stripe extremes of |X| and of X * S (S: the column sums)
-        stripes = Stripes()
+        # pass 1: column sums S, the stripe extremes of |X| and of |S|, and per row an entry with X * S <= 0
+        stripes, scratch = Stripes(layout), Scratch(dtype, device)
         column_sum = {n: torch.empty(r.shape[1], dtype=dtype, device=device) for n, r in rows.items()}
-        top_magnitude, low_magnitude, top_product, low_product = [], [], [], []
-        scratch = Scratch(dtype, device)
-        for n, cols, X in slices():
+        top_magnitude = stripes.extremes(g, True, dtype, device)
+        low_magnitude = stripes.extremes(g, False, dtype, device)
+        top_sum = stripes.extremes(1, True, dtype, device)[0]
+        aligned = torch.ones(g, 1, dtype=torch.bool, device=device)  # no X * S <= 0 seen yet in the row
+        for i, (n, cols, X) in enumerate(slices()):
             S = torch.sum(X, dim=0, out=column_sum[n][cols])
-            stripes.add(n, cols.start, X.shape[1])
             A = torch.abs(X, out=scratch(0, X))
-            top_magnitude.append(stripe_reduce(A, largest=True))
-            low_magnitude.append(stripe_reduce(A, largest=False))
-            Y = torch.mul(X, S, out=A)
-            top_product.append(stripe_reduce(Y, largest=True))
-            low_product.append(Y.amin(dim=1, keepdim=True))
+            span = stripes.span(i)
+            stripe_extremes(A, True, top_magnitude[:, span])
+            stripe_extremes(A, False, low_magnitude[:, span])
+            stripe_extremes(S.abs(), True, top_sum[span])
+            if i < 2 or bool(aligned.any()):  # settled after the first slices but in odd blocks
+                aligned &= positive_(torch.mul(X, S, out=A).amin(dim=1, keepdim=True))
+        # max |X| * max |S| per slice bounds tanh's argument there
+        product_bound = torch.stack([top_magnitude[:, stripes.span(i)].amax() * top_sum[stripes.span(i)].amax()
+                                     for i in range(len(layout))]).tolist()
         T.append(time.perf_counter())
-        # |X * S| per slice bounds tanh's argument there; a row with X * S <= 0 somewhere has P <= 0 there
-        product_bound = torch.stack([torch.maximum(t.amax(), -m.amin()) for t, m in zip(top_product, low_product)])
-        product_bound = product_bound.tolist()
-        low_product = torch.cat(low_product, dim=1).amin(dim=1, keepdim=True)
-        top_magnitude, top_product = torch.cat(top_magnitude, dim=1), torch.cat(top_product, dim=1)
 
         # the clamp bounds: |X| at the released positions, from the stripes holding each row's ends
         low, high = clamp_positions(d, self._hp["clamp_quantile"])
         magnitudes = lambda row, stripe: entries(row, stripe).abs_()  # noqa: E731
-        scores = Scores.of_group(
-            stripes.order_statistic(torch.cat(low_magnitude, dim=1), low + 1, False, magnitudes),
-            stripes.order_statistic(top_magnitude, d - high, True, magnitudes), g)
+        scores = Scores.of_group(stripes.order_statistic(low_magnitude, low + 1, False, magnitudes),
+                                 stripes.order_statistic(top_magnitude, d - high, True, magnitudes), g)
         index = torch.tensor(members)
         threshold = self._threshold[index].to(device, dtype).unsqueeze(1)
         maximum = self._maximum[index].to(device, dtype).unsqueeze(1)
@@ -197,10 +198,10 @@ class Pcb(MergeAlgorithm):
 
         # the range of P per row, without storing P: its max from the stripe bounds, its min is at most
         # the threshold (the usual case) when the threshold is >= 0 and the row has an X * S <= 0
-        p_high = row_max(scores, top_magnitude, top_product, max(product_bound), scratch,
-                         lambda row, stripe: (entries(row, stripe), stripes.entries(column_sum, row, stripe)),
+        p_high = row_max(scores, stripes, top_magnitude, top_sum, max(product_bound),
+                         scratch, lambda row, stripe: (entries(row, stripe), stripes.entries(column_sum, row, stripe)),
                          g * d // CANDIDATE_SHARE)
-        if p_high is None or not bool(((threshold >= 0) & (low_product <= 0)).all()):
+        if p_high is None or not bool(((threshold >= 0) & ~aligned).all()):
             p_low, p_high = exact_range(scores, slices(), column_sum)
         else:
             p_low = threshold
@@ -244,23 +245,29 @@ def exact_range(scores: Scores, slices, column_sum: dict) -> tuple:
     return low, high
 
 
-def row_max(scores: Scores, top_magnitude, top_product, product_bound: float, scratch, entries, budget: int):
+def row_max(scores: Scores, stripes: Stripes, top_magnitude, top_sum, product_bound: float, scratch, entries,
+            budget: int):
     """[g, 1] max of P per row, evaluating only the stripes whose bound reaches it (None: more than
-    `budget` entries would be evaluated). Overwrites top_magnitude and top_product.
+    `budget` entries would be evaluated). Overwrites top_magnitude ([g, padded], as top_sum [padded]).
 
-    P rises with |X| (intra, >= 1) and with X * S (inter), so intra(max |X|) * tanh(max X * S) bounds a
-    stripe's P from above when positive, and tanh(max X * S) does otherwise. The exact P of each row's
-    best-bounded stripe is a first lower bound of the max; only stripes bounded above it are looked into.
+    P rises with |X| (intra) and with X * S (inter) and X * S <= |X| |S|, so intra(max |X|) *
+    tanh(max |X| max |S|) bounds a stripe's P from above. A first lower bound of the max is the exact P
+    of the best-bounded stripe in each of the row's LEADS best-bounded groups of STRIPE stripes; only
+    stripes bounded above it are looked into.
     """
-    bound = top_product
-    for cols in column_slices(bound):
-        t = tanh_(bound[:, cols], product_bound, (scratch(2, bound[:, cols]), scratch(3, bound[:, cols])))
-        A = top_magnitude[:, cols].clamp_min_(scores.low).clamp_max_(scores.high)
-        torch.maximum(scores.intra(A, out=scratch(1, A)).mul_(t), t, out=t)
-    g = bound.shape[0]
-    row = torch.arange(g, device=bound.device)
-    found = exact_max(scores, row, bound.argmax(dim=1), entries, g)
-    row, stripe = positive_(bound.sub_(found - found.abs() * SLACK)).nonzero(as_tuple=True)
+    bound = top_magnitude  # its padding stays -inf
+    real, sums = bound[:, :stripes.count], top_sum[:stripes.count]
+    for cols in column_slices(real):
+        A = real[:, cols]
+        t = tanh_(torch.mul(A, sums[cols], out=scratch(2, A)), product_bound, (scratch(3, A), scratch(4, A)))
+        torch.mul(scores.intra(A.clamp_min_(scores.low).clamp_max_(scores.high), out=scratch(1, A)), t, out=A)
+    g, width = bound.shape[0], bound.shape[1] // STRIPE
+    groups = reduce(bound, largest=True).topk(min(LEADS, width), dim=1).indices
+    members = (groups.unsqueeze(2) + width * torch.arange(STRIPE, device=bound.device)).view(g, -1)
+    best = bound.gather(1, members).view(g, -1, STRIPE).argmax(dim=2, keepdim=True)
+    lead = members.view(g, -1, STRIPE).gather(2, best).view(-1)
+    found = exact_max(scores, torch.arange(g, device=bound.device).repeat_interleave(groups.shape[1]), lead, entries, g)
+    row, stripe = positive_(real.sub_(found - found.abs() * SLACK)).nonzero(as_tuple=True)
     if row.numel() * STRIPE > budget:
         return None
     return torch.maximum(found, exact_max(scores, row, stripe, entries, g))

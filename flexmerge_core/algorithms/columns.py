@@ -26,9 +26,10 @@ def as_rows(t: torch.Tensor) -> torch.Tensor:
     return t.reshape(t.shape[0], -1)
 
 
-def column_slices(rows: torch.Tensor) -> Iterator[slice]:
-    """Slices of the columns of a [g, d] matrix, each a cache-sized piece of all g rows."""
-    budget = CUDA_SLICE_ELEMENTS if rows.device.type == "cuda" else CPU_SLICE_ELEMENTS
+def column_slices(rows: torch.Tensor, cpu_share: int = 1) -> Iterator[slice]:
+    """Slices of the columns of a [g, d] matrix, each a cache-sized piece of all g rows (on CPU,
+    1 / cpu_share of the usual size: for merges that keep several temporaries per slice)."""
+    budget = CUDA_SLICE_ELEMENTS if rows.device.type == "cuda" else max(CPU_SLICE_ELEMENTS // cpu_share, 1)
     step = max(1, budget // max(rows.shape[0], 1))
     for start in range(0, rows.shape[1], step):
         yield slice(start, start + step)

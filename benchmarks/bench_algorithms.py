@@ -8,8 +8,9 @@ read of the group), each run followed by one of averaging so that machine load a
 algorithms with a
 global preprocessing pass (ties, dare_*, pcb) are prepared once over the block (standing in for the
 whole model) outside the timed merge, and their preprocess_block time is printed in its own column.
-Runs on CPU, and on CUDA when available. Usage:
-    .venv/bin/python benchmarks/bench_algorithms.py [--groups 2,8,30] [--repeats 3] [--algorithms ...]
+Runs on CPU (one thread unless --threads says otherwise: the ratios are per thread, and a shared
+machine's cores oversubscribed by a parallel merge make them noise), and on CUDA when available. Usage:
+    .venv/bin/python benchmarks/bench_algorithms.py [--groups 2,8,30] [--repeats 3] [--algorithms ...] [--threads 1]
 """
 from __future__ import annotations
 
@@ -136,7 +137,9 @@ def main():
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--algorithms", default=",".join(ALGORITHM_NAMES))
     parser.add_argument("--cpu-only", action="store_true")
+    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     args = parser.parse_args()
+    torch.set_num_threads(args.threads)
     groups = [int(g) for g in args.groups.split(",")]
     devices = [torch.device("cpu")]
     if torch.cuda.is_available() and not args.cpu_only:

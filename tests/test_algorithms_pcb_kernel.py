@@ -23,7 +23,8 @@ def test_tanh_series_is_tanh_up_to_its_bound(dtype, rtol, bound):
 
 
 def test_tanh_series_lengths_follow_the_bound():
-    assert [pcb_module.series_terms(b, torch.float32) for b in (1e-4, 0.02, 0.09, 0.18, 0.28, 0.3)] == [1, 2, 3, 4, 5, None]
+    bounds = (1e-4, 0.02, 0.09, 0.18, 0.28, 0.3)
+    assert [pcb_module.series_terms(b, torch.float32) for b in bounds] == [1, 2, 3, 4, 5, None]
     assert pcb_module.series_terms(1e-9, torch.float64) == 1 and pcb_module.series_terms(0.05, torch.float64) is None
 
 

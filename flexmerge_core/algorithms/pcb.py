@@ -12,14 +12,14 @@ Zero denominators: a constant row has minmax 0 everywhere; the final sum of scal
 Arithmetic is in the input's float dtype (>= fp32), in float64 for g > 80 where exp(g) would overflow fp32.
 
 The merge reads the group twice in column slices and never stores P (columns.py, stripes.py):
-1. column sums S; per stripe of 16 entries the max and min of |X| and the max of |S|; per row, whether
+1. pass 1: column sums S; per stripe of 16 entries the max and min of |X| and the max of |S|; per row, whether
    some X * S <= 0 (4 MiB slices);
 2. between the passes, on the stripe extremes ([g, d/16]): the clamp bounds (stripes.py), then the
    range of P per row: its min is threshold_k when threshold_k >= 0 and the row has an X * S <= 0
    (there P <= 0); its max is the exact P of the few stripes whose bound intra(max |X|) *
    tanh(max |X| max |S|) reaches the best exact P of 16 leading stripes (row_max). Other blocks take
    one more full pass (exact_range);
-3. the weighted mean, from scale_k = clamp((P_k - p_low) * unit, 0, 1), P computed again slice by slice
+3. pass 2: the weighted mean, from scale_k = clamp((P_k - p_low) * unit, 0, 1), P computed again slice by slice
    (1 MiB slices, five reused temporaries).
 Element-wise P is exp2 of a square (a quarter of exp's time) times a Taylor polynomial for tanh when
 the slice's |X * S| allows one exactly (task vectors: two terms, one addcmul), else expm1.
@@ -137,9 +137,9 @@ class Scores:
     def intra(self, A: torch.Tensor, out=None) -> torch.Tensor:
         return torch.sub(A, self.low, out=out).mul_(self.root).square_().exp2_()
 
-    def of(self, X: torch.Tensor, column_sum: torch.Tensor, bound=None) -> torch.Tensor:
-        """P of entries X whose column sums are column_sum; bound: max |X * column_sum| if known."""
-        return self.intra(self.magnitudes(X)).mul_(tanh_(torch.mul(X, column_sum), bound))
+    def of(self, X: torch.Tensor, column_sum: torch.Tensor) -> torch.Tensor:
+        """P of entries X whose column sums are column_sum."""
+        return self.intra(self.magnitudes(X)).mul_(tanh_(torch.mul(X, column_sum)))
 
 
 class Pcb(MergeAlgorithm):
@@ -188,6 +188,7 @@ class Pcb(MergeAlgorithm):
         d = sum(r.shape[1] for r in rows.values())
 
         layout = [(n, slice(*cols.indices(r.shape[1])[:2])) for n, r in rows.items() for cols in column_slices(r)]
+
         def slices(share=1):  # (name, columns, X slice in the work dtype), all tensors in order
             for n, r in rows.items():
                 for cols in column_slices(r, share):
@@ -243,7 +244,7 @@ class Pcb(MergeAlgorithm):
         # with p_low >= 0 a weighted entry has P > 0, so X * S > 0: its sign is its column sum's
         signed = not bool((p_low >= 0).all())
 
-        # pass 2: the weighted mean; scale_k = minmax of P_k clamped to [threshold_k, max_k] equals
+        # pass 2, the weighted mean: scale_k = minmax of P_k clamped to [threshold_k, max_k] equals
         # (P_k - p_low) * unit clamped to [0, 1] (an entry at or below p_low weighs exactly 0)
         merged = {n: torch.empty(r.shape[1], dtype=dtype, device=device) for n, r in rows.items()}
         for n, cols, X in slices(SLICE_SHARE):
@@ -278,7 +279,8 @@ def exact_range(scores: Scores, slices, column_sum: dict) -> tuple:
 def row_max(scores: Scores, stripes: Stripes, top_magnitude, top_sum, product_bound: float, scratch, entries,
             budget: int):
     """[g, 1] max of P per row, evaluating only the stripes whose bound reaches it (None: more than
-    `budget` entries would be evaluated). Overwrites top_magnitude ([g, padded], as top_sum [padded]).
+    `budget` entries would be evaluated), from the stripe maxima of |X| ([g, padded], overwritten by
+    the bounds) and of |S| ([padded]); product_bound: max |X| * max |S| over the block.
 
     P rises with |X| (intra) and with X * S (inter) and X * S <= |X| |S|, so intra(max |X|) *
     tanh(max |X| max |S|) bounds a stripe's P from above. A first lower bound of the max is the exact P

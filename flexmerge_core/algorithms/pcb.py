@@ -24,8 +24,10 @@ The merge reads the group twice in column slices and never stores P (columns.py,
 Element-wise P is exp2 of a square (a quarter of exp's time) times a Taylor polynomial for tanh when
 the slice's |X * S| allows one exactly (task vectors: two terms, one addcmul), else expm1.
 Measured on one ViT-B-32 MLP block, one thread, against averaging timed alternately with it
-(benchmarks/bench_algorithms.py, shared 2-core machine): at g = 30 0.37 s, 10.4x
-(before: 1.04 s, 29.7x); at g = 8 0.11 s, 16.2x (before: 0.36 s, 54x), where the fixed costs weigh more.
+(benchmarks/bench_algorithms.py, shared 2-core machine, before and after in one run): at g = 30
+0.37 s, 10.4x (before: 1.04 s, 29.7x), 10.4-11.6x over four runs under load; at g = 8 0.11 s, 16.2x
+(before: 0.36 s, 54x), 11-20x: averaging takes 6 ms there, so the fixed costs (order statistics,
+per-slice calls) weigh more.
 Of the g = 30 merge (CPU time over averaging's): pass 1 2.5-3x, clamp bounds 1.4x, range of P 0.8x,
 pass 3 about 6x: reading X 0.7, A 0.35, intra 1.1 (exp2 0.45), X * S 0.55, tanh series 1.2 (addcmul
 and mul), scale 0.8, the two column sums 0.5. Before: P stored between passes 2 and 3 (the first touch

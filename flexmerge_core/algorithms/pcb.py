@@ -12,15 +12,15 @@ Zero denominators: a constant row has minmax 0 everywhere; the final sum of scal
 Arithmetic is in the input's float dtype (>= fp32), in float64 for g > 80 where exp(g) would overflow fp32.
 
 The merge reads the group twice in column slices and never stores P (columns.py, stripes.py):
-1. pass 1: column sums S; per stripe of 16 entries the max and min of |X| and the max of |S|; per row, whether
-   some X * S <= 0 (4 MiB slices);
+1. pass 1: column sums S; per stripe of 16 entries the max and min of |X| and the max of |S|; per
+   row, whether some X * S <= 0 (4 MiB slices);
 2. between the passes, on the stripe extremes ([g, d/16]): the clamp bounds (stripes.py), then the
    range of P per row: its min is threshold_k when threshold_k >= 0 and the row has an X * S <= 0
    (there P <= 0); its max is the exact P of the few stripes whose bound intra(max |X|) *
    tanh(max |X| max |S|) reaches the best exact P of 16 leading stripes (row_max). Other blocks take
    one more full pass (exact_range);
-3. pass 2: the weighted mean, from scale_k = clamp((P_k - p_low) * unit, 0, 1), P computed again slice by slice
-   (1 MiB slices, five reused temporaries).
+3. pass 2: the weighted mean, from scale_k = clamp((P_k - p_low) * unit, 0, 1), P computed again
+   slice by slice (1 MiB slices, five reused temporaries).
 Element-wise P is exp2 of a square (a quarter of exp's time) times a Taylor polynomial for tanh when
 the slice's |X * S| allows one exactly (task vectors: two terms, one addcmul), else expm1.
 Measured on one ViT-B-32 MLP block, one thread, against averaging timed alternately with it
@@ -29,9 +29,9 @@ Measured on one ViT-B-32 MLP block, one thread, against averaging timed alternat
 (before: 0.36 s, 54x), 11-20x: averaging takes 6 ms there, so the fixed costs (order statistics,
 per-slice calls) weigh more.
 Of the g = 30 merge (CPU time over averaging's): pass 1 2.5-3x, clamp bounds 1.4x, range of P 0.8x,
-pass 3 about 6x: reading X 0.7, A 0.35, intra 1.1 (exp2 0.45), X * S 0.55, tanh series 1.2 (addcmul
-and mul), scale 0.8, the two column sums 0.5. Before: P stored between passes 2 and 3 (the first touch
-of its 566 MB cost 0.15-0.3 s), expm1 for every tanh (3x averaging alone), exp, and RowTails.
+pass 2 about 6x: reading X 0.7, A 0.35, intra 1.1 (exp2 0.45), X * S 0.55, tanh series 1.2 (addcmul
+and mul), scale 0.8, the two column sums 0.5. Before: three passes, P stored between the last two (the
+first touch of its 566 MB cost 0.15-0.3 s), expm1 for every tanh (3x averaging alone), exp, and RowTails.
 """
 from __future__ import annotations
 

@@ -9,8 +9,9 @@ algorithms with a
 global preprocessing pass (ties, dare_*, pcb) are prepared once over the block (standing in for the
 whole model) outside the timed merge; the preprocess_block time of those and of TSV-M (each task's
 factorisation, done once per task and block whatever groups it joins) is printed in its own column.
-Runs on CPU, and on CUDA when available. Usage:
-    .venv/bin/python benchmarks/bench_algorithms.py [--groups 2,8,30] [--repeats 3] [--algorithms ...]
+Runs on CPU (one thread unless --threads says otherwise: the ratios are per thread, and a shared
+machine's cores oversubscribed by a parallel merge make them noise), and on CUDA when available. Usage:
+    .venv/bin/python benchmarks/bench_algorithms.py [--groups 2,8,30] [--repeats 3] [--algorithms ...] [--threads 1]
 """
 from __future__ import annotations
 
@@ -150,7 +151,9 @@ def main():
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--algorithms", default=",".join(ALGORITHM_NAMES))
     parser.add_argument("--cpu-only", action="store_true")
+    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     args = parser.parse_args()
+    torch.set_num_threads(args.threads)
     groups = [int(g) for g in args.groups.split(",")]
     devices = [torch.device("cpu")]
     if torch.cuda.is_available() and not args.cpu_only:

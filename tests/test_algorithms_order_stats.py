@@ -69,21 +69,3 @@ def test_bad_positions_and_empty_streams_are_refused():
         order_stats.streamed_order_statistics(lambda: iter([torch.ones(2, 3)]), lambda d: torch.tensor([d]))
     with pytest.raises(ValueError, match="empty"):
         order_stats.streamed_order_statistics(lambda: iter([]), lambda d: torch.tensor([0]))
-
-
-@pytest.mark.parametrize("device", DEVICES)
-@pytest.mark.parametrize("slice_columns", [7, 40, 1000])
-def test_row_tails_match_sort_fed_in_slices(device, slice_columns):
-    gen = torch.Generator().manual_seed(slice_columns)
-    x = torch.randn(4, 1000, generator=gen, dtype=torch.float64).abs()
-    x[0, :600] = 0.0  # more zeros than the low position
-    x[1] = torch.randint(0, 3, (1000,), generator=gen).double()  # three distinct values
-    x[2, 500:] *= 1e6  # the top values arrive last
-    x = x.to(device)
-    expected = x.cpu().sort(dim=1).values
-    for low, high in [(0, 999), (2, 997), (37, 900), (500, 500)]:
-        tails = order_stats.RowTails(4, low, high, 1000, x.dtype, x.device)
-        for start in range(0, 1000, slice_columns):
-            tails.add(x[:, start:start + slice_columns].contiguous())
-        got_low, got_high = tails.values()
-        assert torch.equal(got_low.cpu()[:, 0], expected[:, low]) and torch.equal(got_high.cpu()[:, 0], expected[:, high])

@@ -28,7 +28,6 @@ DIGIT_BITS = 16
 BUCKETS = 1 << DIGIT_BITS
 CHUNK = 1 << 20  # elements (all rows together) processed at once: temporaries stay in cache, off fresh pages
 CANDIDATES = 1 << 24  # keys in the chosen buckets (all rows and positions together) kept for exact selection
-STRIPE = 16  # RowTails: entries per row whose max and min stand in for them in the first test
 
 
 def _sign_shift(bits: torch.Tensor) -> int:
@@ -162,81 +161,3 @@ def _refine_pass(stream, absolute: bool, prefix: torch.Tensor, shift: int, colle
         keys_of.append(torch.split(keys[torch.argsort(row, stable=True)],
                                    torch.bincount(row, minlength=rows).tolist()))
     return keys_of, counts
-
-
-class RowTails:
-    """Each row's values at sorted positions `low` and `high` of a [g, d] matrix fed in column slices.
-
-    Why: PCB clamps every row to order statistics near its two ends (q = 1e-4 of 4.7M magnitudes:
-    the 473rd smallest and the 474th largest); torch.topk (the old code) copied and scanned each whole row
-    twice.
-    Each row keeps its K smallest (K = low + 1) and K largest (K = d - high) values seen so far. A
-    slice is cut into stripes of STRIPE entries per row; only stripes whose extreme beats the current
-    K-th of their row are looked at entry by entry (so the per-entry work is one max and one min, no
-    per-entry comparison), and the kept values are re-selected (topk) only once the pending hits
-    outnumber them, so the cut-offs tighten geometrically. Exact, ties included (an entry equal to the
-    current K-th cannot change it).
-    """
-
-    def __init__(self, rows: int, low: int, high: int, columns: int, dtype: torch.dtype, device: torch.device):
-        self._tails = [_Tail(rows, keep, largest, dtype, device)
-                       for keep, largest in ((low + 1, False), (columns - high, True))]
-
-    def add(self, values: torch.Tensor) -> None:
-        """Feed the next [g, c] slice of the matrix (row-contiguous)."""
-        body = values.shape[1] - values.shape[1] % STRIPE
-        pieces = [values[:, body:].unsqueeze(1)] if body < values.shape[1] else []  # stripes of 1
-        if body:
-            pieces.append(values[:, :body].view(values.shape[0], STRIPE, body // STRIPE))
-        for stripes in pieces:
-            for tail in self._tails:
-                tail.add(stripes)
-
-    def values(self):
-        """([g, 1] value at position low, [g, 1] value at position high)."""
-        return tuple(tail.kth() for tail in self._tails)
-
-
-class _Tail:
-    """The K smallest (or largest) values per row seen so far, with hits pending re-selection."""
-
-    def __init__(self, rows: int, keep: int, largest: bool, dtype: torch.dtype, device: torch.device):
-        self.keep, self.largest = keep, largest
-        self.fill = float("-inf") if largest else float("inf")  # sorts behind every finite value
-        self.best = torch.full((rows, keep), self.fill, dtype=dtype, device=device)
-        self.pending, self.pending_count = [], 0
-
-    def beyond(self, values: torch.Tensor, cut: torch.Tensor) -> torch.Tensor:
-        return values > cut if self.largest else values < cut
-
-    def add(self, stripes: torch.Tensor) -> None:
-        """stripes [g, h, w]: w stripes of h entries per row."""
-        cut = self.best[:, -1:]
-        extreme = stripes.amax(dim=1) if self.largest else stripes.amin(dim=1)
-        row, column = self.beyond(extreme, cut).nonzero(as_tuple=True)
-        if not row.numel():
-            return
-        values = stripes[row, :, column]  # [hits, h]
-        hit = self.beyond(values, cut[row])
-        self.pending.append((row.unsqueeze(1).expand_as(values)[hit], values[hit]))
-        self.pending_count += self.pending[-1][0].numel()
-        if self.pending_count >= self.best.numel():
-            self._select()
-
-    def _select(self) -> None:
-        row = torch.cat([r for r, _ in self.pending])
-        value = torch.cat([v for _, v in self.pending])
-        self.pending, self.pending_count = [], 0
-        order = torch.argsort(row, stable=True)
-        row, value = row[order], value[order]
-        counts = torch.bincount(row, minlength=self.best.shape[0])
-        slot = torch.arange(row.numel(), device=row.device) - (torch.cumsum(counts, 0) - counts)[row]
-        padded = torch.full((self.best.shape[0], int(counts.max())), self.fill, dtype=value.dtype,
-                            device=value.device)
-        padded[row, slot] = value
-        self.best = torch.cat([self.best, padded], dim=1).topk(self.keep, dim=1, largest=self.largest).values
-
-    def kth(self) -> torch.Tensor:
-        if self.pending:
-            self._select()
-        return self.best[:, -1:]

@@ -1,6 +1,7 @@
 """Shared inputs for the algorithm tests: devices, seeded random blocks with exactly summable values."""
 from __future__ import annotations
 
+import hashlib
 import math
 from dataclasses import dataclass
 
@@ -67,3 +68,17 @@ class FakeZoo:
         self.loads.append((tuple(names), None if tasks is None else tuple(tasks)))
         rows = slice(None) if tasks is None else list(tasks)
         return {n: self.vectors[n][rows].clone() for n in names}
+
+
+def reference_dare(block: dict, tasks: list, p: float, seed: int) -> dict:
+    """The documented scheme: one CPU generator per (seed, task, tensor name) from a SHA-256 digest."""
+    out = {}
+    for name, t in block.items():
+        rows = []
+        for row, task in zip(t.cpu(), tasks):
+            digest = hashlib.sha256(f"dare/{seed}/{task}/{name}".encode()).digest()
+            gen = torch.Generator().manual_seed(int.from_bytes(digest[:8], "little") >> 1)
+            draw = torch.rand(row.shape, generator=gen)
+            rows.append(torch.where(draw >= p, row / (1 - p), torch.zeros_like(row)))
+        out[name] = torch.stack(rows)
+    return out

@@ -1,12 +1,10 @@
 """Registry, hyperparameter validation, avg / ta / ties / dare against check values and references."""
 from __future__ import annotations
 
-import hashlib
-
 import pytest
 import torch
 
-from algorithm_cases import DEVICES, GROUP_SIZES, SHAPES, dyadic_block, reference_ties_merge
+from algorithm_cases import DEVICES, GROUP_SIZES, SHAPES, dyadic_block, reference_dare, reference_ties_merge
 from flexmerge_core.algorithms import ALGORITHM_NAMES, get_algorithm
 from flexmerge_core.algorithms.base import flatten_rows as flat, unflatten_row as unflat
 from flexmerge_core.errors import InvalidArgumentError
@@ -144,20 +142,6 @@ def test_preprocess_before_prepare_is_refused():
 
 
 # ---- DARE ---------------------------------------------------------------------------------------
-def reference_dare(block: dict, tasks: list, p: float, seed: int) -> dict:
-    """The documented scheme: one CPU generator per (seed, task, tensor name) from a SHA-256 digest."""
-    out = {}
-    for name, t in block.items():
-        rows = []
-        for row, task in zip(t.cpu(), tasks):
-            digest = hashlib.sha256(f"dare/{seed}/{task}/{name}".encode()).digest()
-            gen = torch.Generator().manual_seed(int.from_bytes(digest[:8], "little") >> 1)
-            draw = torch.rand(row.shape, generator=gen)
-            rows.append(torch.where(draw >= p, row / (1 - p), torch.zeros_like(row)))
-        out[name] = torch.stack(rows)
-    return out
-
-
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("g", GROUP_SIZES)
 def test_dare_ta_matches_reference(device, g):

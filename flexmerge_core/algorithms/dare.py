@@ -21,11 +21,12 @@ dare_ta and dare_ties share; dare_ties' rows add the trim's keep (ties.py).
 """
 from __future__ import annotations
 
-import hashlib
+from typing import Optional
 
 import torch
 
 from flexmerge_core.algorithms.base import HyperParam, float_block, iter_rows
+from flexmerge_core.algorithms.drop_masks import DropMaskStore, shared_drop_masks
 from flexmerge_core.algorithms.ta import TaskArithmetic
 from flexmerge_core.algorithms.ties import Ties
 from flexmerge_core.cache import content_hash
@@ -34,25 +35,21 @@ DROP = HyperParam("p", 0.9, float, 0.0, 1.0, high_inclusive=False, help="drop pr
 SEED = HyperParam("seed", 0, int, 0, 2 ** 62, help="seed of the drop masks")
 
 
-def drop_generator(seed: int, task: int, name: str) -> torch.Generator:
-    digest = hashlib.sha256(f"dare/{seed}/{task}/{name}".encode()).digest()
-    return torch.Generator(device="cpu").manual_seed(int.from_bytes(digest[:8], "little") >> 1)
-
-
-def drop_and_rescale(block, tasks, p: float, seed: int) -> dict:
+def drop_and_rescale(block, tasks, p: float, seed: int, masks: Optional[DropMaskStore] = None) -> dict:
     """Each row (task) of each tensor: keep an entry where its uniform draw >= p, scale by 1/(1-p).
 
-    Row by row into one output, the draws into one reused buffer: no [M, ...] mask, zeros or scaled
-    temporaries (their fresh pages cost as much as the draws)."""
+    Row by row into one output: no [M, ...] mask, zeros or scaled temporaries (their fresh pages cost
+    as much as the draws). The masks come from `masks` (default: the process's store), drawn once."""
+    masks = shared_drop_masks() if masks is None else masks
     block = float_block(block)
     rows = next(iter(block.values())).shape[0]
     task_ids = list(iter_rows(tasks, rows))
     out = {}
     for name, t in block.items():
-        dropped, draws = torch.empty_like(t), torch.empty(t.shape[1:])
+        dropped = torch.empty_like(t)
         for row, task in enumerate(task_ids):
-            torch.rand(t.shape[1:], generator=drop_generator(seed, task, name), out=draws)
-            torch.div(t[row], 1.0 - p, out=dropped[row]).masked_fill_((draws < p).to(t.device), 0.0)
+            drop = masks.drop_mask(seed, task, name, p, t.shape[1:]).to(t.device)
+            torch.div(t[row], 1.0 - p, out=dropped[row]).masked_fill_(drop, 0.0)
         out[name] = dropped
     return out
 

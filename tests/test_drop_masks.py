@@ -10,7 +10,7 @@ from flexmerge_core.algorithms.dare import drop_and_rescale
 from flexmerge_core.algorithms.drop_masks import DropMaskStore
 from flexmerge_core.errors import InvalidArgumentError
 
-SHAPES = {"w": (5, 13), "b": (7,), "k": (3, 3, 2, 5), "one": (1,)}   # 65, 7, 90 and 1 entries: not multiples of 8
+SHAPES = {"w": (5, 13), "b": (7,), "k": (3, 3, 2, 5), "one": (1,)}   # 65, 7, 90, 1 entries: odd
 
 
 @pytest.fixture

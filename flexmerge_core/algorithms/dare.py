@@ -9,15 +9,18 @@ the same drop mask every time. This differs from drawing one whole-model vector 
 generator (the paper's code): the masks are equally distributed but not bit-identical to it.
 Draws are made on the CPU so CUDA and CPU runs drop the same entries.
 Cost model: the merge is the base algorithm's on the dropped vectors (dare_ta 1.0x averaging, dare_ties
-3.4x at g = 30, one ViT-B-32 MLP block, one thread's CPU time); preprocess_block is bound by drawing
-one uniform number per entry from a sequential CPU generator (one per task and tensor, so one core),
-the price of drop masks that do not depend on block order or device: 8 tasks x one ViT-B-32 MLP pair
-(38M entries), 0.15 s of draws in 0.3-0.4 s of drop (0.7 s with [M, ...] masks and temporaries).
-Every read of the zoo through _input_vectors draws again: a dare_ties plan draws 3 times (the trim
-thresholds' 2 passes, the similarity pass: 44 s on an 8-task fp32 ViT-B-32 zoo, 114 s with 4 reads
-and the old order statistics). In the merges the drop is drawn once per (block, task):
-the merger's row cache (deployment/prepared_rows.py) keys dropped rows by `input_key` = (p, seed), which
-dare_ta and dare_ties share; dare_ties' rows add the trim's keep (ties.py).
+3.4x at g = 30, one ViT-B-32 MLP block, one thread's CPU time). Drawing costs one uniform per entry
+from a sequential CPU generator (one per task and tensor, so one core; ~3.4 ns/entry), the price of
+drop masks that do not depend on block order or device; so each mask is drawn once per process and
+kept bit-packed (drop_masks.py: 11 MB per ViT-B-32 task), and every later read of the zoo through
+_input_vectors unpacks it (~0.03 ns/entry) and pays only the rescale and fill (~1.5 ns/entry).
+An 8-task fp32 ViT-B-32 zoo (bench_spectrum, 2 shared cores, load ~3): a dare_ties plan reads the
+zoo 3 times (the trim thresholds' 2 passes, the similarity pass): 1.4 s of draws (once), 3.3 s of
+rescale and fill, plan 18 s (25 s when every read drew; ties: 9 s); the whole spectrum 29.5 s =
+9.0x averaging (41.9 s = 13.6x before; ties 5.7x). The merges draw nothing (the plan's masks are
+kept), and each (block, task) is dropped once: the merger's row cache (deployment/prepared_rows.py)
+keys dropped rows by `input_key` = (p, seed), which dare_ta and dare_ties share; dare_ties' rows add
+the trim's keep (ties.py).
 """
 from __future__ import annotations
 

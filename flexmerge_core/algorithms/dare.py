@@ -20,8 +20,8 @@ rescale and fill, plan 18 s (25 s when every read drew; ties: 8-10 s); the whole
 = 9.0-12.1x averaging (42-44 s = 13.6-15.6x when every read drew; ties 5.7-8.8x; averaging itself
 varied 2.6-3.3 s between runs). The rest of the gap to ties is the thresholds' histograms on 90%
 zeros. The merges draw nothing (the plan's masks are kept), and each (block, task) is dropped once:
-the merger's row cache (deployment/prepared_rows.py) keys dropped rows by `input_key` = (p, seed), which dare_ta and dare_ties share; dare_ties' rows add
-the trim's keep (ties.py).
+the merger's row cache (deployment/prepared_rows.py) keys dropped rows by `input_key` = (p, seed),
+which dare_ta and dare_ties share; dare_ties' rows add the trim's keep (ties.py).
 """
 from __future__ import annotations
 

@@ -78,6 +78,14 @@ def child_floor(zoo_path: str, device: str) -> dict:
     return {"floor_s": time.perf_counter() - start}
 
 
+def files_dtype(zoo: Path) -> str:
+    """The dtype the zoo's checkpoints are stored in (a reused --zoo may not match --fp16), e.g. 'F16'."""
+    from safetensors import safe_open
+
+    with safe_open(str(zoo / "pretrained.safetensors"), "pt") as file:
+        return file.get_slice(next(iter(file.keys()))).get_dtype()
+
+
 def _sync(device: str) -> None:
     if torch.device(device).type == "cuda":
         torch.cuda.synchronize()
@@ -122,7 +130,7 @@ def main() -> None:
                                      + (["--fp16"] if args.fp16 else []))
             print(f"wrote the zoo in {seconds:.1f} s ({zoo})", flush=True)
         tasks = len(json.loads((zoo / "zoo.json").read_text())["tasks"])
-        print(f"{tasks} tasks of ViT-B-32 ({'fp16' if args.fp16 else 'fp32'} files), device {args.device}, "
+        print(f"{tasks} tasks of ViT-B-32 ({files_dtype(zoo)} files), device {args.device}, "
               f"torch {torch.__version__}, {torch.get_num_threads()} CPU threads", flush=True)
         avg_s, avg_mb, _, _ = measured([sys.executable, "-c", AVERAGE, str(zoo), str(workdir / "avg.safetensors")], env)
         floor_wall, floor_mb, out, _ = measured(me + ["--child", "floor", "--zoo", str(zoo), "--device", args.device], env)

@@ -99,7 +99,7 @@ def test_byte_budget_lru_matches_a_plain_list_reference():
     """Random gets and puts against the textbook rule: the least recently used goes first."""
     import random
 
-    from flexmerge_core.deployment.memo import ByteBudgetLRU
+    from flexmerge_core.byte_budget_lru import ByteBudgetLRU
 
     rng = random.Random(0)
     memo, reference, budget = ByteBudgetLRU(100), [], 100        # reference: [(key, bytes)], oldest first

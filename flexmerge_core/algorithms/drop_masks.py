@@ -16,12 +16,12 @@ from __future__ import annotations
 import hashlib
 import os
 import threading
-from collections import OrderedDict
 from typing import Optional
 
 import numpy as np
 import torch
 
+from flexmerge_core.byte_budget_lru import ByteBudgetLRU
 from flexmerge_core.machine import available_memory, parse_bytes
 
 BUDGET_ENV = "FLEXMERGE_DROP_MASK_BYTES"
@@ -45,13 +45,12 @@ class DropMaskStore:
 
     def __init__(self, budget: int):
         self.budget = int(budget)
-        self._masks: OrderedDict = OrderedDict()
-        self._bytes = 0
+        self._masks = ByteBudgetLRU(self.budget)
         self._lock = threading.Lock()
 
     @property
     def nbytes(self) -> int:
-        return self._bytes
+        return self._masks.bytes
 
     def __len__(self) -> int:
         return len(self._masks)
@@ -62,26 +61,14 @@ class DropMaskStore:
         key = (int(seed), int(task), name, float(p), shape)
         with self._lock:
             packed = self._masks.get(key)
-            if packed is not None:
-                self._masks.move_to_end(key)
         if packed is not None:
             count = int(np.prod(shape, dtype=np.int64))
             return torch.from_numpy(np.unpackbits(packed, count=count).view(np.bool_)).view(shape)
         mask = draw_drop_mask(seed, task, name, p, shape)
-        self._store(key, np.packbits(mask.numpy().reshape(-1)))
+        packed = np.packbits(mask.numpy().reshape(-1))
+        with self._lock:   # another thread may have drawn it meanwhile: the same bits, stored once
+            self._masks.put(key, packed, packed.nbytes)
         return mask
-
-    def _store(self, key, packed: np.ndarray) -> None:
-        if packed.nbytes > self.budget:
-            return
-        with self._lock:
-            if key in self._masks:   # another thread drew it meanwhile (the same bits)
-                return
-            self._masks[key] = packed
-            self._bytes += packed.nbytes
-            while self._bytes > self.budget:
-                _, old = self._masks.popitem(last=False)
-                self._bytes -= old.nbytes
 
 
 def default_budget() -> int:

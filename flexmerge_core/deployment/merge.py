@@ -12,7 +12,8 @@ from typing import Optional, Sequence
 
 from flexmerge_core.algorithms.base import MergeAlgorithm, MergeResult
 from flexmerge_core.cache import content_hash
-from flexmerge_core.deployment.memo import ByteBudgetLRU, tensors_bytes
+from flexmerge_core.byte_budget_lru import ByteBudgetLRU
+from flexmerge_core.deployment.memo import default_memo_bytes, tensors_bytes
 from flexmerge_core.deployment.prepared_rows import PreparedRows, load_rows
 from flexmerge_core.planning.similarity import pick_device
 
@@ -36,7 +37,7 @@ class GroupMerger:
                  memo_bytes: Optional[int] = None, memo: bool = True, rows: Optional[PreparedRows] = None):
         self.zoo, self.spec, self.algorithm, self.cache = zoo, spec, algorithm, cache
         self.device = pick_device(device)
-        self.memo = ByteBudgetLRU(memo_bytes) if memo else None
+        self.memo = ByteBudgetLRU(default_memo_bytes() if memo_bytes is None else memo_bytes) if memo else None
         self.rows = rows if rows is not None or not memo else PreparedRows()
 
     def result(self, block_index: int, members: Sequence[int]) -> MergeResult:

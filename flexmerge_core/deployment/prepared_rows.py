@@ -31,7 +31,8 @@ from typing import Optional, Sequence
 import torch
 
 from flexmerge_core.algorithms.base import RAW_ROWS, MergeAlgorithm, float_block
-from flexmerge_core.deployment.memo import ByteBudgetLRU, budget_from_env, tensors_bytes
+from flexmerge_core.byte_budget_lru import ByteBudgetLRU
+from flexmerge_core.deployment.memo import budget_from_env, tensors_bytes
 
 ROWS_ENV = "FLEXMERGE_ROWS_BYTES"
 

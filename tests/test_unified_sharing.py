@@ -176,6 +176,24 @@ def test_an_algorithm_without_a_basis_refuses_one():
         get_algorithm("emr").merge(block, (0, 1, 2), basis={"w": torch.zeros(4)})
 
 
+def test_a_subclass_with_its_own_merge_shares_nothing():
+    from flexmerge_core.algorithms.base import MergeResult
+    from flexmerge_core.algorithms.ta import TaskArithmetic
+
+    class Summed(TaskArithmetic):
+        name = "summed"
+
+        def _merge(self, block, members):
+            return MergeResult(unified={n: t.sum(dim=0) for n, t in block.items()})
+
+    assert Summed().basis_key is None and get_algorithm("ta").basis_key is not None
+    zoo, spec = random_zoo(7), FakeSpec(SHAPES)
+    bases = GroupBases()
+    GroupMerger(zoo, spec, get_algorithm("ta"), device="cpu", bases=bases).result(2, (0, 1, 2))
+    got = GroupMerger(zoo, spec, Summed(), device="cpu", bases=bases).result(2, (0, 1, 2))
+    assert torch.equal(got.unified["b.weight"], zoo.vectors["b.weight"][:3].sum(dim=0)) and bases.computed == 1
+
+
 def test_pipelines_of_one_zoo_share_bases(tmp_path, monkeypatch, basis_calls):
     from deploy_zoos import evaluable_zoo
     from flexmerge_core.pipeline import Pipeline, PlanSettings

@@ -207,10 +207,16 @@ class MergeAlgorithm:
         basis function (by its qualified name) and the rows it reads (preprocessing_key); None without one.
         ta, consensus_ta and avg share the mean of the raw rows; consensus the disjoint mean of the raw rows,
         ties that of its trimmed rows (a different key); dare_ta's mean is of its dropped rows."""
-        if self.basis is None:
+        if not self._scales_basis:
             return None
         function = type(self).basis
         return content_hash("basis", f"{function.__module__}.{function.__qualname__}", self.preprocessing_key)
+
+    @property
+    def _scales_basis(self) -> bool:
+        """True when the unified vector is the basis scaled: one is declared and `_merge` is not overridden
+        (a subclass's own _merge wins, and shares nothing)."""
+        return self.basis is not None and type(self)._merge is MergeAlgorithm._merge
 
     @property
     def staged_preprocessing(self) -> bool:
@@ -273,7 +279,7 @@ class MergeAlgorithm:
                 f"members {list(members)} must be {g} distinct ascending task ids matching the block rows")
         if not self.merges_group(g):
             return MergeResult(unified=None, members=members, originals=dict(block))
-        if self.basis is None:
+        if not self._scales_basis:
             if basis is not None:
                 raise InvalidArgumentError(f"algorithm {self.name!r} has no basis to be handed")
             result = self._merge(block, members)
@@ -298,7 +304,7 @@ class MergeAlgorithm:
         return {n: v.mul_(scale) if own else v * scale for n, v in basis.items()}
 
     def _merge(self, block: dict, members: tuple) -> MergeResult:
-        """The stored result of an algorithm without a basis."""
+        """The stored result of an algorithm without a basis (or overriding its basis' merge)."""
         raise NotImplementedError
 
     def _stored(self, block: dict, members: tuple, unified: dict) -> MergeResult:

@@ -15,8 +15,8 @@ the column sum of its signs (the count): 5 in-cache ops. Measured on one ViT-B-3
 of one thread: 0.12 s at g = 30, 3.2x averaging (the old whole-tensor code: 1.06 s, 30x); g = 8: 4.9x.
 The trim (preprocess_inputs, after DARE's drop for dare_ties) is one slice-wise where() per tensor.
 Shared: the merge is lam times its basis, the disjoint mean of the trimmed rows (keyed by the trim's
-keep, whatever lam); consensus's basis is the disjoint mean of the raw rows, so it shares with ties only
-across its own lam values, never with ties' trimmed groups.
+keep, whatever lam: a lam sweep computes it once per group). consensus's basis is the disjoint mean of
+the raw rows: shared between consensus' own lam values, never with ties' trimmed groups.
 """
 from __future__ import annotations
 
@@ -116,4 +116,3 @@ class Ties(MergeAlgorithm):
         if self._hp["similarity_on"] == "original":
             return self._input_vectors(block, tasks)
         return self.preprocess_block(block, tasks)
-

@@ -298,11 +298,8 @@ class Zoo:
         for name in names:
             if name not in self._merged:
                 raise InvalidArgumentError(f"'{name}' is not a merged parameter of zoo '{self.name}'")
-            shape = (len(task_ids), *self.param_shapes[name])
-            stacked = torch.empty(shape, dtype=torch.float32) if into is None else into[name]
-            if stacked.shape != shape or stacked.dtype != torch.float32 or not stacked.is_contiguous():
-                raise InvalidArgumentError(f"task_vectors: the buffer of '{name}' is not contiguous float32 "
-                                           f"{list(shape)}")
+            stacked = _checked_buffer(name, None if into is None else into[name],
+                                      (len(task_ids), *self.param_shapes[name]))
             base = None if pretrained is None else pretrained[name]
             for row, task_id in enumerate(task_ids):
                 file = self._task_file(task_id)
@@ -313,7 +310,7 @@ class Zoo:
                     base = self._pretrained_file.read_into(name, torch.empty(stacked.shape[1:], dtype=torch.float32),
                                                            check_finite=check_finite)
                 # copies: a pass leaves no mapped pages behind
-                file.read_into(name, stacked[row], check_finite=check_finite).sub_(base)
+                file.read_into(name, stacked[row], check_finite=check_finite, minus=base)
             out[name] = stacked
         return out
 
@@ -323,14 +320,15 @@ class Zoo:
         return _task_files(self._files, self.manifest, task,
                            self.architecture.feature_dim(self.manifest.architecture_config, self.param_shapes))
 
-    def task_vector_rows(self, name: str, start: int, stop: int, tasks=None) -> torch.Tensor:
+    def task_vector_rows(self, name: str, start: int, stop: int, tasks=None, into=None) -> torch.Tensor:
         """float32 [m, stop - start, *shape[1:]]: rows start:stop of `task_vectors([name], tasks)[name]`,
-        reading only those rows of each checkpoint (planning streams large tensors this way)."""
+        reading only those rows of each checkpoint (planning streams large tensors this way); into: a
+        contiguous float32 tensor of that shape filled instead of a new one (a streaming caller's buffer)."""
         task_ids = list(range(len(self.manifest.tasks))) if tasks is None else list(tasks)
         if name not in self._merged:
             raise InvalidArgumentError(f"'{name}' is not a merged parameter of zoo '{self.name}'")
         shape = self.param_shapes[name]
-        out = torch.empty((len(task_ids), stop - start, *shape[1:]), dtype=torch.float32)
+        out = _checked_buffer(name, into, (len(task_ids), stop - start, *shape[1:]))
         base = None
         for row, task_id in enumerate(task_ids):
             file = self._task_file(task_id)
@@ -339,7 +337,7 @@ class Zoo:
                 continue
             if base is None:
                 base = self._pretrained_file.read_into(name, torch.empty(out.shape[1:], dtype=torch.float32), start, stop)
-            file.read_into(name, out[row], start, stop).sub_(base)
+            file.read_into(name, out[row], start, stop, minus=base)
         return out
 
     def head(self, task_id: int) -> dict[str, torch.Tensor] | None:
@@ -401,6 +399,15 @@ class Zoo:
 
     def __repr__(self) -> str:
         return f"Zoo({self.name!r}, tasks={self.task_names}, root={str(self.root)!r})"
+
+
+def _checked_buffer(name: str, into, shape: tuple) -> torch.Tensor:
+    """`into` when it is a contiguous float32 tensor of `shape`, a new one when it is None; else a clear error."""
+    if into is None:
+        return torch.empty(shape, dtype=torch.float32)
+    if into.shape != shape or into.dtype != torch.float32 or not into.is_contiguous():
+        raise InvalidArgumentError(f"task vectors: the buffer of '{name}' is not contiguous float32 {list(shape)}")
+    return into
 
 
 def _task_files(files: _Files, manifest: Manifest, task: TaskEntry, feature_dim: int | None) -> TaskFiles:

@@ -30,7 +30,7 @@ from typing import Optional, Sequence
 
 import torch
 
-from flexmerge_core.algorithms.base import RAW_ROWS, MergeAlgorithm, float_block
+from flexmerge_core.algorithms.base import RAW_ROWS, MergeAlgorithm
 from flexmerge_core.byte_budget_lru import ByteBudgetLRU
 from flexmerge_core.deployment.memo import budget_from_env, tensors_bytes
 
@@ -90,9 +90,12 @@ class PreparedRows:
             inputs = {n: torch.stack([staged[t][n] for t in done]) for n in staged[done[0]]}
             out.update(self._split(algorithm.preprocess_inputs(inputs, tasks=done), done))
         fresh = [t for t in tasks if t not in staged]
-        if fresh:
+        if fresh and key == RAW_ROWS:   # read apart: nothing to copy out of a stack
+            rows = zoo.task_vectors_apart(list(block.params), fresh)
+            out.update({t: {n: v.to(device) for n, v in vectors.items()} for t, vectors in zip(fresh, rows)})
+        elif fresh:
             vectors = load_rows(zoo, block.params, fresh, device)
-            prepared = float_block(vectors) if raw else algorithm.preprocess_block(vectors, tasks=fresh)
+            prepared = algorithm.preprocess_block(vectors, tasks=fresh)
             del vectors   # the raw block is freed before its rows are copied out
             out.update(self._split(prepared, fresh))
         with self._lock:

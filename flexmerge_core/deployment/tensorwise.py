@@ -41,7 +41,7 @@ class TensorwiseMerge:
         members = tuple(members)
         into = {name: self._buffer.view((len(members), *self.zoo.param_shapes[name]))}
         # read once, checked first (as the task vectors' base is): the same error for a NaN/Inf in it
-        pretrained = {name: self.zoo.pretrained_tensor(name, copy=True).to(torch.float32)}
+        pretrained = {name: self.zoo.pretrained_tensor(name, copy=True, dtype=torch.float32)}
         vectors = self.zoo.task_vectors([name], tasks=members, into=into, check_finite=False, pretrained=pretrained)
         vectors = self.algorithm.preprocess_block(vectors, tasks=members)
         unified = self.algorithm.merge(vectors, members).unified[name].to(torch.float32)

@@ -9,7 +9,8 @@ largest block's), so each task is read and preprocessed once per block, not once
 `rows` column counts the (block, task) rows read from disk; the plan's global pass (ties' and dare_ties'
 thresholds) serves the merges too (MergeAlgorithm.prepare_for). Next to them, two references, each a
 child process too:
-  floor      one streamed read of every task vector + each block's Gram matrix (what any plan needs)
+  floor      one streamed read of every task vector + each block's Gram matrix (what any plan needs:
+             planning's raw similarity pass, reading each tensor's stack into one reused buffer)
   averaging  a plain script that averages the fine-tuned files (vitb32_files.AVERAGE)
 Reported per run: wall time and peak RSS (os.wait4's ru_maxrss), and each algorithm's time as a
 ratio to the averaging run (goal on CPU: <= 10x) and to the floor. On CUDA (--device cuda) plans and
@@ -64,17 +65,16 @@ def child_spectrum(zoo_path: str, algorithm_name: str, device: str) -> dict:
 
 
 def child_floor(zoo_path: str, device: str) -> dict:
-    """One streamed read of every task vector and each block's Gram matrix."""
+    """One streamed read of every task vector and each block's Gram matrix: planning's raw similarity pass."""
     from flexmerge_core.planning.blocks import build_blocks
+    from flexmerge_core.planning.similarity import block_similarities
     from flexmerge_core.zoo import open_zoo
 
     zoo = open_zoo(zoo_path)
     spec = build_blocks(zoo.param_names, zoo.param_shapes, "component")
     start = time.perf_counter()
-    for block in spec.blocks:
-        vectors = zoo.task_vectors(block.params)
-        flat = torch.cat([v.reshape(v.shape[0], -1) for v in vectors.values()], dim=1).to(device)
-        (flat @ flat.T).cpu()
+    block_similarities(zoo, spec, device=device)
+    _sync(device)
     return {"floor_s": time.perf_counter() - start}
 
 

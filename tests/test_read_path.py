@@ -161,3 +161,13 @@ def test_block_stream_gives_each_block_exactly_and_its_iterators_apart(tmp_path)
         assert got.keys() == expected.keys() and all(_bits_equal(got[n], expected[n]) for n in expected)
     first = next(other)   # a second iterator reads into its own buffer
     assert all(_bits_equal(first[n], v) for n, v in zoo.task_vectors(spec.blocks[0].params).items())
+
+
+@pytest.mark.parametrize("dtype", DTYPES + [torch.float64], ids=str)
+def test_all_finite_is_exact_where_the_sum_overflows(dtype):
+    largest = torch.finfo(dtype).max
+    assert checkpoint_module.all_finite(torch.full((4,), largest, dtype=dtype))      # the sum overflows: still finite
+    for bad in (float("nan"), float("inf"), -float("inf")):
+        assert not checkpoint_module.all_finite(torch.tensor([1.0, bad, 2.0], dtype=dtype))
+    assert not checkpoint_module.all_finite(torch.tensor([float("inf"), -float("inf")], dtype=dtype))
+    assert checkpoint_module.all_finite(torch.empty(0, dtype=dtype)) and checkpoint_module.all_finite(torch.arange(3))

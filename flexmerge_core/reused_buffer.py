@@ -33,3 +33,7 @@ class ReusedBuffer:
 
     def view(self, shape: tuple) -> torch.Tensor:
         return self.views({None: shape})[None]
+
+    def holds(self, tensor: torch.Tensor) -> bool:
+        """Whether `tensor` is (a view of) this buffer's memory."""
+        return self._flat.numel() > 0 and tensor.untyped_storage().data_ptr() == self._flat.untyped_storage().data_ptr()

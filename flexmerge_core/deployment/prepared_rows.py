@@ -33,6 +33,7 @@ import torch
 from flexmerge_core.algorithms.base import RAW_ROWS, MergeAlgorithm
 from flexmerge_core.byte_budget_lru import ByteBudgetLRU
 from flexmerge_core.deployment.memo import budget_from_env, tensors_bytes
+from flexmerge_core.reused_buffer import ReusedBuffer
 
 ROWS_ENV = "FLEXMERGE_ROWS_BYTES"
 
@@ -56,9 +57,10 @@ class PreparedRows:
         self._lock = threading.Lock()
 
     def rows(self, zoo, block, members: Sequence[int], algorithm: MergeAlgorithm, device,
-             raw: bool = False) -> dict:
+             raw: bool = False, stacks: Optional[ReusedBuffer] = None) -> dict:
         """The members' rows stacked in member order: the algorithm's preprocessed rows, or with `raw`
-        the task vectors as they are. `block` has .params and .numel (a planning Block)."""
+        the task vectors as they are. `block` has .params and .numel (a planning Block). stacks: float32
+        CPU rows are stacked into this buffer instead of new memory (overwritten by the next call)."""
         members = [int(m) for m in members]
         where = (zoo.fingerprint, tuple(block.params), str(torch.device(device)))
         key = RAW_ROWS if raw else algorithm.preprocessing_key
@@ -66,7 +68,11 @@ class PreparedRows:
         missing = [t for t in members if t not in found]
         if missing:
             found.update(self._computed(zoo, block, where, key, missing, algorithm, device, raw))
-        return {n: torch.stack([found[t][n] for t in members]) for n in found[members[0]]}
+        first = found[members[0]]
+        if stacks is None or any(t.dtype != torch.float32 or t.device.type != "cpu" for t in first.values()):
+            return {n: torch.stack([found[t][n] for t in members]) for n in first}
+        into = stacks.views({n: (len(members), *t.shape) for n, t in first.items()})
+        return {n: torch.stack([found[t][n] for t in members], out=into[n]) for n in first}
 
     def _held(self, where: tuple, key: str, tasks: Sequence[int]) -> dict:
         with self._lock:

@@ -90,12 +90,12 @@ def block_stream(zoo, spec, device=None) -> Callable[[], Iterator[dict[str, torc
     def stream():
         buffer = ReusedBuffer()
         for block in spec.blocks:
-            yield {n: t.to(device) for n, t in _block_vectors(zoo, block, buffer).items()}
+            yield {n: t.to(device) for n, t in block_vectors(zoo, block, buffer).items()}
     return stream
 
 
-def _block_vectors(zoo, block, buffer: ReusedBuffer) -> dict[str, torch.Tensor]:
-    """The block's stacked task vectors, read into `buffer`."""
+def block_vectors(zoo, block, buffer: ReusedBuffer) -> dict[str, torch.Tensor]:
+    """The block's stacked task vectors {name: [M, *shape]}, read into `buffer` (overwritten by its next use)."""
     m = len(zoo.task_names)
     return zoo.task_vectors(block.params, into=buffer.views({n: (m, *zoo.param_shapes[n]) for n in block.params}))
 
@@ -104,7 +104,7 @@ def _block_cosine(zoo, block, algorithm, device, buffer: ReusedBuffer) -> np.nda
     """One block's M x M cosine matrix, its task vectors read into `buffer`."""
     if algorithm is None or algorithm.raw_similarity:
         return cosine_from_gram(_streamed_gram(zoo, block.params, device, buffer))
-    vectors = algorithm.similarity_block(_block_vectors(zoo, block, buffer))
+    vectors = algorithm.similarity_block(block_vectors(zoo, block, buffer))
     return cosine_from_gram(gram_matrix(vectors, device))
 
 

@@ -3,13 +3,15 @@
 For each algorithm, one child process: build the plan (its similarity pass, with the algorithm's
 preprocessing) and merge every group the plan ever forms that the algorithm stores merged, once each
 (plan.events -> the group each event makes; GroupMerger without memo or disk cache, as a cold app
-would on first reaching each size). Groups are visited block by block, and the merger's row cache
-(deployment/prepared_rows.py) holds one block's preprocessed rows of every task (its budget: the
-largest block's), so each task is read and preprocessed once per block, not once per group; the
-`rows` column counts the (block, task) rows read from disk; the plan's global pass (ties' and dare_ties'
-thresholds) serves the merges too (MergeAlgorithm.prepare_for). Next to them, two references, each a
+would on first reaching each size, each group's rows stacked in one reused buffer as GroupStore's are).
+Groups are visited block by block, and the merger's row cache (deployment/prepared_rows.py) holds one
+block's preprocessed rows of every task (its budget: the largest block's), so each task is read and
+preprocessed once per block, not once per group; the `rows` column counts the (block, task) rows read
+from disk; the plan's global pass (ties' and dare_ties' thresholds) serves the merges too
+(MergeAlgorithm.prepare_for). Next to them, two references, each a
 child process too:
-  floor      one streamed read of every task vector + each block's Gram matrix (what any plan needs)
+  floor      one streamed read of every task vector + each block's Gram matrix (what any plan needs:
+             planning's raw similarity pass, reading each tensor's stack into one reused buffer)
   averaging  a plain script that averages the fine-tuned files (vitb32_files.AVERAGE)
 Reported per run: wall time and peak RSS (os.wait4's ru_maxrss), and each algorithm's time as a
 ratio to the averaging run (goal on CPU: <= 10x) and to the floor. On CUDA (--device cuda) plans and
@@ -42,6 +44,7 @@ def child_spectrum(zoo_path: str, algorithm_name: str, device: str) -> dict:
     from flexmerge_core.deployment.prepared_rows import PreparedRows
     from flexmerge_core.planning.blocks import build_blocks
     from flexmerge_core.planning.plan import build_plan
+    from flexmerge_core.reused_buffer import ReusedBuffer
     from flexmerge_core.zoo import open_zoo
 
     zoo = open_zoo(zoo_path)
@@ -56,25 +59,25 @@ def child_spectrum(zoo_path: str, algorithm_name: str, device: str) -> dict:
     merger = GroupMerger(zoo, spec, algorithm, cache=None, device=device, memo=False, rows=rows)
     groups = sorted((e.block, tuple(sorted(e.group_a + e.group_b))) for e in plan.events)
     merged = [(b, g) for b, g in groups if algorithm.merges_group(len(g))]
+    stacks = ReusedBuffer()   # as GroupStore keeps one for its run of groups
     for b, g in merged:
-        merger.result(b, g)
+        merger.result(b, g, stacks=stacks)
     _sync(device)
     return {"plan_s": planned - start, "merge_s": time.perf_counter() - planned, "groups": len(merged),
             "rows": rows.loaded}
 
 
 def child_floor(zoo_path: str, device: str) -> dict:
-    """One streamed read of every task vector and each block's Gram matrix."""
+    """One streamed read of every task vector and each block's Gram matrix: planning's raw similarity pass."""
     from flexmerge_core.planning.blocks import build_blocks
+    from flexmerge_core.planning.similarity import block_similarities
     from flexmerge_core.zoo import open_zoo
 
     zoo = open_zoo(zoo_path)
     spec = build_blocks(zoo.param_names, zoo.param_shapes, "component")
     start = time.perf_counter()
-    for block in spec.blocks:
-        vectors = zoo.task_vectors(block.params)
-        flat = torch.cat([v.reshape(v.shape[0], -1) for v in vectors.values()], dim=1).to(device)
-        (flat @ flat.T).cpu()
+    block_similarities(zoo, spec, device=device)
+    _sync(device)
     return {"floor_s": time.perf_counter() - start}
 
 

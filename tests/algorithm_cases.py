@@ -62,12 +62,20 @@ class FakeZoo:
     def __init__(self, num_tasks: int, shapes: dict, seed: int = 0, vectors=None):
         self.vectors = vectors if vectors is not None else dyadic_block(shapes, num_tasks, seed)
         self.task_names = [f"task{i}" for i in range(num_tasks)]
+        self.param_shapes = {n: tuple(t.shape[1:]) for n, t in self.vectors.items()}
         self.loads = []
 
-    def task_vectors(self, names, tasks=None):
+    def task_vectors(self, names, tasks=None, into=None):
         self.loads.append((tuple(names), None if tasks is None else tuple(tasks)))
         rows = slice(None) if tasks is None else list(tasks)
+        if into is not None:
+            return {n: into[n].copy_(self.vectors[n][rows]) for n in names}
         return {n: self.vectors[n][rows].clone() for n in names}
+
+    def task_vectors_apart(self, names, tasks=None):
+        self.loads.append((tuple(names), None if tasks is None else tuple(tasks)))
+        rows = range(len(self.task_names)) if tasks is None else tasks
+        return [{n: self.vectors[n][t].clone() for n in names} for t in rows]
 
 
 def reference_dare(block: dict, tasks: list, p: float, seed: int) -> dict:

@@ -307,15 +307,17 @@ def test_streamed_gram_is_bit_identical_to_whole_blocks(llama_source, lora_sourc
     """Large tensors are read in row slabs during planning; the Gram matrices do not change by a bit."""
     from flexmerge_core.planning import similarity
     from flexmerge_core.planning.blocks import build_blocks
+    from flexmerge_core.reused_buffer import ReusedBuffer
 
     monkeypatch.setattr(similarity, "GRAM_CHUNK_COLUMNS", 100)
     monkeypatch.setattr(similarity, "STREAM_SLAB", 300)
     monkeypatch.setattr(similarity, "STREAM_BYTES", 0)
     for source in (llama_source, lora_source):
         zoo = _import(source, tmp_path / source.name)
+        buffer = ReusedBuffer()   # one for the pass, as block_similarities reads
         for block in build_blocks(zoo.param_names, zoo.param_shapes).blocks:
             whole = similarity.gram_matrix(zoo.task_vectors(block.params), torch.device("cpu"))
-            assert torch.equal(similarity._streamed_gram(zoo, block.params, torch.device("cpu")), whole)
+            assert torch.equal(similarity._streamed_gram(zoo, block.params, torch.device("cpu"), buffer), whole)
 
 
 def test_dashboard_axis_for_text_metrics():

@@ -13,7 +13,8 @@ PACKAGE = Path(flexmerge_core.__file__).parent
 
 # Stage of each top-level part of the engine; a module may import its own stage and earlier ones.
 STAGES = {
-    "errors": 0, "cache": 0, "plugins": 0, "outputs": 0, "inputs": 0, "machine": 0, "byte_budget_lru": 0, "__init__": 0,
+    "errors": 0, "cache": 0, "plugins": 0, "outputs": 0, "inputs": 0, "machine": 0, "byte_budget_lru": 0,
+    "reused_buffer": 0, "__init__": 0,
     "architectures": 1, "tasks": 1,
     "zoo": 2,
     "algorithms": 3, "importers": 3,

@@ -26,8 +26,8 @@ class TaskVectorMeter:
     def _release(self, numel):
         self.live -= numel
 
-    def __call__(self, names, tasks=None):
-        out = self._inner(names, tasks)
+    def __call__(self, names, tasks=None, **options):
+        out = self._inner(names, tasks, **options)
         self.requests.append(tuple(names))
         for tensor in out.values():
             self.live += tensor.numel()

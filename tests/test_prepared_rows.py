@@ -10,9 +10,10 @@ import pytest
 import torch
 
 from algorithm_cases import FakeSpec, FakeZoo, alone, same
-from flexmerge_core.algorithms import get_algorithm
+from flexmerge_core.algorithms import ALGORITHM_NAMES, get_algorithm
 from flexmerge_core.deployment.merge import GroupMerger
 from flexmerge_core.deployment.prepared_rows import PreparedRows
+from flexmerge_core.reused_buffer import ReusedBuffer
 
 SHAPES = {"a.weight": (4, 3), "a.bias": (4,), "b.weight": (3, 3)}
 TASKS = 5
@@ -28,6 +29,38 @@ def test_shared_rows_give_exactly_each_group_computed_alone(name):
     for b, block in enumerate(spec.blocks):
         for members in ALL_GROUPS:
             assert same(merger.result(b, members), alone(zoo, reference, block.params, members)), (b, members)
+
+
+@pytest.mark.parametrize("name", ALGORITHM_NAMES)
+def test_rows_stacked_in_one_reused_buffer_give_every_result_unchanged(name):
+    """A run of groups stacked in one buffer (as GroupStore's): each result is the group's alone, and stays so
+    after every later merge has overwritten the buffer."""
+    zoo, spec = FakeZoo(TASKS, SHAPES, seed=8), FakeSpec(SHAPES, [("a.weight", "a.bias"), ("b.weight",)])
+    merger = GroupMerger(zoo, spec, get_algorithm(name), device="cpu", memo=False, rows=PreparedRows())
+    stacks = ReusedBuffer()
+    results = {(b, g): merger.result(b, g, stacks=stacks) for b in range(len(spec.blocks)) for g in ALL_GROUPS}
+    reference = get_algorithm(name)
+    for (b, members), got in results.items():
+        assert same(got, alone(zoo, reference, spec.blocks[b].params, members)), (b, members)
+
+
+def test_a_merge_that_returns_a_view_of_its_input_is_copied_out_of_the_stacks():
+    from flexmerge_core.algorithms.base import MergeResult
+    from flexmerge_core.algorithms.ta import TaskArithmetic
+
+    class FirstRow(TaskArithmetic):
+        name = "first_row"
+
+        def _merge(self, block, members):
+            return MergeResult(unified={n: t[0] for n, t in block.items()})   # views of the stacked rows
+
+    zoo, spec = FakeZoo(TASKS, SHAPES, seed=9), FakeSpec(SHAPES)
+    merger = GroupMerger(zoo, spec, FirstRow(), device="cpu", memo=False, rows=PreparedRows())
+    stacks = ReusedBuffer()
+    first = merger.result(0, (1, 2), stacks=stacks)
+    merger.result(0, (3, 4), stacks=stacks)
+    assert torch.equal(first.unified["a.weight"], zoo.vectors["a.weight"][1])
+    assert not stacks.holds(first.unified["a.weight"])
 
 
 @pytest.mark.parametrize("name", ["ties", "dare_ties", "tsv"])

@@ -17,7 +17,7 @@ from flexmerge_core.cache import content_hash
 from flexmerge_core.errors import InvalidArgumentError
 
 Block = Mapping[str, torch.Tensor]
-BlockStream = Callable[[], Iterator[Block]]
+BlockStream = Callable[[], Iterator[Block]]   # a block's tensors may be overwritten when the next is drawn
 RAW_ROWS = content_hash("rows", "raw")  # preprocessing_key of the task vectors as they are (in fp32 or better)
 
 
@@ -225,7 +225,8 @@ class MergeAlgorithm:
         return type(self).preprocess_block is MergeAlgorithm.preprocess_block
 
     def prepare(self, stream: BlockStream) -> None:
-        """Record global state from the whole model; stream() gives a fresh block iterator."""
+        """Record global state from the whole model; stream() gives a fresh block iterator (whose blocks share
+        memory: keep what is computed from a block, not its tensors)."""
 
     def prepare_for(self, source: str, stream: BlockStream) -> None:
         """prepare(stream) unless the last prepare_for named the same `source` (a zoo fingerprint):

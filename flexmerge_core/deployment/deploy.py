@@ -30,6 +30,7 @@ import torch
 from flexmerge_core.algorithms.base import MergeResult
 from flexmerge_core.errors import InvalidArgumentError
 from flexmerge_core.planning.size_accounting import MASK_BITS
+from flexmerge_core.reused_buffer import ReusedBuffer
 from flexmerge_core.zoo.added_rows import appended
 
 FINETUNED, MERGED, MASKED = "finetuned", "merged", "masked"
@@ -206,6 +207,7 @@ class GroupStore:
         self._entries: dict[tuple[int, tuple[int, ...]], list[StoredGroup]] = {}
         self._pretrained: dict[str, torch.Tensor] = {}
         self._own: dict[int, tuple[dict, Optional[dict], dict]] = {}
+        self._stacks = ReusedBuffer()   # the merger stacks each merged group's rows here (GroupMerger.result)
 
     def task_own(self, task_id: int) -> tuple[dict[str, torch.Tensor], Optional[dict[str, torch.Tensor]],
                                               dict[str, torch.Tensor]]:
@@ -239,7 +241,7 @@ class GroupStore:
         if kind == FINETUNED:
             return [StoredGroup((t,), FINETUNED, {n: self.zoo.task_tensor(t, n, copy=self.copy_reads) for n in names})
                     for t in group]
-        result = self.merger.result(b, group)
+        result = self.merger.result(b, group, stacks=self._stacks)
         dtypes = self.zoo.param_dtypes
         unified = {n: result.unified[n].to("cpu", torch.float32) for n in names}
         if kind == MERGED:

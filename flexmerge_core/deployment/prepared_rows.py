@@ -30,9 +30,10 @@ from typing import Optional, Sequence
 
 import torch
 
-from flexmerge_core.algorithms.base import RAW_ROWS, MergeAlgorithm, float_block
+from flexmerge_core.algorithms.base import RAW_ROWS, MergeAlgorithm
 from flexmerge_core.byte_budget_lru import ByteBudgetLRU
 from flexmerge_core.deployment.memo import budget_from_env, tensors_bytes
+from flexmerge_core.reused_buffer import ReusedBuffer
 
 ROWS_ENV = "FLEXMERGE_ROWS_BYTES"
 
@@ -56,9 +57,10 @@ class PreparedRows:
         self._lock = threading.Lock()
 
     def rows(self, zoo, block, members: Sequence[int], algorithm: MergeAlgorithm, device,
-             raw: bool = False) -> dict:
+             raw: bool = False, stacks: Optional[ReusedBuffer] = None) -> dict:
         """The members' rows stacked in member order: the algorithm's preprocessed rows, or with `raw`
-        the task vectors as they are. `block` has .params and .numel (a planning Block)."""
+        the task vectors as they are. `block` has .params and .numel (a planning Block). stacks: float32
+        CPU rows are stacked into this buffer instead of new memory (overwritten by the next call)."""
         members = [int(m) for m in members]
         where = (zoo.fingerprint, tuple(block.params), str(torch.device(device)))
         key = RAW_ROWS if raw else algorithm.preprocessing_key
@@ -66,7 +68,11 @@ class PreparedRows:
         missing = [t for t in members if t not in found]
         if missing:
             found.update(self._computed(zoo, block, where, key, missing, algorithm, device, raw))
-        return {n: torch.stack([found[t][n] for t in members]) for n in found[members[0]]}
+        first = found[members[0]]
+        if stacks is None or any(t.dtype != torch.float32 or t.device.type != "cpu" for t in first.values()):
+            return {n: torch.stack([found[t][n] for t in members]) for n in first}
+        into = stacks.views({n: (len(members), *t.shape) for n, t in first.items()})
+        return {n: torch.stack([found[t][n] for t in members], out=into[n]) for n in first}
 
     def _held(self, where: tuple, key: str, tasks: Sequence[int]) -> dict:
         with self._lock:
@@ -90,9 +96,12 @@ class PreparedRows:
             inputs = {n: torch.stack([staged[t][n] for t in done]) for n in staged[done[0]]}
             out.update(self._split(algorithm.preprocess_inputs(inputs, tasks=done), done))
         fresh = [t for t in tasks if t not in staged]
-        if fresh:
+        if fresh and key == RAW_ROWS:   # read apart: nothing to copy out of a stack
+            rows = zoo.task_vectors_apart(list(block.params), fresh)
+            out.update({t: {n: v.to(device) for n, v in vectors.items()} for t, vectors in zip(fresh, rows)})
+        elif fresh:
             vectors = load_rows(zoo, block.params, fresh, device)
-            prepared = float_block(vectors) if raw else algorithm.preprocess_block(vectors, tasks=fresh)
+            prepared = algorithm.preprocess_block(vectors, tasks=fresh)
             del vectors   # the raw block is freed before its rows are copied out
             out.update(self._split(prepared, fresh))
         with self._lock:

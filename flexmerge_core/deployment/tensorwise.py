@@ -16,10 +16,9 @@ file, task and tensor that every other read path raises.
 """
 from __future__ import annotations
 
-import math
-
 import torch
 
+from flexmerge_core.reused_buffer import ReusedBuffer
 from flexmerge_core.zoo.checkpoint import all_finite
 
 
@@ -35,22 +34,14 @@ class TensorwiseMerge:
         if not merges_tensorwise(algorithm):
             raise ValueError(f"algorithm {algorithm.name!r} does not merge tensor by tensor")
         self.zoo, self.algorithm = zoo, algorithm
-        self._buffer = torch.empty(0)
-
-    def _rows(self, name: str, count: int) -> torch.Tensor:
-        shape = (count, *self.zoo.param_shapes[name])
-        numel = math.prod(shape)
-        if self._buffer.numel() < numel:
-            self._buffer = torch.empty(0)   # the old buffer goes before the larger one comes
-            self._buffer = torch.empty(numel, dtype=torch.float32)
-        return self._buffer[:numel].view(shape)
+        self._buffer = ReusedBuffer()
 
     def stored(self, name: str, members: tuple[int, ...]) -> torch.Tensor:
         """members: a group the algorithm merges (two or more tasks)."""
         members = tuple(members)
-        into = {name: self._rows(name, len(members))}
+        into = {name: self._buffer.view((len(members), *self.zoo.param_shapes[name]))}
         # read once, checked first (as the task vectors' base is): the same error for a NaN/Inf in it
-        pretrained = {name: self.zoo.pretrained_tensor(name, copy=True).to(torch.float32)}
+        pretrained = {name: self.zoo.pretrained_tensor(name, copy=True, dtype=torch.float32)}
         vectors = self.zoo.task_vectors([name], tasks=members, into=into, check_finite=False, pretrained=pretrained)
         vectors = self.algorithm.preprocess_block(vectors, tasks=members)
         unified = self.algorithm.merge(vectors, members).unified[name].to(torch.float32)

@@ -21,7 +21,8 @@ import numpy as np
 from flexmerge_core.errors import InvalidArgumentError
 from flexmerge_core.planning.linkage import check_linkage, matrix_sequence
 from flexmerge_core.planning.plan import Partition, _check_budget, size_of_partition
-from flexmerge_core.planning.similarity import cosine_from_gram, gram_matrix, pick_device
+from flexmerge_core.planning.similarity import block_vectors, cosine_from_gram, gram_matrix, pick_device
+from flexmerge_core.reused_buffer import ReusedBuffer
 
 Group = tuple
 CHANNEL_ALGORITHMS = ("avg", "ta", "ties")
@@ -31,9 +32,9 @@ TOLERANCE = 1e-4
 
 def tensor_grams(zoo, spec, device=None, progress=None) -> dict:
     """{tensor name: M x M float64 Gram matrix of the raw task vectors}, one streamed pass."""
-    device, grams, blocks = pick_device(device), {}, spec.blocks
+    device, grams, blocks, buffer = pick_device(device), {}, spec.blocks, ReusedBuffer()
     for index, block in enumerate(blocks):
-        for name, tensor in zoo.task_vectors(list(block.params)).items():
+        for name, tensor in block_vectors(zoo, block, buffer).items():
             grams[name] = gram_matrix({name: tensor}, device)
         if progress is not None:
             progress(index + 1, len(blocks), f"task Gram matrices: block {block.name}")

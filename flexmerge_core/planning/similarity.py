@@ -17,6 +17,8 @@ from typing import Callable, Iterator, Optional
 import numpy as np
 import torch
 
+from flexmerge_core.reused_buffer import ReusedBuffer
+
 COSINE_EPS = 1e-8
 GRAM_CHUNK_COLUMNS = 1 << 16
 STREAM_BYTES = 64 << 20                # a tensor whose M task vectors take more (float32) is read in slabs
@@ -49,12 +51,13 @@ def gram_matrix(vectors: dict[str, torch.Tensor], device: torch.device) -> torch
     return gram
 
 
-def _streamed_gram(zoo, names, device: torch.device) -> torch.Tensor:
+def _streamed_gram(zoo, names, device: torch.device, buffer: ReusedBuffer) -> torch.Tensor:
     """gram_matrix of the block's raw task vectors, each large tensor read in row slabs of STREAM_SLAB values.
 
     Slab edges fall on column-chunk edges of the flattened tensor and chunks are summed in the same
     order, so the result is bit-identical to gram_matrix over whole tensors while at most one slab of
-    [M, STREAM_SLAB] float32 values (plus the rows read to cover it) is in memory.
+    [M, STREAM_SLAB] float32 values (plus the rows read to cover it) is in memory: in `buffer`, the
+    pass's one reused stack (reused_buffer.py).
     """
     m = len(zoo.task_names)
     gram = torch.zeros((m, m), dtype=torch.float64, device=device)
@@ -62,15 +65,15 @@ def _streamed_gram(zoo, names, device: torch.device) -> torch.Tensor:
         shape = zoo.param_shapes[name]
         numel = math.prod(shape)
         if m * numel * 4 <= STREAM_BYTES or len(shape) == 0:
-            _accumulate(gram, zoo.task_vectors([name])[name].reshape(m, -1), device)
+            into = {name: buffer.view((m, *shape))}
+            _accumulate(gram, zoo.task_vectors([name], into=into)[name].reshape(m, -1), device)
             continue
         width = numel // shape[0]
         for begin in range(0, numel, STREAM_SLAB):
             end = min(numel, begin + STREAM_SLAB)
             first, last = begin // width, -(-end // width)
-            rows = zoo.task_vector_rows(name, first, last).reshape(m, -1)
-            _accumulate(gram, rows[:, begin - first * width:end - first * width], device)
-            del rows
+            rows = zoo.task_vector_rows(name, first, last, into=buffer.view((m, last - first, *shape[1:])))
+            _accumulate(gram, rows.reshape(m, -1)[:, begin - first * width:end - first * width], device)
     return gram
 
 
@@ -80,21 +83,28 @@ def cosine_from_gram(gram: torch.Tensor) -> np.ndarray:
     return (gram / (norms[:, None] * norms[None, :] + COSINE_EPS)).cpu().numpy()
 
 
-def block_stream(zoo, spec) -> Callable[[], Iterator[dict[str, torch.Tensor]]]:
-    """stream() -> a fresh iterator over every block's stacked task vectors, in model order."""
+def block_stream(zoo, spec, device=None) -> Callable[[], Iterator[dict[str, torch.Tensor]]]:
+    """stream() -> a fresh iterator over every block's stacked task vectors, in model order (on `device`,
+    default where they are read). Each iterator reads into its own reused buffer: a block's tensors are
+    overwritten when the next block is drawn (prepare passes consume a block before drawing the next)."""
     def stream():
+        buffer = ReusedBuffer()
         for block in spec.blocks:
-            yield zoo.task_vectors(block.params)
+            yield {n: t.to(device) for n, t in block_vectors(zoo, block, buffer).items()}
     return stream
 
 
-def _block_cosine(zoo, block, algorithm, device) -> np.ndarray:
-    """One block's M x M cosine matrix; its task vectors are freed when this returns."""
+def block_vectors(zoo, block, buffer: ReusedBuffer) -> dict[str, torch.Tensor]:
+    """The block's stacked task vectors {name: [M, *shape]}, read into `buffer` (overwritten by its next use)."""
+    m = len(zoo.task_names)
+    return zoo.task_vectors(block.params, into=buffer.views({n: (m, *zoo.param_shapes[n]) for n in block.params}))
+
+
+def _block_cosine(zoo, block, algorithm, device, buffer: ReusedBuffer) -> np.ndarray:
+    """One block's M x M cosine matrix, its task vectors read into `buffer`."""
     if algorithm is None or algorithm.raw_similarity:
-        return cosine_from_gram(_streamed_gram(zoo, block.params, device))
-    vectors = zoo.task_vectors(block.params)
-    if algorithm is not None:
-        vectors = algorithm.similarity_block(vectors)
+        return cosine_from_gram(_streamed_gram(zoo, block.params, device, buffer))
+    vectors = algorithm.similarity_block(block_vectors(zoo, block, buffer))
     return cosine_from_gram(gram_matrix(vectors, device))
 
 
@@ -106,8 +116,9 @@ def block_similarities(zoo, spec, algorithm=None, device=None,
         algorithm.prepare_for(zoo.fingerprint, block_stream(zoo, spec))
     total = len(spec.blocks)
     out = np.empty((total, len(zoo.task_names), len(zoo.task_names)), dtype=np.float64)
+    buffer = ReusedBuffer()   # one stack for the whole pass, freed when it ends
     for b, block in enumerate(spec.blocks):
-        out[b] = _block_cosine(zoo, block, algorithm, device)
+        out[b] = _block_cosine(zoo, block, algorithm, device, buffer)
         if progress is not None:
             progress(b + 1, total, block.name)
     return out

@@ -57,10 +57,11 @@ class AddedRowsCheckpoint:
             stop = min(stop, self.shapes[name][0])
         return self.file.read_rows(name, start, stop)
 
-    def read_into(self, name: str, out: torch.Tensor, start: int = 0, stop=None, check_finite: bool = True) -> torch.Tensor:
+    def read_into(self, name: str, out: torch.Tensor, start: int = 0, stop=None, check_finite: bool = True,
+                  minus=None) -> torch.Tensor:
         if name in self.grown:
             stop = self.shapes[name][0] if stop is None else min(stop, self.shapes[name][0])
-        return self.file.read_into(name, out, start, stop, check_finite)
+        return self.file.read_into(name, out, start, stop, check_finite, minus)
 
     def added(self) -> dict[str, torch.Tensor]:
         """{name: the rows beyond the pretrained ones} of every grown tensor."""

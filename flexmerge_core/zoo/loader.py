@@ -10,6 +10,7 @@ from __future__ import annotations
 import re
 from dataclasses import replace
 from pathlib import Path
+from typing import Optional
 
 import torch
 
@@ -260,20 +261,21 @@ class Zoo:
         if name not in self.param_shapes:
             raise InvalidArgumentError(f"unknown parameter '{name}' in zoo '{self.name}'")
 
-    def pretrained_tensor(self, name: str, copy: bool = False) -> torch.Tensor:
+    def pretrained_tensor(self, name: str, copy: bool = False, dtype=None) -> torch.Tensor:
         """The pretrained tensor: a view of the file's memory map, or with `copy` a private copy
-        (CheckpointFile.read_into: freed when dropped, for one-pass readers such as a streamed export)."""
+        (CheckpointFile.read_into: freed when dropped, for one-pass readers such as a streamed export);
+        dtype: converted to it (a copy is converted as it is read), e.g. float32 for a zoo in half precision."""
         self._check_param(name)
-        return self._read(self._pretrained_file, name, copy)
+        return self._read(self._pretrained_file, name, copy, dtype)
 
     def task_tensor(self, task_id: int, name: str, copy: bool = False) -> torch.Tensor:
         self._check_param(name)
         return self._read(self._task_file(task_id), name, copy)
 
-    def _read(self, file, name: str, copy: bool) -> torch.Tensor:
+    def _read(self, file, name: str, copy: bool, dtype=None) -> torch.Tensor:
         if not copy or isinstance(file, LoraCheckpoint):   # a LoRA tensor is computed, never mapped
-            return file.read(name)
-        return file.read_into(name, torch.empty(self.param_shapes[name], dtype=self.param_dtypes[name]))
+            return file.read(name).to(dtype)
+        return file.read_into(name, torch.empty(self.param_shapes[name], dtype=dtype or self.param_dtypes[name]))
 
     def added_rows(self, task_id: int) -> dict[str, torch.Tensor]:
         """{name: rows the task added beyond the pretrained tensor} (resize_vocab zoos; else empty): never
@@ -291,31 +293,55 @@ class Zoo:
         A one-pass caller (deployment/tensorwise.py) may pass into: {name: contiguous float32 [m, *shape]} filled
         instead of new tensors (its reused buffer); check_finite=False: checkpoint values are not checked for
         NaN/Inf (CheckpointFile.read_into); pretrained: {name: float32 pretrained tensor} it has read already."""
+        task_ids = self._task_ids(tasks)
+        out = {}
+        for name in names:
+            self._check_merged(name)
+            stacked = _checked_buffer(name, None if into is None else into[name],
+                                      (len(task_ids), *self.param_shapes[name]))
+            self._fill(name, task_ids, list(stacked), check_finite=check_finite,
+                       base=None if pretrained is None else pretrained[name])
+            out[name] = stacked
+        return out
+
+    def task_vectors_apart(self, names, tasks=None) -> list[dict[str, torch.Tensor]]:
+        """[{name: float32 [*shape]}, one per task of `tasks` (default all)]: task_vectors' rows, each task's in
+        memory of its own, so a cache that keeps and evicts tasks apart (deployment/prepared_rows.py) needs no
+        copy out of a stack; the pretrained tensors are read once for all tasks."""
+        task_ids = self._task_ids(tasks)
+        out = [{} for _ in task_ids]
+        for name in names:
+            self._check_merged(name)
+            rows = [torch.empty(self.param_shapes[name], dtype=torch.float32) for _ in task_ids]
+            self._fill(name, task_ids, rows)
+            for vectors, row in zip(out, rows):
+                vectors[name] = row
+        return out
+
+    def _task_ids(self, tasks) -> list[int]:
         task_ids = list(range(len(self.manifest.tasks))) if tasks is None else list(tasks)
         for task_id in task_ids:
             self._task(task_id)
-        out = {}
-        for name in names:
-            if name not in self._merged:
-                raise InvalidArgumentError(f"'{name}' is not a merged parameter of zoo '{self.name}'")
-            shape = (len(task_ids), *self.param_shapes[name])
-            stacked = torch.empty(shape, dtype=torch.float32) if into is None else into[name]
-            if stacked.shape != shape or stacked.dtype != torch.float32 or not stacked.is_contiguous():
-                raise InvalidArgumentError(f"task_vectors: the buffer of '{name}' is not contiguous float32 "
-                                           f"{list(shape)}")
-            base = None if pretrained is None else pretrained[name]
-            for row, task_id in enumerate(task_ids):
-                file = self._task_file(task_id)
-                if isinstance(file, LoraCheckpoint):      # the LoRA delta itself (zero where not adapted: no read)
-                    stacked[row] = file.task_vector(name)
-                    continue
-                if base is None:
-                    base = self._pretrained_file.read_into(name, torch.empty(stacked.shape[1:], dtype=torch.float32),
-                                                           check_finite=check_finite)
-                # copies: a pass leaves no mapped pages behind
-                file.read_into(name, stacked[row], check_finite=check_finite).sub_(base)
-            out[name] = stacked
-        return out
+        return task_ids
+
+    def _check_merged(self, name: str) -> None:
+        if name not in self._merged:
+            raise InvalidArgumentError(f"'{name}' is not a merged parameter of zoo '{self.name}'")
+
+    def _fill(self, name: str, task_ids: list[int], rows: list[torch.Tensor], start: int = 0,
+              stop: Optional[int] = None, check_finite: bool = True, base: Optional[torch.Tensor] = None) -> None:
+        """rows[i] = rows start:stop (default all) of task task_ids[i]'s vector of `name`, each read by pread and
+        subtracted as it arrives (copies: a pass leaves no mapped pages behind); the pretrained rows are read once
+        unless `base` gives them."""
+        for row, task_id in zip(rows, task_ids):
+            file = self._task_file(task_id)
+            if isinstance(file, LoraCheckpoint):      # the LoRA delta itself (zero where not adapted: no read)
+                row.copy_(file.task_vector(name) if stop is None else file.task_vector_rows(name, start, stop))
+                continue
+            if base is None:
+                base = self._pretrained_file.read_into(name, torch.empty(row.shape, dtype=torch.float32), start, stop,
+                                                       check_finite=check_finite)
+            file.read_into(name, row, start, stop, check_finite=check_finite, minus=base)
 
     def task_files(self, task_id: int) -> TaskFiles:
         """Headers of the task's head and data files (what its kind validates and loads from)."""
@@ -323,23 +349,14 @@ class Zoo:
         return _task_files(self._files, self.manifest, task,
                            self.architecture.feature_dim(self.manifest.architecture_config, self.param_shapes))
 
-    def task_vector_rows(self, name: str, start: int, stop: int, tasks=None) -> torch.Tensor:
+    def task_vector_rows(self, name: str, start: int, stop: int, tasks=None, into=None) -> torch.Tensor:
         """float32 [m, stop - start, *shape[1:]]: rows start:stop of `task_vectors([name], tasks)[name]`,
-        reading only those rows of each checkpoint (planning streams large tensors this way)."""
-        task_ids = list(range(len(self.manifest.tasks))) if tasks is None else list(tasks)
-        if name not in self._merged:
-            raise InvalidArgumentError(f"'{name}' is not a merged parameter of zoo '{self.name}'")
-        shape = self.param_shapes[name]
-        out = torch.empty((len(task_ids), stop - start, *shape[1:]), dtype=torch.float32)
-        base = None
-        for row, task_id in enumerate(task_ids):
-            file = self._task_file(task_id)
-            if isinstance(file, LoraCheckpoint):
-                out[row] = file.task_vector_rows(name, start, stop)
-                continue
-            if base is None:
-                base = self._pretrained_file.read_into(name, torch.empty(out.shape[1:], dtype=torch.float32), start, stop)
-            file.read_into(name, out[row], start, stop).sub_(base)
+        reading only those rows of each checkpoint (planning streams large tensors this way); into: a
+        contiguous float32 tensor of that shape filled instead of a new one (a streaming caller's buffer)."""
+        task_ids = self._task_ids(tasks)
+        self._check_merged(name)
+        out = _checked_buffer(name, into, (len(task_ids), stop - start, *self.param_shapes[name][1:]))
+        self._fill(name, task_ids, list(out), start, stop)
         return out
 
     def head(self, task_id: int) -> dict[str, torch.Tensor] | None:
@@ -401,6 +418,15 @@ class Zoo:
 
     def __repr__(self) -> str:
         return f"Zoo({self.name!r}, tasks={self.task_names}, root={str(self.root)!r})"
+
+
+def _checked_buffer(name: str, into, shape: tuple) -> torch.Tensor:
+    """`into` when it is a contiguous float32 tensor of `shape`, a new one when it is None; else a clear error."""
+    if into is None:
+        return torch.empty(shape, dtype=torch.float32)
+    if into.shape != shape or into.dtype != torch.float32 or not into.is_contiguous():
+        raise InvalidArgumentError(f"task vectors: the buffer of '{name}' is not contiguous float32 {list(shape)}")
+    return into
 
 
 def _task_files(files: _Files, manifest: Manifest, task: TaskEntry, feature_dim: int | None) -> TaskFiles:

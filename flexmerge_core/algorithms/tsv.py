@@ -87,56 +87,111 @@ FLAT = 0.3  # first Ritz values s_{k+p}/s_k above this: the iteration would not 
 # 3072 x 768, k = 25: 0.93-0.95, 1/i: 0.46-0.53; 0.7^i: 0.01-0.03, and convergence needs <= 0.063)
 CONVERGED = 1e-6  # largest accepted bound on the iteration's subspace error, relative
 GRAM_ACCURACY = 1e-4  # largest accepted Gram rounding (eps * s_1^2) relative to s_k^2
-FACTORS_VERSION = 1  # of what preprocess_block stores: names preprocessed rows in caches (preprocessing_key)
+FACTORS_VERSION = 2  # of what preprocess_block stores: names preprocessed rows in caches (preprocessing_key)
 FACTOR_PARTS = ("U", "S", "V")
 WELL_CONDITIONED = 1e-3  # float32 polar factors only above this smallest/largest Gram eigenvalue ratio
 NEAR_SQUARE = 0.88  # gk / rows above this: float64 polar factor without trying float32 (random subspaces'
 # Gram eigenvalues spread by ((1 + sqrt(c)) / (1 - sqrt(c)))^2 > 1 / WELL_CONDITIONED at c > 0.88; the
 # small side is that near-square for almost every g, since gk = g * floor(min(m, n) / g))
+ORTHONORMAL = {torch.float64: 2e-14, torch.float32: 1e-6}  # largest |X^T X - I| entry orthonormalised
+# leaves: float64 ~3e-15 (its rounding; at 5e-14, 1 / the smallest Gram eigenvalue 1.5e-10 of the benchmark's
+# out_proj at g = 8 moved its merge 2.5x further from the float64 reference); float32 ~1.2e-7 on 3072 rows
+ORTHONORMALISING_STEPS = 4
 
 
-def inverse_root(matrix: torch.Tensor):
-    """(M^T M)^(-1/2) of a matrix M with no more columns than rows, or None where float32 is not enough.
+def side_by_side(side: torch.Tensor) -> torch.Tensor:
+    """[g, rows, k] members' factors -> [rows, g * k], member after member."""
+    return side.permute(1, 0, 2).reshape(side.shape[1], -1)
+
+
+def root_weights(eigenvalues: torch.Tensor, columns: int) -> torch.Tensor:
+    """lambda^(-1/2) per eigenvalue, 0 for those below columns * eps * the largest: dropping those
+    directions keeps rank-deficient groups finite."""
+    floor = eigenvalues.max().clamp(min=0) * columns * torch.finfo(eigenvalues.dtype).eps
+    return torch.where(eigenvalues > floor, eigenvalues.clamp(min=floor).rsqrt(), torch.zeros_like(eigenvalues))
+
+
+def gram_root(side: torch.Tensor, orthonormal: bool = True):
+    """(eigenvalues, (X^T X)^(-1/2)) for X = side_by_side(side): the eigh of the gk-square Gram matrix.
+
+    orthonormal: each member's columns are orthonormal (exact_factors), so the diagonal blocks are the
+    identity and only the blocks below them are computed (eigh reads the lower triangle): half the GEMM.
+    """
+    X = side_by_side(side)
+    g, rows, k = side.shape
+    if orthonormal:
+        gram = torch.eye(g * k, dtype=X.dtype, device=X.device)
+        for i in range(g - 1):
+            gram[(i + 1) * k:, i * k:(i + 1) * k] = X[:, (i + 1) * k:].mT @ side[i]
+    else:
+        gram = X.mT @ X
+    eigenvalues, vectors = torch.linalg.eigh(gram)
+    return eigenvalues, (vectors * root_weights(eigenvalues, X.shape[1])) @ vectors.mT
+
+
+def pair_root(side: torch.Tensor):
+    """gram_root of two members with orthonormal columns each, from the SVD of their k-square cross Gram.
+
+    X^T X = [[I, C], [C^T, I]] with C = X_0^T X_1 = P diag(sigma) Q^T has eigenvalues 1 +- sigma_i with
+    eigenvectors [p_i; +-q_i] / sqrt(2), so its inverse root is [[P a P^T, P b Q^T], [Q b P^T, Q a Q^T]]
+    with a, b = (w(1 + sigma) +- w(1 - sigma)) / 2: a k-square SVD and one m k^2 GEMM in place of a
+    2k-square eigh and an m (2k)^2 one.
+    """
+    k = side.shape[2]
+    P, sigma, Qh = torch.linalg.svd(side[0].mT @ side[1])
+    eigenvalues = torch.cat([1 - sigma, 1 + sigma])
+    weights = root_weights(eigenvalues, 2 * k)
+    a, b = (weights[k:] + weights[:k]) / 2, (weights[k:] - weights[:k]) / 2
+    cross = (P * b) @ Qh
+    root = torch.cat([torch.cat([(P * a) @ P.mT, cross], dim=1), torch.cat([cross.mT, (Qh.mT * a) @ Qh], dim=1)])
+    return eigenvalues, root
+
+
+def inverse_root(side: torch.Tensor):
+    """(X^T X)^(-1/2) for X = side_by_side(side) of the members' factors [g, rows, k] (gk <= rows), or
+    None where float32 is not enough.
 
     The Gram matrix squares the condition number: when its eigenvalues spread by more than
     1 / WELL_CONDITIONED (a near-square concatenation, overlapping task subspaces) float32 would lose
-    more than ~1e-4 (None). Past NEAR_SQUARE that is known before the eigh. Directions with eigenvalue
-    below gk * eps * the largest are dropped, which keeps rank-deficient groups finite.
+    more than ~1e-4 (None). Past NEAR_SQUARE that is known before the decomposition. Pairs take
+    pair_root, which rests on each member's columns being orthonormal to the side's rounding: true of
+    exact_factors' float64 sides, and float32 ones count only while well-conditioned (their ~1e-7 off
+    the identity is amplified by at most 1 / WELL_CONDITIONED).
     """
-    rows, columns = matrix.shape
-    single = matrix.dtype != torch.float64
-    if single and columns > NEAR_SQUARE * rows:
+    g, rows, k = side.shape
+    single = side.dtype != torch.float64
+    if single and g * k > NEAR_SQUARE * rows:
         return None
-    eigenvalues, vectors = torch.linalg.eigh(matrix.mT @ matrix)
-    if single and not eigenvalues[0] > WELL_CONDITIONED * eigenvalues[-1]:
+    eigenvalues, root = (pair_root if g == 2 else gram_root)(side)
+    if single and not eigenvalues.min() > WELL_CONDITIONED * eigenvalues.max():
         return None
-    floor = eigenvalues[-1].clamp(min=0) * columns * torch.finfo(matrix.dtype).eps
-    kept = eigenvalues > floor
-    inverse_root = torch.where(kept, eigenvalues.clamp(min=floor).rsqrt(), torch.zeros_like(eigenvalues))
-    return (vectors * inverse_root) @ vectors.mT
+    return root
 
 
-def polar_factor(matrix: torch.Tensor) -> torch.Tensor:
-    """P Q^T for matrix = P Sigma Q^T (orthonormal columns spanning the same space), from the small side;
-    in float64 where inverse_root says float32 is not enough."""
-    root = inverse_root(matrix)
+def polar_factor(side: torch.Tensor) -> torch.Tensor:
+    """P Q^T for side_by_side(side) = P Sigma Q^T (orthonormal columns spanning the same space), from the
+    small side. Where inverse_root says float32 is not enough: the float64 Gram with its own diagonal
+    blocks (a float32 member is orthonormal only to float32 rounding, which pair_root would amplify)."""
+    root = inverse_root(side)
     if root is None:
-        return polar_factor(matrix.to(torch.float64)).to(matrix.dtype)
-    return matrix @ root
+        wide = side.to(torch.float64)
+        return (side_by_side(wide) @ gram_root(wide, orthonormal=False)[1]).to(side.dtype)
+    return side_by_side(side) @ root
 
 
-def tsv_matrix(U_cat: torch.Tensor, S: torch.Tensor, V_cat: torch.Tensor) -> torch.Tensor:
-    """U_perp diag(S) V_perp^T, without forming the large side's polar factor where float32 takes it:
+def tsv_matrix(U: torch.Tensor, S: torch.Tensor, V: torch.Tensor) -> torch.Tensor:
+    """U_perp diag(S) V_perp^T from the members' factors U [g, m, k], S [g, k], V [g, n, k], in S's dtype,
+    without forming the large side's polar factor where float32 takes it:
     L_perp diag(S) s_perp^T = L (R diag(S) s_perp^T) with R = inverse_root(L), a gk x gk by gk x small
     product in place of a large x gk by gk x gk one."""
-    tall = U_cat.shape[0] >= V_cat.shape[0]
-    large, small = (U_cat, V_cat) if tall else (V_cat, U_cat)
-    scaled = polar_factor(small) * S  # [small side, gk]
-    root = inverse_root(large)
-    if root is None:
-        large, core = polar_factor(large.to(torch.float64)).to(large.dtype), scaled.mT
+    tall = U.shape[1] >= V.shape[1]
+    large, small = (U, V) if tall else (V, U)
+    scaled = polar_factor(small).to(S.dtype) * S.reshape(-1)  # [small side, gk]
+    root = inverse_root(large) if large.dtype == S.dtype else None
+    if root is None:  # a float64 side (exact_factors of a near-square matrix), or ill-conditioned
+        large, core = polar_factor(large).to(S.dtype), scaled.mT
     else:
-        core = root @ scaled.mT  # [gk, small side]
+        large, core = side_by_side(large), root @ scaled.mT  # [gk, small side]
     return large @ core if tall else core.mT @ large.mT
 
 
@@ -194,8 +249,8 @@ def top_singular_triplets_gram(stack: torch.Tensor, k: int):
     if not (top[:, -1] > torch.finfo(stack.dtype).eps / GRAM_ACCURACY * top[:, 0]).all():
         return top_singular_triplets_full(stack, k)
     S = top.sqrt().to(stack.dtype)
-    V = rotation[..., -k:].flip(-1).to(stack.dtype)
-    U = (X @ V) / S.unsqueeze(1)
+    V = rotation[..., -k:].flip(-1)  # float64, as the eigh gives it (exact_factors keeps it so)
+    U = (X @ V.to(stack.dtype)) / S.unsqueeze(1)
     return (V, S, U) if wide else (U, S, V)
 
 
@@ -206,28 +261,63 @@ def top_singular_triplets_full(stack: torch.Tensor, k: int):
 
 def top_triplets(stack: torch.Tensor, k: int):
     """top_singular_triplets, redone in float64 when a kept singular value is float32 rounding noise
-    (the polar step weights that direction like any other)."""
+    (the polar step weights that direction like any other). S in the stack's dtype; U and V in it or in
+    float64 (exact_factors settles their dtypes)."""
     g, m, n = stack.shape
     U, S, V = top_singular_triplets(stack, k)
     if stack.dtype != torch.float64 and (S[:, -1] <= max(m, n) * torch.finfo(stack.dtype).eps * S[:, 0]).any():
-        U, S, V = (t.to(stack.dtype) for t in top_singular_triplets(stack.to(torch.float64), k))
-    return U, S, V
+        U, S, V = top_singular_triplets(stack.to(torch.float64), k)
+    return U, S.to(stack.dtype), V
+
+
+def orthonormalised(factor: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """factor [g, rows, r] in `dtype`, its columns orthonormal within ORTHONORMAL[dtype]: Newton-Schulz
+    steps X (3I - X^T X) / 2, each of which squares the distance from orthonormal (a float32 factor in
+    float64, ~1e-7 off, takes two; the Gram route's float64 eigenvectors none, only the check)."""
+    X = factor.to(dtype)
+    eye = torch.eye(X.shape[-1], dtype=dtype, device=X.device)
+    for _ in range(ORTHONORMALISING_STEPS):
+        error = X.mT @ X - eye
+        distance = error.abs().amax() if error.numel() else 0.0
+        if not distance > ORTHONORMAL[dtype]:
+            break
+        X = X - X @ error / 2
+        if not distance ** 2 > ORTHONORMAL[dtype]:  # the step left ~3/4 of its square
+            break
+    return X
+
+
+def exact_factors(U: torch.Tensor, S: torch.Tensor, V: torch.Tensor):
+    """The factors as the polar step takes them, each member's columns orthonormal to the rounding of
+    the dtype they are kept in (pair_root and the Gram's diagonal blocks rest on it).
+
+    The min side in float64: its members side by side are near-square in every group, their Gram
+    ill-conditioned (eigenvalues down to 2e-9 on the benchmark's c_fc), so a member ~1e-8 off
+    orthonormal would move those directions by O(1). The other side in S's dtype (float32 for real
+    checkpoints: well-conditioned, within 1e-6), or in float64 too where it can be near-square as well
+    (min(m, n) > NEAR_SQUARE * max(m, n): square attention projections).
+    """
+    m, n = U.shape[1], V.shape[1]
+    both = min(m, n) > NEAR_SQUARE * max(m, n)
+    other = torch.float64 if both else S.dtype
+    return (orthonormalised(U, torch.float64 if m <= n else other), S,
+            orthonormalised(V, torch.float64 if n < m else other))
 
 
 def member_triplets(stack: torch.Tensor):
     """(U [g, m, r], S [g, r], V [g, n, r]): each member's top r = min(m, n) // 2 triplets, the most a
-    group of two or more uses; member by member, so that a row depends on its own task only."""
+    group of two or more uses (exact_factors); member by member, so that a row depends on its own task only."""
     g, m, n = stack.shape
     r = min(m, n) // 2
     if g == 0:
-        return stack.new_zeros(0, m, r), stack.new_zeros(0, r), stack.new_zeros(0, n, r)
+        return exact_factors(stack.new_zeros(0, m, r), stack.new_zeros(0, r), stack.new_zeros(0, n, r))
     parts = [top_triplets(member.unsqueeze(0), r) for member in stack]
-    return tuple(torch.cat(part) for part in zip(*parts))
+    return exact_factors(*(torch.cat(part) for part in zip(*parts)))
 
 
-def concatenated_triplets(stack: torch.Tensor, triplets=None):
-    """(U_cat [m, gk], S [gk], V_cat [n, gk]): the members' top k = floor(min(m, n) / g) triplets side by
-    side, or None when k = 0.
+def group_triplets(stack: torch.Tensor, triplets=None):
+    """(U [g, m, k], S [g, k], V [g, n, k]): the members' top k = floor(min(m, n) / g) triplets, or None
+    when k = 0.
 
     triplets: the members' own top triplets (member_triplets), of which the first k are taken;
     without them the top k are computed here.
@@ -237,19 +327,17 @@ def concatenated_triplets(stack: torch.Tensor, triplets=None):
     if k == 0:
         return None
     if triplets is None or triplets[1].shape[-1] < k:
-        U, S, V = top_triplets(stack, k)
-    else:
-        U, S, V = (t[..., :k] for t in triplets)
-    return U.permute(1, 0, 2).reshape(m, g * k), S.reshape(g * k), V.permute(1, 0, 2).reshape(n, g * k)
+        return exact_factors(*top_triplets(stack, k))
+    return tuple(t[..., :k] for t in triplets)
 
 
 def tsv_factors(stack: torch.Tensor):
     """(U_perp, S, V_perp) of a [g, m, n] stack, or None when k = 0: the factors that tsv_matrix folds."""
-    parts = concatenated_triplets(stack)
+    parts = group_triplets(stack)
     if parts is None:
         return None
-    U_cat, S, V_cat = parts
-    return polar_factor(U_cat), S, polar_factor(V_cat)
+    U, S, V = parts
+    return polar_factor(U).to(S.dtype), S.reshape(-1), polar_factor(V).to(S.dtype)
 
 
 def factor_name(name: str, part: str) -> str:
@@ -291,6 +379,6 @@ class TsvMerge(MergeAlgorithm):
             if name in stored:
                 continue
             triplets = [block.get(factor_name(name, part)) for part in FACTOR_PARTS]
-            parts = concatenated_triplets(stack, None if triplets[0] is None else triplets) if stack.ndim == 3 else None
+            parts = group_triplets(stack, None if triplets[0] is None else triplets) if stack.ndim == 3 else None
             out[name] = alpha * (stack.mean(dim=0) if parts is None else tsv_matrix(*parts))
         return MergeResult(unified=out)

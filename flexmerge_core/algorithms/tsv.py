@@ -340,6 +340,11 @@ def tsv_factors(stack: torch.Tensor):
     return polar_factor(U).to(S.dtype), S.reshape(-1), polar_factor(V).to(S.dtype)
 
 
+def factorised(shape) -> bool:
+    """Whether preprocess_block stores factors for a tensor of this (per-task) shape: matrices of rank >= 2."""
+    return len(shape) == 2 and min(shape) >= 2
+
+
 def factor_name(name: str, part: str) -> str:
     """The preprocessed entry holding one part ("U", "S" or "V") of a matrix's member_triplets."""
     return f"{name}:tsv.{part}"
@@ -367,9 +372,21 @@ class TsvMerge(MergeAlgorithm):
         vectors = self._input_vectors(block, tasks)
         out = dict(vectors)
         for name, stack in vectors.items():
-            if stack.ndim == 3 and min(stack.shape[1:]) >= 2:
+            if factorised(stack.shape[1:]):
                 out.update(zip((factor_name(name, part) for part in FACTOR_PARTS), member_triplets(stack)))
         return out
+
+    def row_bytes(self, shapes):
+        """The float32 vectors plus each matrix's factors: r = min(m, n) // 2 columns of the min side in
+        float64, of the other side in float32 (float64 where exact_factors keeps both), r singular values
+        (ViT-B-32: 1.75x the vectors of an MLP block, 2.1x of an attention block)."""
+        total = super().row_bytes(shapes)
+        for shape in shapes:
+            if factorised(shape):
+                small, large = sorted(shape)
+                other = 8 if small > NEAR_SQUARE * large else 4
+                total += (small // 2) * (8 * small + other * large + 4)
+        return total
 
     def _merge(self, block, members):
         alpha = self._hp["alpha"]

@@ -14,24 +14,10 @@ task; preprocessing_key names them for caches of preprocessed rows, so that a ta
 per block however many groups it joins), and a merge takes the first k of each member and runs only the
 polar step. merge() on raw vectors (the tests, the reference) computes the group's top k itself.
 
-Measured on one ViT-B-32 MLP block (c_fc 3072 x 768 + c_proj 768 x 3072, benchmarks/bench_algorithms.py),
-one thread, CPU time as a multiple of averaging the same group in the same run, over three runs on a
-shared machine (absolute times varied 2x; old: the group's own factorisation inside the merge, which
-took 1050x at g = 30 when it ran float64 full SVDs):
-                      merge after preprocess_block   old merge     preprocess_block per task
-  random  g = 30      13-15x (0.45-1.0 s)            170-215x      0.4-0.5 s
-          g = 8       88-134x                        272-328x      0.4-0.6 s
-  0.7^i   g = 30      12-14x                         259-297x      2.6-2.8 s
-          g = 8       65-84x                         2500-5600x    2.6-6 s
-merge() on raw vectors (the old routes with the new polar step): random g = 30 155-195x. A task's top r
-costs more than its share of a group's top k, so where nothing keeps preprocessed rows a group pays
-more than the old merge (g = 30: random ~1.2x, 0.7^i ~4.5x); kept per task and block, a curve
-factorises each task once instead of once per group it joins.
-Relative Frobenius deviation of the merged c_fc (float32 input) from float64 full SVDs, preprocessed /
-merge() on raw vectors: g = 30 Gaussian 1.9e-6 / 3.9e-6, spectrum 1/sqrt(i) 1.6e-6 / 2.4e-6, 1/i
-4.5e-6 / 1.4e-5, 0.7^i 1.6e-6 / 1.6e-6; g = 8 1.9e-6 / 3.3e-6, 1.9e-6 / 5.9e-6, 5.9e-6 / 5.9e-6,
-1.6e-6 / 1.6e-6; the two within 1.5e-5 of each other (1/i at g = 30, where the group route's float32
-eigh errs most), else within 6e-6.
+exact_factors keeps each member's columns orthonormal to the rounding of the dtype they are kept in
+(the min side in float64), so the polar step's Gram matrices have identity diagonal blocks.
+merge() on raw vectors, the old routes, deviations: 1.6e-6 to 1.4e-5 from float64 full SVDs at g = 8 and
+30 for spectra Gaussian, 1/sqrt(i), 1/i, 0.7^i (3072 x 768 members, float32 input).
 
 Top triplets (arithmetic in the input's dtype: float32 for real checkpoints, float64 stays float64):
 - A task's top r (member_triplets): the min-side Gram route below at k = r, where its Rayleigh-Ritz step
@@ -61,16 +47,45 @@ Top triplets (arithmetic in the input's dtype: float32 for real checkpoints, flo
   the benchmark's 0.7^i block at g = 30: s_25/s_1 = 1.9e-4 against 3.7e-4; without the redo float32 and
   float64 were 59% apart at g = 8) its factorisation is redone in float64 (top_triplets).
 
-Polar step (per matrix, g = 30: 0.24-0.28 s, 14-16x averaging that matrix, was 0.30-0.39 s, 18-23x;
-g = 8: 0.31-0.35 s, was 0.39-0.47 s): M (M^T M)^(-1/2) via the eigendecomposition of
-the gk x gk Gram matrix, O(m (gk)^2) instead of an m x gk SVD. The small side is near-square (gk is
-within g of min(m, n)), so ill-conditioned: it is done in float64 straight away (NEAR_SQUARE), the large
-side in float32 unless its Gram matrix is ill-conditioned too (inverse_root). The large side's polar
-factor is never formed (tsv_matrix): its inverse root goes onto the small side, which saves a
-max(m, n) x gk x gk product; what is left is the large side's Gram matrix and the final product
-(~1.8 G multiply-adds each at g = 30), two gk-square eighs (the small side's in float64) and small-side
-products. Directions
-with eigenvalue below gk * eps * the largest are dropped, which keeps rank-deficient groups finite.
+Polar step (tsv_matrix): U_perp = U_cat (U_cat^T U_cat)^(-1/2) from the gk-square Gram matrix, likewise
+V; the large side's polar factor is never formed: out = L (R diag(S) s_perp^T) with R its inverse root,
+which saves a max(m, n) x gk x gk product. The Gram's diagonal blocks are the identity:
+- g = 2 (pair_root): [[I, C], [C^T, I]] with C = X_0^T X_1 has eigenvalues 1 +- sigma(C), so a k-square
+  SVD of the cross Gram (m k^2 multiply-adds) takes the place of the 2k-square Gram (m (2k)^2) and its eigh.
+- g >= 3 (gram_root): only the blocks below the diagonal (lower_gram: half of X^T X) and a gk-square eigh.
+Precision: the small side is near-square (gk within g of min(m, n)), so ill-conditioned: on the benchmark's
+c_fc its Gram's eigenvalues reach 2e-9 (about 20 of 768 below 1e-3), and a float32 eigh there put the merge
+11-14% off the float64 reference; it runs in float64. The large side runs in float32 (c_fc: eigenvalues
+0.1-3.7) unless its Gram is ill-conditioned too (inverse_root; then float64 with the Gram's own diagonal
+blocks, where float32 members' rounding would be amplified); square matrices keep both sides in float64.
+Directions with eigenvalue below gk * eps * the largest are dropped, which keeps rank-deficient groups
+finite. Relative Frobenius deviation of the merged matrices from float64 full SVDs, the benchmark zoo's 8
+tasks (in_proj, out_proj, c_fc, c_proj; groups of 2, 4, 6, 8): 1.2-4.1e-6, as with the 2k-square eighs
+and float32 min sides before (1.2-4.1e-6), within 3.3e-6 of those; pairs 1.2-2.9e-6 (were 1.2-3.0e-6).
+
+Cost model. One thread of this machine's AMD EPYC (2 cores), idle: float32 GEMM ~110 GFLOP/s, float64
+~55; an eigh of a 768-square matrix ~0.05 s in float32, ~0.09 s in float64; a = max(m, n), b = min(m, n)
+(gk is within g of b); multiply-adds. Measured CPU time, 1 thread, best of 3 (benchmark-like random
+members; was: the 2k-square eighs and float32 min sides):
+- per task and matrix, once per block (preprocess_block): Gram a b^2 and U a b^2 / 2 in float32, a
+  b-square float64 eigh, the orthonormality checks (~a b^2 / 4): c_fc 0.155 s (was 0.14 s), in_proj
+  0.137 s, out_proj 0.107 s.
+- per pair and matrix: cross Grams (a + b) b^2 / 4, two (b/2)-square SVDs, ~2.75 b^3 in products (a third
+  float64), the final a b^2: c_fc 0.13 s (was 0.27 s), in_proj 0.125 s, out_proj 0.13 s (was 0.28 s).
+- per larger group and matrix: lower Grams (a + b) b^2 / 2, two b-square eighs (one float64), ~4 b^3 in
+  products (half float64), the final a b^2: c_fc 0.24 s at g = 3..30 (was 0.25-0.27 s), out_proj
+  0.24-0.26 s (was 0.27-0.28 s). Of the 0.24 s, 0.14 s are the eighs, 0.1 s ~7 GFLOP float32 + ~2 float64.
+Whole spectrum of ViT-B-32 (24 blocks of two matrices with b = 768; the rest is negligible): per matrix M
+task factorisations and M - 1 groups, of which ~57% pairs at M = 8 and ~37% at M = 30. 8 tasks: 48 x
+(8 x 0.15 + 4 x 0.13 + 3 x 0.24) = 117 s of one core; 30 tasks: 48 x (30 x 0.15 + 11 x 0.13 + 18 x 0.24)
+= 490 s, 40% of it the task factorisations. Against the averaging run (2.4 s at 8 tasks fp32, 3.2 s at 30
+fp16) that is ~50x and ~150x for one core; the second core takes off at most half (the GEMMs; eigh's
+tridiagonal reduction parallelises poorly). <= 10x is out of reach on this CPU: the b-square eighs alone,
+M + 2 (M - 1) per matrix and spectrum (4,224 at M = 30, ~300 s), are 100x the averaging run.
+Not taken, measured: float32 eighs in member_triplets (the merge 8e-6 to 3.4e-5 off the reference against
+2-4e-6); Newton-Schulz for the large side's inverse root (12 iterations, 0.33 s against the eigh's 0.05 s:
+condition 29 at g = 8); pairwise cross Grams cached across a block's groups (after lower_gram a group's
+Grams are ~7% of its time).
 """
 from __future__ import annotations
 
@@ -160,8 +175,8 @@ def inverse_root(side: torch.Tensor):
 
     The Gram matrix squares the condition number: when its eigenvalues spread by more than
     1 / WELL_CONDITIONED (a near-square concatenation, overlapping task subspaces) float32 would lose
-    more than ~1e-4 (None). Past NEAR_SQUARE that is known before the decomposition. Pairs take
-    pair_root, which rests on each member's columns being orthonormal to the side's rounding: true of
+    more than ~1e-4 (None). Past NEAR_SQUARE that is known before the decomposition. pair_root and
+    lower_gram rest on each member's columns being orthonormal to the side's rounding: true of
     exact_factors' float64 sides, and float32 ones count only while well-conditioned (their ~1e-7 off
     the identity is amplified by at most 1 / WELL_CONDITIONED).
     """

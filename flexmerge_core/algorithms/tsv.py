@@ -16,8 +16,12 @@ polar step. merge() on raw vectors (the tests, the reference) computes the group
 
 exact_factors keeps each member's columns orthonormal to the rounding of the dtype they are kept in
 (the min side in float64), so the polar step's Gram matrices have identity diagonal blocks.
-merge() on raw vectors, the old routes, deviations: 1.6e-6 to 1.4e-5 from float64 full SVDs at g = 8 and
-30 for spectra Gaussian, 1/sqrt(i), 1/i, 0.7^i (3072 x 768 members, float32 input).
+Relative Frobenius deviation of the merged matrix (3072 x 768 members U diag(s) V^T, float32 input) from
+the one made of the unrounded members' exact factors, g = 30 / 8 / 2, preprocessed rows: Gaussian
+2.7e-6 / 2.1e-6 / 1.8e-6; s_i = 1/sqrt(i) 1.6e-6 / 1.8e-6 / 1.2e-5; 1/i 4.5e-6 / 1.5e-5 / 3.1e-5; 0.7^i
+2.3e-6 at g = 30 (at g <= 8 the top k reach s_96 ~ 1e-15, which the float32 input no longer carries).
+merge() on raw vectors: the same but for g = 30 / 8 Gaussian 4.4e-6 / 3.5e-6, 1/sqrt(i) 2.4e-6 / 5.2e-6,
+1/i 1.4e-5 at g = 30. Within 2.3e-6 of the code before exact_factors and pair_root, route by route.
 
 Top triplets (arithmetic in the input's dtype: float32 for real checkpoints, float64 stays float64):
 - A task's top r (member_triplets): the min-side Gram route below at k = r, where its Rayleigh-Ritz step

@@ -5,10 +5,12 @@ preprocessing) and merge every group the plan ever forms that the algorithm stor
 (plan.events -> the group each event makes; GroupMerger without memo or disk cache, as a cold app
 would on first reaching each size, each group's rows stacked in one reused buffer as GroupStore's are).
 Groups are visited block by block, and the merger's row cache (deployment/prepared_rows.py) holds one
-block's preprocessed rows of every task (its budget: the largest block's), so each task is read and
-preprocessed once per block, not once per group; the `rows` column counts the (block, task) rows read
-from disk; the plan's global pass (ties' and dare_ties' thresholds) serves the merges too
-(MergeAlgorithm.prepare_for). Next to them, two references, each a
+block's preprocessed rows of every task (its budget: the largest block's, MergeAlgorithm.row_bytes:
+TSV-M's rows with their factors are 1.75-2.1x the vectors, and a budget of the vectors alone had it
+factorise each task of an MLP block four times), so each task is read and preprocessed once per block,
+not once per group; the `rows` column counts the (block, task) rows read from disk; the plan's global
+pass (ties' and dare_ties' thresholds) serves the merges too (MergeAlgorithm.prepare_for). Next to
+them, two references, each a
 child process too:
   floor      one streamed read of every task vector + each block's Gram matrix (what any plan needs:
              planning's raw similarity pass, reading each tensor's stack into one reused buffer)
@@ -54,8 +56,8 @@ def child_spectrum(zoo_path: str, algorithm_name: str, device: str) -> dict:
     plan = build_plan(zoo, spec, algorithm, device=device)
     _sync(device)
     planned = time.perf_counter()
-    one_block = max(b.numel for b in spec.blocks) * 4 * len(zoo.task_names)
-    rows = PreparedRows(budget=one_block)
+    one_block = max(algorithm.row_bytes([zoo.param_shapes[p] for p in b.params]) for b in spec.blocks)
+    rows = PreparedRows(budget=one_block * len(zoo.task_names))
     merger = GroupMerger(zoo, spec, algorithm, cache=None, device=device, memo=False, rows=rows)
     groups = sorted((e.block, tuple(sorted(e.group_a + e.group_b))) for e in plan.events)
     merged = [(b, g) for b, g in groups if algorithm.merges_group(len(g))]

@@ -61,6 +61,7 @@ class FakeZoo:
 
     def __init__(self, num_tasks: int, shapes: dict, seed: int = 0, vectors=None):
         self.vectors = vectors if vectors is not None else dyadic_block(shapes, num_tasks, seed)
+        self.param_shapes = {n: tuple(t.shape[1:]) for n, t in self.vectors.items()}
         self.task_names = [f"task{i}" for i in range(num_tasks)]
         self.param_shapes = {n: tuple(t.shape[1:]) for n, t in self.vectors.items()}
         self.loads = []

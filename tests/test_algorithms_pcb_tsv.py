@@ -249,10 +249,82 @@ def test_tsv_preprocessed_rows_are_each_tasks_own_top_triplets(shape):
 
 
 @pytest.mark.parametrize("shape", [(200, 150), (150, 200), (100, 100)])
-@pytest.mark.parametrize("decay, rtol", [(0.7, 1e-4), (0.999, 3e-5)])
-def test_tsv_preprocessed_float32_merge_stays_close_to_the_reference(shape, decay, rtol):
-    stack = decaying_stack(6, *shape, decay=decay, seed=3)
+@pytest.mark.parametrize("g, decay, rtol", [(6, 0.7, 1e-4), (6, 0.999, 3e-5), (2, 0.999, 3e-5)])  # 2: pair_root
+def test_tsv_preprocessed_float32_merge_stays_close_to_the_reference(shape, g, decay, rtol):
+    stack = decaying_stack(g, *shape, decay=decay, seed=3)
     algo = get_algorithm("tsv")
-    merged32 = algo.merge(algo.preprocess_block({"w": stack.float()}), list(range(6))).unified["w"]
+    merged32 = algo.merge(algo.preprocess_block({"w": stack.float()}), list(range(g))).unified["w"]
     assert merged32.dtype == torch.float32
     assert_relative(merged32.double().numpy(), ref_tsv(stack.numpy()), rtol)
+
+
+def orthonormal_members(g: int, rows: int, k: int, seed: int, dtype=torch.float64) -> torch.Tensor:
+    gen = torch.Generator().manual_seed(seed)
+    return torch.linalg.qr(torch.randn(g, rows, k, generator=gen, dtype=torch.float64)).Q.to(dtype)
+
+
+def reference_inverse_root(side: torch.Tensor) -> np.ndarray:
+    """(X^T X)^(-1/2) of the members side by side, from numpy's eigh, dropping null directions."""
+    X = np.concatenate(list(side.double().numpy()), axis=1)
+    eigenvalues, vectors = np.linalg.eigh(X.T @ X)
+    kept = eigenvalues > eigenvalues[-1] * X.shape[1] * np.finfo(np.float64).eps
+    weights = np.where(kept, 1 / np.sqrt(np.where(kept, eigenvalues, 1)), 0)
+    return (vectors * weights) @ vectors.T
+
+
+@pytest.mark.parametrize("g, rows, k", [(2, 40, 20), (2, 50, 12), (3, 30, 10), (5, 40, 6)])
+def test_tsv_assembled_inverse_roots_match_the_direct_one(g, rows, k):
+    side = orthonormal_members(g, rows, k, seed=rows + g)
+    side[-1, :, 0] = side[0, :, 0]  # a shared direction: an eigenvalue 2 and one 0 (dropped)
+    side[-1] = torch.linalg.qr(side[-1]).Q
+    expected = reference_inverse_root(side)
+    assert_relative(tsv.gram_root(side)[1].numpy(), expected, 1e-9)  # identity diagonal blocks assumed
+    assert_relative(tsv.gram_root(side, orthonormal=False)[1].numpy(), expected, 1e-9)
+    assert_relative(tsv.inverse_root(side).numpy(), expected, 1e-9)   # g = 2: pair_root's closed form
+    if g == 2:
+        eigenvalues, root = tsv.pair_root(side)
+        X = np.concatenate(list(side.numpy()), axis=1)
+        assert np.allclose(np.sort(eigenvalues.numpy()), np.linalg.eigvalsh(X.T @ X), rtol=0, atol=1e-12)
+
+
+def test_tsv_float32_pairs_leave_ill_conditioned_grams_to_float64():
+    side = orthonormal_members(2, 40, 20, seed=1, dtype=torch.float32)
+    assert tsv.inverse_root(side) is None   # 2k = 40 columns of 40 rows: past NEAR_SQUARE
+    tall = orthonormal_members(2, 400, 20, seed=2, dtype=torch.float32)
+    assert_relative(tsv.inverse_root(tall).double().numpy(), reference_inverse_root(tall), 1e-5)
+    tall[1, :, 0] = tall[0, :, 0]           # an eigenvalue ~0: float32 is not enough
+    assert tsv.inverse_root(tall) is None
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_tsv_orthonormalised_factors_are_orthonormal_and_span_the_same_columns(dtype):
+    exact = orthonormal_members(3, 50, 8, seed=4)
+    gen = torch.Generator().manual_seed(5)
+    perturbed = (exact + 1e-4 * torch.randn(exact.shape, generator=gen, dtype=exact.dtype)).float()
+    X = tsv.orthonormalised(perturbed, dtype)
+    assert X.dtype == dtype
+    eye = torch.eye(8, dtype=dtype)
+    assert (X.mT @ X - eye).abs().max() <= tsv.ORTHONORMAL[dtype]
+    assert torch.allclose(X.double(), exact, atol=1e-3)          # the nearest orthonormal columns
+    assert torch.equal(tsv.orthonormalised(X, dtype), X)        # already orthonormal: left as it is
+
+
+@pytest.mark.parametrize("shape, other", [((30, 12), torch.float32), ((12, 30), torch.float32),
+                                          ((20, 19), torch.float64)])
+def test_tsv_exact_factors_keep_the_min_side_in_float64(shape, other):
+    stack = torch.randn(3, *shape, generator=torch.Generator().manual_seed(6))
+    U, S, V = tsv.member_triplets(stack)
+    small, large = (U, V) if shape[0] <= shape[1] else (V, U)
+    assert small.dtype == torch.float64 and large.dtype == other and S.dtype == torch.float32
+    for factor in (U, V):
+        eye = torch.eye(factor.shape[-1], dtype=factor.dtype)
+        assert (factor.mT @ factor - eye).abs().max() <= tsv.ORTHONORMAL[factor.dtype]
+
+
+def test_tsv_row_bytes_are_the_preprocessed_rows_bytes():
+    shapes = [(30, 12), (12,), (12, 30), (20, 19), (3, 1), (2, 3, 4)]
+    block = {f"t{i}": torch.randn(2, *shape) for i, shape in enumerate(shapes)}
+    rows = get_algorithm("tsv").preprocess_block(block)
+    stored = sum(t.numel() * t.element_size() for t in rows.values()) // 2
+    assert get_algorithm("tsv").row_bytes(shapes) == stored
+    assert get_algorithm("avg").row_bytes(shapes) == 4 * sum(t[0].numel() for t in block.values())

@@ -195,3 +195,18 @@ def test_the_byte_budget_is_respected_and_results_do_not_change():
     roomy = PreparedRows(budget=TASKS * one_row)
     GroupMerger(zoo, spec, get_algorithm("ta"), device="cpu", rows=roomy).result(0, (1, 2))
     assert roomy.loaded == TASKS and roomy.lru.bytes == TASKS * one_row   # the whole block fits: loaded at once
+
+
+def test_tsv_rows_are_budgeted_with_their_factors():
+    zoo, spec = FakeZoo(TASKS, SHAPES, seed=5), FakeSpec(SHAPES, [("a.weight", "a.bias")])
+    algorithm = get_algorithm("tsv")
+    each = algorithm.row_bytes([SHAPES["a.weight"], SHAPES["a.bias"]])
+    assert each > 4 * (12 + 4)                                  # the factors beside the vectors
+    rows = PreparedRows(budget=TASKS * each)
+    merger = GroupMerger(zoo, spec, algorithm, device="cpu", memo=False, rows=rows)
+    for members in ALL_GROUPS[TASKS:]:                          # every merged group of the block
+        merger.result(0, members)
+    assert rows.preprocessed == TASKS and rows.lru.bytes == TASKS * each   # each task factorised once
+    short = PreparedRows(budget=TASKS * each - 1)               # the block no longer fits: members only
+    GroupMerger(zoo, spec, algorithm, device="cpu", memo=False, rows=short).result(0, (1, 2))
+    assert short.preprocessed == 2

@@ -224,6 +224,11 @@ class MergeAlgorithm:
         `input_key` (another algorithm's, e.g. dare_ta's dropped rows for dare_ties) may be finished here."""
         return type(self).preprocess_block is MergeAlgorithm.preprocess_block
 
+    def row_bytes(self, shapes: Sequence[tuple]) -> int:
+        """Bytes of one task's preprocessed rows of a block whose tensors have these shapes (float32
+        vectors unless overridden): what row caches reserve and budget for it."""
+        return 4 * sum(math.prod(shape) for shape in shapes)
+
     def prepare(self, stream: BlockStream) -> None:
         """Record global state from the whole model; stream() gives a fresh block iterator (whose blocks share
         memory: keep what is computed from a block, not its tensors)."""

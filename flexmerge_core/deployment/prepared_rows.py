@@ -20,7 +20,7 @@ Key of one task's rows: (zoo fingerprint, block params, task id, preprocessing_k
 - Groups an algorithm does not merge (singletons, mask-method pairs) take the raw rows.
 Loading: the first touch of a block loads and preprocesses every task of it missing here at once when
 their rows fit in the budget (a spectrum, a curve or Compare come back for the others), else only the
-group's members. Bounded: least recently used out within $FLEXMERGE_ROWS_BYTES, else an eighth of the
+group's members; a task's rows count MergeAlgorithm.row_bytes (TSV-M's carry factors beside the vectors). Bounded: least recently used out within $FLEXMERGE_ROWS_BYTES, else an eighth of the
 memory available (memo.budget_from_env); rows are private copies, so an evicted row frees its bytes.
 """
 from __future__ import annotations
@@ -81,7 +81,7 @@ class PreparedRows:
 
     def _computed(self, zoo, block, where, key, missing, algorithm, device, raw) -> dict:
         """Rows of `missing` (widened to every task of the block missing here when they fit), stored."""
-        each = 4 * int(block.numel)   # a task's raw rows in float32: the estimate of its preprocessed ones
+        each = 4 * int(block.numel) if raw else algorithm.row_bytes([zoo.param_shapes[p] for p in block.params])
         every = range(len(zoo.task_names))
         held = self._held(where, key, every)
         absent = [t for t in every if t not in held]

@@ -51,7 +51,7 @@ def child_spectrum(zoo_path: str, algorithm_name: str, device: str) -> dict:
     plan = build_plan(zoo, spec, algorithm, device=device)
     _sync(device)
     planned = time.perf_counter()
-    one_block = max(b.numel for b in spec.blocks) * 4 * len(zoo.task_names)
+    one_block = max(b.numel for b in spec.blocks) * 4 * len(zoo.task_names) * 9 // 8
     rows = PreparedRows(budget=one_block)
     merger = GroupMerger(zoo, spec, algorithm, cache=None, device=device, memo=False, rows=rows)
     groups = sorted((e.block, tuple(sorted(e.group_a + e.group_b))) for e in plan.events)

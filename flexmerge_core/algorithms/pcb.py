@@ -42,7 +42,7 @@ from __future__ import annotations
 import torch
 
 from flexmerge_core.algorithms.base import HyperParam, MergeAlgorithm, MergeResult
-from flexmerge_core.algorithms.columns import Scratch, as_rows, column_slices, positive_
+from flexmerge_core.algorithms.columns import as_rows, column_slices, positive_, thread_scratch
 from flexmerge_core.algorithms.pcb_scores import Scores, clamp_positions, tanh_, unit_scale, work_dtype
 from flexmerge_core.algorithms.pcb_thresholds import global_thresholds
 from flexmerge_core.algorithms.stripes import STRIPE, Stripes, reduce, stripe_extremes
@@ -67,8 +67,9 @@ def clamp_bounds(rows: dict, q: float) -> torch.Tensor:
     reference = next(iter(rows.values()))
     m, dtype, device = reference.shape[0], reference.dtype, reference.device
     layout = [(n, slice(*cols.indices(r.shape[1])[:2])) for n, r in rows.items() for cols in column_slices(r)]
-    stripes, scratch = Stripes(layout), Scratch(dtype, device)
-    top, low = stripes.extremes(m, True, dtype, device), stripes.extremes(m, False, dtype, device)
+    stripes, scratch = Stripes(layout), thread_scratch(dtype, device)
+    top = stripes.extremes(m, True, dtype, device, scratch, "top")
+    low = stripes.extremes(m, False, dtype, device, scratch, "low")
     for i, (n, cols) in enumerate(layout):
         magnitude = torch.abs(rows[n][:, cols], out=scratch(0, rows[n][:, cols]))
         stripe_extremes(magnitude, True, top[:, stripes.span(i)])
@@ -144,10 +145,10 @@ class Pcb(MergeAlgorithm):
             return stripes.entries(rows, row, stripe).to(dtype)
 
         # pass 1: column sums S, the stripe maxima of |X| and of |S|, and per row an entry with X * S <= 0
-        stripes, scratch = Stripes(layout), Scratch(dtype, device)
-        column_sum = {n: torch.empty(r.shape[1], dtype=dtype, device=device) for n, r in rows.items()}
-        top_magnitude = stripes.extremes(g, True, dtype, device)
-        top_sum = stripes.extremes(1, True, dtype, device)[0]
+        stripes, scratch = Stripes(layout), thread_scratch(dtype, device)
+        column_sum = dict(zip(rows, scratch.empty("sum", (d,)).split([r.shape[1] for r in rows.values()])))
+        top_magnitude = stripes.extremes(g, True, dtype, device, scratch, "top")
+        top_sum = stripes.extremes(1, True, dtype, device, scratch, "top sum")[0]
         aligned = torch.ones(g, 1, dtype=torch.bool, device=device)  # no X * S <= 0 seen yet in the row
         for i, (n, cols, X) in enumerate(slices()):
             S = torch.sum(X, dim=0, out=column_sum[n][cols])
@@ -187,6 +188,7 @@ class Pcb(MergeAlgorithm):
         # pass 2, the weighted mean: scale_k = minmax of P_k clamped to [threshold_k, max_k] equals
         # (P_k - p_low) * unit clamped to [0, 1] (an entry at or below p_low weighs exactly 0)
         merged = {n: torch.empty(r.shape[1], dtype=dtype, device=device) for n, r in rows.items()}
+        lam = self._hp["lam"]
         for n, cols, X in slices(SLICE_SHARE):
             S = column_sum[n][cols]
             A = scores.magnitudes(X, out=scratch(0, X))
@@ -200,9 +202,9 @@ class Pcb(MergeAlgorithm):
             if not signed:
                 total.mul_(torch.sign(S))
             total.div_(scale.sum(dim=0).clamp_(min=1e-12))
-        lam = self._hp["lam"]
-        return MergeResult(unified={n: (lam * v).to(reference.dtype).reshape(block[n].shape[1:])
-                                    for n, v in merged.items()})
+            if lam != 1.0:
+                total.mul_(lam)
+        return MergeResult(unified={n: v.to(reference.dtype).reshape(block[n].shape[1:]) for n, v in merged.items()})
 
 
 def exact_range(scores: Scores, slices, column_sum: dict) -> tuple:

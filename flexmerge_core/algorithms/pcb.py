@@ -53,23 +53,31 @@ KEEP = HyperParam("keep", 0.1, float, 0.0, 1.0, low_inclusive=False,
 LAMBDA = HyperParam("lam", 1.0, float, 0.0, 10.0, help="scaling of the merged vector")
 QUANTILE = HyperParam("clamp_quantile", 1e-4, float, 0.0, 0.5, high_inclusive=False,
                       help="magnitudes are clamped per row to the [q, 1-q] quantiles")
-CLAMP_BOUNDS = "pcb:clamp"  # the preprocessed entry [m, 2]: each row's clamp bounds over its block
-CLAMP_VERSION = 1  # of how CLAMP_BOUNDS is computed: names preprocessed rows in caches (preprocessing_key)
+CLAMP_BOUNDS = "pcb:clamp"  # preprocessed entry [m, 2]: each row's clamp bounds over its block
+STRIPE_MAXIMA = "pcb:stripes"  # preprocessed entry [m, padded]: each row's stripe maxima of |X| (stripe_layout)
+SUMMARY = (CLAMP_BOUNDS, STRIPE_MAXIMA)
+SUMMARY_VERSION = 1  # of what the preprocessed entries hold: names preprocessed rows in caches
+WINDOW = 1 << 15  # columns of a tensor per window of the stripe layout: the same for every group
 SLACK = 1e-5  # relative margin of the stripe bounds of P over rounding (~100 float32 ulps)
 SLICE_SHARE = 4  # 1 MiB slices (fp32): pass 2 keeps five temporaries, 7.6x averaging at 4 MiB, 5.6x at 1 MiB
 LEADS = 16  # first guesses of a row's max P: its best-bounded stripes in as many groups
 CANDIDATE_SHARE = 8  # with more than 1/8 of the entries below the bounds, one full pass is cheaper
 
 
-def clamp_bounds(rows: dict, q: float) -> torch.Tensor:
-    """[m, 2]: each row's clamp bounds over the block rows {name: [m, d_name]}, |X| at the released
-    positions, found from the stripes holding each row's ends (one read of the rows)."""
+def stripe_layout(rows: dict) -> list:
+    """(name, columns) windows of every tensor of a block: the stripes' layout, fixed whatever the group
+    size, so that a task's stripe maxima are found once (row_summary) and shared by its groups."""
+    return [(n, slice(s, min(s + WINDOW, r.shape[1]))) for n, r in rows.items() for s in range(0, r.shape[1], WINDOW)]
+
+
+def row_summary(rows: dict, q: float) -> tuple:
+    """(clamp bounds [m, 2], stripe maxima of |X| [m, padded]) of the block rows {name: [m, d_name]}, each
+    row's alone: |X| at the released positions, found from the stripes holding the row's ends (one read)."""
     reference = next(iter(rows.values()))
     m, dtype, device = reference.shape[0], reference.dtype, reference.device
-    layout = [(n, slice(*cols.indices(r.shape[1])[:2])) for n, r in rows.items() for cols in column_slices(r)]
+    layout = stripe_layout(rows)
     stripes, scratch = Stripes(layout), thread_scratch(dtype, device)
-    top = stripes.extremes(m, True, dtype, device, scratch, "top")
-    low = stripes.extremes(m, False, dtype, device, scratch, "low")
+    top, low = stripes.extremes(m, True, dtype, device), stripes.extremes(m, False, dtype, device, scratch, "low")
     for i, (n, cols) in enumerate(layout):
         magnitude = torch.abs(rows[n][:, cols], out=scratch(0, rows[n][:, cols]))
         stripe_extremes(magnitude, True, top[:, stripes.span(i)])
@@ -77,8 +85,9 @@ def clamp_bounds(rows: dict, q: float) -> torch.Tensor:
     d = sum(r.shape[1] for r in rows.values())
     first, last = clamp_positions(d, q)
     magnitudes = lambda row, stripe: stripes.entries(rows, row, stripe).abs_()  # noqa: E731
-    return torch.cat([stripes.order_statistic(low, first + 1, False, magnitudes),
-                      stripes.order_statistic(top, d - last, True, magnitudes)], dim=1)
+    bounds = torch.cat([stripes.order_statistic(low, first + 1, False, magnitudes),
+                        stripes.order_statistic(top, d - last, True, magnitudes)], dim=1)
+    return bounds, top
 
 
 class Pcb(MergeAlgorithm):
@@ -106,15 +115,15 @@ class Pcb(MergeAlgorithm):
 
     @property
     def preprocessing_key(self) -> str:
-        """Rows = the input rows with each row's clamp bounds over its block: they depend on the
+        """Rows = the input rows with each row's summary over its block (SUMMARY): they depend on the
         quantile only (keep and lam weight the merge; the thresholds come from the zoo)."""
-        return content_hash("rows", "pcb-clamp", CLAMP_VERSION, self.input_key, self._hp["clamp_quantile"])
+        return content_hash("rows", "pcb-summary", SUMMARY_VERSION, self.input_key, self._hp["clamp_quantile"])
 
     def preprocess_inputs(self, block, tasks=None):
-        """The rows plus CLAMP_BOUNDS, each row's clamp bounds over the block: a task's are found once
-        per block, whatever groups it joins, instead of by every group's merge."""
-        return {**block, CLAMP_BOUNDS: clamp_bounds({n: as_rows(t) for n, t in block.items()},
-                                                    self._hp["clamp_quantile"])}
+        """The rows plus each row's clamp bounds and stripe maxima over the block (row_summary): a task's
+        are found once per block, whatever groups it joins, instead of by every group's merge."""
+        summary = row_summary({n: as_rows(t) for n, t in block.items()}, self._hp["clamp_quantile"])
+        return {**block, **dict(zip(SUMMARY, summary))}
 
     def prepare(self, stream):
         def tensors():
@@ -127,14 +136,14 @@ class Pcb(MergeAlgorithm):
     def _merge(self, block, members):
         if self._threshold is None:
             raise RuntimeError("pcb: call prepare() over the whole model before merge()")
-        if CLAMP_BOUNDS not in block:  # raw vectors (merge() called directly): find the bounds here
+        if CLAMP_BOUNDS not in block:  # raw vectors (merge() called directly): summarise the rows here
             block = self.preprocess_inputs(block)
-        rows = {n: as_rows(t) for n, t in block.items() if n != CLAMP_BOUNDS}
+        rows = {n: as_rows(t) for n, t in block.items() if n not in SUMMARY}
         reference = next(iter(rows.values()))
         g, dtype, device = len(members), work_dtype(len(members), reference.dtype), reference.device
         d = sum(r.shape[1] for r in rows.values())
 
-        layout = [(n, slice(*cols.indices(r.shape[1])[:2])) for n, r in rows.items() for cols in column_slices(r)]
+        layout = stripe_layout(rows)
 
         def slices(share=1):  # (name, columns, X slice in the work dtype), all tensors in order
             for n, r in rows.items():
@@ -144,23 +153,23 @@ class Pcb(MergeAlgorithm):
         def entries(row, stripe):
             return stripes.entries(rows, row, stripe).to(dtype)
 
-        # pass 1: column sums S, the stripe maxima of |X| and of |S|, and per row an entry with X * S <= 0
+        # pass 1: column sums S, and per row an entry with X * S <= 0
         stripes, scratch = Stripes(layout), thread_scratch(dtype, device)
         column_sum = dict(zip(rows, scratch.empty("sum", (d,)).split([r.shape[1] for r in rows.values()])))
-        top_magnitude = stripes.extremes(g, True, dtype, device, scratch, "top")
-        top_sum = stripes.extremes(1, True, dtype, device, scratch, "top sum")[0]
         aligned = torch.ones(g, 1, dtype=torch.bool, device=device)  # no X * S <= 0 seen yet in the row
         for i, (n, cols, X) in enumerate(slices()):
             S = torch.sum(X, dim=0, out=column_sum[n][cols])
-            span = stripes.span(i)
-            stripe_extremes(torch.abs(X, out=scratch(0, X)), True, top_magnitude[:, span])
-            stripe_extremes(S.abs(), True, top_sum[span])
             if i < 2 or bool(aligned.any()):  # settled after the first slices but in odd blocks
                 aligned &= positive_(torch.mul(X, S, out=scratch(0, X)).amin(dim=1, keepdim=True))
-        # max |X| * max |S| per tensor bounds tanh's argument there
+        # the members' stripe maxima of |X| (row_summary: row_max overwrites them), those of |S|, and
+        # per tensor max |X| * max |S| over its windows, which bounds tanh's argument there
+        top_magnitude = scratch.empty("top", block[STRIPE_MAXIMA].shape).copy_(block[STRIPE_MAXIMA])
+        top_sum = stripes.extremes(1, True, dtype, device, scratch, "top sum")[0]
         product_bound = {}
-        for i, (n, _) in enumerate(layout):
-            found = top_magnitude[:, stripes.span(i)].amax() * top_sum[stripes.span(i)].amax()
+        for i, (n, cols) in enumerate(layout):
+            span = stripes.span(i)
+            stripe_extremes(column_sum[n][cols].abs(), True, top_sum[span])
+            found = top_magnitude[:, span].amax() * top_sum[span].amax()
             product_bound[n] = found if n not in product_bound else torch.maximum(product_bound[n], found)
         product_bound = {n: float(b) for n, b in product_bound.items()}
 

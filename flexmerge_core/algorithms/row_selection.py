@@ -29,7 +29,6 @@ def entries_beyond(key: torch.Tensor, cut: torch.Tensor, largest: bool, values: 
     their values taken from `values` (shaped like key; default key itself), in no particular order.
 
     Only stripes whose max (min) passes are gathered; a slice's last c % STRIPE columns one by one."""
-    values = key if values is None else values
     M, c = key.shape
     body = c - c % STRIPE
     sign = 1.0 if largest else -1.0
@@ -37,12 +36,14 @@ def entries_beyond(key: torch.Tensor, cut: torch.Tensor, largest: bool, values: 
     if body:
         row, stripe = positive_(reduce(key, largest).sub_(cut).mul_(sign)).nonzero(as_tuple=True)
         stripes = lambda t: t[:, :body].unflatten(1, (STRIPE, body // STRIPE))[row, :, stripe]  # noqa: E731
-        pieces.append((row.unsqueeze(1), stripes(key), stripes(values), cut[row]))
+        k = stripes(key)
+        pieces.append((row.unsqueeze(1), k, k if values is None else stripes(values), cut[row]))
     if body < c:
-        pieces.append((torch.arange(M, device=key.device).unsqueeze(1), key[:, body:], values[:, body:], cut))
+        k = key[:, body:]
+        pieces.append((torch.arange(M, device=key.device).unsqueeze(1), k, k if values is None else values[:, body:], cut))
     rows, found = [], []
     for row, k, v, limit in pieces:
-        hit = positive_((k - limit).mul_(sign))
+        hit = positive_(torch.sub(k, limit).mul_(sign))
         rows.append(row.expand_as(hit)[hit])
         found.append(v[hit])
     return torch.cat(rows), torch.cat(found)

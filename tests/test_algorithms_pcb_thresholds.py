@@ -54,9 +54,18 @@ def test_two_reads_give_the_radix_selections_bits(monkeypatch, dtype, cap):
 
 def test_missed_selections_fall_back_to_the_radix_selection(monkeypatch):
     blocks = model()
-    monkeypatch.setattr(row_selection, "CAP", 4)  # the clamp bounds lie deeper: a miss
-    monkeypatch.setattr(thresholds, "predicted_interval", lambda sample, fraction: (  # a wrong interval
-        torch.full(sample.shape[:1], -3.0, dtype=sample.dtype), torch.full(sample.shape[:1], -2.0, dtype=sample.dtype)))
+    class Missing(row_selection.StreamedExtremes):  # as when a clamp bound lies deeper than was kept
+        def select(self, rank):
+            return None
+
+    monkeypatch.setattr(thresholds, "StreamedExtremes", Missing)
+    class Wrong(row_selection.IntervalSelection):  # bounds that miss the threshold
+        @classmethod
+        def predicted(cls, sample, fraction):
+            bound, no = lambda v: torch.full(sample.shape[:1], v, dtype=sample.dtype), torch.zeros(sample.shape[0]) > 0
+            return cls(bound(-3.0), bound(-2.0), no, no)
+
+    monkeypatch.setattr(thresholds, "IntervalSelection", Wrong)
     reads = []
     threshold, maximum = thresholds.global_thresholds(counted(blocks, reads), Q, KEEP)
     expected = radix_reference(blocks)

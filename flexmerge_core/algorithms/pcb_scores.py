@@ -7,6 +7,7 @@ are whole multiples of the vector width: no entry takes the scalar tail of exp2)
 """
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
@@ -31,6 +32,7 @@ def unit_scale(low: torch.Tensor, high: torch.Tensor) -> torch.Tensor:
     return torch.where(span > 0, 1.0 / torch.where(span > 0, span, torch.ones_like(span)), torch.zeros_like(span))
 
 
+@functools.lru_cache(maxsize=1024)
 def series_terms(bound: float, dtype: torch.dtype):
     """How many terms of tanh's Taylor series are exact to a quarter ulp up to |x| = bound (None: > 5).
 

@@ -23,7 +23,7 @@ import torch
 from flexmerge_core.algorithms.columns import Scratch
 from flexmerge_core.algorithms.order_stats import streamed_order_statistics
 from flexmerge_core.algorithms.pcb_scores import Scores, clamp_positions, work_dtype
-from flexmerge_core.algorithms.row_selection import IntervalSelection, StreamedExtremes, predicted_interval
+from flexmerge_core.algorithms.row_selection import IntervalSelection, StreamedExtremes
 
 SAMPLE_STRIDE = 97  # a prime: no alignment with rows of 768 or 3072; 0.9M sampled values per ViT-B-32 task
 CPU_SLICE = 1 << 20  # values per slice, all rows together (4 MiB of float32: L2/L3-resident)
@@ -42,12 +42,16 @@ def _slices(X: torch.Tensor) -> Iterator[torch.Tensor]:
 
 def global_thresholds(stream: TensorStream, q: float, keep: float) -> tuple:
     """(threshold [M], maximum [M]) of each task's global P, exact."""
+    def depth(n: int) -> int:  # the rank of the deeper clamp bound from its end, were the model n values
+        first, last = clamp_positions(n, q)
+        return max(first + 1, n - last)
+
     extremes, sample, block_bounds, d = None, [], [], 0
     for tensors in stream():  # read 1
         bound = None
         for X in tensors:
             if extremes is None:
-                extremes = StreamedExtremes(X.shape[0], False), StreamedExtremes(X.shape[0], True)
+                extremes = tuple(StreamedExtremes(X.shape[0], largest, depth) for largest in (False, True))
                 scratch = Scratch(X.dtype, X.device)
             d += X.shape[1]
             sample.append(X[:, ::SAMPLE_STRIDE].clone())
@@ -71,7 +75,7 @@ def global_thresholds(stream: TensorStream, q: float, keep: float) -> tuple:
 
     sample = torch.cat(sample, dim=1)
     rank = min(int(d * (1 - keep)), d - 1)
-    selection = IntervalSelection(*predicted_interval(scores.of(sample, sample.sum(dim=0)), rank / d))
+    selection = IntervalSelection.predicted(scores.of(sample, sample.sum(dim=0)), rank / d)
     del sample
     maximum = None
 

@@ -13,44 +13,42 @@ strided reduction) find the rare entries to keep, so nothing is compared or gath
 from __future__ import annotations
 
 import math
-from typing import Optional
+from typing import Callable, Optional
 
 import torch
 
 from flexmerge_core.algorithms.columns import positive_
 from flexmerge_core.algorithms.stripes import STRIPE, reduce
 
-CAP = 1 << 15  # positions StreamedExtremes answers from either end: 1e-4 quantiles of ~330M values per row
+CAP = 1 << 14  # positions StreamedExtremes answers from either end at least: 1e-4 quantiles of 160M values per row
 SIGMAS = 6.0  # half-width of a predicted interval in binomial standard deviations of the sample's rank
+MASSED = 16  # sample entries equal to a bound that make it a mass (~1,500 equal entries at 1/97 sampling)
 
 
-def entries_beyond(key: torch.Tensor, cut: torch.Tensor, largest: bool, values: Optional[torch.Tensor] = None) -> tuple:
-    """(row [K], value [K]) of the entries of key [M, c] strictly above (below, largest=False) cut [M, 1],
-    their values taken from `values` (shaped like key; default key itself), in no particular order.
-
-    Only stripes whose max (min) passes are gathered; a slice's last c % STRIPE columns one by one."""
-    M, c = key.shape
+def passing_entries(values: torch.Tensor, extremes: torch.Tensor, stripe_passes, passes) -> tuple:
+    """(row [K], value [K]) of the entries x of values [M, c] with passes(x, row) (bool; x [K, s], row [K],
+    the entries' rows), looking only into the stripes that stripe_passes(extremes, rows) flags, extremes
+    [M, c // STRIPE] being a per-stripe key (reduce) such that a stripe it fails has no passing entry;
+    a slice's last c % STRIPE columns are checked one by one."""
+    M, c = values.shape
     body = c - c % STRIPE
-    sign = 1.0 if largest else -1.0
-    pieces = []
-    if body:
-        row, stripe = positive_(reduce(key, largest).sub_(cut).mul_(sign)).nonzero(as_tuple=True)
-        stripes = lambda t: t[:, :body].unflatten(1, (STRIPE, body // STRIPE))[row, :, stripe]  # noqa: E731
-        k = stripes(key)
-        pieces.append((row.unsqueeze(1), k, k if values is None else stripes(values), cut[row]))
-    if body < c:
-        k = key[:, body:]
-        pieces.append((torch.arange(M, device=key.device).unsqueeze(1), k, k if values is None else values[:, body:], cut))
+    every = torch.arange(M, device=values.device)
     rows, found = [], []
-    for row, k, v, limit in pieces:
-        hit = positive_(torch.sub(k, limit).mul_(sign))
-        rows.append(row.expand_as(hit)[hit])
-        found.append(v[hit])
+    if body:
+        row, stripe = stripe_passes(extremes, every).nonzero(as_tuple=True)
+        x = values[:, :body].unflatten(1, (STRIPE, body // STRIPE))[row, :, stripe]
+        hit = passes(x, row).view(-1).nonzero().squeeze(1)
+        rows.append(row[hit // STRIPE])
+        found.append(x.view(-1)[hit])
+    if body < c:
+        row, column = passes(values[:, body:], every).nonzero(as_tuple=True)
+        rows.append(row)
+        found.append(values[:, body:][row, column])
     return torch.cat(rows), torch.cat(found)
 
 
 class KeptEntries:
-    """Values kept from a stream, each with its row; `of(r)` gives row r's."""
+    """Values kept from a stream, each with its row."""
 
     def __init__(self, rows: int):
         self.rows, self.size = rows, 0
@@ -63,18 +61,19 @@ class KeptEntries:
             self.size += row.numel()
 
     def joined(self) -> tuple:
-        if len(self._row) > 1:
-            self._row, self._value = [torch.cat(self._row)], [torch.cat(self._value)]
-        return (self._row[0], self._value[0]) if self._row else (None, None)
+        """(row, value) of everything kept, one tensor each."""
+        if len(self._row) != 1:
+            device = self._value[0].device if self._value else None
+            self._row = [torch.cat(self._row) if self._row else torch.zeros(0, dtype=torch.int16, device=device)]
+            self._value = [torch.cat(self._value) if self._value else torch.zeros(0, device=device)]
+        return self._row[0], self._value[0]
 
-    def counts(self) -> torch.Tensor:
-        row, _ = self.joined()
-        return torch.zeros(self.rows, dtype=torch.int64) if row is None else \
-            torch.bincount(row.long(), minlength=self.rows).cpu()
-
-    def of(self, r: int, like: torch.Tensor) -> torch.Tensor:
+    def by_row(self) -> list:
+        """Each row's kept values (one stable sort by row, not a mask per row)."""
         row, value = self.joined()
-        return like.new_empty(0) if row is None else value[row == r]
+        ordered, order = torch.sort(row, stable=True)
+        counts = torch.bincount(ordered.long(), minlength=self.rows)
+        return list(value[order].split(counts.tolist()))
 
     def keep(self, mask: torch.Tensor) -> None:
         """Keep only the entries where mask (over joined()) is True."""
@@ -84,107 +83,128 @@ class KeptEntries:
 
 
 class StreamedExtremes:
-    """The k-th largest (smallest) entry of each row, k <= CAP, without knowing the row length.
+    """The k-th largest (smallest) entry of each row, for small k, without knowing the row length.
 
-    Every entry beyond a per-row cut is kept; once a row keeps more than 2 * cap, its cut moves to its
-    cap-th most extreme kept entry and the rest is dropped. Exact: every entry strictly beyond the cut is
-    kept and at least cap entries lie at or beyond it, so the k-th most extreme entry is the k-th kept
-    one, or when fewer than k are kept, the cut itself (ties at the cut included).
+    Every entry beyond a per-row cut is kept; once more than 2 * cap per row are kept, each row keeping
+    more than cap moves its cut to its cap-th most extreme kept entry and drops the rest. cap is CAP, or
+    twice depth(n) when that is more: the rank the caller will ask for if the rows end after n entries.
+    Exact: every entry strictly beyond the cut is kept and at least cap entries lie at or beyond it,
+    so the k-th most extreme entry is the k-th kept one, or when fewer than k are kept and k is at
+    most the cap of the last move, the cut itself (ties at the cut included); else select says None.
     """
 
-    def __init__(self, rows: int, largest: bool, cap: Optional[int] = None):
-        self.largest, self.cap = largest, CAP if cap is None else cap
+    def __init__(self, rows: int, largest: bool, depth: Optional[Callable[[int], int]] = None):
+        self.largest, self.depth = largest, depth
         self.kept = KeptEntries(rows)
-        self.cut = None  # [M, 1], +-inf until a row is pruned
+        self.cut = None  # [M, 1], +-inf until a row's cut first moves
+        self.caps = [0] * rows  # per row, the cap when its cut last moved
+        self.seen = 0  # entries per row so far
+
+    def _cap(self) -> int:
+        return max(CAP, 2 * self.depth(self.seen)) if self.depth is not None else CAP
 
     def update(self, values: torch.Tensor) -> None:
         if self.cut is None:
             self.cut = torch.full((values.shape[0], 1), -math.inf if self.largest else math.inf,
                                   dtype=values.dtype, device=values.device)
-        self.kept.add(*entries_beyond(values, self.cut, self.largest))
-        if self.kept.size > 2 * self.cap * self.kept.rows:
+        self.seen += values.shape[1]
+        self.kept.add(*passing_entries(values, reduce(values, self.largest), self._beyond, self._beyond))
+        if self.kept.size > 2 * self._cap() * self.kept.rows:
             self._prune()
 
+    def _beyond(self, x: torch.Tensor, row: torch.Tensor) -> torch.Tensor:
+        """x strictly beyond its row's cut (x [K, s], row [K])."""
+        return positive_(torch.sub(x, self.cut[row]) if self.largest else torch.sub(self.cut[row], x))
+
     def _prune(self) -> None:
-        """Rows keeping more than cap: the cut moves to their cap-th most extreme kept entry."""
+        cap = self._cap()
+        for r, mine in enumerate(self.kept.by_row()):
+            if mine.numel() > cap:
+                top = mine.topk(cap, largest=self.largest, sorted=False).values
+                self.cut[r], self.caps[r] = top.min() if self.largest else top.max(), cap
         row, value = self.kept.joined()
-        for r, count in enumerate(self.kept.counts().tolist()):
-            if count > self.cap:
-                self.cut[r] = value[row == r].kthvalue(count - self.cap + 1 if self.largest else self.cap).values
-        beyond = value - self.cut[row.long(), 0]
-        self.kept.keep(positive_(beyond if self.largest else beyond.neg_()))
+        self.kept.keep(self._beyond(value.unsqueeze(1), row.long()).squeeze(1))
 
     def select(self, rank: torch.Tensor) -> Optional[torch.Tensor]:
         """[M]: each row's rank[r]-th most extreme entry (1 = its max, or min), or None when some row's
         rank lies beyond what was kept."""
         out = torch.empty(self.cut.shape[0], dtype=self.cut.dtype, device=self.cut.device)
-        for r, k in enumerate(rank.tolist()):
-            mine = self.kept.of(r, self.cut)
+        for r, (k, mine) in enumerate(zip(rank.tolist(), self.kept.by_row())):
             if k <= mine.numel():
                 out[r] = mine.topk(k, largest=self.largest).values[-1]
-            elif k <= self.cap and bool(torch.isfinite(self.cut[r])):
+            elif k <= self.caps[r]:
                 out[r] = self.cut[r, 0]
             else:
                 return None
         return out
 
 
-def predicted_interval(sample: torch.Tensor, fraction: float) -> tuple:
-    """(low [M], high [M]): per row, bounds that hold the entry at `fraction` of the sorted full row when
-    sample [M, n] is an evenly spread sample of it: its entries SIGMAS binomial standard deviations (+ 2)
-    either side of that fraction (-inf / inf past its ends). Where the high bound equals the sample's own
-    estimate (a mass of equal values, e.g. zeros) both bounds are that value: IntervalSelection counts it."""
-    M, n = sample.shape
-    centre = fraction * n
-    spread = SIGMAS * math.sqrt(n * fraction * (1 - fraction)) + 2
-    first, last = math.floor(centre - spread), math.ceil(centre + spread)
-    at = lambda i: sample.kthvalue(i + 1, dim=1).values  # noqa: E731  (the sorted row's entry i)
-    low = at(first) if first >= 0 else sample.new_full((M,), -math.inf)
-    high = at(last) if last < n else sample.new_full((M,), math.inf)
-    estimate = at(min(max(int(centre), 0), n - 1))
-    tied = high == estimate
-    return torch.where(tied, estimate, low), high
-
-
 class IntervalSelection:
     """One order statistic per row from one pass, given per-row bounds [low, high] predicted to hold it.
 
-    Per slice: the counts of entries below low and equal to it (sums of sign(x - low) and of its
-    absolute value), and the entries strictly inside (low, high), found through the stripes of
-    min(x - low, high - x) (> 0 exactly inside). The position is then exact: low itself, or among the
-    entries kept; anything else is a miss (select: None).
+    Per slice: sum(sign(x - low)) (entries above low minus those below), and the entries inside the
+    bounds kept, found through the stripes of min(x - low, high - x) (>= 0 exactly inside); the count
+    of entries equal to low comes from those kept, except in rows where the bounds say `massed` (a
+    mass of equal values sits there, e.g. zeros): the bound is then excluded (nextafter), and entries
+    equal to low are counted by sum(|sign(x - low)|) instead of kept. The position is then exact, or a
+    miss (select: None).
     """
 
-    def __init__(self, low: torch.Tensor, high: torch.Tensor):
-        self.low, self.high = low.unsqueeze(1), high.unsqueeze(1)
+    def __init__(self, low: torch.Tensor, high: torch.Tensor, low_massed: torch.Tensor, high_massed: torch.Tensor):
+        self.low, self.counted = low.unsqueeze(1), low_massed
+        self.any_counted = bool(low_massed.any())
+        self.first = torch.where(low_massed, torch.nextafter(low, torch.full_like(low, math.inf)), low).unsqueeze(1)
+        self.last = torch.where(high_massed, torch.nextafter(high, torch.full_like(high, -math.inf)), high).unsqueeze(1)
         self.kept = KeptEntries(low.shape[0])
         self.signs = torch.zeros(low.shape[0], dtype=torch.float64, device=low.device)  # n(> low) - n(< low)
-        self.unequal = torch.zeros_like(self.signs)                                       # n(!= low)
+        self.unequal = torch.zeros_like(self.signs)                                       # n(!= low), counted rows
         self.seen = 0
+
+    @classmethod
+    def predicted(cls, sample: torch.Tensor, fraction: float) -> "IntervalSelection":
+        """Bounds that hold the entry at `fraction` of each sorted full row when sample [M, n] is an evenly
+        spread sample of it: the sample's entries SIGMAS binomial standard deviations (+ 2) either side of
+        that fraction (-inf / inf past its ends). A bound is massed where MASSED sample entries equal it;
+        where the high bound equals the sample's own estimate both bounds are that value (only counted)."""
+        M, n = sample.shape
+        centre = fraction * n
+        spread = SIGMAS * math.sqrt(n * fraction * (1 - fraction)) + 2
+        first, last = math.floor(centre - spread), math.ceil(centre + spread)
+        at = lambda i: sample.kthvalue(i + 1, dim=1).values  # noqa: E731  (the sorted row's entry i)
+        low = at(first) if first >= 0 else sample.new_full((M,), -math.inf)
+        high = at(last) if last < n else sample.new_full((M,), math.inf)
+        tied = (sample < high.unsqueeze(1)).sum(dim=1) <= int(centre)  # the estimate is high itself
+        low = torch.where(tied, high, low)
+        massed = lambda bound: (sample == bound.unsqueeze(1)).sum(dim=1) >= MASSED  # noqa: E731
+        return cls(low, high, massed(low) | tied, massed(high) | tied)
+
+    def _within(self, x: torch.Tensor, row: torch.Tensor) -> torch.Tensor:
+        return torch.minimum(torch.sub(x, self.first[row]), torch.sub(self.last[row], x)) >= 0
 
     def update(self, values: torch.Tensor, scratch) -> None:
         below = torch.sub(values, self.low, out=scratch("below", values))
-        inside = torch.sub(self.high, values, out=scratch("inside", values))
-        torch.minimum(inside, below, out=inside)
-        self.kept.add(*entries_beyond(inside, torch.zeros_like(self.low), True, values))
+        above = torch.sub(values, self.first, out=scratch("above", values)) if self.any_counted else below
+        inside = torch.sub(self.last, values, out=scratch("inside", values))
+        inside = reduce(torch.minimum(inside, above, out=inside), True)
+        self.kept.add(*passing_entries(values, inside, lambda key, row: key >= 0, self._within))
         signs = below.sign_()
         self.signs += signs.sum(dim=1)
-        self.unequal += signs.abs_().sum(dim=1)
+        if self.any_counted:
+            self.unequal += signs.abs_().sum(dim=1)
         self.seen += values.shape[1]
 
     def select(self, rank: torch.Tensor) -> Optional[torch.Tensor]:
         """[M]: each row's entry at 0-indexed sorted position rank[r], or None when one is outside its bounds."""
         out = torch.empty(self.low.shape[0], dtype=self.low.dtype, device=self.low.device)
-        equal = (self.seen - self.unequal).tolist()
-        less = ((self.unequal - self.signs) / 2).tolist()
-        for r, k in enumerate(rank.tolist()):
-            k -= less[r]
-            if 0 <= k < equal[r]:
-                out[r] = self.low[r, 0]
+        for r, (k, mine) in enumerate(zip(rank.tolist(), self.kept.by_row())):
+            low, counted = self.low[r, 0], bool(self.counted[r])
+            equal = self.seen - float(self.unequal[r]) if counted else int((mine == low).sum())
+            k -= (self.seen - equal - float(self.signs[r])) / 2  # the entries below low
+            if counted and 0 <= k < equal:
+                out[r] = low
                 continue
-            mine = self.kept.of(r, self.low)
-            k = int(k - equal[r])
+            k -= equal if counted else 0  # into the kept entries, sorted
             if not 0 <= k < mine.numel():
                 return None
-            out[r] = mine.kthvalue(k + 1).values
+            out[r] = mine.kthvalue(int(k) + 1).values
         return out

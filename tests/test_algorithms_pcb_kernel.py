@@ -39,6 +39,7 @@ def merge_all_blocks(model, members, **options):
 @pytest.mark.parametrize("scale", [1.0, 1e-3])  # O(1) values take expm1, task-vector-sized ones the series
 def test_row_max_from_stripe_bounds_matches_reference(monkeypatch, g, scale):
     monkeypatch.setattr(pcb_module, "CANDIDATE_SHARE", 1)  # never fall back to the full pass for the max
+    monkeypatch.setattr(pcb_module, "SMALL_GROUP", 0)      # not even in these small blocks
     full_passes = []
     exact_range = pcb_module.exact_range
     monkeypatch.setattr(pcb_module, "exact_range", lambda *a: full_passes.append(1) or exact_range(*a))

@@ -210,8 +210,8 @@ class Pcb(MergeAlgorithm):
             if signed:
                 weighted.mul_(torch.sign(X, out=inter))
             total = torch.sum(weighted, dim=0, out=merged[n][cols])
-            if not signed:
-                total.mul_(torch.sign(S))
+            if not signed:  # total >= 0: copysign is its product with sign(S), in one op
+                torch.copysign(total, S, out=total)
             total.div_(scale.sum(dim=0).clamp_(min=1e-12))
             if lam != 1.0:
                 total.mul_(lam)

@@ -64,16 +64,10 @@ class FakeZoo:
         self.task_names = [f"task{i}" for i in range(num_tasks)]
         self.loads = []
 
-    @property
-    def param_shapes(self) -> dict:
-        return {n: tuple(t.shape[1:]) for n, t in self.vectors.items()}
-
-    def task_vectors(self, names, tasks=None, into=None):
+    def task_vectors(self, names, tasks=None):
         self.loads.append((tuple(names), None if tasks is None else tuple(tasks)))
         rows = slice(None) if tasks is None else list(tasks)
-        if into is None:
-            return {n: self.vectors[n][rows].clone() for n in names}
-        return {n: into[n].copy_(self.vectors[n][rows]) for n in names}
+        return {n: self.vectors[n][rows].clone() for n in names}
 
 
 def reference_dare(block: dict, tasks: list, p: float, seed: int) -> dict:

@@ -5,8 +5,7 @@ import torch
 
 from flexmerge_core.algorithms import get_algorithm
 from flexmerge_core.planning.blocks import build_blocks
-from flexmerge_core.planning.similarity import (GRAM_CHUNK_COLUMNS, block_similarities, block_stream,
-                                                cosine_from_gram, gram_matrix)
+from flexmerge_core.planning.similarity import GRAM_CHUNK_COLUMNS, block_similarities, cosine_from_gram, gram_matrix
 from plan_zoos import block_rows, random_zoo, textbook_cosine
 
 
@@ -49,17 +48,3 @@ def test_similarity_uses_the_algorithms_preprocessed_vectors(tmp_path):
         np.testing.assert_allclose(sims[b], textbook_cosine(rows), rtol=0, atol=1e-6)
     plain = block_similarities(zoo, spec)
     assert not np.allclose(sims, plain)      # trimming really changed what similarity sees
-
-
-def test_block_stream_reads_every_block_into_one_reused_buffer(tmp_path):
-    zoo, *_ = random_zoo(tmp_path / "zoo", seed=2)
-    spec = build_blocks(zoo.param_names, zoo.param_shapes, "component")
-    stream = block_stream(zoo, spec)
-    for _ in range(2):  # a second pass reads the same values into the same memory
-        storages = set()
-        for block, vectors in zip(spec.blocks, stream()):
-            expected = zoo.task_vectors(block.params)
-            assert list(vectors) == list(block.params)
-            assert all(torch.equal(vectors[n], expected[n]) for n in block.params)
-            storages |= {t.untyped_storage().data_ptr() for t in vectors.values()}
-        assert len(storages) == 1

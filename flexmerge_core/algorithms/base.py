@@ -202,9 +202,7 @@ class MergeAlgorithm:
         return type(self).preprocess_block is MergeAlgorithm.preprocess_block
 
     def prepare(self, stream: BlockStream) -> None:
-        """Record global state from the whole model; stream() gives a fresh block iterator, whose blocks
-        may be overwritten once the next is requested (planning.similarity.block_stream reuses one
-        buffer): keep copies, not the tensors."""
+        """Record global state from the whole model; stream() gives a fresh block iterator."""
 
     def prepare_for(self, source: str, stream: BlockStream) -> None:
         """prepare(stream) unless the last prepare_for named the same `source` (a zoo fingerprint):

@@ -15,7 +15,7 @@ from flexmerge_core.cache import content_hash
 from flexmerge_core.byte_budget_lru import ByteBudgetLRU
 from flexmerge_core.deployment.memo import default_memo_bytes, tensors_bytes
 from flexmerge_core.deployment.prepared_rows import PreparedRows, load_rows
-from flexmerge_core.planning.similarity import block_stream, pick_device
+from flexmerge_core.planning.similarity import pick_device
 
 
 class GroupMerger:
@@ -84,4 +84,6 @@ class GroupMerger:
     def _prepare(self) -> None:
         """The algorithm's global pass, skipped when it already ran on this zoo (the plan's, another merger's)."""
         if self.algorithm.has_preprocessing:
-            self.algorithm.prepare_for(self.zoo.fingerprint, block_stream(self.zoo, self.spec, self.device))
+            blocks = self.spec.blocks
+            self.algorithm.prepare_for(self.zoo.fingerprint,
+                                       lambda: (load_rows(self.zoo, b.params, None, self.device) for b in blocks))

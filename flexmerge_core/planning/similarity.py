@@ -80,29 +80,11 @@ def cosine_from_gram(gram: torch.Tensor) -> np.ndarray:
     return (gram / (norms[:, None] * norms[None, :] + COSINE_EPS)).cpu().numpy()
 
 
-def block_stream(zoo, spec, device=None) -> Callable[[], Iterator[dict[str, torch.Tensor]]]:
-    """stream() -> a fresh iterator over every block's stacked task vectors {name: float32 [M, *shape]}, in
-    model order (on `device` when given), read into ONE buffer reused from block to block and pass to
-    pass: a block's tensors are overwritten once the next is requested (MergeAlgorithm.prepare keeps
-    copies of what it needs).
-
-    Why: the global passes (TIES', PCB's) read the whole zoo, and fresh tensors for every block were
-    page-faulted and zero-filled on first touch: six blocks of the 30-task fp16 ViT-B-32 zoo took
-    2.75 s to read fresh, 0.9-1.1 s into the reused buffer (one read of it: ~11 s against ~4 s).
-    """
-    tasks, buffer = len(zoo.task_names), []
-
+def block_stream(zoo, spec) -> Callable[[], Iterator[dict[str, torch.Tensor]]]:
+    """stream() -> a fresh iterator over every block's stacked task vectors, in model order."""
     def stream():
-        if not buffer:
-            buffer.append(torch.empty(tasks * max(block.numel for block in spec.blocks)))
         for block in spec.blocks:
-            into, start = {}, 0
-            for name in block.params:
-                shape = (tasks, *zoo.param_shapes[name])
-                into[name] = buffer[0][start:start + math.prod(shape)].view(shape)
-                start += math.prod(shape)
-            vectors = zoo.task_vectors(block.params, into=into)
-            yield vectors if device is None else {n: t.to(device) for n, t in vectors.items()}
+            yield zoo.task_vectors(block.params)
     return stream
 
 

@@ -5,7 +5,8 @@ preprocessing) and merge every group the plan ever forms that the algorithm stor
 (plan.events -> the group each event makes; GroupMerger without memo or disk cache, as a cold app
 would on first reaching each size). Groups are visited block by block, and the merger's row cache
 (deployment/prepared_rows.py) holds one block's preprocessed rows of every task (its budget: the
-largest block's), so each task is read and preprocessed once per block, not once per group; the
+largest block's vectors and 1/8 more for what rows carry beside them, PCB's summaries: 1/16), so each
+task is read and preprocessed once per block, not once per group; the
 `rows` column counts the (block, task) rows read from disk; the plan's global pass (ties' and dare_ties'
 thresholds) serves the merges too (MergeAlgorithm.prepare_for). Next to them, two references, each a
 child process too:

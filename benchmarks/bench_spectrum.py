@@ -7,10 +7,10 @@ would on first reaching each size, each group's rows stacked in one reused buffe
 Groups are visited block by block, and the merger's row cache (deployment/prepared_rows.py) holds one
 block's preprocessed rows of every task (its budget: the largest block's, MergeAlgorithm.row_bytes:
 TSV-M's rows with their factors are 1.75-2.1x the vectors, and a budget of the vectors alone had it
-factorise each task of an MLP block four times), so each task is read and preprocessed once per block,
-not once per group; the `rows` column counts the (block, task) rows read from disk; the plan's global
-pass (ties' and dare_ties' thresholds) serves the merges too (MergeAlgorithm.prepare_for). Next to
-them, two references, each a
+factorise each task of an MLP block four times; PCB's carry 1/16 more, its stripe maxima), so each task
+is read and preprocessed once per block, not once per group; the `rows` column counts the (block, task)
+rows read from disk; the plan's global pass (ties' and dare_ties' thresholds) serves the merges too
+(MergeAlgorithm.prepare_for). Next to them, two references, each a
 child process too:
   floor      one streamed read of every task vector + each block's Gram matrix (what any plan needs:
              planning's raw similarity pass, reading each tensor's stack into one reused buffer)

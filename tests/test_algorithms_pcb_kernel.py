@@ -7,6 +7,7 @@ import pytest
 import torch
 
 import flexmerge_core.algorithms.pcb as pcb_module
+import flexmerge_core.algorithms.pcb_scores as pcb_scores
 from algorithm_cases import GROUP_SIZES
 from flexmerge_core.algorithms import get_algorithm
 from test_algorithms_pcb_tsv import M, assert_relative, merged_np, random_model, ref_pcb
@@ -17,15 +18,15 @@ from test_algorithms_pcb_tsv import M, assert_relative, merged_np, random_model,
 def test_tanh_series_is_tanh_up_to_its_bound(dtype, rtol, bound):
     values = (torch.rand(20000, generator=torch.Generator().manual_seed(1), dtype=torch.float64) * 2 - 1) * bound
     values = torch.cat([values, torch.tensor([bound, -bound, 0.0], dtype=torch.float64)]).to(dtype)
-    got = pcb_module.tanh_(values.clone(), bound).double().numpy()
+    got = pcb_scores.tanh_(values.clone(), bound).double().numpy()
     expected = np.tanh(values.double().numpy())
     assert np.allclose(got, expected, rtol=rtol, atol=0)
 
 
 def test_tanh_series_lengths_follow_the_bound():
     bounds = (1e-4, 0.02, 0.09, 0.18, 0.28, 0.3)
-    assert [pcb_module.series_terms(b, torch.float32) for b in bounds] == [1, 2, 3, 4, 5, None]
-    assert pcb_module.series_terms(1e-9, torch.float64) == 1 and pcb_module.series_terms(0.05, torch.float64) is None
+    assert [pcb_scores.series_terms(b, torch.float32) for b in bounds] == [1, 2, 3, 4, 5, None]
+    assert pcb_scores.series_terms(1e-9, torch.float64) == 1 and pcb_scores.series_terms(0.05, torch.float64) is None
 
 
 def merge_all_blocks(model, members, **options):
@@ -38,6 +39,7 @@ def merge_all_blocks(model, members, **options):
 @pytest.mark.parametrize("scale", [1.0, 1e-3])  # O(1) values take expm1, task-vector-sized ones the series
 def test_row_max_from_stripe_bounds_matches_reference(monkeypatch, g, scale):
     monkeypatch.setattr(pcb_module, "CANDIDATE_SHARE", 1)  # never fall back to the full pass for the max
+    monkeypatch.setattr(pcb_module, "SMALL_GROUP", 0)      # not even in these small blocks
     full_passes = []
     exact_range = pcb_module.exact_range
     monkeypatch.setattr(pcb_module, "exact_range", lambda *a: full_passes.append(1) or exact_range(*a))

@@ -9,7 +9,7 @@ import torch
 import flexmerge_core.algorithms.columns as columns
 from algorithm_cases import DEVICES, GROUP_SIZES
 from flexmerge_core.algorithms import get_algorithm
-import flexmerge_core.algorithms.pcb as pcb_module
+import flexmerge_core.algorithms.pcb_scores as pcb_scores
 import flexmerge_core.algorithms.tsv as tsv
 from flexmerge_core.algorithms.tsv import OVERSAMPLE, top_singular_triplets, tsv_factors
 
@@ -119,7 +119,7 @@ def test_pcb_needs_prepare_and_survives_degenerate_input():
 @pytest.mark.parametrize("dtype, rtol", [(torch.float64, 1e-15), (torch.float32, 3e-7)])
 def test_pcb_tanh_is_tanh_from_tiny_to_huge_arguments(dtype, rtol):
     values = [-1e4, -30.0, -20.5, -3.0, -0.3, -1e-9, -1e-30, 0.0, 1e-30, 1e-9, 1e-4, 0.3, 2.0, 19.9, 20.5, 1e4]
-    got = pcb_module.tanh_(torch.tensor(values, dtype=dtype))
+    got = pcb_scores.tanh_(torch.tensor(values, dtype=dtype))
     expected = np.tanh(np.array(values))
     assert np.allclose(got.double().numpy(), expected, rtol=rtol, atol=0)
 

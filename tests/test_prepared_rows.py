@@ -132,8 +132,10 @@ def test_dare_ties_trims_the_rows_dare_ta_dropped():
 
 def test_preprocessing_keys_name_what_rows_depend_on():
     key = lambda name, **o: get_algorithm(name, **o).preprocessing_key  # noqa: E731
-    raw = {key(n) for n in ("avg", "ta", "consensus", "consensus_ta", "emr", "pcb")}
+    raw = {key(n) for n in ("avg", "ta", "consensus", "consensus_ta", "emr")}
     assert len(raw) == 1 and key("ta", lam=0.3) in raw
+    assert key("pcb") == key("pcb", keep=0.2, lam=0.5) not in raw | {key("pcb", clamp_quantile=1e-3)}  # its clamp bounds
+    assert get_algorithm("pcb").input_key in raw                 # finished from held raw rows, not read again
     assert key("tsv") == key("tsv", alpha=0.5) not in raw     # its rows carry each task's factorisation
     assert key("ties") == key("ties", lam=2.0, similarity_on="original") != key("ties", keep=0.2)
     assert key("ties") not in raw and key("dare_ta") not in raw | {key("ties")}

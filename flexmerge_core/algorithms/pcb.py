@@ -43,109 +43,54 @@ import math
 
 import torch
 
-from flexmerge_core.algorithms.base import HyperParam, MergeAlgorithm, MergeResult, flatten_rows
-from flexmerge_core.algorithms.columns import Scratch, as_rows, column_slices, positive_
-from flexmerge_core.algorithms.order_stats import streamed_order_statistics
+from flexmerge_core.algorithms.base import HyperParam, MergeAlgorithm, MergeResult
+from flexmerge_core.algorithms.columns import as_rows, column_slices, positive_, thread_scratch
+from flexmerge_core.algorithms.pcb_scores import Scores, clamp_positions, tanh_, unit_scale, work_dtype
+from flexmerge_core.algorithms.pcb_thresholds import global_thresholds
 from flexmerge_core.algorithms.stripes import STRIPE, Stripes, reduce, stripe_extremes
+from flexmerge_core.cache import content_hash
 
 KEEP = HyperParam("keep", 0.1, float, 0.0, 1.0, low_inclusive=False,
                   help="top fraction of each task's global PCB scores that survives (0.1 vision, 0.2 language)")
 LAMBDA = HyperParam("lam", 1.0, float, 0.0, 10.0, help="scaling of the merged vector")
 QUANTILE = HyperParam("clamp_quantile", 1e-4, float, 0.0, 0.5, high_inclusive=False,
                       help="magnitudes are clamped per row to the [q, 1-q] quantiles")
-FP32_SAFE_GROUP = 80  # exp(g) stays finite in float32 up to g = 88
-TANH_CAP = 20.0  # tanh is 1 in float64 from here on; capping keeps expm1(2 x) finite
-TANH_SERIES = (1.0, -1 / 3, 2 / 15, -17 / 315, 62 / 2835, -1382 / 155925)  # tanh(x) = x * sum_k c_k x^2k
+CLAMP_BOUNDS = "pcb:clamp"  # preprocessed entry [m, 2]: each row's clamp bounds over its block
+STRIPE_MAXIMA = "pcb:stripes"  # preprocessed entry [m, padded]: each row's stripe maxima of |X| (stripe_layout)
+SUMMARY = (CLAMP_BOUNDS, STRIPE_MAXIMA)
+SUMMARY_VERSION = 1  # of what the preprocessed entries hold: names preprocessed rows in caches
+WINDOW = 1 << 15  # columns of a tensor per window of the stripe layout: the same for every group
 SLACK = 1e-5  # relative margin of the stripe bounds of P over rounding (~100 float32 ulps)
 SLICE_SHARE = 4  # 1 MiB slices (fp32): pass 2 keeps five temporaries, 7.6x averaging at 4 MiB, 5.6x at 1 MiB
 LEADS = 16  # first guesses of a row's max P: its best-bounded stripes in as many groups
 CANDIDATE_SHARE = 8  # with more than 1/8 of the entries below the bounds, one full pass is cheaper
+SMALL_GROUP = 1 << 16  # entries (g * d) up to which the range of P takes one exact pass: 1.0 -> 0.3 ms at g = 30
 
 
-def work_dtype(g: int, dtype: torch.dtype) -> torch.dtype:
-    return torch.float64 if g > FP32_SAFE_GROUP else dtype
+def stripe_layout(rows: dict) -> list:
+    """(name, columns) windows of every tensor of a block: the stripes' layout, fixed whatever the group
+    size, so that a task's stripe maxima are found once (row_summary) and shared by its groups."""
+    return [(n, slice(s, min(s + WINDOW, r.shape[1]))) for n, r in rows.items() for s in range(0, r.shape[1], WINDOW)]
 
 
-def clamp_positions(d: int, q: float) -> tuple:
-    """Sorted positions of a row's clamp bounds, as the released code indexes them (no interpolation)."""
-    return int(d * q), max(int(d * (1 - q)) - 1, 0)
-
-
-def unit_scale(low: torch.Tensor, high: torch.Tensor) -> torch.Tensor:
-    """1 / (high - low) per row, 0 where high <= low: (v - low) * it is minmax with its zero guard."""
-    span = high - low
-    return torch.where(span > 0, 1.0 / torch.where(span > 0, span, torch.ones_like(span)), torch.zeros_like(span))
-
-
-def series_terms(bound: float, dtype: torch.dtype):
-    """How many terms of tanh's Taylor series are exact to a quarter ulp up to |x| = bound (None: > 5).
-
-    The series alternates with falling terms there, so the first term left out bounds the error."""
-    eps = torch.finfo(dtype).eps / 4
-    for terms in range(1, len(TANH_SERIES)):
-        if abs(TANH_SERIES[terms]) * bound ** (2 * terms) <= eps:
-            return terms
-    return None
-
-
-def tanh_(values: torch.Tensor, bound=None, scratch=()) -> torch.Tensor:
-    """tanh in place; bound: max |values| if known (else it is measured); scratch: up to two tensors
-    shaped like values for the polynomial (else it allocates them).
-
-    Small arguments (|x| <= 0.28 in float32, the usual case for task vectors: x = X * sum_k X_k) take
-    the shortest exact Taylor polynomial: 4-10 cache-speed ops instead of expm1 (about 3x the time of
-    averaging at g = 30 for expm1 alone). Larger ones: e / (e + 2), e = expm1(2 values), 2.3x faster
-    than torch.tanh on CPU and as exact near 0 (float32: 1.7e-7 relative at most); inputs are capped at
-    20, where tanh is 1 in float64, so e stays finite.
-    """
-    if bound is None:
-        bound = float(values.abs().max()) if values.numel() else 0.0
-    terms = series_terms(bound, values.dtype)
-    if terms is None:
-        e = values.clamp_max_(TANH_CAP).mul_(2.0).expm1_()
-        return e.div_(e + 2.0)
-    if terms == 1:
-        return values
-    z, p = (tuple(scratch) + (None, None))[:2]
-    one = torch.ones((), dtype=values.dtype, device=values.device)
-    if terms == 2:  # addcmul: one op for 1 + c x^2
-        return values.mul_(torch.addcmul(one, values, values, value=TANH_SERIES[1], out=p))
-    z = torch.square(values, out=z)
-    p = torch.add(one * TANH_SERIES[terms - 2], z, alpha=TANH_SERIES[terms - 1], out=p)
-    for c in reversed(TANH_SERIES[:terms - 2]):
-        torch.addcmul(one * c, z, p, out=p)
-    return values.mul_(p)
-
-
-class Scores:
-    """P = intra * inter for one group, given each row's clamp bounds (low, high: [g, 1], or any shape
-    broadcasting against the entries scored).
-
-    intra = exp(g * minmax(A)^2) is computed as exp2(((A - low) * root)^2), root = sqrt(g log2 e) /
-    (high - low): torch's exp2 takes a quarter of its exp's time on CPU (AVX-512, float32), as exact.
-    """
-
-    def __init__(self, low: torch.Tensor, high: torch.Tensor, root: torch.Tensor):
-        self.low, self.high, self.root = low, high, root
-
-    @classmethod
-    def of_group(cls, low: torch.Tensor, high: torch.Tensor, g: int) -> "Scores":
-        return cls(low, high, unit_scale(low, high) * math.sqrt(g / math.log(2.0)))
-
-    def rows(self, index: torch.Tensor) -> "Scores":
-        """The same scores for entries of rows `index` ([K], each entry's row)."""
-        return Scores(self.low[index], self.high[index], self.root[index])
-
-    def magnitudes(self, X: torch.Tensor, out=None) -> torch.Tensor:
-        """A: |X| clamped per row to [low, high] (clamp_min_/clamp_max_: tensor-bound clamp is slow on CPU)."""
-        return torch.abs(X, out=out).clamp_min_(self.low).clamp_max_(self.high)
-
-    def intra(self, A: torch.Tensor, out=None) -> torch.Tensor:
-        return torch.sub(A, self.low, out=out).mul_(self.root).square_().exp2_()
-
-    def of(self, X: torch.Tensor, column_sum: torch.Tensor) -> torch.Tensor:
-        """P of entries X whose column sums are column_sum."""
-        return self.intra(self.magnitudes(X)).mul_(tanh_(torch.mul(X, column_sum)))
+def row_summary(rows: dict, q: float) -> tuple:
+    """(clamp bounds [m, 2], stripe maxima of |X| [m, padded]) of the block rows {name: [m, d_name]}, each
+    row's alone: |X| at the released positions, found from the stripes holding the row's ends (one read)."""
+    reference = next(iter(rows.values()))
+    m, dtype, device = reference.shape[0], reference.dtype, reference.device
+    layout = stripe_layout(rows)
+    stripes, scratch = Stripes(layout), thread_scratch(dtype, device)
+    top, low = stripes.extremes(m, True, dtype, device), stripes.extremes(m, False, dtype, device, scratch, "low")
+    for i, (n, cols) in enumerate(layout):
+        magnitude = torch.abs(rows[n][:, cols], out=scratch(0, rows[n][:, cols]))
+        stripe_extremes(magnitude, True, top[:, stripes.span(i)])
+        stripe_extremes(magnitude, False, low[:, stripes.span(i)])
+    d = sum(r.shape[1] for r in rows.values())
+    first, last = clamp_positions(d, q)
+    magnitudes = lambda row, stripe: stripes.entries(rows, row, stripe).abs_()  # noqa: E731
+    bounds = torch.cat([stripes.order_statistic(low, first + 1, False, magnitudes),
+                        stripes.order_statistic(top, d - last, True, magnitudes)], dim=1)
+    return bounds, top
 
 
 class Pcb(MergeAlgorithm):
@@ -164,35 +109,51 @@ class Pcb(MergeAlgorithm):
     def similarity_needs_prepare(self) -> bool:
         return False  # the thresholds only weight the merge; similarity uses the raw vectors
 
+    @property
+    def raw_similarity(self) -> bool:
+        return True  # similarity_block is the task vectors themselves, never the clamp bounds
+
+    def similarity_block(self, block, tasks=None):
+        return self._input_vectors(block, tasks)
+
+    @property
+    def preprocessing_key(self) -> str:
+        """Rows = the input rows with each row's summary over its block (SUMMARY): they depend on the
+        quantile only (keep and lam weight the merge; the thresholds come from the zoo)."""
+        return content_hash("rows", "pcb-summary", SUMMARY_VERSION, self.input_key, self._hp["clamp_quantile"])
+
+    def row_bytes(self, shapes):
+        """The float32 vectors plus the summary: the clamp bounds and the stripe maxima of the block's
+        window layout (about 1/16 of the vectors)."""
+        widths = [math.prod(shape) for shape in shapes]   # a task's row of each tensor, flattened
+        layout = [(i, slice(s, min(s + WINDOW, w))) for i, w in enumerate(widths) for s in range(0, w, WINDOW)]
+        return super().row_bytes(shapes) + 4 * (2 + Stripes(layout).padded)
+
+    def preprocess_inputs(self, block, tasks=None):
+        """The rows plus each row's clamp bounds and stripe maxima over the block (row_summary): a task's
+        are found once per block, whatever groups it joins, instead of by every group's merge."""
+        summary = row_summary({n: as_rows(t) for n, t in block.items()}, self._hp["clamp_quantile"])
+        return {**block, **dict(zip(SUMMARY, summary))}
+
     def prepare(self, stream):
-        q = self._hp["clamp_quantile"]
-
-        def rows():
+        def tensors():
             for block in stream():
-                X = flatten_rows(self._input_vectors(block, None))
-                yield X.to(work_dtype(X.shape[0], X.dtype))
+                yield [as_rows(t).to(work_dtype(t.shape[0], t.dtype)) for t in self._input_vectors(block, None).values()]
 
-        bounds = streamed_order_statistics(rows, lambda d: torch.tensor(clamp_positions(d, q)), absolute=True)
-
-        def scores():
-            for X in rows():
-                b = bounds.to(X.device)
-                yield Scores.of_group(b[:, :1], b[:, 1:], X.shape[0]).of(X, X.sum(dim=0))
-
-        keep = self._hp["keep"]
-        found = streamed_order_statistics(
-            scores, lambda d: torch.tensor([min(int(d * (1 - keep)), d - 1), d - 1]))
-        self._threshold, self._maximum = found[:, 0].cpu(), found[:, 1].cpu()
+        found = global_thresholds(tensors, self._hp["clamp_quantile"], self._hp["keep"])
+        self._threshold, self._maximum = (t.cpu() for t in found)
 
     def _merge(self, block, members):
         if self._threshold is None:
             raise RuntimeError("pcb: call prepare() over the whole model before merge()")
-        rows = {n: as_rows(t) for n, t in block.items()}
+        if CLAMP_BOUNDS not in block:  # raw vectors (merge() called directly): summarise the rows here
+            block = self.preprocess_inputs(block)
+        rows = {n: as_rows(t) for n, t in block.items() if n not in SUMMARY}
         reference = next(iter(rows.values()))
         g, dtype, device = len(members), work_dtype(len(members), reference.dtype), reference.device
         d = sum(r.shape[1] for r in rows.values())
 
-        layout = [(n, slice(*cols.indices(r.shape[1])[:2])) for n, r in rows.items() for cols in column_slices(r)]
+        layout = stripe_layout(rows)
 
         def slices(share=1):  # (name, columns, X slice in the work dtype), all tensors in order
             for n, r in rows.items():
@@ -202,43 +163,38 @@ class Pcb(MergeAlgorithm):
         def entries(row, stripe):
             return stripes.entries(rows, row, stripe).to(dtype)
 
-        # pass 1: column sums S, the stripe extremes of |X| and of |S|, and per row an entry with X * S <= 0
-        stripes, scratch = Stripes(layout), Scratch(dtype, device)
-        column_sum = {n: torch.empty(r.shape[1], dtype=dtype, device=device) for n, r in rows.items()}
-        top_magnitude = stripes.extremes(g, True, dtype, device)
-        low_magnitude = stripes.extremes(g, False, dtype, device)
-        top_sum = stripes.extremes(1, True, dtype, device)[0]
+        # pass 1: column sums S, and per row an entry with X * S <= 0
+        stripes, scratch = Stripes(layout), thread_scratch(dtype, device)
+        column_sum = dict(zip(rows, scratch.empty("sum", (d,)).split([r.shape[1] for r in rows.values()])))
         aligned = torch.ones(g, 1, dtype=torch.bool, device=device)  # no X * S <= 0 seen yet in the row
         for i, (n, cols, X) in enumerate(slices()):
             S = torch.sum(X, dim=0, out=column_sum[n][cols])
-            A = torch.abs(X, out=scratch(0, X))
-            span = stripes.span(i)
-            stripe_extremes(A, True, top_magnitude[:, span])
-            stripe_extremes(A, False, low_magnitude[:, span])
-            stripe_extremes(S.abs(), True, top_sum[span])
             if i < 2 or bool(aligned.any()):  # settled after the first slices but in odd blocks
-                aligned &= positive_(torch.mul(X, S, out=A).amin(dim=1, keepdim=True))
-        # max |X| * max |S| per tensor bounds tanh's argument there
+                aligned &= positive_(torch.mul(X, S, out=scratch(0, X)).amin(dim=1, keepdim=True))
+        # the members' stripe maxima of |X| (row_summary: row_max overwrites them), those of |S|, and
+        # per tensor max |X| * max |S| over its windows, which bounds tanh's argument there
+        top_magnitude = scratch.empty("top", block[STRIPE_MAXIMA].shape).copy_(block[STRIPE_MAXIMA])
+        top_sum = stripes.extremes(1, True, dtype, device, scratch, "top sum")[0]
         product_bound = {}
-        for i, (n, _) in enumerate(layout):
-            found = top_magnitude[:, stripes.span(i)].amax() * top_sum[stripes.span(i)].amax()
+        for i, (n, cols) in enumerate(layout):
+            span = stripes.span(i)
+            stripe_extremes(column_sum[n][cols].abs(), True, top_sum[span])
+            found = top_magnitude[:, span].amax() * top_sum[span].amax()
             product_bound[n] = found if n not in product_bound else torch.maximum(product_bound[n], found)
         product_bound = {n: float(b) for n, b in product_bound.items()}
 
-        # the clamp bounds: |X| at the released positions, from the stripes holding each row's ends
-        low, high = clamp_positions(d, self._hp["clamp_quantile"])
-        magnitudes = lambda row, stripe: entries(row, stripe).abs_()  # noqa: E731
-        scores = Scores.of_group(stripes.order_statistic(low_magnitude, low + 1, False, magnitudes),
-                                 stripes.order_statistic(top_magnitude, d - high, True, magnitudes), g)
+        bounds = block[CLAMP_BOUNDS].to(device, dtype)
+        scores = Scores.of_group(bounds[:, :1], bounds[:, 1:], g)
         index = torch.tensor(members)
         threshold = self._threshold[index].to(device, dtype).unsqueeze(1)
         maximum = self._maximum[index].to(device, dtype).unsqueeze(1)
 
         # the range of P per row, without storing P: its max from the stripe bounds, its min is at most
-        # the threshold (the usual case) when the threshold is >= 0 and the row has an X * S <= 0
-        p_high = row_max(scores, stripes, top_magnitude, top_sum, max(product_bound.values()),
-                         scratch, lambda row, stripe: (entries(row, stripe), stripes.entries(column_sum, row, stripe)),
-                         g * d // CANDIDATE_SHARE)
+        # the threshold (the usual case) when the threshold is >= 0 and the row has an X * S <= 0;
+        # a small group (norm layers) takes one exact pass, cheaper than the stripes' bookkeeping
+        p_high = None if g * d <= SMALL_GROUP else row_max(
+            scores, stripes, top_magnitude, top_sum, max(product_bound.values()), scratch,
+            lambda row, stripe: (entries(row, stripe), stripes.entries(column_sum, row, stripe)), g * d // CANDIDATE_SHARE)
         if p_high is None or not bool(((threshold >= 0) & ~aligned).all()):
             p_low, p_high = exact_range(scores, slices(), column_sum)
         else:
@@ -252,6 +208,7 @@ class Pcb(MergeAlgorithm):
         # pass 2, the weighted mean: scale_k = minmax of P_k clamped to [threshold_k, max_k] equals
         # (P_k - p_low) * unit clamped to [0, 1] (an entry at or below p_low weighs exactly 0)
         merged = {n: torch.empty(r.shape[1], dtype=dtype, device=device) for n, r in rows.items()}
+        lam = self._hp["lam"]
         for n, cols, X in slices(SLICE_SHARE):
             S = column_sum[n][cols]
             A = scores.magnitudes(X, out=scratch(0, X))
@@ -262,12 +219,12 @@ class Pcb(MergeAlgorithm):
             if signed:
                 weighted.mul_(torch.sign(X, out=inter))
             total = torch.sum(weighted, dim=0, out=merged[n][cols])
-            if not signed:
-                total.mul_(torch.sign(S))
+            if not signed:  # total >= 0: copysign is its product with sign(S), in one op
+                torch.copysign(total, S, out=total)
             total.div_(scale.sum(dim=0).clamp_(min=1e-12))
-        lam = self._hp["lam"]
-        return MergeResult(unified={n: (lam * v).to(reference.dtype).reshape(block[n].shape[1:])
-                                    for n, v in merged.items()})
+            if lam != 1.0:
+                total.mul_(lam)
+        return MergeResult(unified={n: v.to(reference.dtype).reshape(block[n].shape[1:]) for n, v in merged.items()})
 
 
 def exact_range(scores: Scores, slices, column_sum: dict) -> tuple:

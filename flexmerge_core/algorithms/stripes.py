@@ -44,9 +44,11 @@ class Stripes:
         """The columns of slice i's stripes in an extremes tensor [g, padded]."""
         return self._spans[i]
 
-    def extremes(self, g: int, largest: bool, dtype, device) -> torch.Tensor:
-        """An empty [g, padded] tensor for stripe maxima (minima), its padding already filled."""
-        out = torch.empty(g, self.padded, dtype=dtype, device=device)
+    def extremes(self, g: int, largest: bool, dtype, device, scratch=None, key=None) -> torch.Tensor:
+        """An empty [g, padded] tensor for stripe maxima (minima), its padding already filled (from
+        scratch.empty(key, ...) when given)."""
+        out = torch.empty(g, self.padded, dtype=dtype, device=device) if scratch is None \
+            else scratch.empty(key, (g, self.padded))
         out[:, self.count:] = float("-inf") if largest else float("inf")
         return out
 

@@ -12,11 +12,13 @@ Key of one task's rows: (zoo fingerprint, block params, task id, preprocessing_k
   subset (re-numbered ids) never meets old rows; TIES' per-task thresholds, computed over the zoo by
   `prepare`, are covered by it too.
 - preprocessing_key (MergeAlgorithm) names the rest, so algorithms share rows when it is equal:
-  avg, ta, consensus, consensus_ta, emr, pcb the raw vectors (RAW_ROWS; pcb's thresholds only
-  weight its merge); ties its trim's keep; dare_ta DARE's (p, seed); dare_ties (p, seed) then keep;
-  tsv the vectors with each member's own singular triplets (its factorisation: once per task and block).
+  avg, ta, consensus, consensus_ta, emr the raw vectors (RAW_ROWS); ties its trim's keep; dare_ta
+  DARE's (p, seed); dare_ties (p, seed) then keep; tsv the vectors with each member's own singular
+  triplets (its factorisation: once per task and block); pcb the vectors with each row's clamp bounds
+  and stripe maxima over the block (its clamp quantile; its thresholds only weight the merge).
   When an algorithm's rows are missing but its input-stage rows (input_key) are held, only the rest
-  runs: dare_ties after dare_ta with equal p and seed trims dare_ta's dropped rows, drawing nothing.
+  runs: dare_ties after dare_ta with equal p and seed trims dare_ta's dropped rows, drawing nothing;
+  pcb summarises held raw rows without reading them again.
 - Groups an algorithm does not merge (singletons, mask-method pairs) take the raw rows.
 Loading: the first touch of a block loads and preprocesses every task of it missing here at once when
 their rows fit in the budget (a spectrum, a curve or Compare come back for the others), else only the

@@ -29,7 +29,7 @@ from typing import Optional
 
 import torch
 
-from flexmerge_core.algorithms.base import HyperParam, float_block, iter_rows
+from flexmerge_core.algorithms.base import HyperParam, OwnedBlock, float_block, iter_rows
 from flexmerge_core.algorithms.drop_masks import DropMaskStore, shared_drop_masks
 from flexmerge_core.algorithms.ta import TaskArithmetic
 from flexmerge_core.algorithms.ties import Ties
@@ -42,15 +42,17 @@ SEED = HyperParam("seed", 0, int, 0, 2 ** 62, help="seed of the drop masks")
 def drop_and_rescale(block, tasks, p: float, seed: int, masks: Optional[DropMaskStore] = None) -> dict:
     """Each row (task) of each tensor: keep an entry where its uniform draw >= p, scale by 1/(1-p).
 
-    Row by row into one output: no [M, ...] mask, zeros or scaled temporaries (their fresh pages cost
-    as much as the draws). The masks come from `masks` (default: the process's store), drawn once."""
+    Row by row into one output (the block itself when it is an OwnedBlock): no [M, ...] mask, zeros or
+    scaled temporaries (their new pages cost as much as the draws). The masks come from `masks`
+    (default: the process's store), drawn once. The result is an OwnedBlock either way."""
     masks = shared_drop_masks() if masks is None else masks
+    owned = isinstance(block, OwnedBlock)
     block = float_block(block)
     rows = next(iter(block.values())).shape[0]
     task_ids = list(iter_rows(tasks, rows))
-    out = {}
+    out = OwnedBlock()
     for name, t in block.items():
-        dropped = torch.empty_like(t)
+        dropped = t if owned else torch.empty_like(t)
         for row, task in enumerate(task_ids):
             drop = masks.drop_mask(seed, task, name, p, t.shape[1:]).to(t.device)
             torch.div(t[row], 1.0 - p, out=dropped[row]).masked_fill_(drop, 0.0)

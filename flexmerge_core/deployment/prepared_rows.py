@@ -30,7 +30,7 @@ from typing import Optional, Sequence
 
 import torch
 
-from flexmerge_core.algorithms.base import RAW_ROWS, MergeAlgorithm, float_block
+from flexmerge_core.algorithms.base import RAW_ROWS, MergeAlgorithm, OwnedBlock, float_block
 from flexmerge_core.byte_budget_lru import ByteBudgetLRU
 from flexmerge_core.deployment.memo import budget_from_env, tensors_bytes
 
@@ -87,11 +87,11 @@ class PreparedRows:
         out = {}
         if staged:
             done = sorted(staged)
-            inputs = {n: torch.stack([staged[t][n] for t in done]) for n in staged[done[0]]}
+            inputs = OwnedBlock({n: torch.stack([staged[t][n] for t in done]) for n in staged[done[0]]})
             out.update(self._split(algorithm.preprocess_inputs(inputs, tasks=done), done))
         fresh = [t for t in tasks if t not in staged]
         if fresh:
-            vectors = load_rows(zoo, block.params, fresh, device)
+            vectors = OwnedBlock(load_rows(zoo, block.params, fresh, device))
             prepared = float_block(vectors) if raw else algorithm.preprocess_block(vectors, tasks=fresh)
             del vectors   # the raw block is freed before its rows are copied out
             out.update(self._split(prepared, fresh))

@@ -17,6 +17,8 @@ from typing import Callable, Iterator, Optional
 import numpy as np
 import torch
 
+from flexmerge_core.algorithms.base import OwnedBlock
+
 COSINE_EPS = 1e-8
 GRAM_CHUNK_COLUMNS = 1 << 16
 STREAM_BYTES = 64 << 20                # a tensor whose M task vectors take more (float32) is read in slabs
@@ -81,10 +83,11 @@ def cosine_from_gram(gram: torch.Tensor) -> np.ndarray:
 
 
 def block_stream(zoo, spec) -> Callable[[], Iterator[dict[str, torch.Tensor]]]:
-    """stream() -> a fresh iterator over every block's stacked task vectors, in model order."""
+    """stream() -> a fresh iterator over every block's stacked task vectors, in model order; each block
+    read afresh and yielded as an OwnedBlock (a pass may preprocess it in place)."""
     def stream():
         for block in spec.blocks:
-            yield zoo.task_vectors(block.params)
+            yield OwnedBlock(zoo.task_vectors(block.params))
     return stream
 
 
@@ -92,9 +95,7 @@ def _block_cosine(zoo, block, algorithm, device) -> np.ndarray:
     """One block's M x M cosine matrix; its task vectors are freed when this returns."""
     if algorithm is None or algorithm.raw_similarity:
         return cosine_from_gram(_streamed_gram(zoo, block.params, device))
-    vectors = zoo.task_vectors(block.params)
-    if algorithm is not None:
-        vectors = algorithm.similarity_block(vectors)
+    vectors = algorithm.similarity_block(OwnedBlock(zoo.task_vectors(block.params)))
     return cosine_from_gram(gram_matrix(vectors, device))
 
 

@@ -76,7 +76,8 @@ def test_bad_positions_and_empty_streams_are_refused():
 @pytest.mark.parametrize("candidates", [0, 3, 1 << 24])  # the zero bucket's other keys overflow / fit
 def test_zero_buckets_are_counted_not_kept_and_overflow_into_narrowing(dtype, absolute, candidates, monkeypatch):
     """DARE-like rows: 75% exact zeros, so the wanted positions fall among them or just past them;
-    row 1 adds tiny denormals, which share the bucket of 0 (it is then searched for them alone)."""
+    row 1 adds tiny denormals, which share the bucket of 0 (it is then searched for them alone).
+    Streamed as dense rows, as SparseRows (the +0.0 counted, not listed) and mixed."""
     monkeypatch.setattr(order_stats, "STAGE", 64)
     monkeypatch.setattr(order_stats, "CANDIDATES", candidates)
     gen = torch.Generator().manual_seed(2)
@@ -87,12 +88,16 @@ def test_zero_buckets_are_counted_not_kept_and_overflow_into_narrowing(dtype, ab
     x[2, :5] = -0.0
     x = x[:, torch.randperm(400, generator=gen)]
     parts = [x[:, :90], x[:, 90:100], x[:, 100:].reshape(3, 30, 10)]
+    listed = [order_stats.SparseRows([row[~((row == 0) & ~torch.signbit(row))] for row in part.reshape(3, -1)],
+                                     [int(((row == 0) & ~torch.signbit(row)).sum()) for row in part.reshape(3, -1)])
+              for part in parts]  # the same rows, +0.0 counted, not listed
     expected = _sorted_with_signed_zeros(x.abs() if absolute else x)
     wanted = torch.tensor([0, 150, 299, 300, 301, 305, 399])
-    got = order_stats.streamed_order_statistics(lambda: iter(parts), lambda d: wanted, absolute=absolute)
-    reference = expected[:, wanted]
-    assert got.dtype == dtype and torch.equal(got, reference)
-    assert torch.equal(torch.signbit(got), torch.signbit(reference))
+    for items in (parts, listed, [listed[0], parts[1], listed[2]]):
+        got = order_stats.streamed_order_statistics(lambda: iter(items), lambda d: wanted, absolute=absolute)
+        reference = expected[:, wanted]
+        assert got.dtype == dtype and torch.equal(got, reference)
+        assert torch.equal(torch.signbit(got), torch.signbit(reference))
 
 
 def test_a_stream_that_changes_between_passes_is_refused():

@@ -25,12 +25,13 @@ which dare_ta and dare_ties share; dare_ties' rows add the trim's keep (ties.py)
 """
 from __future__ import annotations
 
-from typing import Optional
+from typing import Iterator, Optional
 
 import torch
 
 from flexmerge_core.algorithms.base import HyperParam, OwnedBlock, float_block, iter_rows
 from flexmerge_core.algorithms.drop_masks import DropMaskStore, shared_drop_masks
+from flexmerge_core.algorithms.order_stats import SparseRows
 from flexmerge_core.algorithms.ta import TaskArithmetic
 from flexmerge_core.algorithms.ties import Ties
 from flexmerge_core.cache import content_hash
@@ -53,11 +54,23 @@ def drop_and_rescale(block, tasks, p: float, seed: int, masks: Optional[DropMask
     out = OwnedBlock()
     for name, t in block.items():
         dropped = t if owned else torch.empty_like(t)
+        bits = torch.int32 if t.dtype == torch.float32 else torch.int64
         for row, task in enumerate(task_ids):
-            drop = masks.drop_mask(seed, task, name, p, t.shape[1:]).to(t.device)
-            torch.div(t[row], 1.0 - p, out=dropped[row]).masked_fill_(drop, 0.0)
+            keep = masks.keep_bits(seed, task, name, p, t.shape[1:], bits).to(t.device)
+            torch.div(t[row], 1.0 - p, out=dropped[row]).view(bits).bitwise_and_(keep)  # dropped: +0.0
         out[name] = dropped
     return out
+
+
+def kept_rows(block, tasks, p: float, seed: int, masks: Optional[DropMaskStore] = None) -> Iterator[SparseRows]:
+    """drop_and_rescale's rows tensor by tensor as SparseRows: each row's kept entries, rescaled the same
+    way, and the count of its dropped ones (+0.0 there), which order statistics then never see one by one."""
+    masks = shared_drop_masks() if masks is None else masks
+    block = float_block(block)
+    task_ids = list(iter_rows(tasks, next(iter(block.values())).shape[0]))
+    for name, t in block.items():
+        kept = [masks.kept_entries(seed, task, name, p, t[row]).div_(1.0 - p) for row, task in enumerate(task_ids)]
+        yield SparseRows(kept, [t[0].numel() - k.numel() for k in kept])
 
 
 class DareMixin:
@@ -84,3 +97,6 @@ class DareTaskArithmetic(DareMixin, TaskArithmetic):
 class DareTies(DareMixin, Ties):
     name = "dare_ties"
     params = Ties.params + (DROP, SEED)
+
+    def _ranked_rows(self, block):
+        return kept_rows(block, None, self._hp["p"], self._hp["seed"])

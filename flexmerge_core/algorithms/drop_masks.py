@@ -58,17 +58,35 @@ class DropMaskStore:
     def drop_mask(self, seed: int, task: int, name: str, p: float, shape) -> torch.Tensor:
         """The bool CPU mask of `shape` (True: drop), as draw_drop_mask gives it."""
         shape = tuple(int(s) for s in shape)
+        return torch.from_numpy(self._drop_bytes(seed, task, name, p, shape).view(np.bool_)).view(shape)
+
+    def keep_bits(self, seed: int, task: int, name: str, p: float, shape, dtype: torch.dtype) -> torch.Tensor:
+        """The mask as an integer tensor of `shape` and `dtype`: all bits set where the entry is kept,
+        0 where it is dropped. And-ed with the bits of same-sized floats, it turns the dropped entries
+        into +0.0 and leaves the kept ones bit for bit (5x faster than masked_fill_ with the bool mask)."""
+        shape = tuple(int(s) for s in shape)
+        return torch.from_numpy(self._drop_bytes(seed, task, name, p, shape)).to(dtype).sub_(1).view(shape)
+
+    def kept_entries(self, seed: int, task: int, name: str, p: float, row: torch.Tensor) -> torch.Tensor:
+        """The entries of `row` (task `task`'s tensor `name`) the mask keeps, flattened in order, in new
+        memory (numpy's compress on the CPU: its boolean indexing is 3.5x slower on a random 10%)."""
+        keep = self._drop_bytes(seed, task, name, p, tuple(int(s) for s in row.shape)) == 0
+        if row.device.type == "cpu":
+            return torch.from_numpy(np.compress(keep, row.reshape(-1).numpy()))
+        return row.reshape(-1)[torch.from_numpy(keep).to(row.device)]
+
+    def _drop_bytes(self, seed: int, task: int, name: str, p: float, shape: tuple) -> np.ndarray:
+        """The mask flattened, one uint8 per entry (1: drop): unpacked from the store, else drawn and stored."""
         key = (int(seed), int(task), name, float(p), shape)
         with self._lock:
             packed = self._masks.get(key)
         if packed is not None:
-            count = int(np.prod(shape, dtype=np.int64))
-            return torch.from_numpy(np.unpackbits(packed, count=count).view(np.bool_)).view(shape)
-        mask = draw_drop_mask(seed, task, name, p, shape)
-        packed = np.packbits(mask.numpy().reshape(-1))
+            return np.unpackbits(packed, count=int(np.prod(shape, dtype=np.int64)))
+        mask = draw_drop_mask(seed, task, name, p, shape).numpy().reshape(-1)
+        packed = np.packbits(mask)
         with self._lock:   # another thread may have drawn it meanwhile: the same bits, stored once
             self._masks.put(key, packed, packed.nbytes)
-        return mask
+        return mask.view(np.uint8)
 
 
 def default_budget() -> int:

@@ -85,12 +85,17 @@ class Ties(MergeAlgorithm):
         return self._hp["similarity_on"] == "trimmed"
 
     def prepare(self, stream):
-        def vectors():
+        def rows():
             for block in stream():
-                yield from self._input_vectors(block, None).values()
+                yield from self._ranked_rows(block)
         keep = self._hp["keep"]
         self._thresholds = streamed_order_statistics(
-            vectors, lambda d: torch.tensor([trim_position(d, keep)]), absolute=True)[:, 0].cpu()
+            rows, lambda d: torch.tensor([trim_position(d, keep)]), absolute=True)[:, 0].cpu()
+
+    def _ranked_rows(self, block):
+        """Tensor by tensor, the rows whose magnitudes the thresholds rank: the input vectors (dare_ties
+        lists only the entries DARE keeps)."""
+        return self._input_vectors(block, None).values()
 
     @property
     def preprocessing_key(self) -> str:

@@ -55,6 +55,7 @@ def drop_and_rescale(block, tasks, p: float, seed: int, masks: Optional[DropMask
     for name, t in block.items():
         dropped = t if owned else torch.empty_like(t)
         bits = torch.int32 if t.dtype == torch.float32 else torch.int64
+        masks.prefetch(seed, task_ids, name, p, t.shape[1:])
         for row, task in enumerate(task_ids):
             keep = masks.keep_bits(seed, task, name, p, t.shape[1:], bits).to(t.device)
             torch.div(t[row], 1.0 - p, out=dropped[row]).view(bits).bitwise_and_(keep)  # dropped: +0.0
@@ -69,6 +70,7 @@ def kept_rows(block, tasks, p: float, seed: int, masks: Optional[DropMaskStore] 
     block = float_block(block)
     task_ids = list(iter_rows(tasks, next(iter(block.values())).shape[0]))
     for name, t in block.items():
+        masks.prefetch(seed, task_ids, name, p, t.shape[1:])
         kept = [masks.kept_entries(seed, task, name, p, t[row]).div_(1.0 - p) for row, task in enumerate(task_ids)]
         yield SparseRows(kept, [t[0].numel() - k.numel() for k in kept])
 

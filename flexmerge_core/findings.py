@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from typing import Callable, Optional, Sequence
 
+from flexmerge_core.deployment.group_bases import GroupBases
 from flexmerge_core.deployment.prepared_rows import PreparedRows
 from flexmerge_core.errors import InvalidArgumentError
 from flexmerge_core.evaluation.paired import ALPHA
@@ -64,12 +65,13 @@ def reproduce_findings(zoo: Zoo, algorithms: Sequence[str] = DEFAULT_ALGORITHMS,
               for kind in BASELINE_LABELS]
     plans += [(("order", order), PlanSettings(algorithm, order=order), integers) for order in OTHER_ORDERS]
     plans += [(("linkage", linkage), PlanSettings(algorithm, linkage=linkage), integers) for linkage in OTHER_LINKAGES]
-    curves, rows = {}, PreparedRows()   # one zoo: every plan's merger shares the preprocessed rows
+    curves, rows, bases = {}, PreparedRows(), GroupBases()   # one zoo: every plan's merger shares rows and bases
     for i, (key, settings, budgets) in enumerate(plans):
         step = None if progress is None else (
             lambda done, total, message, head=f"plan {i + 1}/{len(plans)} ({' '.join(key)})":
             progress(done, total, f"{head}: {message}"))
-        curves[key] = Pipeline(zoo, settings, progress=step, deploy_size="all", rows=rows).curve(budgets, progress=step)
+        pipeline = Pipeline(zoo, settings, progress=step, deploy_size="all", rows=rows, bases=bases)
+        curves[key] = pipeline.curve(budgets, progress=step)
     main = curves[("algorithm", algorithm)]
     findings = [
         gain_finding(main, algorithm, 1.0, 2.0, alpha),

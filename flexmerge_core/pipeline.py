@@ -97,10 +97,12 @@ class Pipeline:
     planning only), so the memory guard refuses before anything is loaded.
     rows: a deployment.prepared_rows.PreparedRows shared by the pipelines of one zoo (Compare, recommend),
     so algorithms with the same preprocessing read and preprocess each task's rows once; None: its own.
+    bases: a deployment.group_bases.GroupBases shared the same way, so algorithms scaling the same basis
+    (ta, consensus_ta, avg: the group's mean) compute each group's basis once; None: no sharing.
     """
 
     def __init__(self, zoo: Zoo, settings: PlanSettings = PlanSettings(), progress: Progress = None,
-                 deploy_size: Union[float, str, None] = None, rows=None):
+                 deploy_size: Union[float, str, None] = None, rows=None, bases=None):
         from flexmerge_core.planning.blocks import build_blocks
         from flexmerge_core.planning.lazy_plan import LazyPlan
         from flexmerge_core.planning.plan_cache import cached_baseline_plan, cached_plan
@@ -122,7 +124,7 @@ class Pipeline:
             self.plan = cached_baseline_plan(self.zoo, self.spec, self.algorithm, settings.baseline,
                                              settings.linkage, settings.seed, progress=progress)
         self._merger = None
-        self._rows = rows
+        self._rows, self._bases = rows, bases
         self._lock = threading.RLock()
 
     def merger(self):
@@ -133,7 +135,7 @@ class Pipeline:
         with self._lock:
             if self._merger is None:
                 self._merger = GroupMerger(self.zoo, self.spec, self.algorithm, cache=GroupResultCache(),
-                                           rows=self._rows)
+                                           rows=self._rows, bases=self._bases)
             return self._merger
 
     def curve(self, sizes="all", tasks=None, progress: Progress = None, **options):
@@ -198,11 +200,12 @@ def recommend(zoo: Zoo, choices: Sequence[PlanSettings], *, within_points: Optio
     names = [c.algorithm for c in choices]
     if not names or len(set(names)) != len(names):
         raise InvalidArgumentError(f"recommend needs distinct algorithms, got {names}")
+    from flexmerge_core.deployment.group_bases import GroupBases
     from flexmerge_core.deployment.prepared_rows import PreparedRows
 
-    curves, counts, finetuned, rows = {}, None, {}, PreparedRows()
+    curves, counts, finetuned, rows, bases = {}, None, {}, PreparedRows(), GroupBases()
     for choice in choices:
-        pipeline = Pipeline(zoo, choice, progress=progress, deploy_size="all", rows=rows)
+        pipeline = Pipeline(zoo, choice, progress=progress, deploy_size="all", rows=rows, bases=bases)
         result = pipeline.curve("all", progress=progress)
         if counts is None and any("n" not in row for row in result.rows):
             counts = example_counts(pipeline.zoo)

@@ -19,6 +19,7 @@ import numpy as np
 from flexmerge_core.algorithms import ALGORITHM_NAMES, HyperParam, get_algorithm
 from flexmerge_core.cache import cache_root, content_hash
 from flexmerge_core.deployment.footprint import megabytes
+from flexmerge_core.deployment.group_bases import GroupBases
 from flexmerge_core.deployment.prepared_rows import PreparedRows
 from flexmerge_core.errors import InvalidArgumentError
 from flexmerge_core.outputs import child_path
@@ -96,9 +97,9 @@ def summarize_zoo(zoo: Zoo, granularity: str = DEFAULT_GRANULARITY) -> ZooSummar
 class Explorer:
     """One plan (zoo subset + algorithm + granularity/linkage/order) and everything derived from it."""
 
-    def __init__(self, zoo: Zoo, choice: PlanChoice, progress: Optional[Progress] = None, rows=None):
+    def __init__(self, zoo: Zoo, choice: PlanChoice, progress: Optional[Progress] = None, rows=None, bases=None):
         self.choice = choice
-        self.pipeline = Pipeline(zoo, choice, progress=progress, rows=rows)
+        self.pipeline = Pipeline(zoo, choice, progress=progress, rows=rows, bases=bases)
         self.zoo, self.algorithm, self.spec = self.pipeline.zoo, self.pipeline.algorithm, self.pipeline.spec
         self.plan: MergePlan = self.pipeline.plan    # a baseline's ClusteringPlan when choice.baseline is set
         self.plan.achievable_sizes()   # the app needs the whole plan: built here, where pages report its errors
@@ -261,6 +262,7 @@ class Studio:
     def __init__(self, zoo: Zoo):
         self.zoo = zoo
         self.rows = PreparedRows()   # every explorer's merger shares the zoo's preprocessed rows (Compare)
+        self.bases = GroupBases()    # and its groups' bases (ta and consensus_ta: each group's mean once)
         self._explorers: dict[PlanChoice, Explorer] = {}
         self._finetuned: Optional[dict[str, float]] = None
         self._findings: dict[tuple[str, ...], dict] = {}
@@ -275,7 +277,7 @@ class Studio:
             raise InvalidArgumentError(f"unknown task(s) {', '.join(unknown)} in zoo {self.zoo.name}")
         with self._lock:
             if choice not in self._explorers:
-                self._explorers[choice] = Explorer(self.zoo, choice, progress, rows=self.rows)
+                self._explorers[choice] = Explorer(self.zoo, choice, progress, rows=self.rows, bases=self.bases)
             return self._explorers[choice]
 
     def finetuned(self, progress: Optional[Progress] = None) -> dict[str, float]:

@@ -82,3 +82,27 @@ def reference_dare(block: dict, tasks: list, p: float, seed: int) -> dict:
             rows.append(torch.where(draw >= p, row / (1 - p), torch.zeros_like(row)))
         out[name] = torch.stack(rows)
     return out
+
+
+def same(a, b) -> bool:
+    """Two MergeResults hold equal tensors (torch.equal) in every part."""
+    parts = [(a.unified, b.unified), (a.masks, b.masks), (a.originals, b.originals)]
+    if any((x is None) != (y is None) or (x is not None and (x.keys() != y.keys() or
+                                                               not all(torch.equal(x[n], y[n]) for n in x)))
+           for x, y in parts):
+        return False
+    return (a.scales is None) == (b.scales is None) and (a.scales is None or torch.equal(a.scales, b.scales))
+
+
+def group_rows(zoo, algorithm, block_names, members) -> dict:
+    """A merged group's rows computed by themselves: prepared over the whole zoo, only its members read
+    and preprocessed."""
+    algorithm.prepare(lambda: iter([{n: t.clone() for n, t in zoo.vectors.items()}]))
+    return algorithm.preprocess_block({n: zoo.vectors[n][list(members)].clone() for n in block_names}, tasks=members)
+
+
+def alone(zoo, algorithm, block_names, members):
+    """The group computed by itself (a group the algorithm does not merge: its members' raw rows)."""
+    if algorithm.merges_group(len(members)):
+        return algorithm.merge(group_rows(zoo, algorithm, block_names, members), members)
+    return algorithm.merge({n: zoo.vectors[n][list(members)].clone() for n in block_names}, members)

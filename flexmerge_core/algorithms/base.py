@@ -141,6 +141,12 @@ class MergeAlgorithm:
     # any input makes the merged tensor non-finite (sums, means): a one-pass reader may then merge a block
     # tensor by tensor and check only the result for NaN/Inf (deployment/tensorwise.py), with the same values
     tensorwise: bool = False
+    # Set when the unified vector is a scaled copy of a basis: a module-level function of the preprocessed
+    # group alone (the mean, TIES' disjoint mean), times the option named by `basis_scale` (None: as it is).
+    # Algorithms with equal `basis_key` then share a group's basis (deployment/group_bases.py), so comparing
+    # ta with consensus_ta computes each group's mean once. None (pcb, tsv, emr): nothing to share.
+    basis: Optional[Callable[[dict], dict]] = None
+    basis_scale: Optional[str] = None
 
     def __init__(self, **overrides: Any):
         declared = {p.name: p for p in self.params}
@@ -204,6 +210,23 @@ class MergeAlgorithm:
         return content_hash("rows", "preprocessed", self.key)
 
     @property
+    def basis_key(self) -> Optional[str]:
+        """Stable hash of what a merged group's basis depends on besides the zoo, block and members: the
+        basis function (by its qualified name) and the rows it reads (preprocessing_key); None without one.
+        ta, consensus_ta and avg share the mean of the raw rows; consensus the disjoint mean of the raw rows,
+        ties that of its trimmed rows (a different key); dare_ta's mean is of its dropped rows."""
+        if not self._scales_basis:
+            return None
+        function = type(self).basis
+        return content_hash("basis", f"{function.__module__}.{function.__qualname__}", self.preprocessing_key)
+
+    @property
+    def _scales_basis(self) -> bool:
+        """True when the unified vector is the basis scaled: one is declared and `_merge` is not overridden
+        (a subclass's own _merge wins, and shares nothing)."""
+        return self.basis is not None and type(self)._merge is MergeAlgorithm._merge
+
+    @property
     def staged_preprocessing(self) -> bool:
         """True when preprocess_block is preprocess_inputs after _input_vectors, so rows keyed by
         `input_key` (another algorithm's, e.g. dare_ta's dropped rows for dare_ties) may be finished here."""
@@ -253,7 +276,9 @@ class MergeAlgorithm:
         """Whether a group of this size is merged (else it keeps its members' own vectors)."""
         return size >= (3 if self.storage == "mask" else 2)
 
-    def merge(self, block: Block, members: Sequence[int]) -> MergeResult:
+    def merge(self, block: Block, members: Sequence[int], basis: Optional[dict] = None) -> MergeResult:
+        """The group's stored result. basis: the group's `group_basis` when already known (another algorithm
+        with the same basis_key computed it); it is read, never changed. None: computed here."""
         members = tuple(int(m) for m in members)
         block = float_block(block)
         g = group_size(block)
@@ -262,12 +287,38 @@ class MergeAlgorithm:
                 f"members {list(members)} must be {g} distinct ascending task ids matching the block rows")
         if not self.merges_group(g):
             return MergeResult(unified=None, members=members, originals=dict(block))
-        result = self._merge(block, members)
+        if not self._scales_basis:
+            if basis is not None:
+                raise InvalidArgumentError(f"algorithm {self.name!r} has no basis to be handed")
+            result = self._merge(block, members)
+        else:
+            result = self._stored(block, members, self._scaled(block, basis))
         result.members = members
         return result
 
+    def group_basis(self, block: Block) -> dict:
+        """The basis of a merged group's preprocessed block, exactly as `merge` computes it."""
+        return type(self).basis(float_block(block))
+
+    def _scaled(self, block: dict, basis: Optional[dict]) -> dict:
+        """The unified vector: the basis times its scale. A basis computed here (basis None) is scaled in
+        place; a handed one is left intact (a new tensor, the same products: multiplication commutes)."""
+        own = basis is None
+        if own:
+            basis = type(self).basis(block)
+        scale = None if self.basis_scale is None else self._hp[self.basis_scale]
+        if scale is None or scale == 1.0:  # x * 1.0 is x, bit for bit: no pass over the vector
+            return basis if own else {n: v.clone() for n, v in basis.items()}
+        return {n: v.mul_(scale) if own else v * scale for n, v in basis.items()}
+
     def _merge(self, block: dict, members: tuple) -> MergeResult:
+        """The stored result of an algorithm without a basis (or overriding its basis' merge)."""
         raise NotImplementedError
+
+    def _stored(self, block: dict, members: tuple, unified: dict) -> MergeResult:
+        """The stored result around a basis algorithm's unified vector: the vector alone, unless
+        overridden (consensus adds its masks, which read the block)."""
+        return MergeResult(unified=unified)
 
     def reconstruct(self, result: MergeResult, member: int) -> dict:
         """That member's task vector from the stored result (add theta_pre yourself)."""

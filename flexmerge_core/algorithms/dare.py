@@ -21,7 +21,9 @@ rescale and fill, plan 18 s (25 s when every read drew; ties: 8-10 s); the whole
 varied 2.6-3.3 s between runs). The rest of the gap to ties is the thresholds' histograms on 90%
 zeros. The merges draw nothing (the plan's masks are kept), and each (block, task) is dropped once:
 the merger's row cache (deployment/prepared_rows.py) keys dropped rows by `input_key` = (p, seed),
-which dare_ta and dare_ties share; dare_ties' rows add the trim's keep (ties.py).
+which dare_ta and dare_ties share; dare_ties' rows add the trim's keep (ties.py). Group bases
+(deployment/group_bases.py) are keyed by those rows: dare_ta's mean of the dropped rows and dare_ties'
+disjoint mean of the dropped, trimmed rows are shared across lam values, never with ta's or ties' bases.
 """
 from __future__ import annotations
 

@@ -2,10 +2,13 @@
 
 The paper scales the mean rather than the sum so the strength does not grow with the group size.
 Cost model: averaging's one read of the group plus a scaling of the [d] result (1.0x averaging at g = 30).
+Shared: its basis is the group's mean of the raw rows, avg's and consensus_ta's too (whatever their lam),
+so after one of them a group costs ta one scaling; dare_ta's basis is the mean of its dropped rows.
 """
 from __future__ import annotations
 
-from flexmerge_core.algorithms.base import HyperParam, MergeAlgorithm, MergeResult
+from flexmerge_core.algorithms.avg import group_mean
+from flexmerge_core.algorithms.base import HyperParam, MergeAlgorithm
 
 LAMBDA = HyperParam("lam", 1.5, float, 0.0, 10.0, help="scaling of the mean task vector")
 
@@ -14,8 +17,4 @@ class TaskArithmetic(MergeAlgorithm):
     name = "ta"
     tensorwise = True
     params = (LAMBDA,)
-
-    def _merge(self, block, members):
-        lam = self._hp["lam"]
-        # scaled in place: the same products as lam * mean (multiplication commutes exactly), no second tensor
-        return MergeResult(unified={n: t.mean(dim=0).mul_(lam) for n, t in block.items()})
+    basis, basis_scale = staticmethod(group_mean), "lam"

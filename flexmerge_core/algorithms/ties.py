@@ -14,6 +14,9 @@ sums for the sign election. Read 2, per cache-sized column slice: max(x * gamma,
 the column sum of its signs (the count): 5 in-cache ops. Measured on one ViT-B-32 MLP block, CPU time
 of one thread: 0.12 s at g = 30, 3.2x averaging (the old whole-tensor code: 1.06 s, 30x); g = 8: 4.9x.
 The trim (preprocess_inputs, after DARE's drop for dare_ties) is one slice-wise where() per tensor.
+Shared: the merge is lam times its basis, the disjoint mean of the trimmed rows (keyed by the trim's
+keep, whatever lam: a lam sweep computes it once per group). consensus's basis is the disjoint mean of
+the raw rows: shared between consensus' own lam values, never with ties' trimmed groups.
 """
 from __future__ import annotations
 
@@ -21,7 +24,7 @@ import math
 
 import torch
 
-from flexmerge_core.algorithms.base import HyperParam, MergeAlgorithm, MergeResult, OwnedBlock, iter_rows
+from flexmerge_core.algorithms.base import HyperParam, MergeAlgorithm, OwnedBlock, iter_rows
 from flexmerge_core.algorithms.columns import Scratch, as_rows, column_slices
 from flexmerge_core.algorithms.order_stats import streamed_order_statistics
 from flexmerge_core.cache import content_hash
@@ -71,6 +74,7 @@ def trim_position(d: int, keep: float) -> int:
 class Ties(MergeAlgorithm):
     name = "ties"
     params = (KEEP, LAMBDA, SIMILARITY_ON)
+    basis, basis_scale = staticmethod(disjoint_mean), "lam"
 
     def __init__(self, **overrides):
         super().__init__(**overrides)
@@ -123,8 +127,3 @@ class Ties(MergeAlgorithm):
         if self._hp["similarity_on"] == "original":
             return self._input_vectors(block, tasks)
         return self.preprocess_block(block, tasks)
-
-    def _merge(self, block, members):
-        lam = self._hp["lam"]
-        merged = disjoint_mean(block)
-        return MergeResult(unified=merged if lam == 1.0 else {n: v.mul_(lam) for n, v in merged.items()})

@@ -13,6 +13,7 @@ from typing import Optional, Sequence
 from flexmerge_core.algorithms.base import MergeAlgorithm, MergeResult
 from flexmerge_core.cache import content_hash
 from flexmerge_core.byte_budget_lru import ByteBudgetLRU
+from flexmerge_core.deployment.group_bases import GroupBases
 from flexmerge_core.deployment.memo import default_memo_bytes, tensors_bytes
 from flexmerge_core.deployment.prepared_rows import PreparedRows, load_rows
 from flexmerge_core.planning.similarity import pick_device
@@ -31,14 +32,19 @@ class GroupMerger:
     rows: the PreparedRows the members' (preprocessed) rows come from, shared with other mergers of the
     zoo (pipeline.py hands one to all); None: a private one, or with memo=False none (each group reads
     and preprocesses its members itself, so a streamed export holds one block at a time).
+    bases: the GroupBases merged groups' bases come from, shared with the zoo's other mergers (Studio,
+    findings and recommend hand one to all), so ta after consensus_ta scales each group's mean instead of
+    computing it; None: each merge computes its own (nothing else would reuse it).
     """
 
     def __init__(self, zoo, spec, algorithm: MergeAlgorithm, cache=None, device=None,
-                 memo_bytes: Optional[int] = None, memo: bool = True, rows: Optional[PreparedRows] = None):
+                 memo_bytes: Optional[int] = None, memo: bool = True, rows: Optional[PreparedRows] = None,
+                 bases: Optional[GroupBases] = None):
         self.zoo, self.spec, self.algorithm, self.cache = zoo, spec, algorithm, cache
         self.device = pick_device(device)
         self.memo = ByteBudgetLRU(default_memo_bytes() if memo_bytes is None else memo_bytes) if memo else None
         self.rows = rows if rows is not None or not memo else PreparedRows()
+        self.bases = bases
 
     def result(self, block_index: int, members: Sequence[int]) -> MergeResult:
         members = tuple(sorted(int(m) for m in members))
@@ -79,7 +85,11 @@ class GroupMerger:
             vectors = load_rows(self.zoo, block.params, list(members), self.device)
             if merged:
                 vectors = self.algorithm.preprocess_block(vectors, tasks=members)
-        return self.algorithm.merge(vectors, members)
+        basis = None if not merged or self.bases is None else \
+            self.bases.basis(self.zoo, block, members, self.algorithm, self.device, vectors)
+        if basis is None:   # merge(block, members): the interface plugins' algorithms implement
+            return self.algorithm.merge(vectors, members)
+        return self.algorithm.merge(vectors, members, basis=basis)
 
     def _prepare(self) -> None:
         """The algorithm's global pass, skipped when it already ran on this zoo (the plan's, another merger's)."""

@@ -105,6 +105,10 @@ def test_elementwise_merges_match_references_exactly(device, shape_index, g):
     scaled = get_algorithm("ties", lam=0.5).merge(block, members).unified
     for n, t in unflat(reference_ties_merge(rows, 0.5), block).items():
         assert torch.equal(scaled[n].cpu(), t)
+    wide = {n: t.double() for n, t in block.items()}  # float64 stays float64 (its per-slice buffers too)
+    got = get_algorithm("ties").merge(wide, members).unified
+    for n, t in unflat(reference_ties_merge(rows, 1.0, torch.float64), wide).items():
+        assert got[n].dtype == torch.float64 and torch.equal(got[n].cpu(), t)
 
 
 def model_stream(blocks: list):

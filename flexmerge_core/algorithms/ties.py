@@ -52,10 +52,11 @@ def disjoint_mean(block: dict) -> dict:
     reused [g, c] buffer; the mean overwrites gamma (no other [d] tensor is allocated).
     """
     signs, fallback = elect_signs(block)
-    scratch = Scratch(torch.float32, next(iter(block.values())).device)
+    scratches = {}
     out = {}
     for n, t in block.items():
         rows, gamma = as_rows(t), signs[n].reshape(-1)
+        scratch = scratches.setdefault(t.dtype, Scratch(t.dtype, t.device))
         for cols in column_slices(rows):
             elected = gamma[cols]  # -1, 0 or 1: gamma + f - f * gamma^2 is f where gamma is 0 (exact; no slow compare)
             elected.sub_(torch.mul(elected, elected, out=scratch("square", elected)), alpha=fallback).add_(fallback)

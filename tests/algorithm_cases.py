@@ -23,15 +23,15 @@ def dyadic_block(shapes: dict, rows: int, seed: int, device="cpu", zeros: float 
     return out
 
 
-def reference_ties_merge(rows: torch.Tensor, lam: float) -> torch.Tensor:
-    """Coordinate by coordinate, as the textbook states it."""
+def reference_ties_merge(rows: torch.Tensor, lam: float, dtype=torch.float32) -> torch.Tensor:
+    """Coordinate by coordinate, as the textbook states it (in Python floats, stored as `dtype`)."""
     g, d = rows.shape
     signs = []
     for j in range(d):
         total = sum(float(rows[i, j]) for i in range(g))
         signs.append((total > 0) - (total < 0))
     fallback = -1 if sum(signs) < 0 else 1
-    out = torch.zeros(d)
+    out = torch.zeros(d, dtype=dtype)
     for j in range(d):
         s = signs[j] or fallback
         picked = [float(rows[i, j]) for i in range(g) if float(rows[i, j]) * s > 0]

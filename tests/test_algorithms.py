@@ -6,7 +6,7 @@ import torch
 
 from algorithm_cases import DEVICES, GROUP_SIZES, SHAPES, dyadic_block, reference_dare, reference_ties_merge
 from flexmerge_core.algorithms import ALGORITHM_NAMES, get_algorithm
-from flexmerge_core.algorithms.base import flatten_rows as flat, unflatten_row as unflat
+from flexmerge_core.algorithms.base import OwnedBlock, flatten_rows as flat, unflatten_row as unflat
 from flexmerge_core.errors import InvalidArgumentError
 
 
@@ -105,6 +105,10 @@ def test_elementwise_merges_match_references_exactly(device, shape_index, g):
     scaled = get_algorithm("ties", lam=0.5).merge(block, members).unified
     for n, t in unflat(reference_ties_merge(rows, 0.5), block).items():
         assert torch.equal(scaled[n].cpu(), t)
+    wide = {n: t.double() for n, t in block.items()}  # float64 stays float64 (its per-slice buffers too)
+    got = get_algorithm("ties").merge(wide, members).unified
+    for n, t in unflat(reference_ties_merge(rows, 1.0, torch.float64), wide).items():
+        assert got[n].dtype == torch.float64 and torch.equal(got[n].cpu(), t)
 
 
 def model_stream(blocks: list):
@@ -182,6 +186,56 @@ def test_dare_ties_trims_after_dropping():
     expected = reference_trim(torch.cat([flat(b) for b in dropped], dim=1), 0.3)
     got = torch.cat([flat(algo.preprocess_block(b)) for b in blocks], dim=1)
     assert torch.equal(got, expected)
+
+
+@pytest.mark.parametrize("keep", [0.05, 0.1, 0.5])
+def test_dare_ties_thresholds_among_and_past_the_dropped_zeros(keep):
+    """p = 0.9: each task's threshold falls among its dropped zeros or among its smallest kept entries
+    (the trim's passes count the zeros without listing them); checked against kthvalue and the trim."""
+    gen = torch.Generator().manual_seed(3)
+    blocks = [{"w": torch.randn(6, 40, 25, generator=gen), "b": torch.randn(6, 40, generator=gen)},
+              {"k": torch.randn(6, 3, 7, 11, generator=gen)}]
+    blocks[0]["b"][:, :4] = -0.0
+    algo = get_algorithm("dare_ties", p=0.9, keep=keep, seed=4)
+    algo.prepare(model_stream(blocks))
+    dropped = torch.cat([flat(reference_dare(b, list(range(6)), 0.9, 4)) for b in blocks], dim=1)
+    d = dropped.shape[1]
+    expected = dropped.abs().kthvalue(max(d - int(d * keep), 1), dim=1).values
+    assert torch.equal(algo._thresholds, expected)
+    if keep == 0.1:  # both cases occur: thresholds of 0 (more zeros than the position) and above
+        assert (expected == 0).any() and (expected > 0).any()
+    got = torch.cat([flat(algo.preprocess_block(b)) for b in blocks], dim=1)
+    assert torch.equal(got.view(torch.int32), reference_trim(dropped, keep).view(torch.int32))
+
+
+@pytest.mark.parametrize("name", ["ties", "dare_ties", "dare_ta"])
+def test_owned_blocks_are_preprocessed_in_place_with_the_same_bits(name):
+    """An OwnedBlock's tensors are overwritten and returned; any other mapping is left as it was."""
+    blocks = [dyadic_block(SHAPES[i], 4, seed=20 + i) for i in range(len(SHAPES))]
+    algo = get_algorithm(name, p=0.5) if name != "ties" else get_algorithm(name, keep=0.3)
+    algo.prepare(model_stream(blocks))
+    for block in blocks:
+        before = {n: t.clone() for n, t in block.items()}
+        expected = algo.preprocess_block(block)
+        assert all(torch.equal(block[n], before[n]) for n in block)
+        owned = OwnedBlock({n: t.clone() for n, t in block.items()})
+        got = algo.preprocess_block(owned)
+        for n in block:
+            assert got[n].data_ptr() == owned[n].data_ptr()
+            assert torch.equal(got[n].view(torch.int32), expected[n].view(torch.int32))
+
+
+def test_trim_keeps_exactly_the_entries_at_or_above_the_threshold():
+    """Entries equal to the threshold, its float neighbours, denormals and signed zeros; keep = 1 puts
+    the threshold at the smallest |x| (0 here: everything is kept, -0.0 included)."""
+    t = 0.375
+    edge = [t, -t, torch.nextafter(torch.tensor(t), torch.tensor(0.0)).item(), 1e-45, -1e-45, 0.0, -0.0, 5.0, -7.0]
+    row = torch.tensor(edge + [0.1] * 11)
+    for keep, threshold in [(3 / 20, t), (1.0, 0.0)]:  # the 17th smallest of 20 is t
+        trimmed = get_algorithm("ties", keep=keep).preprocess({"w": row.unsqueeze(0)})["w"][0]
+        expected = torch.where(row.abs() >= threshold, row, torch.zeros_like(row))
+        assert torch.equal(trimmed.view(torch.int32), expected.view(torch.int32))
+    assert torch.signbit(trimmed[6]) and int((trimmed != 0).sum()) == 18
 
 
 # ---- robustness and the shared contract ---------------------------------------------------------

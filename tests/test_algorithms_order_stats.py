@@ -11,7 +11,7 @@ from algorithm_cases import DEVICES
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_selection_matches_sort_across_chunks_signs_and_ties(device, dtype, monkeypatch):
-    monkeypatch.setattr(order_stats, "CHUNK", 150)  # 50 columns a chunk: boundaries inside tensors
+    monkeypatch.setattr(order_stats, "STAGE", 50)  # 50 columns staged at a time: boundaries inside tensors
     gen = torch.Generator().manual_seed(0)
     x = torch.randn(3, 300, generator=gen, dtype=dtype) * torch.logspace(-30, 30, 300, dtype=dtype)
     x[0, :150] = 0.0
@@ -44,7 +44,7 @@ def _sorted_with_signed_zeros(x: torch.Tensor) -> torch.Tensor:
 @pytest.mark.parametrize("absolute", [False, True])
 @pytest.mark.parametrize("candidates", [0, 40, 1 << 24])  # histogram every digit / some digits / select at once
 def test_selection_is_exact_whichever_way_it_narrows(device, dtype, absolute, candidates, monkeypatch):
-    monkeypatch.setattr(order_stats, "CHUNK", 4 * 64)
+    monkeypatch.setattr(order_stats, "STAGE", 64)
     monkeypatch.setattr(order_stats, "CANDIDATES", candidates)
     gen = torch.Generator().manual_seed(1)
     x = torch.randn(4, 500, generator=gen, dtype=dtype) * torch.logspace(-3, 3, 500, dtype=dtype)
@@ -69,3 +69,38 @@ def test_bad_positions_and_empty_streams_are_refused():
         order_stats.streamed_order_statistics(lambda: iter([torch.ones(2, 3)]), lambda d: torch.tensor([d]))
     with pytest.raises(ValueError, match="empty"):
         order_stats.streamed_order_statistics(lambda: iter([]), lambda d: torch.tensor([0]))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("absolute", [False, True])
+@pytest.mark.parametrize("candidates", [0, 3, 1 << 24])  # the zero bucket's other keys overflow / fit
+def test_zero_buckets_are_counted_not_kept_and_overflow_into_narrowing(dtype, absolute, candidates, monkeypatch):
+    """DARE-like rows: 75% exact zeros, so the wanted positions fall among them or just past them;
+    row 1 adds tiny denormals, which share the bucket of 0 (it is then searched for them alone).
+    Streamed as dense rows, as SparseRows (the +0.0 counted, not listed) and mixed."""
+    monkeypatch.setattr(order_stats, "STAGE", 64)
+    monkeypatch.setattr(order_stats, "CANDIDATES", candidates)
+    gen = torch.Generator().manual_seed(2)
+    x = torch.randn(3, 400, generator=gen, dtype=dtype)
+    x[:, :300] = 0.0
+    tiny = torch.arange(1, 11, dtype=torch.int32 if dtype == torch.float32 else torch.int64)
+    x[1, 300:310] = tiny.view(dtype) * torch.tensor([1.0, -1.0], dtype=dtype).repeat(5)  # +-k * smallest denormal
+    x[2, :5] = -0.0
+    x = x[:, torch.randperm(400, generator=gen)]
+    parts = [x[:, :90], x[:, 90:100], x[:, 100:].reshape(3, 30, 10)]
+    listed = [order_stats.SparseRows([row[~((row == 0) & ~torch.signbit(row))] for row in part.reshape(3, -1)],
+                                     [int(((row == 0) & ~torch.signbit(row)).sum()) for row in part.reshape(3, -1)])
+              for part in parts]  # the same rows, +0.0 counted, not listed
+    expected = _sorted_with_signed_zeros(x.abs() if absolute else x)
+    wanted = torch.tensor([0, 150, 299, 300, 301, 305, 399])
+    for items in (parts, listed, [listed[0], parts[1], listed[2]]):
+        got = order_stats.streamed_order_statistics(lambda: iter(items), lambda d: wanted, absolute=absolute)
+        reference = expected[:, wanted]
+        assert got.dtype == dtype and torch.equal(got, reference)
+        assert torch.equal(torch.signbit(got), torch.signbit(reference))
+
+
+def test_a_stream_that_changes_between_passes_is_refused():
+    values = iter([torch.tensor([[0.0, 1.0, 2.0, 3.0]]), torch.tensor([[0.0, 1.0, 2.0, 2.5]])])
+    with pytest.raises(RuntimeError, match="changed between passes"):
+        order_stats.streamed_order_statistics(lambda: iter([next(values)]), lambda d: torch.tensor([3]))

@@ -103,3 +103,18 @@ def test_dare_draws_each_mask_once_per_process(monkeypatch, draws):
     again = get_algorithm("dare_ta", p=0.5).preprocess_block(x)
     assert all(torch.equal(first[n], again[n]) for n in x)
     assert len(draws) == len(SHAPES) * 3 and drop_masks.shared_drop_masks().budget == 1 << 20
+
+
+def test_prefetch_draws_each_missing_mask_once_on_threads_and_only_when_all_fit(draws, monkeypatch):
+    monkeypatch.setattr(drop_masks, "DRAW_THREADS", 3)
+    tasks, shape = [0, 1, 2, 5], (5, 13)            # 9 bytes a packed mask
+    small = DropMaskStore(budget=4 * 9 - 1)
+    small.prefetch(3, tasks, "w", 0.7, shape)
+    assert draws == [] and len(small) == 0
+    store = DropMaskStore(budget=1 << 20)
+    store.drop_mask(3, 1, "w", 0.7, shape)           # one already stored: not drawn again
+    store.prefetch(3, tasks, "w", 0.7, shape)
+    assert len(draws) == 4 and len(store) == 4
+    got = [store.drop_mask(3, task, "w", 0.7, shape) for task in tasks]
+    assert len(draws) == 4
+    assert all(torch.equal(mask, drop_masks.draw_drop_mask(3, task, "w", 0.7, shape)) for mask, task in zip(got, tasks))

@@ -27,12 +27,13 @@ disjoint mean of the dropped, trimmed rows are shared across lam values, never w
 """
 from __future__ import annotations
 
-from typing import Optional
+from typing import Iterator, Optional
 
 import torch
 
-from flexmerge_core.algorithms.base import HyperParam, float_block, iter_rows
+from flexmerge_core.algorithms.base import HyperParam, OwnedBlock, float_block, iter_rows
 from flexmerge_core.algorithms.drop_masks import DropMaskStore, shared_drop_masks
+from flexmerge_core.algorithms.order_stats import SparseRows
 from flexmerge_core.algorithms.ta import TaskArithmetic
 from flexmerge_core.algorithms.ties import Ties
 from flexmerge_core.cache import content_hash
@@ -44,20 +45,36 @@ SEED = HyperParam("seed", 0, int, 0, 2 ** 62, help="seed of the drop masks")
 def drop_and_rescale(block, tasks, p: float, seed: int, masks: Optional[DropMaskStore] = None) -> dict:
     """Each row (task) of each tensor: keep an entry where its uniform draw >= p, scale by 1/(1-p).
 
-    Row by row into one output: no [M, ...] mask, zeros or scaled temporaries (their fresh pages cost
-    as much as the draws). The masks come from `masks` (default: the process's store), drawn once."""
+    Row by row into one output (the block itself when it is an OwnedBlock): no [M, ...] mask, zeros or
+    scaled temporaries (their new pages cost as much as the draws). The masks come from `masks`
+    (default: the process's store), drawn once. The result is an OwnedBlock either way."""
     masks = shared_drop_masks() if masks is None else masks
+    owned = isinstance(block, OwnedBlock)
     block = float_block(block)
     rows = next(iter(block.values())).shape[0]
     task_ids = list(iter_rows(tasks, rows))
-    out = {}
+    out = OwnedBlock()
     for name, t in block.items():
-        dropped = torch.empty_like(t)
+        dropped = t if owned else torch.empty_like(t)
+        bits = torch.int32 if t.dtype == torch.float32 else torch.int64
+        masks.prefetch(seed, task_ids, name, p, t.shape[1:])
         for row, task in enumerate(task_ids):
-            drop = masks.drop_mask(seed, task, name, p, t.shape[1:]).to(t.device)
-            torch.div(t[row], 1.0 - p, out=dropped[row]).masked_fill_(drop, 0.0)
+            keep = masks.keep_bits(seed, task, name, p, t.shape[1:], bits).to(t.device)
+            torch.div(t[row], 1.0 - p, out=dropped[row]).view(bits).bitwise_and_(keep)  # dropped: +0.0
         out[name] = dropped
     return out
+
+
+def kept_rows(block, tasks, p: float, seed: int, masks: Optional[DropMaskStore] = None) -> Iterator[SparseRows]:
+    """drop_and_rescale's rows tensor by tensor as SparseRows: each row's kept entries, rescaled the same
+    way, and the count of its dropped ones (+0.0 there), which order statistics then never see one by one."""
+    masks = shared_drop_masks() if masks is None else masks
+    block = float_block(block)
+    task_ids = list(iter_rows(tasks, next(iter(block.values())).shape[0]))
+    for name, t in block.items():
+        masks.prefetch(seed, task_ids, name, p, t.shape[1:])
+        kept = [masks.kept_entries(seed, task, name, p, t[row]).div_(1.0 - p) for row, task in enumerate(task_ids)]
+        yield SparseRows(kept, [t[0].numel() - k.numel() for k in kept])
 
 
 class DareMixin:
@@ -84,3 +101,6 @@ class DareTaskArithmetic(DareMixin, TaskArithmetic):
 class DareTies(DareMixin, Ties):
     name = "dare_ties"
     params = Ties.params + (DROP, SEED)
+
+    def _ranked_rows(self, block):
+        return kept_rows(block, None, self._hp["p"], self._hp["seed"])

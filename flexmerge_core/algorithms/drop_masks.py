@@ -16,7 +16,8 @@ from __future__ import annotations
 import hashlib
 import os
 import threading
-from typing import Optional
+from concurrent.futures import ThreadPoolExecutor
+from typing import Optional, Sequence
 
 import numpy as np
 import torch
@@ -27,6 +28,7 @@ from flexmerge_core.machine import available_memory, parse_bytes
 BUDGET_ENV = "FLEXMERGE_DROP_MASK_BYTES"
 MEMORY_SHARE = 8              # default budget: 1/MEMORY_SHARE of the available memory
 UNKNOWN_MEMORY_BUDGET = 1 << 30
+DRAW_THREADS = min(8, os.cpu_count() or 1)  # masks drawn at once by prefetch (one generator per thread)
 
 
 def drop_generator(seed: int, task: int, name: str) -> torch.Generator:
@@ -55,20 +57,55 @@ class DropMaskStore:
     def __len__(self) -> int:
         return len(self._masks)
 
+    def prefetch(self, seed: int, tasks: Sequence[int], name: str, p: float, shape) -> None:
+        """Draws the masks of `tasks` for one tensor that are not stored yet, DRAW_THREADS at a time, and
+        stores them. Each generator is sequential (one core, ~3.4 ns an entry: 9 s for 30 ViT-B-32
+        tasks), so the first pass of dare_ties over a zoo ran on one core. Nothing when the store cannot
+        hold all of them (callers then draw each mask as they need it)."""
+        shape = tuple(int(s) for s in shape)
+        keys = [(int(seed), int(task), name, float(p), shape) for task in tasks]
+        if DRAW_THREADS < 2 or len(keys) * -(-int(np.prod(shape, dtype=np.int64)) // 8) > self.budget:
+            return
+        with self._lock:
+            missing = [key for key in keys if self._masks.get(key) is None]
+        if len(missing) > 1:
+            packed = _draw_pool().map(lambda key: np.packbits(draw_drop_mask(*key).numpy().reshape(-1)), missing)
+            with self._lock:
+                for key, bits in zip(missing, packed):
+                    self._masks.put(key, bits, bits.nbytes)
+
     def drop_mask(self, seed: int, task: int, name: str, p: float, shape) -> torch.Tensor:
         """The bool CPU mask of `shape` (True: drop), as draw_drop_mask gives it."""
         shape = tuple(int(s) for s in shape)
+        return torch.from_numpy(self._drop_bytes(seed, task, name, p, shape).view(np.bool_)).view(shape)
+
+    def keep_bits(self, seed: int, task: int, name: str, p: float, shape, dtype: torch.dtype) -> torch.Tensor:
+        """The mask as an integer tensor of `shape` and `dtype`: all bits set where the entry is kept,
+        0 where it is dropped. And-ed with the bits of same-sized floats, it turns the dropped entries
+        into +0.0 and leaves the kept ones bit for bit (5x faster than masked_fill_ with the bool mask)."""
+        shape = tuple(int(s) for s in shape)
+        return torch.from_numpy(self._drop_bytes(seed, task, name, p, shape)).to(dtype).sub_(1).view(shape)
+
+    def kept_entries(self, seed: int, task: int, name: str, p: float, row: torch.Tensor) -> torch.Tensor:
+        """The entries of `row` (task `task`'s tensor `name`) the mask keeps, flattened in order, in new
+        memory (numpy's compress on the CPU: its boolean indexing is 3.5x slower on a random 10%)."""
+        keep = self._drop_bytes(seed, task, name, p, tuple(int(s) for s in row.shape)) == 0
+        if row.device.type == "cpu":
+            return torch.from_numpy(np.compress(keep, row.reshape(-1).numpy()))
+        return row.reshape(-1)[torch.from_numpy(keep).to(row.device)]
+
+    def _drop_bytes(self, seed: int, task: int, name: str, p: float, shape: tuple) -> np.ndarray:
+        """The mask flattened, one uint8 per entry (1: drop): unpacked from the store, else drawn and stored."""
         key = (int(seed), int(task), name, float(p), shape)
         with self._lock:
             packed = self._masks.get(key)
         if packed is not None:
-            count = int(np.prod(shape, dtype=np.int64))
-            return torch.from_numpy(np.unpackbits(packed, count=count).view(np.bool_)).view(shape)
-        mask = draw_drop_mask(seed, task, name, p, shape)
-        packed = np.packbits(mask.numpy().reshape(-1))
+            return np.unpackbits(packed, count=int(np.prod(shape, dtype=np.int64)))
+        mask = draw_drop_mask(seed, task, name, p, shape).numpy().reshape(-1)
+        packed = np.packbits(mask)
         with self._lock:   # another thread may have drawn it meanwhile: the same bits, stored once
             self._masks.put(key, packed, packed.nbytes)
-        return mask
+        return mask.view(np.uint8)
 
 
 def default_budget() -> int:
@@ -83,6 +120,15 @@ def default_budget() -> int:
 
 _shared: Optional[DropMaskStore] = None
 _shared_lock = threading.Lock()
+_pool: Optional[ThreadPoolExecutor] = None
+
+
+def _draw_pool() -> ThreadPoolExecutor:
+    global _pool
+    with _shared_lock:
+        if _pool is None:
+            _pool = ThreadPoolExecutor(DRAW_THREADS, thread_name_prefix="dare-draws")
+        return _pool
 
 
 def shared_drop_masks() -> DropMaskStore:

@@ -20,10 +20,12 @@ the raw rows: shared between consensus' own lam values, never with ties' trimmed
 """
 from __future__ import annotations
 
+import math
+
 import torch
 
-from flexmerge_core.algorithms.base import HyperParam, MergeAlgorithm, iter_rows
-from flexmerge_core.algorithms.columns import as_rows, column_slices
+from flexmerge_core.algorithms.base import HyperParam, MergeAlgorithm, OwnedBlock, iter_rows
+from flexmerge_core.algorithms.columns import Scratch, as_rows, column_slices
 from flexmerge_core.algorithms.order_stats import streamed_order_statistics
 from flexmerge_core.cache import content_hash
 
@@ -34,30 +36,34 @@ SIMILARITY_ON = HyperParam("similarity_on", "trimmed", str, choices=("trimmed", 
                            help="vectors the similarity (and so the plan) is computed on")
 
 
-def elect_signs(block: dict) -> dict:
-    """gamma = sign(sum_k x_k); zeros take the sign of sum(gamma) over the block (+1 if that is 0)."""
-    gamma = {n: torch.sign(t.sum(dim=0)) for n, t in block.items()}
+def elect_signs(block: dict) -> tuple:
+    """(sign(sum_k x_k) per tensor, the sign its zeros take): the sign of sum(gamma) over the block (+1
+    if that is 0). The zeros are left for the caller to fill slice by slice."""
+    gamma = {n: t.sum(dim=0).sign_() for n, t in block.items()}
     total = sum(float(g.sum(dtype=torch.float64)) for g in gamma.values())  # exact count of signs
-    fallback = -1.0 if total < 0 else 1.0
-    return {n: torch.where(g == 0, torch.full_like(g, fallback), g) for n, g in gamma.items()}
+    return gamma, -1.0 if total < 0 else 1.0
 
 
 def disjoint_mean(block: dict) -> dict:
     """Mean over members whose entry is non-zero with the elected sign (0 where there is none).
 
     One pass over the group after the sign election's own sum: per column slice, the agreeing entries
-    are max(x * gamma, 0) (|x| where x has the elected sign, else 0), summed with their count.
+    are max(x * gamma, 0) (|x| where x has the elected sign, else 0), summed with their count, in one
+    reused [g, c] buffer; the mean overwrites gamma (no other [d] tensor is allocated).
     """
-    signs = elect_signs(block)
+    signs, fallback = elect_signs(block)
+    scratches = {}
     out = {}
     for n, t in block.items():
         rows, gamma = as_rows(t), signs[n].reshape(-1)
-        mean = torch.empty_like(gamma)
+        scratch = scratches.setdefault(t.dtype, Scratch(t.dtype, t.device))
         for cols in column_slices(rows):
-            agree = (rows[:, cols] * gamma[cols]).clamp_(min=0)
-            total = agree.sum(dim=0)
-            mean[cols] = gamma[cols] * total / agree.sign_().sum(dim=0).clamp_(min=1)  # sign_: 1 per agreeing entry
-        out[n] = mean.reshape(t.shape[1:])
+            elected = gamma[cols]  # -1, 0 or 1: gamma + f - f * gamma^2 is f where gamma is 0 (exact; no slow compare)
+            elected.sub_(torch.mul(elected, elected, out=scratch("square", elected)), alpha=fallback).add_(fallback)
+            agree = torch.mul(rows[:, cols], elected, out=scratch("agree", rows[:, cols])).clamp_(min=0)
+            total = agree.sum(dim=0).mul_(elected)
+            elected.copy_(total.div_(agree.sign_().sum(dim=0).clamp_(min=1)))  # sign_: 1 per agreeing entry
+        out[n] = gamma.reshape(t.shape[1:])
     return out
 
 
@@ -84,12 +90,17 @@ class Ties(MergeAlgorithm):
         return self._hp["similarity_on"] == "trimmed"
 
     def prepare(self, stream):
-        def vectors():
+        def rows():
             for block in stream():
-                yield from self._input_vectors(block, None).values()
+                yield from self._ranked_rows(block)
         keep = self._hp["keep"]
         self._thresholds = streamed_order_statistics(
-            vectors, lambda d: torch.tensor([trim_position(d, keep)]), absolute=True)[:, 0].cpu()
+            rows, lambda d: torch.tensor([trim_position(d, keep)]), absolute=True)[:, 0].cpu()
+
+    def _ranked_rows(self, block):
+        """Tensor by tensor, the rows whose magnitudes the thresholds rank: the input vectors (dare_ties
+        lists only the entries DARE keeps)."""
+        return self._input_vectors(block, None).values()
 
     @property
     def preprocessing_key(self) -> str:
@@ -98,17 +109,18 @@ class Ties(MergeAlgorithm):
         return content_hash("rows", "ties-trim", self.input_key, self._hp["keep"])
 
     def preprocess_inputs(self, block, tasks=None):
+        """Each row keeps |x| >= its task's threshold t: hardshrink zeroes |x| <= its bound, the largest
+        float below t (so exactly |x| < t), in one pass; in place for an OwnedBlock."""
         if self._thresholds is None:
             raise RuntimeError("ties: call prepare() over the whole model before preprocess_block()")
         rows = next(iter(block.values())).shape[0]
         index = torch.tensor(list(iter_rows(tasks, rows)), dtype=torch.long)
-        out = {}
+        out = OwnedBlock()
         for n, t in block.items():
-            limit = self._thresholds[index].to(device=t.device, dtype=t.dtype).unsqueeze(1)
-            rows, trimmed = as_rows(t), torch.empty_like(t)
-            for cols in column_slices(rows):
-                x = rows[:, cols]
-                as_rows(trimmed)[:, cols] = torch.where(x.abs() >= limit, x, 0.0)
+            bounds = torch.nextafter(self._thresholds[index].to(t.dtype), torch.tensor(-math.inf, dtype=t.dtype))
+            trimmed = t if isinstance(block, OwnedBlock) else torch.empty_like(t)
+            for row, bound in enumerate(bounds.tolist()):
+                torch.hardshrink(t[row], bound, out=trimmed[row])
             out[n] = trimmed
         return out
 

@@ -32,7 +32,7 @@ from typing import Optional, Sequence
 
 import torch
 
-from flexmerge_core.algorithms.base import RAW_ROWS, MergeAlgorithm
+from flexmerge_core.algorithms.base import RAW_ROWS, MergeAlgorithm, OwnedBlock
 from flexmerge_core.byte_budget_lru import ByteBudgetLRU
 from flexmerge_core.deployment.memo import budget_from_env, tensors_bytes
 from flexmerge_core.reused_buffer import ReusedBuffer
@@ -95,14 +95,14 @@ class PreparedRows:
         out = {}
         if staged:
             done = sorted(staged)
-            inputs = {n: torch.stack([staged[t][n] for t in done]) for n in staged[done[0]]}
+            inputs = OwnedBlock({n: torch.stack([staged[t][n] for t in done]) for n in staged[done[0]]})
             out.update(self._split(algorithm.preprocess_inputs(inputs, tasks=done), done))
         fresh = [t for t in tasks if t not in staged]
         if fresh and key == RAW_ROWS:   # read apart: nothing to copy out of a stack
             rows = zoo.task_vectors_apart(list(block.params), fresh)
             out.update({t: {n: v.to(device) for n, v in vectors.items()} for t, vectors in zip(fresh, rows)})
         elif fresh:
-            vectors = load_rows(zoo, block.params, fresh, device)
+            vectors = OwnedBlock(load_rows(zoo, block.params, fresh, device))
             prepared = algorithm.preprocess_block(vectors, tasks=fresh)
             del vectors   # the raw block is freed before its rows are copied out
             out.update(self._split(prepared, fresh))

@@ -17,6 +17,7 @@ from typing import Callable, Iterator, Optional
 import numpy as np
 import torch
 
+from flexmerge_core.algorithms.base import OwnedBlock
 from flexmerge_core.reused_buffer import ReusedBuffer
 
 COSINE_EPS = 1e-8
@@ -85,12 +86,13 @@ def cosine_from_gram(gram: torch.Tensor) -> np.ndarray:
 
 def block_stream(zoo, spec, device=None) -> Callable[[], Iterator[dict[str, torch.Tensor]]]:
     """stream() -> a fresh iterator over every block's stacked task vectors, in model order (on `device`,
-    default where they are read). Each iterator reads into its own reused buffer: a block's tensors are
-    overwritten when the next block is drawn (prepare passes consume a block before drawing the next)."""
+    default where they are read), each an OwnedBlock (a pass may preprocess it in place). Each iterator
+    reads into its own reused buffer: a block's tensors are overwritten when the next block is drawn
+    (prepare passes consume a block before drawing the next)."""
     def stream():
         buffer = ReusedBuffer()
         for block in spec.blocks:
-            yield {n: t.to(device) for n, t in block_vectors(zoo, block, buffer).items()}
+            yield OwnedBlock({n: t.to(device) for n, t in block_vectors(zoo, block, buffer).items()})
     return stream
 
 
@@ -104,7 +106,7 @@ def _block_cosine(zoo, block, algorithm, device, buffer: ReusedBuffer) -> np.nda
     """One block's M x M cosine matrix, its task vectors read into `buffer`."""
     if algorithm is None or algorithm.raw_similarity:
         return cosine_from_gram(_streamed_gram(zoo, block.params, device, buffer))
-    vectors = algorithm.similarity_block(block_vectors(zoo, block, buffer))
+    vectors = algorithm.similarity_block(OwnedBlock(block_vectors(zoo, block, buffer)))
     return cosine_from_gram(gram_matrix(vectors, device))
 
 

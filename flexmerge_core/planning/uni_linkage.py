@@ -12,6 +12,7 @@ from typing import Sequence
 
 import torch
 
+from flexmerge_core.algorithms.base import OwnedBlock
 from flexmerge_core.errors import InvalidArgumentError
 from flexmerge_core.planning.linkage import Group, GroupSimilarity, callable_sequence
 from flexmerge_core.planning.similarity import cosine_from_gram, gram_matrix
@@ -50,6 +51,6 @@ def uni_group_similarity(vectors: dict[str, torch.Tensor], algorithm, device: to
 
 def uni_block_sequence(zoo, block, algorithm, rng, device):
     """The `uni` merge sequence of one block, read from the zoo and freed when this returns."""
-    vectors = algorithm.preprocess_block(zoo.task_vectors(block.params))
+    vectors = algorithm.preprocess_block(OwnedBlock(zoo.task_vectors(block.params)))
     similarity = uni_group_similarity(vectors, algorithm, device, list(block.params))
     return callable_sequence(len(zoo.task_names), similarity, rng)

@@ -212,3 +212,14 @@ def test_pipelines_of_one_zoo_share_bases(tmp_path, monkeypatch, basis_calls):
             merger.result(b, members)
     assert groups["consensus_ta"] and groups["consensus_ta"] <= groups["ta"]
     assert basis_calls == {"group_mean": len(groups["ta"])} == {"group_mean": bases.computed}
+
+
+def test_a_bumped_results_version_changes_the_key_and_version_zero_keeps_the_old_one():
+    """Disk caches of merged groups are keyed by algorithm.key: results of older code are never served."""
+    from flexmerge_core.cache import content_hash
+
+    ta = get_algorithm("ta", lam=0.7)
+    assert ta.key == content_hash("algorithm", "ta", {"lam": 0.7})   # unchanged algorithms keep their caches
+    bumped = get_algorithm("ta", lam=0.7)
+    bumped.results_version = 1
+    assert bumped.key != ta.key and get_algorithm("tsv").results_version >= 1

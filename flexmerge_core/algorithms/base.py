@@ -141,6 +141,9 @@ class MergeAlgorithm:
     # any input makes the merged tensor non-finite (sums, means): a one-pass reader may then merge a block
     # tensor by tensor and check only the result for NaN/Inf (deployment/tensorwise.py), with the same values
     tensorwise: bool = False
+    # bumped when the code changes this algorithm's merged values (even in the last bit): disk caches of merged
+    # groups are keyed by `key`, so an upgrade never serves results of the old code as its own
+    results_version: int = 0
     # Set when the unified vector is a scaled copy of a basis: a module-level function of the preprocessed
     # group alone (the mean, TIES' disjoint mean), times the option named by `basis_scale` (None: as it is).
     # Algorithms with equal `basis_key` then share a group's basis (deployment/group_bases.py), so comparing
@@ -164,8 +167,10 @@ class MergeAlgorithm:
 
     @property
     def key(self) -> str:
-        """Stable hash of name + hyperparameters (memo and cache key; never Python's hash())."""
-        return content_hash("algorithm", self.name, self._hp)
+        """Stable hash of name + hyperparameters (+ results_version once bumped): memo and cache key, never
+        Python's hash()."""
+        version = (self.results_version,) if self.results_version else ()
+        return content_hash("algorithm", self.name, self._hp, *version)
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.name!r}, {self._hp})"

@@ -171,3 +171,13 @@ def test_all_finite_is_exact_where_the_sum_overflows(dtype):
         assert not checkpoint_module.all_finite(torch.tensor([1.0, bad, 2.0], dtype=dtype))
     assert not checkpoint_module.all_finite(torch.tensor([float("inf"), -float("inf")], dtype=dtype))
     assert checkpoint_module.all_finite(torch.empty(0, dtype=dtype)) and checkpoint_module.all_finite(torch.arange(3))
+
+
+def test_a_file_cut_short_after_opening_is_named(tmp_path, monkeypatch):
+    monkeypatch.setattr(checkpoint_module, "SLICE_BYTES", SMALL_SLICE)
+    save_file({"a": torch.zeros(4), "w": torch.ones(50, 2, dtype=torch.float16)}, str(tmp_path / "m.safetensors"))
+    file = checkpoint_module.CheckpointFile(tmp_path / "m.safetensors", "task 't'")
+    path = tmp_path / "m.safetensors"
+    path.write_bytes(path.read_bytes()[:-30])
+    with pytest.raises(ZooError, match=r"m\.safetensors: tensor 'w' of task 't' is cut short"):
+        file.read_into("w", torch.empty(50, 2))

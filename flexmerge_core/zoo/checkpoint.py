@@ -184,19 +184,19 @@ class CheckpointFile:
             return out if minus is None else out.sub_(minus)
         path, begin = self._offsets[name]
         width = math.prod(shape[1:]) if shape else 0
-        size = torch.empty((), dtype=dtype).element_size()
+        size = dtype.itemsize
         check = check_finite and name not in self._checked_finite
         flat = out.view(-1)
         subtracted = None if minus is None else minus.view(-1)
         # fp16/bf16 into float32 widens exactly, so one mixed subtraction equals convert-then-subtract
-        mixed = subtracted is not None and torch.promote_types(dtype, out.dtype) == out.dtype
+        mixed = subtracted is not None and subtracted.dtype == out.dtype == torch.promote_types(dtype, out.dtype)
         step = SLICE_BYTES // size
         with open(path, "rb", buffering=0) as f:
             for first in range(0, flat.numel(), step):
                 last = min(flat.numel(), first + step)
                 part = flat[first:last]
                 values = part if out.dtype == dtype else _staging(dtype, last - first)
-                self._pread(f, values, begin + (start * width + first) * size, name)
+                self._pread(f, path, values, begin + (start * width + first) * size, name)
                 if check:
                     self._check_finite(name, values)
                 if values is part:
@@ -213,14 +213,14 @@ class CheckpointFile:
             self._checked_finite.add(name)
         return out
 
-    def _pread(self, f, values: torch.Tensor, offset: int, name: str) -> None:
-        """Fill `values` with the file's bytes from `offset`."""
+    def _pread(self, f, path: Path, values: torch.Tensor, offset: int, name: str) -> None:
+        """Fill `values` with the bytes of the open file `f` (at `path`) from `offset`."""
         buffer = memoryview(values.view(torch.uint8).numpy())
         done = 0
         while done < len(buffer):
             got = os.preadv(f.fileno(), [buffer[done:]], offset + done)
             if got <= 0:
-                raise ZooError(f"{f.name}: tensor '{name}' of {self.role} is cut short (file truncated?)")
+                raise ZooError(f"{path}: tensor '{name}' of {self.role} is cut short (file truncated?)")
             done += got
 
     def _check_finite(self, name: str, tensor: torch.Tensor) -> None:
@@ -251,4 +251,4 @@ def _staging(dtype: torch.dtype, count: int) -> torch.Tensor:
     buffer = getattr(_staging_buffers, "buffer", None)
     if buffer is None:
         buffer = _staging_buffers.buffer = torch.empty(SLICE_BYTES, dtype=torch.uint8)
-    return buffer[:count * torch.empty((), dtype=dtype).element_size()].view(dtype)
+    return buffer[:count * dtype.itemsize].view(dtype)

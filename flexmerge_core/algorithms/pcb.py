@@ -7,35 +7,48 @@ inter = tanh(X * sum_k X_k); P = intra*inter. Global pass (prepare): the same P 
 whole model gives, per task, threshold_k = its sorted P at position int(d*(1-keep)) and max_k. In the
 group, scale_k = minmax over the block of clamp(P_k, threshold_k, max_k), and the output is
 lam * sum_k sign(X_k) A_k scale_k / max(sum_k scale_k, 1e-12).
-All order statistics are exact: streamed radix selection over the whole model, Stripes in a group.
-The global pass reads the zoo 4 times (order_stats.py: 2 passes for the clamp bounds, keyed straight
-from X, then 2 for the thresholds, computing P in each): 23 s on an 8-task fp32 ViT-B-32 zoo (160 s
-with 6 reads, P computed in 3 of them, and the old order statistics).
-The plan itself needs none of it (similarity is on the raw vectors): the merger runs it.
+All order statistics are exact.
+The global pass (prepare, pcb_thresholds.py) reads the zoo twice and computes P once, slice by slice per
+tensor; its thresholds are bit-identical to the four-read radix route it replaced (8-task fp32 and
+30-task fp16 ViT-B-32 zoos). CPU time on a shared 2-core machine: 8 tasks 5.6 s (34.8 s before: four
+reads, P twice, torch.cat of every block), 30 tasks 22-24 s (141 s before).
+The plan itself needs none of it (similarity is on the raw vectors, streamed as avg's): the merger runs it.
+Per (task, block), once (preprocess_inputs: row_summary, one read of the task's rows; rows keyed by
+"pcb-summary"): the row's clamp bounds over the block and its stripe maxima of |X| in a window layout
+that is the same for every group (stripe_layout). Every group the task joins reads them instead of
+finding them (the rows take 1/16 more memory: Pcb.row_bytes).
 Zero denominators: a constant row has minmax 0 everywhere; the final sum of scales is floored at 1e-12.
 Arithmetic is in the input's float dtype (>= fp32), in float64 for g > 80 where exp(g) would overflow fp32.
 
 The merge reads the group twice in column slices and never stores P (columns.py, stripes.py):
-1. pass 1: column sums S; per stripe of 16 entries the max and min of |X| and the max of |S|; per
-   row, whether some X * S <= 0 (4 MiB slices);
-2. between the passes, on the stripe extremes ([g, d/16]): the clamp bounds (stripes.py), then the
-   range of P per row: its min is threshold_k when threshold_k >= 0 and the row has an X * S <= 0
-   (there P <= 0); its max is the exact P of the few stripes whose bound intra(max |X|) *
-   tanh(max |X| max |S|) reaches the best exact P of 16 leading stripes (row_max). Other blocks take
-   one more full pass (exact_range);
+1. pass 1: column sums S; per row, whether some X * S <= 0 (4 MiB slices);
+2. between the passes, on the members' stripe maxima of |X| ([g, d/16]) and those of |S|: the range of
+   P per row: its min is threshold_k when threshold_k >= 0 and the row has an X * S <= 0 (there
+   P <= 0); its max is the exact P of the few stripes whose bound intra(max |X|) * tanh(max |X| max |S|)
+   reaches the best exact P of 16 leading stripes (row_max). Other blocks, and groups of at most
+   SMALL_GROUP entries (norm layers: 1.0 -> 0.3 ms at g = 30), take one more full pass (exact_range);
 3. pass 2: the weighted mean, from scale_k = clamp((P_k - p_low) * unit, 0, 1), P computed again
-   slice by slice (1 MiB slices, five reused temporaries).
+   slice by slice (1 MiB slices, five reused temporaries; 17 element-wise ops per entry).
 Element-wise P is exp2 of a square (a quarter of exp's time) times a Taylor polynomial for tanh when
-the slice's |X * S| allows one exactly (task vectors: two terms, one addcmul), else expm1.
-Measured on one ViT-B-32 MLP block, one thread, against averaging timed alternately with it
-(benchmarks/bench_algorithms.py, shared 2-core machine, before and after in one run): at g = 30
-0.37 s, 10.4x (before: 1.04 s, 29.7x), 10.4-11.6x over four runs under load; at g = 8 0.11 s, 16.2x
-(before: 0.36 s, 54x), 11-20x: averaging takes 6 ms there, so the fixed costs (order statistics,
-per-slice calls) weigh more.
-Of the g = 30 merge (CPU time over averaging's): pass 1 2.5-3x, clamp bounds 1.4x, range of P 0.8x,
-pass 2 about 6x: reading X 0.7, A 0.35, intra 1.1 (exp2 0.45), X * S 0.55, tanh series 1.2 (addcmul
-and mul), scale 0.8, the two column sums 0.5. Before: three passes, P stored between the last two (the
-first touch of its 566 MB cost 0.15-0.3 s), expm1 for every tanh (3x averaging alone), exp, and RowTails.
+the slice's |X * S| allows one exactly (task vectors: two terms, one addcmul), else expm1. The work
+buffers (column sums, stripe maxima, slice temporaries) are kept per thread (columns.thread_scratch):
+fresh ones were page-faulted in every merge (about 2 ms per 19 MB).
+Measured on one ViT-B-32 MLP block: CPU time of one thread, best of 7, averaging the same group timed
+in the same run, before -> after over two rounds on a shared machine (load 4-7):
+  g = 2    60-64 ms, 21.7-22.6x  ->  29-30 ms, 11.3-12.3x
+  g = 8    127-156 ms, 20.5-24.1x  ->  79-82 ms, 12.6-13.6x
+  g = 30   410-516 ms, 11.3-14.9x  ->  278-290 ms, 7.9-8.1x
+plus row_summary once per task and block (~10 ms per task of the MLP block). At g = 30 row_max takes
+8% of the merge, pass 1 about averaging's time, pass 2 the rest. Against the code before, outputs differ
+only where the window layout changes tanh's series or the range of P takes the other exact route: over
+all 364 merged groups of the 8-task zoo's spectrum 132k of ~800M entries, by 3.1e-7 relative at most
+(2.9e-8 per tensor), with the same entries exactly zero.
+Whole spectrum (benchmarks/bench_spectrum.py, 2 threads, before and after alternating, shared machine):
+8-task fp32 zoo 47.9-51.4 s wall, 35.3-35.6 s CPU (11.1-13.2x the averaging run's CPU) -> 30.6-32.8 s,
+21.3-21.4 s (6.6-7.0x), peak RSS 4.0-4.7 GB -> 1.04 GB; 30-task fp16 zoo 93 s wall, 85 s CPU (15.2x /
+20.5x the averaging run in the same load; 204 s, 32.6x at the session's start), of which the merges'
+kernel 48 s CPU, the global pass 22 s and the plan 6 s: the kernel's 17 ops per entry and member are
+what is left, Sum(g * d) over the spectrum's groups being 5.3 reads of the whole zoo.
 """
 from __future__ import annotations
 

@@ -96,8 +96,9 @@ class MergeResult:
 class OwnedBlock(dict):
     """A block whose tensors nothing else references (read afresh for its receiver, or just computed):
     the receiver may overwrite them and return them. DARE's drop and TIES' trim then work in place: the
-    first touch of new memory costs more than their arithmetic (a page fault per 4 KiB: 2 ns a value,
-    where the trim itself takes 0.3). Any other Mapping is never written to."""
+    first touch of new memory costs more than their arithmetic (a page fault per 4 KiB page: trimming a
+    [30, 3072, 768] block into new memory took 0.24-0.32 s, in place 0.07-0.14 s). Any other Mapping is
+    never written to."""
 
 
 def float_block(block: Block) -> dict:

@@ -9,17 +9,19 @@ the same drop mask every time. This differs from drawing one whole-model vector 
 generator (the paper's code): the masks are equally distributed but not bit-identical to it.
 Draws are made on the CPU so CUDA and CPU runs drop the same entries.
 Cost model: the merge is the base algorithm's on the dropped vectors (dare_ta 1.0x averaging, dare_ties
-3.4x at g = 30, one ViT-B-32 MLP block, one thread's CPU time). Drawing costs one uniform per entry
-from a sequential CPU generator (one per task and tensor, so one core; ~3.4 ns/entry), the price of
-drop masks that do not depend on block order or device; so each mask is drawn once per process and
-kept bit-packed (drop_masks.py: 11 MB per ViT-B-32 task), and every later read of the zoo through
-_input_vectors unpacks it (~0.03 ns/entry) and pays only the rescale and fill (~1.5 ns/entry).
-An 8-task fp32 ViT-B-32 zoo (bench_spectrum, 2 shared cores, load ~3): a dare_ties plan reads the
-zoo 3 times (the trim thresholds' 2 passes, the similarity pass): 1.4 s of draws (once), 3.3 s of
-rescale and fill, plan 18 s (25 s when every read drew; ties: 8-10 s); the whole spectrum 29.5-30.9 s
-= 9.0-12.1x averaging (42-44 s = 13.6-15.6x when every read drew; ties 5.7-8.8x; averaging itself
-varied 2.6-3.3 s between runs). The rest of the gap to ties is the thresholds' histograms on 90%
-zeros. The merges draw nothing (the plan's masks are kept), and each (block, task) is dropped once:
+as ties). Drawing costs one uniform per entry from a sequential CPU generator (~3.4 ns/entry), the
+price of drop masks that do not depend on block order or device; so each mask is drawn once per
+process, a tensor's M masks on DRAW_THREADS threads at once (drop_masks.prefetch), and kept bit-packed
+(11 MB per ViT-B-32 task). Later reads of the zoo through _input_vectors unpack it (~0.03 ns/entry)
+into an integer keep mask (~0.2 ns) that the rescaled floats are and-ed with (dropped: +0.0; 0.3 ns
+with the rescale, where masked_fill_ took 1.3), in place in an OwnedBlock. dare_ties' thresholds never
+build dropped rows: their two passes take each row's kept entries (kept_rows: numpy's compress, ~1 ns
+an entry read from memory) and count the dropped ones (order_stats.SparseRows), so the 90% zeros are
+never written, keyed or bincounted (a bincount of 90% equal keys: 1.9 ns a key, else 0.5).
+bench_spectrum, old and new code alternately on 2 near-idle cores: 30-task fp16 ViT-B-32 zoo, plan
+23.4 s (was 82.1 s; ~7 s of it drawing, ~6 s selecting kept entries), merges 31.8 s (43.1 s), whole
+spectrum 57.0 s (127.1 s), 15.6x averaging (34.9x); 8-task fp32 zoo 15.7 s (28.8 s), 6.4x (11.2x).
+The merges draw nothing (the plan's masks are kept), and each (block, task) is dropped once:
 the merger's row cache (deployment/prepared_rows.py) keys dropped rows by `input_key` = (p, seed),
 which dare_ta and dare_ties share; dare_ties' rows add the trim's keep (ties.py). Group bases
 (deployment/group_bases.py) are keyed by those rows: dare_ta's mean of the dropped rows and dare_ties'

@@ -3,7 +3,10 @@
 Why: a dare_ties plan reads the zoo three times (the trim thresholds' 2 passes, the similarity pass)
 and the merges once more; redrawing one uniform per entry each time (~3.4 ns/entry, one core) was
 most of DARE's cost. Unpacking a stored mask (numpy.unpackbits) costs ~0.03 ns/entry, so every read
-after the first is nearly free. A ViT-B-32 task's masks take 11 MB (330 MB for 30 tasks).
+after the first is nearly free; the first draws each tensor's masks on DRAW_THREADS threads (prefetch).
+Masks come as bools (drop_mask), as integer and-masks (keep_bits: the drop without masked_fill_) or as
+a row's kept entries (kept_entries: what dare_ties' thresholds rank). A ViT-B-32 task's masks take
+11 MB (330 MB for 30 tasks).
 A mask depends only on (seed, task id, tensor name, p, shape): not on the zoo or its values, so
 the key is exactly that, and two zoos with the same task ids and tensor names share masks (they
 would draw the same ones anyway). The store is least-recently-used and bounded in bytes:

@@ -4,16 +4,24 @@ Trim (preprocessing): per task over its WHOLE model vector, keep entries with |x
 k-th smallest |x|, k = d - int(d * keep) (at least 1); ties at the threshold are all kept. t_k is an
 exact order statistic found by a streamed radix selection (order_stats.py), so no whole-model
 vector is ever held in memory. Similarity uses the trimmed vectors unless similarity_on="original".
-Cost of the plan: the thresholds read the zoo twice (their magnitudes are keyed straight from the
-task vectors, no |x| pass) and the similarity pass once more; on an 8-task fp32 ViT-B-32 zoo the plan
-takes 8.7 s, 8.6 s of CPU (93 s with the old order statistics and 4 reads; 2 shared cores), where one
-averaging run of its files takes 2.2 s.
+Cost of the plan: the thresholds read the zoo twice (order_stats.py: magnitudes keyed straight from
+the task vectors, no |x| pass) and the similarity pass once more. The trim is one hardshrink per row
+(zero where |x| <= the largest float below t_k, i.e. |x| < t_k: exact), in place in blocks read for it
+(OwnedBlock: the plan's passes, the row cache); the old slice-wise where() wrote a new block, whose
+page faults cost more than the trim. bench_spectrum, old and new code alternately on 2 near-idle
+cores: 30-task fp16 ViT-B-32 zoo, plan 15.6 s (was 46.3 s), whole spectrum 49.7 s (82.0 s), 15.9x
+averaging (19.5x), peak RSS 2.0 GB (15.5 GB); 8-task fp32 zoo, plan 4.8 s (7.1 s), spectrum 13.0 s.
 
 Cost model of the merge (columns.py): two reads of the group, no [g, d] temporary. Read 1: the column
-sums for the sign election. Read 2, per cache-sized column slice: max(x * gamma, 0), its column sum and
-the column sum of its signs (the count): 5 in-cache ops. Measured on one ViT-B-32 MLP block, CPU time
-of one thread: 0.12 s at g = 30, 3.2x averaging (the old whole-tensor code: 1.06 s, 30x); g = 8: 4.9x.
-The trim (preprocess_inputs, after DARE's drop for dare_ties) is one slice-wise where() per tensor.
+sums for the sign election (a pair: x_0 + x_1, whose sign no order changes). Read 2, per cache-sized
+column slice, in reused buffers: max(x * gamma, 0), its column sum (sum(dim=0): the same additions
+as ever, so the same bits) and the count of its positive entries (its signs times ones: a
+matrix-vector product, exact for integers); the mean is written over the sign vector. Small groups
+pay mostly for [d]-sized work (558 of the 1508 groups of the 30-task spectrum are pairs), so there is
+no where/full_like for the fallback sign, no separate mean tensor and no multiply by lam = 1 (base.py).
+One ViT-B-32 MLP block, one thread's CPU time (averaging: 19, 3 and 2 ms): g = 30 56 ms, 3.0x (was
+65 ms); g = 8 18-22 ms (45 ms); g = 2 8 ms (18 ms). The 30-task spectrum's merges: 32.2 s (32.8 s: the old
+run reused the 15 GB heap its plan left, with no page faults; the rest is reading and stacking rows).
 Shared: the merge is lam times its basis, the disjoint mean of the trimmed rows (keyed by the trim's
 keep, whatever lam: a lam sweep computes it once per group). consensus's basis is the disjoint mean of
 the raw rows: shared between consensus' own lam values, never with ties' trimmed groups.

@@ -80,10 +80,11 @@ CANDIDATE_SHARE = 8  # with more than 1/8 of the entries below the bounds, one f
 SMALL_GROUP = 1 << 16  # entries (g * d) up to which the range of P takes one exact pass: 1.0 -> 0.3 ms at g = 30
 
 
-def stripe_layout(rows: dict) -> list:
-    """(name, columns) windows of every tensor of a block: the stripes' layout, fixed whatever the group
-    size, so that a task's stripe maxima are found once (row_summary) and shared by its groups."""
-    return [(n, slice(s, min(s + WINDOW, r.shape[1]))) for n, r in rows.items() for s in range(0, r.shape[1], WINDOW)]
+def stripe_layout(widths: dict) -> list:
+    """(name, columns) windows of every tensor of a block ({name: columns of a row}): the stripes' layout,
+    fixed whatever the group size, so that a task's stripe maxima are found once (row_summary) and shared
+    by its groups."""
+    return [(n, slice(s, min(s + WINDOW, w))) for n, w in widths.items() for s in range(0, w, WINDOW)]
 
 
 def row_summary(rows: dict, q: float) -> tuple:
@@ -91,7 +92,7 @@ def row_summary(rows: dict, q: float) -> tuple:
     row's alone: |X| at the released positions, found from the stripes holding the row's ends (one read)."""
     reference = next(iter(rows.values()))
     m, dtype, device = reference.shape[0], reference.dtype, reference.device
-    layout = stripe_layout(rows)
+    layout = stripe_layout({n: r.shape[1] for n, r in rows.items()})
     stripes, scratch = Stripes(layout), thread_scratch(dtype, device)
     top, low = stripes.extremes(m, True, dtype, device), stripes.extremes(m, False, dtype, device, scratch, "low")
     for i, (n, cols) in enumerate(layout):
@@ -139,8 +140,7 @@ class Pcb(MergeAlgorithm):
     def row_bytes(self, shapes):
         """The float32 vectors plus the summary: the clamp bounds and the stripe maxima of the block's
         window layout (about 1/16 of the vectors)."""
-        widths = [math.prod(shape) for shape in shapes]   # a task's row of each tensor, flattened
-        layout = [(i, slice(s, min(s + WINDOW, w))) for i, w in enumerate(widths) for s in range(0, w, WINDOW)]
+        layout = stripe_layout({i: math.prod(shape) for i, shape in enumerate(shapes)})  # rows flattened
         return super().row_bytes(shapes) + 4 * (2 + Stripes(layout).padded)
 
     def preprocess_inputs(self, block, tasks=None):
@@ -167,7 +167,7 @@ class Pcb(MergeAlgorithm):
         g, dtype, device = len(members), work_dtype(len(members), reference.dtype), reference.device
         d = sum(r.shape[1] for r in rows.values())
 
-        layout = stripe_layout(rows)
+        layout = stripe_layout({n: r.shape[1] for n, r in rows.items()})
 
         def slices(share=1):  # (name, columns, X slice in the work dtype), all tensors in order
             for n, r in rows.items():
